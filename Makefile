@@ -1,0 +1,59 @@
+# Every target bootstraps what it needs from python3 + pip alone, so a fresh clone needs no other step.
+PYTHON ?= python3
+VENV ?= .venv
+VENV_AF2 ?= .venv-af2
+AIRFLOW_3 ?= apache-airflow>=3.3,<3.4
+AIRFLOW_2 ?= apache-airflow>=2.11,<2.12
+PIP_FLAGS ?= -q --disable-pip-version-check
+PYTEST_ARGS ?=
+
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: test test-af3 test-af2 lint demo airflow bench chaos e2e clean venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@echo "==> bootstrapping $(VENV) (Airflow 3.3)"
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip 2>&1 | grep -v "is ignored" || true
+	@$(VENV)/bin/python -m pip install $(PIP_FLAGS) "$(AIRFLOW_3)" -e ".[test,lint]" 2>&1 | grep -v "is ignored" || true
+	@$(VENV)/bin/python -c "import airflow, kernel_provider, kernel, starlette, uvicorn, sse_starlette, httpx_sse, pytest"
+	@touch $@
+
+$(VENV_AF2)/.installed: pyproject.toml Makefile
+	@echo "==> bootstrapping $(VENV_AF2) (Airflow 2.11)"
+	@test -x $(VENV_AF2)/bin/python || $(PYTHON) -m venv $(VENV_AF2)
+	@$(VENV_AF2)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip 2>&1 | grep -v "is ignored" || true
+	@$(VENV_AF2)/bin/python -m pip install $(PIP_FLAGS) "$(AIRFLOW_2)" -e ".[test]" 2>&1 | grep -v "is ignored" || true
+	@$(VENV_AF2)/bin/python -c "import airflow, kernel_provider, kernel, starlette, uvicorn, sse_starlette, httpx_sse, pytest"
+	@touch $@
+
+## make test: lint + type check, the whole suite on Airflow 3.3, then again on Airflow 2.11.
+test: lint test-af3 test-af2
+
+lint: $(VENV)/.installed
+	@echo "==> ruff"
+	@$(VENV)/bin/ruff check kernel_provider tests example_dags bench
+	@echo "==> mypy"
+	@$(VENV)/bin/mypy
+
+test-af3: $(VENV)/.installed
+	@echo "==> pytest on Airflow 3.3"
+	@AIRFLOW_HOME=$(CURDIR)/.airflow/af3 $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-af2: $(VENV_AF2)/.installed
+	@echo "==> pytest on Airflow 2.11"
+	@AIRFLOW_HOME=$(CURDIR)/.airflow/af2 $(VENV_AF2)/bin/python -m pytest -m "not e2e and not browser" $(PYTEST_ARGS)
+
+## make demo: start the emulator with a demo app and run every example DAG on it.
+demo: $(VENV)/.installed
+	@AIRFLOW_HOME=$(CURDIR)/.airflow/demo $(VENV)/bin/python -m bench.demo
+
+## make bench: benchmarks against the emulator, each side by side with its baseline.
+bench: $(VENV)/.installed
+	@$(VENV)/bin/python -m bench
+
+clean:
+	rm -rf $(VENV) $(VENV_AF2) .airflow build *.egg-info

@@ -1,0 +1,123 @@
+"""Errors raised by the Kernel provider. Each is a type callers can catch; none needs its text parsed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from airflow.providers.common.compat.sdk import AirflowException
+
+
+class KernelError(AirflowException):
+    """Base class of every error this provider raises."""
+
+
+class KernelInputError(KernelError, ValueError):
+    """A parameter is wrong; raised before any request is made. ``field`` names it, the message says the fix."""
+
+    def __init__(self, field: str, problem: str, fix: str = "") -> None:
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{field}: {problem}" + (f" {fix}" if fix else ""))
+
+
+class KernelConnectionConfigError(KernelInputError):
+    """The Airflow connection holding Kernel's settings is missing something or malformed."""
+
+
+class KernelApiError(KernelError):
+    """Kernel answered with an HTTP error. Carries the status and Kernel's ``code``, ``message`` and ``details``."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str | None,
+        message: str,
+        *,
+        details: Sequence[Mapping[str, Any]] | None = None,
+        request_id: str | None = None,
+        method: str = "",
+        path: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.details = list(details or ())
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        # Only the headers that drive retries are kept; nothing that could carry a credential.
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()
+                        if k.lower() in {"retry-after", "retry-after-ms", "x-should-retry"}}
+        where = f" ({method} {path})" if method else ""
+        text = f"Kernel API error {status_code}{where}: {code + ': ' if code else ''}{message}"
+        if self.details:
+            text += " | details: " + "; ".join(
+                f"{d.get('code', '')}: {d.get('message', '')}".strip(": ") for d in self.details
+            )
+        if request_id:
+            text += f" (request id {request_id})"
+        super().__init__(text)
+
+
+class KernelResponseError(KernelError):
+    """Kernel answered with something that is not what the API promises (not JSON, missing fields)."""
+
+
+class KernelTransportError(KernelError):
+    """The request did not get an answer: DNS, refused or dropped connection, timeout.
+
+    ``request_sent`` is False only when Kernel certainly never saw the request (e.g. the connection was refused);
+    when True, Kernel may have acted on it.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool, method: str = "", path: str = "") -> None:
+        self.request_sent = request_sent
+        self.method = method
+        self.path = path
+        super().__init__(f"{method} {path}: {message}".strip())
+
+
+class KernelAmbiguousCreateError(KernelError):
+    """``POST /invocations`` failed in a way that leaves open whether Kernel created the invocation.
+
+    It is never retried blindly (Kernel has no idempotency key). Reconcile by listing invocations of
+    ``app_name``/``action_name`` started between ``window_start`` and ``window_end`` with the same payload.
+    """
+
+    def __init__(self, *, app_name: str, action_name: str, payload: str | None, window_start: datetime,
+                 window_end: datetime, cause: BaseException) -> None:
+        self.app_name = app_name
+        self.action_name = action_name
+        self.payload = payload
+        self.window_start = window_start
+        self.window_end = window_end
+        self.cause = cause
+        super().__init__(
+            f"The invocation of {app_name}/{action_name} may have been created: the request failed after it "
+            f"was sent ({cause}). It was NOT re-sent, to avoid a duplicate run. Look for invocations of this "
+            f"action started between {window_start.isoformat()} and {window_end.isoformat()}."
+        )
+
+
+class KernelInvocationFailed(KernelError):
+    """The invocation finished ``failed``. ``invocation`` is the final state; ``url`` its dashboard page."""
+
+    def __init__(self, invocation: Any, url: str | None = None) -> None:
+        self.invocation = invocation
+        self.url = url
+        reason = invocation.status_reason or "no reason given"
+        text = f"Kernel invocation {invocation.id} failed: {reason}"
+        excerpt = invocation.output_excerpt()
+        if excerpt:
+            text += f"\nOutput: {excerpt}"
+        if url:
+            text += f"\nSee {url}"
+        super().__init__(text)
+
+
+class KernelWaitTimeout(KernelError):
+    """The wait for an invocation passed its deadline before the invocation finished."""

@@ -1,0 +1,588 @@
+"""``KernelHook``: the Kernel connection and the only place that speaks HTTP to Kernel.
+
+Connection fields:
+
+* **password** - the Kernel API key (required). It is sent only in the ``Authorization`` header, registered
+  with Airflow's secret masker, and kept out of reprs, logs and error messages.
+* **host** - the API base URL, default ``https://api.onkernel.com``. A host without scheme gets ``https://``,
+  except loopback hosts (the local emulator), which get ``http://``. ``port`` is appended when set.
+* **extra** - ``project_id`` (sent as ``X-Kernel-Project-Id``), ``dashboard_url`` (base of invocation links),
+  ``request_timeout`` (read timeout of ordinary calls, default 30 s; sync invokes always get 130 s, above
+  Kernel's 100 s cap), ``connect_timeout`` (default 10 s), ``max_retries`` (default 5), ``max_retry_wait``
+  (seconds a call may spend retrying, default 120), ``rate_limit_wait`` (seconds a call may spend waiting out
+  429s, default 900), ``ca_bundle`` (path of a CA bundle; TLS verification itself cannot be switched off).
+
+Worker code calls the plain methods (``invoke``, ``get_invocation``, ...), which use a keep-alive
+``requests.Session``. Trigger code runs the same operations with ``await hook.aexecute(api.get_invocation(id))``
+and follows events with :meth:`KernelHook.stream_events`, over one shared ``httpx.AsyncClient`` per event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import requests
+import tenacity
+
+from airflow.providers.common.compat.sdk import BaseHook
+from kernel_provider import __version__
+from kernel_provider.exceptions import (
+    KernelApiError,
+    KernelConnectionConfigError,
+    KernelError,
+    KernelInputError,
+    KernelTransportError,
+)
+from kernel_provider.hooks import api
+from kernel_provider.hooks.api import ApiCall, ApiResponse, Operation
+from kernel_provider.hooks.retry import RetryPolicy
+from kernel_provider.models import AppVersion, Invocation
+from kernel_provider.validation import build_invoke_request, require_name
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.onkernel.com"
+DEFAULT_DASHBOARD_URL = "https://dashboard.onkernel.com"
+DEFAULT_REQUEST_TIMEOUT = 30.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class KernelSettings:
+    """Everything the hook reads from the Airflow connection, checked once."""
+
+    conn_id: str
+    base_url: str
+    api_key: str = field(repr=False)
+    project_id: str | None = None
+    dashboard_url: str = DEFAULT_DASHBOARD_URL
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    verify: bool | str = True
+
+    @classmethod
+    def from_connection(cls, conn: Any, extra: Mapping[str, Any] | None = None) -> KernelSettings:
+        conn_id = getattr(conn, "conn_id", None) or "kernel_default"
+        if extra is None:
+            extra = _connection_extra(conn)
+        api_key = (getattr(conn, "password", None) or "").strip()
+        if not api_key:
+            raise KernelConnectionConfigError(
+                f"connection {conn_id!r}", "has no API key.",
+                "Put your Kernel API key in the connection's password field (API key in the UI).")
+        base_url = _base_url(conn_id, getattr(conn, "host", None), getattr(conn, "port", None))
+        retry_defaults = RetryPolicy()
+        retry = RetryPolicy(
+            max_attempts=1 + int(_number(conn_id, extra, "max_retries", retry_defaults.max_attempts - 1, integer=True)),
+            max_elapsed=_number(conn_id, extra, "max_retry_wait", retry_defaults.max_elapsed),
+            rate_limit_budget=_number(conn_id, extra, "rate_limit_wait", retry_defaults.rate_limit_budget),
+        )
+        project_id = extra.get("project_id") or None
+        if project_id is not None and not isinstance(project_id, str):
+            raise KernelConnectionConfigError(f"connection {conn_id!r} extra.project_id",
+                                              f"must be a string, got {project_id!r}.", "Use the project's ID.")
+        dashboard_url = str(extra.get("dashboard_url") or DEFAULT_DASHBOARD_URL).rstrip("/")
+        ca_bundle = extra.get("ca_bundle")
+        return cls(
+            conn_id=conn_id,
+            base_url=base_url,
+            api_key=api_key,
+            project_id=project_id,
+            dashboard_url=dashboard_url,
+            request_timeout=_number(conn_id, extra, "request_timeout", DEFAULT_REQUEST_TIMEOUT, positive=True),
+            connect_timeout=_number(conn_id, extra, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, positive=True),
+            retry=retry,
+            verify=str(ca_bundle) if ca_bundle else True,
+        )
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {self.api_key}",
+            "Accept": "application/json",
+            "User-Agent": _user_agent(),
+        }
+        if self.project_id:
+            headers["X-Kernel-Project-Id"] = self.project_id
+        return headers
+
+    def invocation_url(self, invocation_id: str) -> str:
+        return f"{self.dashboard_url}/invocations/{invocation_id}"
+
+
+class KernelHook(BaseHook):
+    """Talks to Kernel through one Airflow connection (type ``kernel``).
+
+    :param kernel_conn_id: the Airflow connection to use (default ``kernel_default``).
+    :param retry_policy: overrides the retry bounds read from the connection (tests and benchmarks use this).
+    """
+
+    conn_name_attr = "kernel_conn_id"
+    default_conn_name = "kernel_default"
+    conn_type = "kernel"
+    hook_name = "Kernel"
+
+    def __init__(self, kernel_conn_id: str = default_conn_name, retry_policy: RetryPolicy | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kernel_conn_id = kernel_conn_id
+        self._retry_override = retry_policy
+        self._async_settings: KernelSettings | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kernel_conn_id={self.kernel_conn_id!r})"
+
+    # --- connection -------------------------------------------------------------------------------------
+
+    @cached_property
+    def settings(self) -> KernelSettings:
+        """Settings from the connection, fetched synchronously (worker side)."""
+        return self._finish_settings(KernelSettings.from_connection(self._get_connection_sync()))
+
+    async def aget_settings(self) -> KernelSettings:
+        """Settings fetched without blocking the event loop (trigger side)."""
+        if self._async_settings is None:
+            from airflow.providers.common.compat.connection import get_async_connection
+
+            try:
+                conn = await get_async_connection(self.kernel_conn_id)
+            except KernelError:
+                raise
+            except Exception as exc:
+                raise KernelConnectionConfigError(
+                    f"kernel_conn_id={self.kernel_conn_id!r}", f"could not be loaded ({type(exc).__name__}).",
+                    "Create the connection (type Kernel) or set AIRFLOW_CONN_"
+                    f"{self.kernel_conn_id.upper()}.") from None
+            extra = conn.extra_dejson if not hasattr(conn, "aextra_dejson") else await conn.aextra_dejson()
+            self._async_settings = self._finish_settings(KernelSettings.from_connection(conn, extra))
+        return self._async_settings
+
+    def _get_connection_sync(self) -> Any:
+        try:
+            return self.get_connection(self.kernel_conn_id)
+        except Exception as exc:
+            raise KernelConnectionConfigError(
+                f"kernel_conn_id={self.kernel_conn_id!r}", f"could not be loaded ({type(exc).__name__}).",
+                f"Create the connection (type Kernel) or set AIRFLOW_CONN_{self.kernel_conn_id.upper()}.",
+            ) from None
+
+    def _finish_settings(self, settings: KernelSettings) -> KernelSettings:
+        _mask(settings.api_key)
+        _warn_if_plain_http(settings.base_url)
+        if self._retry_override is not None:
+            from dataclasses import replace
+
+            settings = replace(settings, retry=self._retry_override)
+        return settings
+
+    # --- the worker-side API ------------------------------------------------------------------------------
+
+    def invoke(
+        self,
+        app_name: str,
+        action_name: str,
+        *,
+        version: str = "latest",
+        payload: Any = None,
+        invoke_async: bool = False,
+        async_timeout_seconds: int | None = None,
+    ) -> Invocation:
+        """Start one run of ``app_name``/``action_name`` (``POST /invocations``).
+
+        :param payload: the action's input: a dict/list/number/bool (JSON-encoded here) or JSON text.
+        :param invoke_async: return at once with a ``queued`` invocation instead of waiting (Kernel's ``async``).
+        :param async_timeout_seconds: how long Kernel lets an async run go (10..3600; Kernel's default 900).
+        :returns: the created invocation; for a sync invoke its final state and output.
+        :raises KernelInputError: before any request, when a parameter is wrong.
+        :raises KernelAmbiguousCreateError: the request failed after it may have reached Kernel; not re-sent.
+        """
+        body = build_invoke_request(app_name=app_name, action_name=action_name, version=version,
+                                    payload=payload, invoke_async=invoke_async,
+                                    async_timeout_seconds=async_timeout_seconds)
+        return self.execute(api.create_invocation(body))
+
+    def get_invocation(self, invocation_id: str) -> Invocation:
+        return self.execute(api.get_invocation(require_name("invocation_id", invocation_id)))
+
+    def list_invocations(self, **filters: Any) -> list[Invocation]:
+        """All invocations matching the filters of ``GET /invocations`` (pages followed; ``limit`` caps)."""
+        return self.execute(api.list_invocations(**filters))
+
+    def cancel_invocation(self, invocation_id: str, reason: str | None = None) -> Invocation | None:
+        """PATCH the invocation ``failed`` and delete its browsers; a 404 (already gone) is not an error."""
+        return self.execute(api.cancel_invocation(require_name("invocation_id", invocation_id), reason))
+
+    def list_browsers(self, invocation_id: str) -> list[dict[str, Any]]:
+        return self.execute(api.list_browsers(require_name("invocation_id", invocation_id)))
+
+    def list_apps(self, **filters: Any) -> list[AppVersion]:
+        return self.execute(api.list_apps(**filters))
+
+    def get_action(self, app_name: str, action_name: str, version: str = "latest") -> Any:
+        """The action's description; raises :class:`KernelInputError` listing what exists when it does not."""
+        app_name = require_name("app_name", app_name)
+        action_name = require_name("action_name", action_name)
+        version = require_name("version", version)
+        versions = self.list_apps(app_name=app_name)
+        if not versions:
+            known = sorted({a.app_name for a in self.list_apps(limit=100)})
+            raise KernelInputError("app_name", f"no app {app_name!r} is deployed.",
+                                   f"Deployed apps: {', '.join(known) or 'none'}.")
+        match = next((v for v in versions if v.version == version), None)
+        if match is None:
+            raise KernelInputError("version", f"app {app_name!r} has no version {version!r}.",
+                                   f"Versions: {', '.join(sorted(v.version for v in versions))}.")
+        action = next((a for a in match.actions if a.name == action_name), None)
+        if action is None:
+            raise KernelInputError("action_name", f"{app_name}@{version} has no action {action_name!r}.",
+                                   f"Actions: {', '.join(sorted(match.action_names)) or 'none'}.")
+        return action
+
+    def invocation_url(self, invocation_id: str) -> str:
+        return self.settings.invocation_url(invocation_id)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """One cheap authenticated call (``GET /apps?limit=1``), answered in words a person understands."""
+        try:
+            settings = self.settings
+        except KernelError as exc:
+            return False, str(exc)
+        quick = RetryPolicy(max_attempts=2, max_elapsed=10, rate_limit_budget=10)
+        try:
+            self._send(ApiCall(api.LIST_APPS, params={"limit": 1}), settings, quick)
+        except KernelApiError as exc:
+            if exc.status_code in (401, 403):
+                return False, (f"Kernel at {settings.base_url} rejected the API key (HTTP {exc.status_code}: "
+                               f"{exc.message}). Check the connection's API key (password) and project.")
+            return False, f"Kernel at {settings.base_url} answered with an error: {exc}"
+        except KernelTransportError as exc:
+            return False, f"Could not reach Kernel at {settings.base_url}: {exc}"
+        except Exception as exc:
+            return False, f"Connection test failed: {type(exc).__name__}: {exc}"
+        return True, f"Connected to Kernel at {settings.base_url}; the API key is valid."
+
+    # --- drivers: run an operation over the sync or async transport -----------------------------------
+
+    def execute(self, operation: Operation[T]) -> T:
+        """Run an operation from :mod:`kernel_provider.hooks.api` on this thread (worker side)."""
+        settings = self.settings
+        outcome: tuple[bool, Any] = (True, None)
+        while True:
+            try:
+                call = operation.send(outcome[1]) if outcome[0] else operation.throw(outcome[1])
+            except StopIteration as done:
+                return done.value
+            try:
+                outcome = (True, self._send(call, settings))
+            except KernelError as exc:
+                outcome = (False, exc)
+
+    async def aexecute(self, operation: Operation[T]) -> T:
+        """Run an operation without blocking the event loop (trigger side); same retries as :meth:`execute`."""
+        settings = await self.aget_settings()
+        outcome: tuple[bool, Any] = (True, None)
+        while True:
+            try:
+                call = operation.send(outcome[1]) if outcome[0] else operation.throw(outcome[1])
+            except StopIteration as done:
+                return done.value
+            try:
+                outcome = (True, await self._asend(call, settings))
+            except KernelError as exc:
+                outcome = (False, exc)
+
+    # --- transports --------------------------------------------------------------------------------------
+
+    @cached_property
+    def _session(self) -> requests.Session:
+        session = requests.Session()
+        # urllib3 must not retry on its own: the retry policy decides, and never repeats a create.
+        adapter = requests.adapters.HTTPAdapter(max_retries=0, pool_maxsize=16)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def _send(self, call: ApiCall[T], settings: KernelSettings, policy: RetryPolicy | None = None) -> T:
+        policy = policy or settings.retry
+        describe = f"{call.endpoint.method} {call.path}"
+        for attempt in tenacity.Retrying(**policy.tenacity_kwargs(idempotent=call.endpoint.idempotent,
+                                                                   describe=describe)):
+            with attempt:
+                response = self._request_sync(call, settings)
+                api.raise_for_status(call, response)
+        return call.parse(response)
+
+    async def _asend(self, call: ApiCall[T], settings: KernelSettings) -> T:
+        describe = f"{call.endpoint.method} {call.path}"
+        async for attempt in tenacity.AsyncRetrying(
+            **settings.retry.tenacity_kwargs(idempotent=call.endpoint.idempotent, describe=describe)
+        ):
+            with attempt:
+                response = await self._request_async(call, settings)
+                api.raise_for_status(call, response)
+        return call.parse(response)
+
+    def _request_sync(self, call: ApiCall[Any], settings: KernelSettings) -> ApiResponse:
+        method, path = call.endpoint.method, call.path
+        try:
+            r = self._session.request(
+                method, settings.base_url + path, params=call.query,
+                data=None if call.body is None else json.dumps(call.body),
+                headers=_body_headers(settings, call),
+                timeout=(settings.connect_timeout, call.read_timeout or settings.request_timeout),
+                verify=settings.verify,
+            )
+        except requests.exceptions.RequestException as exc:
+            raise KernelTransportError(_describe_requests_error(exc), request_sent=_requests_error_sent(exc),
+                                       method=method, path=path) from None
+        return ApiResponse(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
+
+    async def _request_async(self, call: ApiCall[Any], settings: KernelSettings) -> ApiResponse:
+        method, path = call.endpoint.method, call.path
+        client = _shared_async_client(settings)
+        try:
+            r = await client.request(
+                method, settings.base_url + path, params=call.query,
+                content=None if call.body is None else json.dumps(call.body),
+                headers=_body_headers(settings, call),
+                timeout=httpx.Timeout(call.read_timeout or settings.request_timeout,
+                                      connect=settings.connect_timeout),
+            )
+        except httpx.HTTPError as exc:
+            raise KernelTransportError(_describe_httpx_error(exc), request_sent=_httpx_error_sent(exc),
+                                       method=method, path=path) from None
+        return ApiResponse(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
+
+    async def stream_events(self, invocation_id: str, *, since: str | None = None,
+                            silence_timeout: float = 60.0) -> AsyncIterator[dict[str, Any]]:
+        """Follow ``GET /invocations/{id}/events``: yields each event's JSON object as it arrives.
+
+        Ends when the server closes the stream (normally right after the terminal ``invocation_state``).
+        Raises :class:`KernelTransportError` when the stream cannot be opened, breaks, or is silent for longer
+        than ``silence_timeout`` seconds; :class:`KernelApiError` when Kernel refuses it. No retries here:
+        the caller decides how to resume (see the trigger).
+        """
+        from httpx_sse import SSEError, aconnect_sse
+
+        settings = await self.aget_settings()
+        call: ApiCall[Any] = ApiCall(api.INVOCATION_EVENTS, {"id": invocation_id},
+                                     params={"since": since} if since else {})
+        client = _shared_async_client(settings)
+        headers = {**settings.headers(), "Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        try:
+            async with aconnect_sse(client, "GET", settings.base_url + call.path, params=call.query,
+                                    headers=headers,
+                                    timeout=httpx.Timeout(silence_timeout, connect=settings.connect_timeout)
+                                    ) as source:
+                if source.response.status_code >= 400:
+                    body = await source.response.aread()
+                    api.raise_for_status(call, ApiResponse(source.response.status_code,
+                                                           {k.lower(): v for k, v in source.response.headers.items()},
+                                                           body))
+                async for message in source.aiter_sse():
+                    if not message.data:
+                        continue
+                    try:
+                        event = json.loads(message.data)
+                    except ValueError:
+                        log.warning("Ignoring an event that is not JSON: %.200r", message.data)
+                        continue
+                    if isinstance(event, dict):
+                        yield event
+        except (httpx.HTTPError, SSEError) as exc:
+            raise KernelTransportError(_describe_httpx_error(exc), request_sent=True, method="GET",
+                                       path=call.path) from None
+
+    # --- connection form (Airflow < 3.2; newer versions read get_provider_info) ----------------------------
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        from kernel_provider.get_provider_info import get_provider_info
+
+        return dict(get_provider_info()["connection-types"][0]["ui-field-behaviour"])
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import IntegerField, StringField
+        from wtforms.validators import Optional
+
+        return {
+            "project_id": StringField(lazy_gettext("Project ID"), widget=BS3TextFieldWidget()),
+            "dashboard_url": StringField(lazy_gettext("Dashboard URL"), widget=BS3TextFieldWidget()),
+            "request_timeout": IntegerField(lazy_gettext("Request timeout (s)"), validators=[Optional()],
+                                            widget=BS3TextFieldWidget()),
+            "max_retries": IntegerField(lazy_gettext("Max retries"), validators=[Optional()],
+                                        widget=BS3TextFieldWidget()),
+        }
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], httpx.AsyncClient]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _shared_async_client(settings: KernelSettings) -> httpx.AsyncClient:
+    """One client (one connection pool) per event loop and Kernel host, shared by every trigger on that loop."""
+    loop = asyncio.get_running_loop()
+    per_loop = _ASYNC_CLIENTS.setdefault(loop, {})
+    key = (settings.base_url, str(settings.verify))
+    client = per_loop.get(key)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(
+            verify=settings.verify,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+            follow_redirects=False,
+        )
+        per_loop[key] = client
+    return client
+
+
+def _body_headers(settings: KernelSettings, call: ApiCall[Any]) -> dict[str, str]:
+    headers = settings.headers()
+    if call.body is not None:
+        headers["Content-Type"] = "application/json"
+    return headers
+
+
+def _requests_error_sent(exc: requests.exceptions.RequestException) -> bool:
+    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError,
+                        requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
+        return False
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        import urllib3.exceptions as u3
+
+        cause: BaseException | None = exc
+        seen = 0
+        while cause is not None and seen < 10:
+            if isinstance(cause, (u3.NewConnectionError, u3.NameResolutionError, ConnectionRefusedError)):
+                return False
+            reason = getattr(cause, "reason", None)
+            cause = reason if isinstance(reason, BaseException) else (cause.__cause__ or cause.__context__)
+            seen += 1
+        for arg in exc.args:
+            if isinstance(arg, u3.MaxRetryError) and isinstance(arg.reason, u3.NewConnectionError):
+                return False
+    return True
+
+
+def _httpx_error_sent(exc: httpx.HTTPError) -> bool:
+    return not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
+                                httpx.UnsupportedProtocol, httpx.InvalidURL))
+
+
+def _describe_requests_error(exc: requests.exceptions.RequestException) -> str:
+    kind = type(exc).__name__
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return f"{kind}: no answer within the read timeout"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return f"{kind}: could not connect within the connect timeout"
+    return f"{kind}: {exc}"
+
+
+def _describe_httpx_error(exc: Exception) -> str:
+    text = str(exc) or "no details"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _connection_extra(conn: Any) -> Mapping[str, Any]:
+    try:
+        extra = conn.extra_dejson
+    except Exception:
+        extra = None
+    if extra is None:
+        raw = getattr(conn, "extra", None)
+        extra = json.loads(raw) if raw else {}
+    return extra if isinstance(extra, Mapping) else {}
+
+
+def _base_url(conn_id: str, host: str | None, port: int | None) -> str:
+    text = (host or "").strip().rstrip("/") or DEFAULT_BASE_URL
+    if "://" not in text:
+        text = f"{'http' if _is_loopback(text.split('/')[0].split(':')[0]) else 'https'}://{text}"
+    try:
+        parts = urlsplit(text)
+        parsed_port = parts.port
+    except ValueError as exc:
+        raise KernelConnectionConfigError(f"connection {conn_id!r} host", f"is not a valid URL: {exc}.",
+                                          "Use e.g. https://api.onkernel.com") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise KernelConnectionConfigError(f"connection {conn_id!r} host", f"is not a valid base URL: {text!r}.",
+                                          "Use e.g. https://api.onkernel.com")
+    if port and not parsed_port:
+        text = f"{parts.scheme}://{parts.netloc}:{int(port)}{parts.path}"
+    return text.rstrip("/")
+
+
+def _is_loopback(hostname: str | None) -> bool:
+    if not hostname:
+        return False
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_if_plain_http(base_url: str) -> None:
+    parts = urlsplit(base_url)
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        log.warning("The Kernel base URL %s uses plain http: the API key would cross the network unencrypted.",
+                    base_url)
+
+
+def _number(conn_id: str, extra: Mapping[str, Any], key: str, default: float, *, integer: bool = False,
+            positive: bool = False) -> float:
+    value = extra.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+        if integer and number != int(number):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise KernelConnectionConfigError(f"connection {conn_id!r} extra.{key}",
+                                          f"must be a {'whole ' if integer else ''}number, got {value!r}.",
+                                          "Fix or remove it in the connection's extra.") from None
+    if number < 0 or (positive and number == 0):
+        raise KernelConnectionConfigError(f"connection {conn_id!r} extra.{key}", f"is {value}; it must be > 0.",
+                                          "Fix or remove it in the connection's extra.")
+    return number
+
+
+def _mask(secret: str) -> None:
+    try:
+        from airflow.providers.common.compat.sdk import mask_secret
+
+        mask_secret(secret)
+    except Exception:  # masking is defence in depth; the key is never logged anyway
+        log.debug("Could not register the API key with the secret masker.")
+
+
+_USER_AGENT: str | None = None
+
+
+def _user_agent() -> str:
+    global _USER_AGENT
+    if _USER_AGENT is None:
+        try:
+            from airflow import __version__ as airflow_version
+        except Exception:
+            airflow_version = "unknown"
+        _USER_AGENT = f"airflow-provider-kernel/{__version__} apache-airflow/{airflow_version}"
+    return _USER_AGENT

@@ -1,0 +1,189 @@
+"""Typed views of Kernel API objects, each parsed once from the JSON the API returns.
+
+Unknown fields are kept (``extra``) and unknown statuses are tolerated: Kernel adds fields and states over time,
+and a provider that crashes on a new one would fail every running DAG at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class InvocationStatus(str, Enum):
+    """Lifecycle of an invocation: ``queued`` -> ``running`` -> ``succeeded`` | ``failed``.
+
+    ``UNKNOWN`` stands for any status this version of the provider does not know; it is treated as not finished.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, value: object) -> InvocationStatus:
+        try:
+            return cls(value)
+        except ValueError:
+            log.warning("Kernel returned an unknown invocation status %r; treating it as not finished.", value)
+            return cls.UNKNOWN
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES: frozenset[InvocationStatus] = frozenset({InvocationStatus.SUCCEEDED, InvocationStatus.FAILED})
+
+
+def parse_output(output: str | None) -> Any:
+    """Decode an invocation's ``output``: JSON text becomes Python values, anything else stays the raw string."""
+    if output is None:
+        return None
+    try:
+        return json.loads(output)
+    except (TypeError, ValueError):
+        return output
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """Parse Kernel's RFC 3339 timestamps (up to 9 fractional digits, ``Z``); ``None`` when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    date_part, dot, rest = text.partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{date_part}.{rest[:min(digits, 6)].ljust(6, '0')}{rest[digits:]}"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One run of an app action, as returned by ``GET /invocations/{id}`` and friends.
+
+    The create response carries only ``id``, ``action_name``, ``status`` (+ ``output``/``status_reason`` when
+    synchronous); the other fields are then empty.
+    """
+
+    id: str
+    status: InvocationStatus
+    action_name: str = ""
+    app_name: str = ""
+    version: str = ""
+    payload: str | None = None
+    output: str | None = None
+    status_reason: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    raw_status: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    _KNOWN = frozenset(
+        {"id", "status", "action_name", "app_name", "version", "payload", "output", "status_reason",
+         "started_at", "finished_at"}
+    )
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Invocation:
+        from kernel_provider.exceptions import KernelResponseError
+
+        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str) or not data.get("id"):
+            raise KernelResponseError(f"Kernel returned an invocation without an id: {_excerpt(data)}")
+        raw_status = str(data.get("status", ""))
+        return cls(
+            id=data["id"],
+            status=InvocationStatus.parse(raw_status),
+            action_name=str(data.get("action_name") or ""),
+            app_name=str(data.get("app_name") or ""),
+            version=str(data.get("version") or ""),
+            payload=_optional_str(data.get("payload")),
+            output=_optional_str(data.get("output")),
+            status_reason=_optional_str(data.get("status_reason")),
+            started_at=parse_timestamp(data.get("started_at")),
+            finished_at=parse_timestamp(data.get("finished_at")),
+            raw_status=raw_status,
+            extra={k: v for k, v in data.items() if k not in cls._KNOWN},
+        )
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is InvocationStatus.SUCCEEDED
+
+    @property
+    def failed(self) -> bool:
+        return self.status is InvocationStatus.FAILED
+
+    @property
+    def result(self) -> Any:
+        """The action's return value: ``output`` decoded from JSON, or the raw text when it is not JSON."""
+        return parse_output(self.output)
+
+    def output_excerpt(self, limit: int = 500) -> str:
+        return _excerpt(self.output or "", limit)
+
+
+@dataclass(frozen=True)
+class AppAction:
+    name: str
+    input_schema: Mapping[str, Any] | None = None
+    output_schema: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class AppVersion:
+    """A deployed version of an app (``GET /apps`` item) and the actions it offers."""
+
+    id: str
+    app_name: str
+    version: str
+    actions: tuple[AppAction, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> AppVersion:
+        actions = tuple(
+            AppAction(name=str(a.get("name", "")), input_schema=a.get("input_schema"),
+                      output_schema=a.get("output_schema"))
+            for a in data.get("actions") or ()
+            if isinstance(a, Mapping)
+        )
+        known = {"id", "app_name", "version", "actions"}
+        return cls(
+            id=str(data.get("id", "")),
+            app_name=str(data.get("app_name", "")),
+            version=str(data.get("version", "")),
+            actions=actions,
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    @property
+    def action_names(self) -> list[str]:
+        return [a.name for a in self.actions]
+
+
+def _optional_str(value: object) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _excerpt(value: object, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

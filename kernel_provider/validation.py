@@ -1,0 +1,147 @@
+"""Checks of user input, done before any request so a mistake costs no browser minutes.
+
+Shared by the hook and the operator. Every error is a :class:`KernelInputError` naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from kernel_provider.exceptions import KernelInputError
+
+log = logging.getLogger(__name__)
+
+ASYNC_TIMEOUT_RANGE = (10, 3600)
+#: Kernel's documented payload limits disagree (64 KB and 4.5 MB); the larger one is enforced, the smaller warned.
+PAYLOAD_WARN_BYTES = 64 * 1024
+PAYLOAD_MAX_BYTES = 4_500_000
+
+
+def require_name(field: str, value: object) -> str:
+    if value is None:
+        raise KernelInputError(field, "is required.", f"Pass the {field.replace('_', ' ')} as a string.")
+    if not isinstance(value, str):
+        raise KernelInputError(field, f"must be a string, got {type(value).__name__}.",
+                               f"Pass the {field.replace('_', ' ')} as a string.")
+    if not value.strip():
+        raise KernelInputError(field, "must not be empty.", f"Pass the {field.replace('_', ' ')}.")
+    if value != value.strip():
+        raise KernelInputError(field, f"has leading or trailing spaces: {value!r}.", "Remove them.")
+    return value
+
+
+def encode_payload(payload: Any, field: str = "payload") -> str | None:
+    """Kernel takes the payload as JSON *text*. Python values are encoded; a string must already be JSON."""
+    if payload is None:
+        return None
+    if isinstance(payload, (bytes, bytearray)):
+        raise KernelInputError(field, "is bytes.", "Pass a dict/list, or JSON text as str.")
+    if isinstance(payload, str):
+        if payload == "":
+            return None
+        try:
+            json.loads(payload)
+        except ValueError as exc:
+            raise KernelInputError(
+                field, f"is a string but not valid JSON ({exc.msg} at position {exc.pos}).",
+                "Pass a dict/list (it is JSON-encoded for you) or valid JSON text such as '{\"url\": \"...\"}'.",
+            ) from None
+        text = payload
+    else:
+        _check_serializable(payload, field)
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    size = len(text.encode("utf-8"))
+    if size > PAYLOAD_MAX_BYTES:
+        raise KernelInputError(field, f"is {size} bytes of JSON; Kernel accepts at most {PAYLOAD_MAX_BYTES}.",
+                               "Send a reference (e.g. a URL) to the data instead of the data itself.")
+    if size > PAYLOAD_WARN_BYTES:
+        log.warning("Payload is %d bytes; some Kernel documentation gives a 64 KB limit.", size)
+    return text
+
+
+def _check_serializable(value: Any, path: str) -> None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise KernelInputError(path, f"is {value}, which JSON cannot represent.", "Use null or a number.")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise KernelInputError(f"{path}[{key!r}]", f"has a {type(key).__name__} key; JSON keys are strings.",
+                                       "Convert the key to str.")
+            _check_serializable(item, f"{path}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_serializable(item, f"{path}[{index}]")
+        return
+    raise KernelInputError(path, f"holds a {type(value).__name__}, which is not JSON-serializable.",
+                           "Convert it to str, number, bool, list or dict first (e.g. a date with .isoformat()).")
+
+
+def check_async_timeout(async_timeout_seconds: Any, invoke_async: bool) -> int | None:
+    if async_timeout_seconds is None:
+        return None
+    if not invoke_async:
+        raise KernelInputError("async_timeout_seconds", "only applies to asynchronous invocations.",
+                               "Set invoke_async=True, or drop async_timeout_seconds.")
+    if isinstance(async_timeout_seconds, bool) or not isinstance(async_timeout_seconds, int):
+        raise KernelInputError("async_timeout_seconds",
+                               f"must be a whole number of seconds, got {async_timeout_seconds!r}.",
+                               "Pass an int between 10 and 3600.")
+    low, high = ASYNC_TIMEOUT_RANGE
+    if not low <= async_timeout_seconds <= high:
+        raise KernelInputError("async_timeout_seconds", f"is {async_timeout_seconds}; Kernel accepts {low}..{high}.",
+                               f"Pass a value between {low} and {high} seconds.")
+    return async_timeout_seconds
+
+
+def check_seconds(field: str, value: Any, *, allow_none: bool = True, minimum: float = 0.0,
+                  exclusive: bool = False) -> float | None:
+    """A non-negative (or positive, when ``exclusive``) number of seconds."""
+    if value is None:
+        if allow_none:
+            return None
+        raise KernelInputError(field, "is required.", "Pass a number of seconds.")
+    if hasattr(value, "total_seconds"):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise KernelInputError(field, f"must be a number of seconds, got {value!r}.", "Pass an int or float.")
+    if value < minimum or (exclusive and value == minimum):
+        bound = f"greater than {minimum:g}" if exclusive else f"at least {minimum:g}"
+        raise KernelInputError(field, f"is {value}; it must be {bound}.", f"Pass a value {bound}.")
+    return float(value)
+
+
+def build_invoke_request(
+    *,
+    app_name: Any,
+    action_name: Any,
+    version: Any = "latest",
+    payload: Any = None,
+    invoke_async: Any = False,
+    async_timeout_seconds: Any = None,
+) -> dict[str, Any]:
+    """The body of ``POST /invocations``, validated. Raises :class:`KernelInputError` before any request."""
+    if not isinstance(invoke_async, bool):
+        raise KernelInputError("invoke_async", f"must be True or False, got {invoke_async!r}.",
+                               "Pass a bool.")
+    body: dict[str, Any] = {
+        "app_name": require_name("app_name", app_name),
+        "version": require_name("version", version),
+        "action_name": require_name("action_name", action_name),
+    }
+    encoded = encode_payload(payload)
+    if encoded is not None:
+        body["payload"] = encoded
+    if invoke_async:
+        body["async"] = True
+    timeout = check_async_timeout(async_timeout_seconds, invoke_async)
+    if timeout is not None:
+        body["async_timeout_seconds"] = timeout
+    return body
