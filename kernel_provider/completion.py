@@ -1,0 +1,61 @@
+"""What the operator and the sensor share about a finished wait: the trigger's events and the final step.
+
+Trigger events are small (status, invocation id, reason, message) because Airflow stores them in its metadata
+DB; the output itself is fetched by the worker once the wait is over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kernel_provider.exceptions import KernelError, KernelInvocationFailed
+from kernel_provider.models import Invocation, InvocationStatus
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+TIMEOUT = "timeout"
+ERROR = "error"
+#: The only statuses a trigger event may carry. Anything else (or no event) is an error, never a success.
+EVENT_STATUSES = frozenset({SUCCEEDED, FAILED, TIMEOUT, ERROR})
+
+
+def make_event(status: str, invocation_id: str, *, status_reason: str | None = None,
+               message: str = "") -> dict[str, Any]:
+    return {"status": status, "invocation_id": invocation_id, "status_reason": status_reason,
+            "message": message[:2000]}
+
+
+def event_for_invocation(invocation: Invocation) -> dict[str, Any]:
+    """The event of a finished invocation."""
+    status = SUCCEEDED if invocation.status is InvocationStatus.SUCCEEDED else FAILED
+    return make_event(status, invocation.id, status_reason=invocation.status_reason,
+                      message=f"Invocation {invocation.id} {status}.")
+
+
+def validate_event(event: Any) -> dict[str, Any]:
+    """Check an event from the trigger against the allow-list; raise on anything unexpected."""
+    if not isinstance(event, Mapping):
+        raise KernelError(f"The Kernel trigger returned no usable event ({event!r}); the wait did not complete.")
+    status = event.get("status")
+    if status not in EVENT_STATUSES:
+        raise KernelError(f"The Kernel trigger returned an unknown status {status!r}: {dict(event)!r}")
+    if not isinstance(event.get("invocation_id"), str) or not event["invocation_id"]:
+        raise KernelError(f"The Kernel trigger returned an event without invocation id: {dict(event)!r}")
+    return dict(event)
+
+
+def finish(invocation: Invocation, *, fail_on_failure: bool = True, url: str | None = None) -> Any:
+    """Turn a finished invocation into the task's result: its decoded output, or an error when it failed.
+
+    With ``fail_on_failure=False`` a failed invocation is returned as a dict (id, status, status_reason,
+    output) instead of raising.
+    """
+    if not invocation.is_terminal:
+        raise KernelError(f"Invocation {invocation.id} is {invocation.raw_status or 'not finished'}, not finished.")
+    if invocation.succeeded:
+        return invocation.result
+    if fail_on_failure:
+        raise KernelInvocationFailed(invocation, url)
+    return {"id": invocation.id, "status": invocation.raw_status, "status_reason": invocation.status_reason,
+            "output": invocation.result}

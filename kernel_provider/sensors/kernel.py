@@ -1,0 +1,120 @@
+"""``KernelInvocationSensor``: waits for any invocation (e.g. one started with ``invoke_async=True``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from airflow.providers.common.compat.sdk import (
+    AirflowSensorTimeout,
+    AirflowSkipException,
+    BaseSensorOperator,
+    PokeReturnValue,
+    conf,
+)
+from kernel_provider.completion import ERROR, TIMEOUT, finish, validate_event
+from kernel_provider.exceptions import KernelError
+from kernel_provider.hooks.kernel import KernelHook
+from kernel_provider.triggers.kernel import MODES, STREAM, KernelInvocationTrigger
+from kernel_provider.validation import check_seconds
+
+
+class KernelInvocationSensor(BaseSensorOperator):
+    """Waits until a Kernel invocation is ``succeeded`` or ``failed``; returns its output as XCom.
+
+    :param invocation_id: the invocation to wait for (templated; ``invoke_task.output`` works).
+    :param kernel_conn_id: Airflow connection of type ``kernel``.
+    :param deferrable: wait in the triggerer instead of a worker slot (default: ``[operators]
+        default_deferrable``). Deferrable waits follow Kernel's event stream and copy the action's log lines
+        into the task log.
+    :param fail_on_failure: a ``failed`` invocation fails the task (default). False: the sensor succeeds and
+        returns ``{"id", "status", "status_reason", "output"}`` instead.
+    :param wait_mode: ``"stream"`` (follow events, default) or ``"poll"`` (GET every ``poke_interval``) when
+        deferrable.
+    :param stream_logs: copy the action's log lines into the task log (deferrable, stream mode).
+    :param poke_interval: seconds between checks in poke/reschedule mode and poll mode.
+    :param timeout: seconds to wait before failing with ``AirflowSensorTimeout`` (or skipping, with
+        ``soft_fail``). The invocation is NOT cancelled: the sensor only watches.
+    """
+
+    template_fields: Sequence[str] = ("invocation_id",)
+    ui_color = "#e8f0ff"
+
+    def __init__(
+        self,
+        *,
+        invocation_id: str,
+        kernel_conn_id: str = KernelHook.default_conn_name,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        fail_on_failure: bool = True,
+        wait_mode: str = STREAM,
+        stream_logs: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("poke_interval", 5.0 if deferrable else 30.0)
+        super().__init__(**kwargs)
+        self.invocation_id = invocation_id
+        self.kernel_conn_id = kernel_conn_id
+        self.deferrable = deferrable
+        self.fail_on_failure = fail_on_failure
+        self.wait_mode = wait_mode
+        self.stream_logs = stream_logs
+
+    @cached_property
+    def hook(self) -> KernelHook:
+        return KernelHook(kernel_conn_id=self.kernel_conn_id)
+
+    def _check_arguments(self) -> str:
+        if not isinstance(self.invocation_id, str) or not self.invocation_id.strip():
+            raise KernelError(f"invocation_id: must be a non-empty string, got {self.invocation_id!r}. Pass the "
+                              "id returned by KernelInvokeOperator (e.g. invoke_task.output).")
+        if self.wait_mode not in MODES:
+            raise KernelError(f"wait_mode: must be one of {', '.join(MODES)}, got {self.wait_mode!r}.")
+        check_seconds("poke_interval", self.poke_interval, allow_none=False, exclusive=True)
+        return self.invocation_id.strip()
+
+    def execute(self, context: Any) -> Any:
+        invocation_id = self._check_arguments()
+        if not self.deferrable:
+            return super().execute(context)
+        invocation = self.hook.get_invocation(invocation_id)
+        if invocation.is_terminal:
+            return self._complete(invocation_id)
+        self.defer(
+            trigger=KernelInvocationTrigger(
+                invocation_id=invocation_id,
+                kernel_conn_id=self.kernel_conn_id,
+                end_time=time.time() + float(self.timeout),
+                poll_interval=float(self.poke_interval),
+                mode=self.wait_mode,
+                stream_logs=self.stream_logs,
+                cancel_on_kill=False,
+            ),
+            method_name="execute_complete",
+        )
+
+    def poke(self, context: Any) -> PokeReturnValue | bool:
+        invocation = self.hook.get_invocation(self._check_arguments())
+        self.log.info("Invocation %s is %s.", invocation.id, invocation.raw_status)
+        if not invocation.is_terminal:
+            return False
+        return PokeReturnValue(is_done=True, xcom_value=self._complete(invocation.id, invocation))
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        event = validate_event(event)
+        if event["status"] == TIMEOUT:
+            message = f"Sensor timed out: {event['message']}"
+            if self.soft_fail:
+                raise AirflowSkipException(message)
+            raise AirflowSensorTimeout(message)
+        if event["status"] == ERROR:
+            raise KernelError(f"Waiting for invocation {event['invocation_id']} failed: {event['message']}")
+        return self._complete(event["invocation_id"])
+
+    def _complete(self, invocation_id: str, invocation: Any = None) -> Any:
+        invocation = invocation or self.hook.get_invocation(invocation_id)
+        url = self.hook.invocation_url(invocation.id)
+        self.log.info("Invocation %s %s. %s", invocation.id, invocation.raw_status, url)
+        return finish(invocation, fail_on_failure=self.fail_on_failure, url=url)

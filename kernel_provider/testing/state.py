@@ -1,0 +1,538 @@
+"""In-memory state of the emulator: invocations, their lifecycle and logs, browsers, counters, request log.
+
+Everything here is touched only from the emulator's event-loop thread (action worker threads hand their log lines
+over with ``call_soon_threadsafe``), so no locking is needed. In-process callers on other threads go through
+:meth:`KernelEmulator._call`, which runs the accessor on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import Counter, deque
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+from kernel_provider.testing import capture
+from kernel_provider.testing.actions import ActionSpec, AppRegistry, failure_text
+from kernel_provider.testing.config import EmulatorConfig
+from kernel_provider.testing.faults import FaultPlan
+from kernel_provider.testing.timeutil import format_ns, new_id, now_ns
+
+TERMINAL = frozenset({"succeeded", "failed"})
+STATUSES = ("queued", "running", "succeeded", "failed")
+LEGACY_REASONS = {
+    "queued": "Invocation queued for execution",
+    "running": "Invocation is running",
+    "succeeded": "Invocation completed successfully",
+}
+MAX_LOG_LINES = 20_000
+
+# A queued SSE message: (encoded JSON, is_terminal_state)
+StreamItem = tuple[str, bool]
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON (what goes on the wire)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Invocation:
+    """One invocation and its run-time attachments."""
+
+    __slots__ = (
+        "action_name",
+        "app_name",
+        "browsers",
+        "deployment_id",
+        "done",
+        "finished_at",
+        "finished_ns",
+        "id",
+        "is_async",
+        "logs",
+        "output",
+        "payload",
+        "project_id",
+        "sink",
+        "started_at",
+        "started_ns",
+        "status",
+        "status_reason",
+        "subscribers",
+        "task",
+        "timeout_seconds",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        app_name: str,
+        version: str,
+        action_name: str,
+        payload: str | None,
+        is_async: bool,
+        timeout_seconds: int,
+        project_id: str | None,
+        deployment_id: str,
+    ) -> None:
+        self.id = new_id()
+        self.app_name = app_name
+        self.version = version
+        self.action_name = action_name
+        self.payload = payload
+        self.is_async = is_async
+        self.timeout_seconds = timeout_seconds
+        self.project_id = project_id
+        self.deployment_id = deployment_id
+        self.status = "queued"
+        self.output: str | None = None
+        self.status_reason: str | None = None
+        self.started_ns = now_ns()
+        self.started_at = format_ns(self.started_ns)
+        self.finished_ns: int | None = None
+        self.finished_at: str | None = None
+        self.logs: deque[tuple[int, str]] = deque(maxlen=MAX_LOG_LINES)
+        self.subscribers: list[asyncio.Queue[StreamItem]] = []
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.browsers: list[dict[str, Any]] = []
+        self.done = asyncio.Event()
+        self.sink: capture.LogSink | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def _reason(self, legacy: bool) -> str | None:
+        if self.status_reason is not None:
+            return self.status_reason
+        return LEGACY_REASONS.get(self.status) if legacy else None
+
+    def to_dict(self, legacy: bool = False) -> dict[str, Any]:
+        """The ``Invocation`` JSON object."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "app_name": self.app_name,
+            "version": self.version,
+            "action_name": self.action_name,
+            "status": self.status,
+        }
+        if self.payload is not None:
+            out["payload"] = self.payload
+        if self.output is not None:
+            out["output"] = self.output
+        reason = self._reason(legacy)
+        if reason is not None:
+            out["status_reason"] = reason
+        out["started_at"] = self.started_at
+        if self.finished_at is not None:
+            out["finished_at"] = self.finished_at
+        return out
+
+    def invoke_response(self, legacy: bool = False) -> dict[str, Any]:
+        """The ``InvokeResponse`` JSON object (POST /invocations)."""
+        out: dict[str, Any] = {"id": self.id, "action_name": self.action_name, "status": self.status}
+        reason = self._reason(legacy)
+        if reason is not None:
+            out["status_reason"] = reason
+        if self.output is not None:
+            out["output"] = self.output
+        return out
+
+    def admin_dict(self) -> dict[str, Any]:
+        """The Invocation plus emulator-only details (admin routes)."""
+        out = self.to_dict()
+        out["_emulator"] = {
+            "async": self.is_async,
+            "async_timeout_seconds": self.timeout_seconds,
+            "project_id": self.project_id,
+            "deployment_id": self.deployment_id,
+            "browsers": list(self.browsers),
+            "log_lines": len(self.logs),
+            "subscribers": len(self.subscribers),
+        }
+        return out
+
+
+class _Context:
+    """The ``ctx`` handed to the emulator's own action functions."""
+
+    def __init__(self, store: Store, inv: Invocation) -> None:
+        self.invocation_id = inv.id
+        self._store = store
+        self._inv = inv
+
+    def create_browser(self) -> dict[str, Any]:
+        return self._store.create_browser(self._inv)
+
+
+class Store:
+    """The emulator's state and the invocation state machine."""
+
+    def __init__(self, config: EmulatorConfig, registry: AppRegistry, faults: FaultPlan | None = None) -> None:
+        self.config = config
+        self.registry = registry
+        self.faults = faults or FaultPlan(seed=config.seed)
+        self.invocations: dict[str, Invocation] = {}
+        self.live_total = 0
+        self.live_by_app: Counter[str] = Counter()
+        self.created_total = 0
+        self.created_by_key: Counter[tuple[str, str, str | None]] = Counter()
+        self.request_log: deque[dict[str, Any]] = deque(maxlen=config.request_log_size)
+        self.request_seq = 0
+        self.open_streams = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread = 0
+        self.stopping: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ lifecycle of the store
+    def bind_loop(self) -> None:
+        """Remember the running loop (called at server start-up, on the loop)."""
+        self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
+        self.stopping = asyncio.Event()
+        capture.install()
+
+    def shutdown(self) -> None:
+        """Fail every live invocation (server stopping) so open streams get a terminal state and end."""
+        if self.stopping is not None:
+            self.stopping.set()
+        for inv in list(self.invocations.values()):
+            if not inv.terminal:
+                self.terminate(inv, "failed", "emulator shutting down", None, destroy_browsers=True)
+
+    def reset(self) -> None:
+        """Forget invocations, counters, request log and faults (live ones are failed first)."""
+        for inv in list(self.invocations.values()):
+            if not inv.terminal:
+                self.terminate(inv, "failed", "emulator reset", None, destroy_browsers=True)
+        self.invocations.clear()
+        self.live_total = 0
+        self.live_by_app.clear()
+        self.created_total = 0
+        self.created_by_key.clear()
+        self.request_log.clear()
+        self.faults = FaultPlan(seed=self.config.seed)
+
+    @property
+    def legacy(self) -> bool:
+        return self.faults.legacy_status_reason
+
+    # ------------------------------------------------------------------ request log
+    def record_request(self, entry: dict[str, Any]) -> None:
+        self.request_seq += 1
+        entry["seq"] = self.request_seq
+        self.request_log.append(entry)
+
+    def requests(
+        self, path: str | None = None, method: str | None = None, route: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Recorded requests (oldest first); ``path`` matches the concrete or the templated path."""
+        out = []
+        for entry in self.request_log:
+            if method and entry["method"] != method.upper():
+                continue
+            if path and path not in (entry["path"], entry["route"]):
+                continue
+            if route and entry["route"] != route:
+                continue
+            out.append(dict(entry))
+        return out
+
+    # ------------------------------------------------------------------ creation
+    def capacity_error(self, app_name: str) -> str | None:
+        """Why a new invocation of ``app_name`` would exceed a concurrency limit, or None."""
+        org = self.config.org_concurrency
+        if org is not None and self.live_total >= org:
+            return f"concurrent invocation limit reached for organization ({self.live_total}/{org} live)"
+        per_app = self.config.app_concurrency
+        if per_app is not None and self.live_by_app[app_name] >= per_app:
+            live = self.live_by_app[app_name]
+            return f"concurrent invocation limit reached for app {app_name!r} ({live}/{per_app} live)"
+        return None
+
+    def create(
+        self,
+        spec: ActionSpec,
+        app_name: str,
+        version: str,
+        payload: str | None,
+        payload_value: Any,
+        is_async: bool,
+        timeout_seconds: int,
+        project_id: str | None,
+    ) -> Invocation:
+        """Record a new queued invocation and schedule its run."""
+        inv = Invocation(
+            app_name,
+            version,
+            spec.name,
+            payload,
+            is_async,
+            timeout_seconds,
+            project_id,
+            self.registry.deployment_of(app_name, version),
+        )
+        while inv.id in self.invocations:  # astronomically unlikely
+            inv.id = new_id()
+        self.invocations[inv.id] = inv
+        self.live_total += 1
+        self.live_by_app[app_name] += 1
+        self.created_total += 1
+        self.created_by_key[(app_name, spec.name, payload)] += 1
+        assert self.loop is not None
+        inv.task = self.loop.create_task(self._run(inv, spec, payload_value))
+        if is_async:
+            inv.timer = self.loop.call_later(timeout_seconds, self._on_timeout, inv)
+        return inv
+
+    # ------------------------------------------------------------------ running
+    async def _run(self, inv: Invocation, spec: ActionSpec, payload: Any) -> None:
+        if inv.terminal:
+            return
+        self._set_status(inv, "running")
+        capture.install()
+        sink = capture.LogSink(partial(self._log_from_any_thread, inv))
+        inv.sink = sink
+        capture.current_sink.set(sink)
+        try:
+            result = await spec.fn(_Context(self, inv), payload)
+        except asyncio.CancelledError:
+            sink.flush()
+            if inv.terminal:
+                return
+            self.finish(inv, "failed", None, "Invocation cancelled")
+            raise
+        except Exception as exc:
+            sink.flush()
+            if not inv.terminal:
+                text = failure_text(exc, self.faults.plain_text_failure_output)
+                self.finish(inv, "failed", text, f"Action failed: {type(exc).__name__}")
+            return
+        sink.flush()
+        if inv.terminal:
+            return
+        try:
+            output = dumps(result)
+        except (TypeError, ValueError) as exc:
+            self.finish(inv, "failed", f"TypeError: action result is not JSON serializable: {exc}",
+                        "Action returned a value that is not JSON serializable")
+        else:
+            self.finish(inv, "succeeded", output, None)
+
+    def _on_timeout(self, inv: Invocation) -> None:
+        if inv.terminal:
+            return
+        reason = f"invocation timed out after {inv.timeout_seconds} seconds"
+        self.terminate(inv, "failed", reason, self._failure_output(reason), destroy_browsers=True)
+
+    def sync_cap_exceeded(self, inv: Invocation) -> None:
+        """Fail a synchronous invocation that ran past ``config.sync_timeout``."""
+        if inv.terminal:
+            return
+        reason = f"synchronous invocation exceeded {self.config.sync_timeout:g}s"
+        self.terminate(inv, "failed", reason, self._failure_output(reason), destroy_browsers=True)
+
+    def _failure_output(self, reason: str) -> str:
+        return reason if self.faults.plain_text_failure_output else dumps({"error": reason})
+
+    def _log_from_any_thread(self, inv: Invocation, line: str) -> None:
+        if threading.get_ident() == self.loop_thread:
+            self.add_log(inv, line)
+            return
+        loop = self.loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self.add_log, inv, line)
+        except RuntimeError:  # loop closed
+            pass
+
+    def add_log(self, inv: Invocation, line: str) -> None:
+        """Append one log line (ending with a newline) and push it to the followers."""
+        if inv.terminal:
+            return
+        ns = now_ns()
+        data = dumps({"event": "log", "timestamp": format_ns(ns), "message": line})
+        inv.logs.append((ns, data))
+        self._broadcast(inv, data, False)
+
+    def state_event(self, inv: Invocation) -> str:
+        return dumps(
+            {"event": "invocation_state", "timestamp": format_ns(now_ns()), "invocation": inv.to_dict(self.legacy)}
+        )
+
+    def _broadcast(self, inv: Invocation, data: str, terminal: bool) -> None:
+        for queue in inv.subscribers:
+            queue.put_nowait((data, terminal))
+
+    def _set_status(self, inv: Invocation, status: str) -> None:
+        inv.status = status
+        if inv.subscribers:
+            self._broadcast(inv, self.state_event(inv), False)
+
+    def finish(self, inv: Invocation, status: str, output: str | None, reason: str | None) -> None:
+        """Move a live invocation to a terminal state and notify everyone."""
+        if inv.terminal:
+            return
+        inv.status = status
+        if output is not None:
+            inv.output = output
+        inv.status_reason = reason if status == "failed" else None
+        if status == "failed" and not inv.status_reason:
+            inv.status_reason = "Invocation failed"
+        inv.finished_ns = now_ns()
+        inv.finished_at = format_ns(inv.finished_ns)
+        self.live_total -= 1
+        self.live_by_app[inv.app_name] -= 1
+        if self.live_by_app[inv.app_name] <= 0:
+            del self.live_by_app[inv.app_name]
+        if inv.timer is not None:
+            inv.timer.cancel()
+            inv.timer = None
+        inv.sink = None
+        inv.done.set()
+        if inv.subscribers:
+            self._broadcast(inv, self.state_event(inv), True)
+
+    def terminate(
+        self, inv: Invocation, status: str, reason: str | None, output: str | None, destroy_browsers: bool
+    ) -> None:
+        """End a live invocation from outside (PATCH, timeout, sync cap, reset) and cancel its run."""
+        if inv.terminal:
+            return
+        if inv.sink is not None:
+            inv.sink.flush()
+        self.finish(inv, status, output, reason)
+        if destroy_browsers:
+            inv.browsers.clear()
+        task = inv.task
+        if task is not None and not task.done() and task is not _current_task():
+            task.cancel()
+
+    # ------------------------------------------------------------------ browsers
+    def create_browser(self, inv: Invocation) -> dict[str, Any]:
+        session = new_id()
+        host = f"browser-{session[:8]}.kernel-emulator.invalid"
+        browser = {
+            "session_id": session,
+            "created_at": format_ns(now_ns()),
+            "cdp_ws_url": f"wss://{host}:8443/browser/cdp?session={session}",
+            "webdriver_ws_url": f"wss://{host}:8443/browser/webdriver/session?session={session}",
+            "browser_live_view_url": f"https://{host}:8443/browser/live?session={session}",
+            "base_url": f"https://{host}:8443/browser/kernel",
+            "headless": True,
+            "stealth": False,
+            "gpu": False,
+            "kiosk_mode": False,
+            "memory": "1GiB",
+            "region": "us-east",
+            "timeout_seconds": 60,
+        }
+        inv.browsers.append(browser)
+        return browser
+
+    # ------------------------------------------------------------------ queries
+    def iter_newest_first(self) -> Iterator[Invocation]:
+        return reversed(self.invocations.values())
+
+    def search(
+        self,
+        *,
+        app_name: str | None = None,
+        version: str | None = None,
+        action_name: str | None = None,
+        deployment_id: str | None = None,
+        status: str | None = None,
+        since_ns: int | None = None,
+        query: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[Invocation], bool]:
+        """One page of invocations (newest first) and whether more exist."""
+        needle = query.lower() if query else None
+        page: list[Invocation] = []
+        skipped = 0
+        for inv in self.iter_newest_first():
+            if app_name and inv.app_name != app_name:
+                continue
+            if version and inv.version != version:
+                continue
+            if action_name and inv.action_name != action_name:
+                continue
+            if deployment_id and inv.deployment_id != deployment_id:
+                continue
+            if status and inv.status != status:
+                continue
+            if since_ns is not None and inv.started_ns < since_ns:
+                continue
+            if needle and not (
+                needle in inv.id or needle in inv.app_name.lower() or needle in inv.action_name.lower()
+            ):
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            if len(page) == limit:
+                return page, True
+            page.append(inv)
+        return page, False
+
+    def stats(self) -> dict[str, Any]:
+        by_status: Counter[str] = Counter({s: 0 for s in STATUSES})
+        browsers = 0
+        for inv in self.invocations.values():
+            by_status[inv.status] += 1
+            browsers += len(inv.browsers)
+        return {
+            "created": self.created_total,
+            "created_by_key": [
+                {"app_name": app, "action_name": action, "payload": payload, "count": count}
+                for (app, action, payload), count in self.created_by_key.items()
+            ],
+            "live": self.live_total,
+            "live_by_app": dict(self.live_by_app),
+            "by_status": dict(by_status),
+            "browsers_live": browsers,
+            "open_streams": self.open_streams,
+            "requests_recorded": len(self.request_log),
+        }
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def count_created(
+    entries: list[dict[str, Any]], app: str | None = None, action: str | None = None, payload: Any = None
+) -> int:
+    """Sum ``created_by_key`` entries matching app/action/payload.
+
+    ``payload`` may be the exact JSON string sent, or any other value, which is compared with the decoded payload.
+    """
+    total = 0
+    for entry in entries:
+        if app is not None and entry["app_name"] != app:
+            continue
+        if action is not None and entry["action_name"] != action:
+            continue
+        if payload is not None:
+            sent = entry["payload"]
+            if isinstance(payload, str):
+                if sent != payload:
+                    continue
+            else:
+                try:
+                    decoded = json.loads(sent) if sent else None
+                except ValueError:
+                    continue
+                if decoded != payload:
+                    continue
+        total += entry["count"]
+    return total
