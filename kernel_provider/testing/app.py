@@ -95,7 +95,9 @@ class EmulatorMiddleware:
             auth_state = "missing"
         else:
             scheme, _, token = auth.partition(" ")
-            auth_state = "valid" if scheme.lower() == "bearer" and token.strip() in store.config.tokens else "invalid"
+            auth_state = (
+                "valid" if scheme.lower() == "bearer" and token.strip() in store.config.tokens else "invalid"
+            )
         started = time.perf_counter()
         entry: dict[str, Any] = {
             "time": format_ns(now_ns()),
@@ -137,7 +139,13 @@ class EmulatorMiddleware:
         await self._apply(fault, entry, scope, receive, send, recording_send)
 
     async def _apply(
-        self, fault: Fault, entry: dict[str, Any], scope: Scope, receive: Receive, send: Send, recording_send: Send
+        self,
+        fault: Fault,
+        entry: dict[str, Any],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        recording_send: Send,
     ) -> None:
         if fault.delay:
             await asyncio.sleep(fault.delay)
@@ -284,7 +292,7 @@ def _validate_create(body: dict[str, Any]) -> tuple[str, str, str, str | None, A
     payload_value: Any = None
     if payload is not None:
         if not isinstance(payload, str):
-            raise BadRequest("invalid payload: must be a JSON-encoded string, e.g. \"{\\\"key\\\":1}\"")
+            raise BadRequest('invalid payload: must be a JSON-encoded string, e.g. "{\\"key\\":1}"')
         if payload.strip():
             try:
                 payload_value = json.loads(payload)
@@ -361,7 +369,9 @@ async def list_invocations(request: Request) -> Response:
         offset=offset,
     )
     legacy = store.legacy
-    return json_response([inv.to_dict(legacy) for inv in page], 200, _page_headers(limit, offset, len(page), has_more))
+    return json_response(
+        [inv.to_dict(legacy) for inv in page], 200, _page_headers(limit, offset, len(page), has_more)
+    )
 
 
 async def list_browsers(request: Request) -> Response:
@@ -387,8 +397,9 @@ async def list_apps(request: Request) -> Response:
         offset = _int_param(request, "offset", 0, 0, None)
     except BadRequest as exc:
         return error_response(400, "bad_request", str(exc))
-    found = store.registry.search(params.get("app_name") or None, params.get("version") or None,
-                                  params.get("query") or None)
+    found = store.registry.search(
+        params.get("app_name") or None, params.get("version") or None, params.get("query") or None
+    )
     page = found[offset : offset + limit]
     has_more = offset + len(page) < len(found)
     return json_response([v.summary() for v in page], 200, _page_headers(limit, offset, len(page), has_more))
@@ -417,7 +428,9 @@ async def follow_invocation(request: Request) -> Response:
     )
 
 
-async def _event_stream(store: Store, inv: Invocation, since_ns: int | None, fault: Fault | None) -> AsyncIterator[bytes]:
+async def _event_stream(
+    store: Store, inv: Invocation, since_ns: int | None, fault: Fault | None
+) -> AsyncIterator[bytes]:
     """The follow stream: state on connect, log history, then live events and heartbeats until terminal."""
     queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
     # Snapshot and subscription happen in one synchronous step on the loop: nothing can slip in between.
@@ -444,7 +457,9 @@ async def _event_stream(store: Store, inv: Invocation, since_ns: int | None, fau
             if spend():
                 return
         if fault is not None and fault.error_event is not None:
-            yield _frame(dumps({"event": "error", "timestamp": format_ns(now_ns()), "error": fault.error_event}))
+            yield _frame(
+                dumps({"event": "error", "timestamp": format_ns(now_ns()), "error": fault.error_event})
+            )
             if spend() or fault.error_then_close:
                 return
         if fault is not None and fault.silent:
@@ -567,7 +582,9 @@ def build_app(store: Store) -> ASGIApp:
         return error_response(404, "not_found", f"no route for {request.method} {request.url.path}")
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        return error_response(405, "method_not_allowed", f"{request.method} not allowed on {request.url.path}")
+        return error_response(
+            405, "method_not_allowed", f"{request.method} not allowed on {request.url.path}"
+        )
 
     async def server_error(request: Request, exc: Exception) -> Response:
         return error_response(500, "internal_error", f"emulator error: {type(exc).__name__}: {exc}")
@@ -587,4 +604,3 @@ def build_app(store: Store) -> ASGIApp:
     )
     app.state.store = store
     return EmulatorMiddleware(app, store)
-

@@ -65,6 +65,7 @@ class Invocation:
         "task",
         "timeout_seconds",
         "timer",
+        "version",
     )
 
     def __init__(
@@ -172,7 +173,9 @@ class _Context:
 class Store:
     """The emulator's state and the invocation state machine."""
 
-    def __init__(self, config: EmulatorConfig, registry: AppRegistry, faults: FaultPlan | None = None) -> None:
+    def __init__(
+        self, config: EmulatorConfig, registry: AppRegistry, faults: FaultPlan | None = None
+    ) -> None:
         self.config = config
         self.registry = registry
         self.faults = faults or FaultPlan(seed=config.seed)
@@ -318,8 +321,12 @@ class Store:
         try:
             output = dumps(result)
         except (TypeError, ValueError) as exc:
-            self.finish(inv, "failed", f"TypeError: action result is not JSON serializable: {exc}",
-                        "Action returned a value that is not JSON serializable")
+            self.finish(
+                inv,
+                "failed",
+                f"TypeError: action result is not JSON serializable: {exc}",
+                "Action returned a value that is not JSON serializable",
+            )
         else:
             self.finish(inv, "succeeded", output, None)
 
@@ -362,7 +369,11 @@ class Store:
 
     def state_event(self, inv: Invocation) -> str:
         return dumps(
-            {"event": "invocation_state", "timestamp": format_ns(now_ns()), "invocation": inv.to_dict(self.legacy)}
+            {
+                "event": "invocation_state",
+                "timestamp": format_ns(now_ns()),
+                "invocation": inv.to_dict(self.legacy),
+            }
         )
 
     def _broadcast(self, inv: Invocation, data: str, terminal: bool) -> None:

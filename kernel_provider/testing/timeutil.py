@@ -14,14 +14,14 @@ _last_ns = 0
 _DURATION_UNITS = {
     "ns": 1,
     "us": 1_000,
-    "µs": 1_000,  # noqa: RUF001 - Go accepts the micro sign
-    "μs": 1_000,  # noqa: RUF001 - and the Greek mu
+    "µs": 1_000,
+    "μs": 1_000,
     "ms": 1_000_000,
     "s": 1_000_000_000,
     "m": 60_000_000_000,
     "h": 3_600_000_000_000,
 }
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")  # noqa: RUF001
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _TIMESTAMP = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})"
     r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?"

@@ -1,0 +1,42 @@
+"""Kernel example: one action's output becomes the next action's payload.
+
+Pass the upstream task's ``.output`` (an XComArg) as ``payload``: Airflow hands over the decoded JSON value
+(here a dict) and the operator JSON-encodes it again. Avoid a Jinja string such as
+``payload="{{ ti.xcom_pull(task_ids='scrape_prices') }}"``: it renders the Python repr of the dict
+(single quotes), which is not JSON, and the task fails before invoking (unless the DAG sets
+``render_template_as_native_obj=True``).
+"""
+
+from __future__ import annotations
+
+import pendulum
+
+from kernel_provider.operators.kernel import KernelInvokeOperator
+
+try:  # Airflow 3
+    from airflow.sdk import DAG
+except ImportError:  # Airflow 2.x
+    from airflow import DAG
+
+with DAG(
+    dag_id="example_kernel_chain",
+    schedule=None,
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["kernel", "example"],
+    doc_md=__doc__,
+):
+    scrape = KernelInvokeOperator(
+        task_id="scrape_prices",
+        app_name="demo-shop",
+        action_name="scrape_prices",
+        payload={"date": "{{ ds }}", "store": "south"},
+    )
+
+    # Passing scrape.output also sets the dependency scrape >> summarize.
+    summarize = KernelInvokeOperator(
+        task_id="summarize",
+        app_name="demo-shop",
+        action_name="summarize",
+        payload=scrape.output,
+    )

@@ -1,0 +1,53 @@
+"""A local emulator of the Kernel API (``/invocations``, ``/apps``) for tests, demos and benchmarks.
+
+It runs real HTTP (starlette + uvicorn + sse-starlette), needs no Airflow, and can inject faults reproducibly.
+Heavy imports are deferred: ``import kernel_provider.testing`` stays cheap.
+
+* :class:`KernelEmulator` - in-process server (context manager); ``KernelEmulator.spawn()`` for a subprocess.
+* :class:`EmulatorClient` - the admin/introspection routes over HTTP.
+* :class:`FaultPlan` - scripted, seeded fault injection.
+* ``DEMO_APP_NAME`` - the built-in app (``demo``) with actions echo, sleep, logs, fail, plain_fail, slow,
+  browse, big, blocking, counter.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kernel_provider.testing.config import DEFAULT_TOKEN, DEMO_APP_NAME
+
+if TYPE_CHECKING:
+    from kernel_provider.testing.client import EmulatorClient
+    from kernel_provider.testing.faults import Fault, FaultPlan
+    from kernel_provider.testing.server import EmulatorProcess, KernelEmulator, spawn_emulator
+
+__all__ = [
+    "DEFAULT_TOKEN",
+    "DEMO_APP_NAME",
+    "EmulatorClient",
+    "EmulatorProcess",
+    "Fault",
+    "FaultPlan",
+    "KernelEmulator",
+    "spawn_emulator",
+]
+
+_LAZY = {
+    "KernelEmulator": "kernel_provider.testing.server",
+    "EmulatorProcess": "kernel_provider.testing.server",
+    "spawn_emulator": "kernel_provider.testing.server",
+    "EmulatorClient": "kernel_provider.testing.client",
+    "FaultPlan": "kernel_provider.testing.faults",
+    "Fault": "kernel_provider.testing.faults",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,119 @@
+"""``EmulatorClient``: the emulator's admin and introspection routes (``/_emulator/...``) over HTTP.
+
+Use it for an emulator running in another process (``kernel-emulator`` CLI, :meth:`KernelEmulator.spawn`); it
+offers the same introspection methods as the in-process :class:`~kernel_provider.testing.KernelEmulator`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from kernel_provider.testing.config import DEFAULT_TOKEN
+from kernel_provider.testing.state import count_created
+
+
+class EmulatorClient:
+    """Talks to ``<url>/_emulator/*`` (no auth needed there)."""
+
+    def __init__(self, url: str, token: str = DEFAULT_TOKEN, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> EmulatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _get(self, route: str, /, **params: Any) -> Any:
+        response = self._http.get(route, params={k: v for k, v in params.items() if v is not None})
+        response.raise_for_status()
+        return response.json()
+
+    def _post(self, route: str, body: Any = None) -> Any:
+        content = b"" if body is None else json.dumps(body).encode()
+        response = self._http.post(route, content=content, headers={"content-type": "application/json"})
+        response.raise_for_status()
+        return response.json()
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._get("/_emulator/health"))
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Poll ``/_emulator/health`` until it answers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.health()
+                return
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._get("/_emulator/stats"))
+
+    def requests(
+        self, path: str | None = None, method: str | None = None, route: str | None = None
+    ) -> list[dict[str, Any]]:
+        return list(self._get("/_emulator/requests", path=path, method=method, route=route))
+
+    def created_count(self, app: str | None = None, action: str | None = None, payload: Any = None) -> int:
+        return count_created(self.stats()["created_by_key"], app, action, payload)
+
+    def set_faults(self, plan: dict[str, Any] | list[Any] | str | Path | None) -> dict[str, Any]:
+        """Replace the fault plan (a dict, a rule list, JSON text, a JSON file path, or None to clear)."""
+        if isinstance(plan, Path):
+            plan = json.loads(plan.read_text())
+        elif isinstance(plan, str):
+            plan = json.loads(plan)
+        return dict(self._post("/_emulator/faults", plan))
+
+    def clear_faults(self) -> None:
+        self.set_faults(None)
+
+    def faults(self) -> dict[str, Any]:
+        return dict(self._get("/_emulator/faults"))
+
+    def reset(self) -> None:
+        self._post("/_emulator/reset")
+
+    def invocations(self) -> list[dict[str, Any]]:
+        return list(self._get("/_emulator/invocations"))
+
+    def invocation(self, invocation_id: str) -> dict[str, Any] | None:
+        response = self._http.get(f"/_emulator/invocations/{invocation_id}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return dict(response.json())
+
+    def wait_for(
+        self, invocation_id: str, statuses: tuple[str, ...] = ("succeeded", "failed"), timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Poll until the invocation reaches one of ``statuses``; raises ``TimeoutError``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            inv = self.invocation(invocation_id)
+            if inv is not None and inv["status"] in statuses:
+                return inv
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"invocation {invocation_id} not in {statuses} after {timeout}s: {inv}")
+            time.sleep(0.02)
+
+    def configure(self, **values: Any) -> dict[str, Any]:
+        """Change run-time settings: heartbeat, sync_timeout, org_concurrency, app_concurrency, retry_after."""
+        return dict(self._post("/_emulator/config", values))
+
+    def apps(self) -> list[dict[str, Any]]:
+        return list(self._get("/_emulator/apps"))

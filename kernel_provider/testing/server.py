@@ -1,0 +1,387 @@
+"""``KernelEmulator``: run the emulator in-process (uvicorn in a daemon thread) or in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kernel_provider.testing.actions import build_registry
+from kernel_provider.testing.client import EmulatorClient
+from kernel_provider.testing.config import DEFAULT_TOKEN, EmulatorConfig
+from kernel_provider.testing.faults import FaultPlan
+from kernel_provider.testing.state import TERMINAL, Store, count_created
+
+T = TypeVar("T")
+FaultsArg = FaultPlan | dict[str, Any] | list[Any] | str | Path | None
+
+
+def _load_faults(faults: FaultsArg, seed: int | None) -> FaultPlan:
+    if isinstance(faults, (str, Path)) and not str(faults).lstrip().startswith(("{", "[")):
+        return FaultPlan.load(faults, default_seed=seed)
+    return FaultPlan.from_json(faults, default_seed=seed)
+
+
+class KernelEmulator:
+    """A local Kernel API server.
+
+    >>> with KernelEmulator() as emu:
+    ...     Kernel(api_key=emu.token, base_url=emu.url).invocations.create(...)
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        tokens: Sequence[str] | None = None,
+        apps: Sequence[str | Path] = (),
+        app_versions: Sequence[str] = ("latest",),
+        demo_versions: Sequence[str] = ("latest",),
+        faults: FaultsArg = None,
+        seed: int | None = None,
+        heartbeat: float = 15.0,
+        sync_timeout: float = 100.0,
+        org_concurrency: int | None = None,
+        app_concurrency: int | None = None,
+        retry_after: int = 1,
+        unknown_projects: Sequence[str] = (),
+        request_log_size: int = 10_000,
+        env_vars: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        all_tokens = list(tokens or [])
+        if token is not None:
+            all_tokens.insert(0, token)
+        self.config = EmulatorConfig(
+            tokens=tuple(all_tokens or [DEFAULT_TOKEN]),
+            app_files=tuple(str(p) for p in apps),
+            app_versions=tuple(app_versions),
+            demo_versions=tuple(demo_versions),
+            heartbeat=heartbeat,
+            sync_timeout=sync_timeout,
+            org_concurrency=org_concurrency,
+            app_concurrency=app_concurrency,
+            retry_after=retry_after,
+            seed=seed,
+            unknown_projects=tuple(unknown_projects),
+            request_log_size=request_log_size,
+            env_vars=dict(env_vars or {}),
+        )
+        self.config.validate()
+        self.host = host
+        self._requested_port = port
+        registry = build_registry(
+            self.config.app_files, self.config.app_versions, self.config.demo_versions, self.config.env_vars
+        )
+        self.store = Store(self.config, registry, _load_faults(faults, seed))
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self._client: EmulatorClient | None = None
+        self.port = 0
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:54321`` (no trailing slash)."""
+        if not self.port:
+            raise RuntimeError("the emulator is not started")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def token(self) -> str:
+        """The first accepted API token."""
+        return self.config.tokens[0]
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return tuple(self.config.tokens)
+
+    @property
+    def client(self) -> EmulatorClient:
+        """An :class:`EmulatorClient` for this emulator (same API over HTTP)."""
+        if self._client is None:
+            self._client = EmulatorClient(self.url, self.token)
+        return self._client
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ------------------------------------------------------------------ start / stop
+    def start(self, timeout: float = 15.0) -> KernelEmulator:
+        """Bind the port, start uvicorn in a daemon thread and wait until it serves requests."""
+        if self._thread is not None:
+            return self
+        import uvicorn
+
+        from kernel_provider.testing.app import build_app
+
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self._requested_port))
+        sock.set_inheritable(True)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            build_app(self.store),
+            loop="asyncio",
+            http="h11",
+            ws="none",
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=2,
+            timeout_keep_alive=30,
+            backlog=4096,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="kernel-emulator", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                self._cleanup()
+                raise RuntimeError("the Kernel emulator failed to start (see the log above)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"the Kernel emulator did not start within {timeout}s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Fail live invocations, close open streams, stop uvicorn and join its thread."""
+        thread, server = self._thread, self._server
+        if thread is None or server is None:
+            return
+        if thread.is_alive() and self.store.loop is not None:
+            try:
+                self._call(self.store.shutdown, timeout=timeout)
+            except Exception:  # the loop may already be gone
+                pass
+        server.should_exit = True
+        thread.join(timeout)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._thread = None
+        self._server = None
+
+    def __enter__(self) -> KernelEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ in-process introspection
+    def _call(self, fn: Callable[..., T], *args: Any, timeout: float = 10.0) -> T:
+        """Run ``fn(*args)`` on the emulator's loop thread (or directly when not running)."""
+        loop = self.store.loop
+        if loop is None or not self.running or threading.get_ident() == self.store.loop_thread:
+            return fn(*args)
+
+        async def runner() -> T:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(runner(), loop).result(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """``{"created", "created_by_key", "live", "by_status", "browsers_live", ...}``."""
+        return self._call(self.store.stats)
+
+    def requests(
+        self, path: str | None = None, method: str | None = None, route: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The request log (oldest first), optionally filtered by concrete/templated path, method, route."""
+        return self._call(self.store.requests, path, method, route)
+
+    def created_count(self, app: str | None = None, action: str | None = None, payload: Any = None) -> int:
+        """How many invocations were created for app/action/payload (payload: the JSON string or a value)."""
+        return count_created(self.stats()["created_by_key"], app, action, payload)
+
+    def set_faults(self, plan: FaultsArg) -> FaultPlan:
+        """Replace the fault plan (FaultPlan, dict, rule list, JSON text, JSON file path, or None to clear)."""
+        new = _load_faults(plan, self.config.seed)
+
+        def apply() -> None:
+            self.store.faults = new
+
+        self._call(apply)
+        return new
+
+    def clear_faults(self) -> None:
+        self.set_faults(None)
+
+    @property
+    def faults(self) -> FaultPlan:
+        return self.store.faults
+
+    def reset(self) -> None:
+        """Forget invocations, counters, the request log and the fault plan."""
+        self._call(self.store.reset)
+
+    def invocation(self, invocation_id: str) -> dict[str, Any] | None:
+        """The invocation's JSON (plus an ``_emulator`` section), or None."""
+
+        def get() -> dict[str, Any] | None:
+            inv = self.store.invocations.get(invocation_id)
+            return inv.admin_dict() if inv is not None else None
+
+        return self._call(get)
+
+    def invocations(self) -> list[dict[str, Any]]:
+        """All invocations, oldest first."""
+        return self._call(lambda: [inv.admin_dict() for inv in self.store.invocations.values()])
+
+    def wait_for(
+        self, invocation_id: str, statuses: tuple[str, ...] = tuple(TERMINAL), timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Poll until the invocation reaches one of ``statuses``; raises ``TimeoutError``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            inv = self.invocation(invocation_id)
+            if inv is not None and inv["status"] in statuses:
+                return inv
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"invocation {invocation_id} not in {statuses} after {timeout}s: {inv}")
+            time.sleep(0.01)
+
+    def configure(self, **values: Any) -> dict[str, Any]:
+        """Change run-time settings: heartbeat, sync_timeout, org_concurrency, app_concurrency, retry_after."""
+        self._call(self.config.update, values)
+        return self.config.public()
+
+    # ------------------------------------------------------------------ subprocess
+    @classmethod
+    def spawn(cls, **kwargs: Any) -> EmulatorProcess:
+        """Start ``python -m kernel_provider.testing`` in a subprocess; see :func:`spawn_emulator`."""
+        return spawn_emulator(**kwargs)
+
+
+class EmulatorProcess:
+    """A running ``kernel-emulator`` subprocess: ``.url``, ``.token``, ``.client``, ``.pid``, ``.stop()``."""
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], url: str, token: str, workdir: tempfile.TemporaryDirectory[str]
+    ):
+        self.proc = proc
+        self.url = url
+        self.token = token
+        self.client = EmulatorClient(url, token)
+        self._workdir = workdir
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, wait (kill after ``timeout``); returns the exit code."""
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        self._workdir.cleanup()
+        return int(self.proc.returncode)
+
+    def __enter__(self) -> EmulatorProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def spawn_emulator(
+    *,
+    token: str | None = None,
+    tokens: Sequence[str] = (),
+    apps: Sequence[str | Path] = (),
+    faults: dict[str, Any] | list[Any] | str | Path | None = None,
+    seed: int | None = None,
+    heartbeat: float | None = None,
+    sync_timeout: float | None = None,
+    org_concurrency: int | None = None,
+    app_concurrency: int | None = None,
+    retry_after: int | None = None,
+    demo_versions: Sequence[str] = (),
+    app_versions: Sequence[str] = (),
+    host: str = "127.0.0.1",
+    python: str | None = None,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> EmulatorProcess:
+    """Run the emulator CLI in a subprocess (port 0) and wait until it is listening."""
+    workdir = tempfile.TemporaryDirectory(prefix="kernel-emulator-")
+    url_file = Path(workdir.name) / "url"
+    all_tokens = ([token] if token else []) + list(tokens)
+    args = [python or sys.executable, "-m", "kernel_provider.testing", "--host", host, "--port", "0"]
+    args += ["--url-file", str(url_file), "--quiet"]
+    for tok in all_tokens:
+        args += ["--token", tok]
+    for app in apps:
+        args += ["--app", str(app)]
+    if faults is not None:
+        if isinstance(faults, (dict, list)):
+            faults_file = Path(workdir.name) / "faults.json"
+            faults_file.write_text(json.dumps(faults))
+            faults = faults_file
+        args += ["--faults", str(faults)]
+    options = {
+        "--seed": seed,
+        "--heartbeat": heartbeat,
+        "--sync-timeout": sync_timeout,
+        "--org-concurrency": org_concurrency,
+        "--app-concurrency": app_concurrency,
+        "--retry-after": retry_after,
+    }
+    for flag, value in options.items():
+        if value is not None:
+            args += [flag, str(value)]
+    for version in demo_versions:
+        args += ["--demo-version", version]
+    for version in app_versions:
+        args += ["--app-version", version]
+    args += list(extra_args)
+    proc_env = dict(os.environ)
+    proc_env.update(env or {})
+    log_path = Path(workdir.name) / "stderr.log"
+    with open(log_path, "wb") as stderr:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, env=proc_env)
+    deadline = time.monotonic() + timeout
+    while not url_file.exists() or not url_file.read_text().strip():
+        if proc.poll() is not None:
+            message = log_path.read_text(errors="replace")
+            workdir.cleanup()
+            raise RuntimeError(f"kernel-emulator exited with {proc.returncode}:\n{message}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            workdir.cleanup()
+            raise TimeoutError("kernel-emulator did not start in time")
+        time.sleep(0.02)
+    url = url_file.read_text().strip()
+    return EmulatorProcess(proc, url, all_tokens[0] if all_tokens else DEFAULT_TOKEN, workdir)

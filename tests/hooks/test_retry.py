@@ -1,0 +1,70 @@
+"""The retry policy as pure logic: which failures are retried, how long it waits, when it stops."""
+
+from __future__ import annotations
+
+from email.utils import format_datetime
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from kernel_provider.exceptions import KernelApiError, KernelTransportError
+from kernel_provider.hooks.retry import RetryPolicy, is_retryable, retry_after_seconds
+
+
+def api_error(status: int, **headers: str) -> KernelApiError:
+    return KernelApiError(status, "code", "message", headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("exc", "idempotent", "expected"),
+    [
+        (KernelTransportError("refused", request_sent=False), False, True),
+        (KernelTransportError("read timeout", request_sent=True), False, False),
+        (KernelTransportError("read timeout", request_sent=True), True, True),
+        (api_error(429), False, True),
+        (api_error(503), False, False),
+        (api_error(503), True, True),
+        (api_error(408), True, True),
+        (api_error(408), False, False),
+        (api_error(500, **{"x-should-retry": "true"}), False, True),
+        (api_error(500, **{"x-should-retry": "false"}), True, False),
+        (api_error(429, **{"x-should-retry": "false"}), False, False),
+        (api_error(400), True, False),
+        (api_error(401), True, False),
+        (api_error(404), True, False),
+        (api_error(409), True, False),
+        (ValueError("not ours"), True, False),
+    ],
+)
+def test_what_is_retried(exc: BaseException, idempotent: bool, expected: bool) -> None:
+    assert is_retryable(exc, idempotent=idempotent) is expected
+
+
+def test_retry_after_forms() -> None:
+    assert retry_after_seconds(api_error(429, **{"retry-after": "3"})) == 3.0
+    assert retry_after_seconds(api_error(429, **{"retry-after-ms": "250"})) == 0.25
+    # retry-after-ms wins over Retry-After, as in Kernel's SDK
+    assert retry_after_seconds(api_error(429, **{"retry-after-ms": "100", "retry-after": "9"})) == 0.1
+    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    hinted = retry_after_seconds(api_error(429, **{"retry-after": format_datetime(when, usegmt=True)}))
+    assert hinted is not None and 25 <= hinted <= 31
+    assert retry_after_seconds(api_error(429, **{"retry-after": "soon"})) is None
+    assert retry_after_seconds(api_error(429)) is None
+
+
+def test_wait_honours_hint_with_cap_and_backs_off_otherwise() -> None:
+    policy = RetryPolicy(backoff_initial=1, backoff_max=8, retry_after_cap=5)
+    assert policy.wait_seconds(1, api_error(429, **{"retry-after": "2"})) == 2
+    assert policy.wait_seconds(1, api_error(429, **{"retry-after": "600"})) == 5
+    for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (4, 8), (9, 8)]:
+        wait = policy.wait_seconds(attempt, api_error(503))
+        assert ceiling / 2 <= wait <= ceiling
+
+
+def test_stop_bounds_attempts_time_and_gives_429_its_own_budget() -> None:
+    policy = RetryPolicy(max_attempts=3, max_elapsed=10, rate_limit_budget=100)
+    assert not policy.should_stop(2, 1.0, api_error(503))
+    assert policy.should_stop(3, 1.0, api_error(503))
+    assert policy.should_stop(1, 11.0, api_error(503))
+    assert not policy.should_stop(50, 60.0, api_error(429))
+    assert policy.should_stop(50, 100.0, api_error(429))
