@@ -53,7 +53,8 @@ demo: $(VENV)/.installed
 
 ## make bench: benchmarks against the emulator, each side by side with its baseline.
 bench: $(VENV)/.installed
-	@$(VENV)/bin/python -m bench
+	@$(VENV)/bin/python -m pip install $(PIP_FLAGS) -e ".[bench]" 2>&1 | grep -v "is ignored" || true
+	@AIRFLOW_HOME=$(CURDIR)/.airflow/bench $(VENV)/bin/python -m bench
 
 clean:
 	rm -rf $(VENV) $(VENV_AF2) .airflow build *.egg-info

@@ -1,10 +1,10 @@
 """Kernel example: one action's output becomes the next action's payload.
 
 Pass the upstream task's ``.output`` (an XComArg) as ``payload``: Airflow hands over the decoded JSON value
-(here a dict) and the operator JSON-encodes it again. Avoid a Jinja string such as
+(here a dict) and the operator JSON-encodes it again. Avoid a plain Jinja string such as
 ``payload="{{ ti.xcom_pull(task_ids='scrape_prices') }}"``: it renders the Python repr of the dict
-(single quotes), which is not JSON, and the task fails before invoking (unless the DAG sets
-``render_template_as_native_obj=True``).
+(single quotes), which is not JSON, so the task fails before invoking. If you need a template, add
+``| tojson``: ``"{{ ti.xcom_pull(task_ids='scrape_prices') | tojson }}"``.
 """
 
 from __future__ import annotations

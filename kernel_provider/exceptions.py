@@ -42,7 +42,7 @@ class KernelApiError(KernelError):
         path: str = "",
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.status_code = status_code
+        self.status_code = status_code  # type: ignore[assignment]  # AirflowException types it HTTPStatus
         self.code = code
         self.message = message
         self.details = list(details or ())

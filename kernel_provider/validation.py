@@ -44,7 +44,7 @@ def encode_payload(payload: Any, field: str = "payload") -> str | None:
             return None
         try:
             json.loads(payload)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise KernelInputError(
                 field, f"is a string but not valid JSON ({exc.msg} at position {exc.pos}).",
                 "Pass a dict/list (it is JSON-encoded for you) or valid JSON text such as '{\"url\": \"...\"}'.",

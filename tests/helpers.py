@@ -18,3 +18,4 @@ def conn_json(url: str, token: str, **extra: Any) -> str:
     if extra:
         conn["extra"] = extra
     return json.dumps(conn)
+

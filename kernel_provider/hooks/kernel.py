@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 import httpx
 import requests
 import tenacity
-
 from airflow.providers.common.compat.sdk import BaseHook
+
 from kernel_provider import __version__
 from kernel_provider.exceptions import (
     KernelApiError,

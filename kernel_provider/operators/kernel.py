@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
+
 from kernel_provider.completion import ERROR, FAILED, TIMEOUT, finish, validate_event
 from kernel_provider.exceptions import (
     KernelAmbiguousCreateError,

@@ -14,6 +14,7 @@ from airflow.providers.common.compat.sdk import (
     PokeReturnValue,
     conf,
 )
+
 from kernel_provider.completion import ERROR, TIMEOUT, finish, validate_event
 from kernel_provider.exceptions import KernelError
 from kernel_provider.hooks.kernel import KernelHook

@@ -14,6 +14,7 @@ The trigger only reads: it never creates an invocation, so a restart cannot star
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
 from kernel_provider.completion import ERROR, TIMEOUT, event_for_invocation, make_event
 from kernel_provider.exceptions import KernelApiError, KernelError
 from kernel_provider.hooks import api
@@ -224,21 +226,25 @@ class _Waiter:
         """Read one connection of the stream. Returns (delivered new log lines?, final event, why it ended)."""
         progressed = False
         self.replay = Counter(self.seen_at_last)
+        events = self.t.hook.stream_events(self.t.invocation_id, since=self.last_ts,
+                                           silence_timeout=self.t.silence_timeout)
         try:
-            async for event in self.t.hook.stream_events(self.t.invocation_id, since=self.last_ts,
-                                                         silence_timeout=self.t.silence_timeout):
-                kind = event.get("event")
-                if kind == "log":
-                    progressed = self.on_log(event) or progressed
-                elif kind == "invocation_state":
-                    data = event.get("invocation")
-                    if isinstance(data, dict):
-                        done = self.final(Invocation.from_api(data))
-                        if done is not None:
-                            return progressed, done, ""
-                elif kind == "error":
-                    error = event.get("error") or {}
-                    return progressed, None, f"error event {error.get('code')}: {error.get('message')}"
+            # aclosing: leaving the loop early (terminal state) must close the stream's response now, not
+            # whenever the generator is garbage-collected (possibly after its event loop is gone).
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    kind = event.get("event")
+                    if kind == "log":
+                        progressed = self.on_log(event) or progressed
+                    elif kind == "invocation_state":
+                        data = event.get("invocation")
+                        if isinstance(data, dict):
+                            done = self.final(Invocation.from_api(data))
+                            if done is not None:
+                                return progressed, done, ""
+                    elif kind == "error":
+                        error = event.get("error") or {}
+                        return progressed, None, f"error event {error.get('code')}: {error.get('message')}"
         except KernelApiError as exc:
             if exc.status_code in FATAL_STATUS_CODES:
                 return progressed, make_event(ERROR, self.t.invocation_id, message=str(exc)), ""
