@@ -16,7 +16,8 @@ import pytest
 
 from kernel_provider.hooks.kernel import KernelHook
 from kernel_provider.triggers.kernel import KernelInvocationTrigger
-from tests.helpers import conn_json, kernel_lines, requests_for
+from tests.airflow_helpers import kernel_lines, requests_for, wait_until
+from tests.helpers import conn_json
 
 EVENT_KEYS = {"status", "invocation_id", "status_reason", "message"}
 
@@ -36,17 +37,6 @@ async def run_to_event(t: KernelInvocationTrigger) -> dict[str, Any]:
     events = [e async for e in t.run()]
     assert len(events) == 1, events
     return events[0].payload
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
 
 
 # --- terminal paths -----------------------------------------------------------------------------------------

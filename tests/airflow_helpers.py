@@ -1,0 +1,130 @@
+"""Helpers for the trigger, sensor and operator tests: run small DAGs with ``dag.test()``, read what they left.
+
+Airflow 3.3's ``dag.test()`` only runs DAGs that are serialized in the metadata DB (normally written by the DAG
+processor walking a bundle). DAGs built inside a test are in no bundle, so :func:`run_dag` writes them first,
+as Airflow's own test helpers do.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+import uuid
+from typing import Any
+
+from airflow import __version__ as AIRFLOW_VERSION
+
+AF2 = AIRFLOW_VERSION.startswith("2.")
+AF3 = not AF2
+
+if AF3:
+    from airflow.sdk import DAG, task
+else:
+    from airflow import DAG  # type: ignore[no-redef]
+    from airflow.decorators import task  # type: ignore[no-redef]
+
+START = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+
+__all__ = ["AF2", "AF3", "DAG", "START", "kernel_lines", "make_dag", "requests_for", "run_dag", "task",
+           "ti_map", "wait_until", "xcom"]
+
+
+def make_dag(prefix: str, **kwargs: Any) -> Any:
+    """A fresh DAG with a unique id, so runs of earlier tests never interfere."""
+    kwargs.setdefault("schedule", None)
+    kwargs.setdefault("start_date", START)
+    kwargs.setdefault("catchup", False)
+    return DAG(dag_id=f"{prefix}_{uuid.uuid4().hex[:10]}", **kwargs)
+
+
+def _serialize_af3(dag: Any) -> None:
+    from airflow import settings
+    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+    from airflow.serialization.serialized_objects import LazyDeserializedDAG
+
+    session = settings.Session()
+    try:
+        update_dag_parsing_results_in_db("dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None,
+                                         set(), session=session)
+        session.commit()
+    finally:
+        session.close()
+
+
+def run_dag(dag: Any, logical_date: datetime.datetime | None = None) -> Any:
+    """Run one DagRun of ``dag`` in this process (tasks, deferrals and their triggers inline); returns it."""
+    if AF3:
+        _serialize_af3(dag)
+        return dag.test(logical_date=logical_date) if logical_date else dag.test()
+    return dag.test(execution_date=logical_date) if logical_date else dag.test()
+
+
+def ti_map(dr: Any) -> dict[Any, Any]:
+    """{task_id: ti} of a finished DagRun; mapped tasks as {(task_id, map_index): ti}."""
+    out: dict[Any, Any] = {}
+    for ti in dr.get_task_instances():
+        out[ti.task_id if ti.map_index < 0 else (ti.task_id, ti.map_index)] = ti
+    return out
+
+
+def states(dr: Any) -> dict[Any, str]:
+    return {key: str(getattr(ti.state, "value", ti.state)) for key, ti in ti_map(dr).items()}
+
+
+def xcom(dr: Any, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+    """The XCom value a task of a finished DagRun pushed (None when absent)."""
+    from airflow import settings
+
+    session = settings.Session()
+    try:
+        if AF3:
+            from airflow.models.xcom import XComModel
+
+            row = session.scalars(XComModel.get_many(run_id=dr.run_id, key=key, dag_ids=dr.dag_id,
+                                                     task_ids=task_id, map_indexes=map_index)).first()
+            return None if row is None else XComModel.deserialize_value(row)
+        from airflow.models.xcom import XCom
+
+        return XCom.get_one(run_id=dr.run_id, key=key, dag_id=dr.dag_id, task_id=task_id,
+                            map_index=map_index, session=session)
+    finally:
+        session.close()
+
+
+def kernel_lines(invocation_id: str, caplog: Any, capfd: Any) -> list[str]:
+    """The action log lines ("line 0", ...) the provider wrote for ``invocation_id``, in order.
+
+    Airflow 2 (and task code on Airflow 3) logs through stdlib logging, which ``caplog`` sees; triggers on
+    Airflow 3 log through structlog straight to stdout, which ``capfd`` sees. One source is used, never both,
+    so a line is never counted twice.
+    """
+    pattern = re.compile(r"\[kernel " + re.escape(invocation_id) + r"\] (line \d+)")
+    from_caplog = [m.group(1) for r in caplog.records for m in [pattern.search(r.getMessage())] if m]
+    if from_caplog:
+        return from_caplog
+    out = capfd.readouterr().out
+    return [m.group(1) for line in out.splitlines() for m in [pattern.search(line)] if m]
+
+
+def all_logs(caplog: Any, capfd: Any) -> str:
+    """Everything logged or printed during the test so far (for message checks, not for counting)."""
+    captured = capfd.readouterr()
+    return "\n".join([caplog.text, captured.out, captured.err])
+
+
+def requests_for(emulator: Any, invocation_id: str) -> list[dict[str, Any]]:
+    """Every request the emulator recorded whose path names ``invocation_id``."""
+    return [r for r in emulator.requests() if invocation_id in r["path"]]
+
+
+def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> Any:
+    """Poll ``predicate`` until it returns something truthy (a readiness wait, never an assertion on time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.02)

@@ -1,0 +1,135 @@
+"""KernelInvocationSensor in real Airflow DAG runs (``dag.test()``) against the local Kernel emulator.
+
+The invocation is started by an upstream ``KernelInvokeOperator(wait_for_completion=False)`` and the sensor gets
+its id through the templated ``invocation_id`` (``invoke.output``), as in a real DAG.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kernel_provider.exceptions import KernelError
+from kernel_provider.operators.kernel import KernelInvokeOperator
+from kernel_provider.sensors.kernel import KernelInvocationSensor
+from tests.airflow_helpers import all_logs, kernel_lines, make_dag, run_dag, states, xcom
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+def sensor_dag(action: str, payload: Any, **sensor_kwargs: Any) -> Any:
+    sensor_kwargs.setdefault("poke_interval", 0.1)
+    sensor_kwargs.setdefault("timeout", 120)
+    with make_dag("kernel_sensor") as dag:
+        invoke = KernelInvokeOperator(task_id="invoke", app_name="demo", action_name=action, payload=payload,
+                                      wait_for_completion=False)
+        KernelInvocationSensor(task_id="wait", invocation_id=invoke.output, **sensor_kwargs)
+    return dag
+
+
+def invocation_id(dr: Any) -> str:
+    value = xcom(dr, "invoke")
+    assert isinstance(value, str) and len(value) == 24, value
+    return value
+
+
+@pytest.mark.parametrize("mode", ["poke", "reschedule"])
+def test_waits_in_worker_modes_and_returns_the_output(kernel_conn_env, mode):
+    dr = run_dag(sensor_dag("sleep", {"seconds": 0.5, "result": {"rows": 7}}, mode=mode))
+    assert states(dr) == {"invoke": "success", "wait": "success"}
+    assert str(dr.state) in ("success", "DagRunState.SUCCESS")
+    inv_id = invocation_id(dr)
+    assert xcom(dr, "wait") == {"rows": 7}
+    assert kernel_conn_env.created_count() == 1  # the sensor only watches
+    gets = kernel_conn_env.requests(path=f"/invocations/{inv_id}", method="GET")
+    assert len(gets) >= 2  # it poked more than once: the action was still running at first
+    assert not kernel_conn_env.requests(path=f"/invocations/{inv_id}/events")
+
+
+def test_deferrable_streams_the_action_log_into_the_task_log(kernel_conn_env, caplog, capfd):
+    dr = run_dag(sensor_dag("logs", {"lines": 4, "interval": 0.2}, deferrable=True))
+    assert states(dr) == {"invoke": "success", "wait": "success"}
+    inv_id = invocation_id(dr)
+    assert xcom(dr, "wait") == {"lines": 4}
+    lines = kernel_lines(inv_id, caplog, capfd)
+    assert [f"line {i}" for i in range(4)] == sorted(set(lines), key=lambda s: int(s.split()[1]))
+    assert len(lines) == 4  # each line once
+    assert kernel_conn_env.requests(path=f"/invocations/{inv_id}/events")  # it followed the stream
+
+
+def test_deferrable_poll_mode(kernel_conn_env):
+    dr = run_dag(sensor_dag("sleep", {"seconds": 0.5, "result": "done"}, deferrable=True, wait_mode="poll"))
+    assert states(dr) == {"invoke": "success", "wait": "success"}
+    inv_id = invocation_id(dr)
+    assert xcom(dr, "wait") == "done"
+    assert not kernel_conn_env.requests(path=f"/invocations/{inv_id}/events")
+
+
+def test_already_finished_invocation_completes_without_deferring(kernel_conn_env):
+    with make_dag("kernel_sensor_done") as dag:
+        invoke = KernelInvokeOperator(task_id="invoke", app_name="demo", action_name="echo",
+                                      payload={"x": 1}, invoke_async=False, wait_for_completion=False)
+        KernelInvocationSensor(task_id="wait", invocation_id="{{ ti.xcom_pull('invoke', key='invocation_id') }}",
+                               deferrable=True, poke_interval=0.1)
+    dr = run_dag(dag)
+    assert states(dr) == {"invoke": "success", "wait": "success"}
+    inv_id = xcom(dr, "invoke", key="invocation_id")
+    assert xcom(dr, "wait") == {"x": 1}
+    assert not kernel_conn_env.requests(path=f"/invocations/{inv_id}/events")
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_failed_invocation_fails_the_task(kernel_conn_env, caplog, capfd, deferrable):
+    dr = run_dag(sensor_dag("fail", {"message": "login form missing"}, deferrable=deferrable))
+    assert states(dr) == {"invoke": "success", "wait": "failed"}
+    inv_id = invocation_id(dr)
+    reason = kernel_conn_env.invocation(inv_id)["status_reason"]
+    logs = all_logs(caplog, capfd)
+    assert f"Kernel invocation {inv_id} failed: {reason}" in logs
+    assert "login form missing" in logs  # the output excerpt is in the error
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_failed_invocation_with_fail_on_failure_false_succeeds_with_details(kernel_conn_env, deferrable):
+    dr = run_dag(sensor_dag("fail", {"message": "captcha"}, deferrable=deferrable, fail_on_failure=False))
+    assert states(dr) == {"invoke": "success", "wait": "success"}
+    inv_id = invocation_id(dr)
+    result = xcom(dr, "wait")
+    assert result["id"] == inv_id
+    assert result["status"] == "failed"
+    assert result["status_reason"] == kernel_conn_env.invocation(inv_id)["status_reason"]
+    assert "captcha" in str(result["output"])
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_timeout_fails_the_task_and_leaves_the_invocation_running(kernel_conn_env, caplog, capfd, deferrable):
+    dr = run_dag(sensor_dag("slow", None, deferrable=deferrable, timeout=1, poke_interval=0.2))
+    assert states(dr) == {"invoke": "success", "wait": "failed"}
+    inv_id = invocation_id(dr)
+    assert kernel_conn_env.invocation(inv_id)["status"] == "running"  # a sensor never cancels
+    assert "AirflowSensorTimeout" in all_logs(caplog, capfd) or "timed out" in all_logs(caplog, capfd)
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_timeout_with_soft_fail_skips(kernel_conn_env, deferrable):
+    dr = run_dag(sensor_dag("slow", None, deferrable=deferrable, timeout=1, poke_interval=0.2, soft_fail=True))
+    assert states(dr) == {"invoke": "success", "wait": "skipped"}
+    assert kernel_conn_env.invocation(invocation_id(dr))["status"] == "running"
+
+
+def test_unknown_invocation_fails(kernel_conn_env):
+    with make_dag("kernel_sensor_404") as dag:
+        KernelInvocationSensor(task_id="wait", invocation_id="nosuchinvocation00000000", poke_interval=0.1,
+                               deferrable=True)
+    dr = run_dag(dag)
+    assert states(dr) == {"wait": "failed"}
+    assert [r["status"] for r in kernel_conn_env.requests(path="/invocations/nosuchinvocation00000000")] == [404]
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None])
+def test_empty_invocation_id_is_rejected_before_any_request(kernel_conn_env, bad):
+    sensor = KernelInvocationSensor(task_id="wait", invocation_id=bad, poke_interval=0.1)
+    with pytest.raises(KernelError, match="invocation_id"):
+        sensor.execute({})
+    assert kernel_conn_env.requests() == []
