@@ -49,7 +49,7 @@ test-af2: $(VENV_AF2)/.installed
 
 ## make demo: start the emulator with a demo app and run every example DAG on it.
 demo: $(VENV)/.installed
-	@AIRFLOW_HOME=$(CURDIR)/.airflow/demo $(VENV)/bin/python -m bench.demo
+	@$(VENV)/bin/python example_dags/run_demo.py
 
 ## make bench: benchmarks against the emulator, each side by side with its baseline.
 bench: $(VENV)/.installed

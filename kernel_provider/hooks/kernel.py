@@ -24,6 +24,7 @@ import ipaddress
 import json
 import logging
 import weakref
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -71,6 +72,8 @@ class KernelSettings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     verify: bool | str = True
+    #: Which Airflow component sends the requests (e.g. ``"triggerer"``); appended to the User-Agent.
+    component: str | None = None
 
     @classmethod
     def from_connection(cls, conn: Any, extra: Mapping[str, Any] | None = None) -> KernelSettings:
@@ -111,7 +114,7 @@ class KernelSettings:
         headers = {
             "Authorization": f"Bearer {self.api_key}",
             "Accept": "application/json",
-            "User-Agent": _user_agent(),
+            "User-Agent": _user_agent() + (f" ({self.component})" if self.component else ""),
         }
         if self.project_id:
             headers["X-Kernel-Project-Id"] = self.project_id
@@ -126,6 +129,8 @@ class KernelHook(BaseHook):
 
     :param kernel_conn_id: the Airflow connection to use (default ``kernel_default``).
     :param retry_policy: overrides the retry bounds read from the connection (tests and benchmarks use this).
+    :param component: the Airflow component making the calls (e.g. ``"triggerer"``), added to the User-Agent
+        so Kernel-side request logs show where a request came from.
     """
 
     conn_name_attr = "kernel_conn_id"
@@ -134,10 +139,11 @@ class KernelHook(BaseHook):
     hook_name = "Kernel"
 
     def __init__(self, kernel_conn_id: str = default_conn_name, retry_policy: RetryPolicy | None = None,
-                 **kwargs: Any) -> None:
+                 component: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kernel_conn_id = kernel_conn_id
         self._retry_override = retry_policy
+        self.component = component
         self._async_settings: KernelSettings | None = None
 
     def __repr__(self) -> str:
@@ -180,10 +186,12 @@ class KernelHook(BaseHook):
     def _finish_settings(self, settings: KernelSettings) -> KernelSettings:
         _mask(settings.api_key)
         _warn_if_plain_http(settings.base_url)
-        if self._retry_override is not None:
-            from dataclasses import replace
+        from dataclasses import replace
 
+        if self._retry_override is not None:
             settings = replace(settings, retry=self._retry_override)
+        if self.component:
+            settings = replace(settings, component=self.component)
         return settings
 
     # --- the worker-side API ------------------------------------------------------------------------------
@@ -350,7 +358,7 @@ class KernelHook(BaseHook):
 
     async def _request_async(self, call: ApiCall[Any], settings: KernelSettings) -> ApiResponse:
         method, path = call.endpoint.method, call.path
-        client = _shared_async_client(settings)
+        client = _shared_async_client(settings, str(call.path_params.get("id", "")))
         try:
             r = await client.request(
                 method, settings.base_url + path, params=call.query,
@@ -378,7 +386,7 @@ class KernelHook(BaseHook):
         settings = await self.aget_settings()
         call: ApiCall[Any] = ApiCall(api.INVOCATION_EVENTS, {"id": invocation_id},
                                      params={"since": since} if since else {})
-        client = _shared_async_client(settings)
+        client = _shared_async_client(settings, invocation_id)
         headers = {**settings.headers(), "Accept": "text/event-stream", "Cache-Control": "no-cache"}
         try:
             async with aconnect_sse(client, "GET", settings.base_url + call.path, params=call.query,
@@ -431,24 +439,36 @@ class KernelHook(BaseHook):
 
 # --- helpers -----------------------------------------------------------------------------------------------
 
-_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], httpx.AsyncClient]] = (
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, int], httpx.AsyncClient]] = (
     weakref.WeakKeyDictionary()
 )
+_SSL_CONTEXTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = weakref.WeakKeyDictionary()
+#: Connection pools per event loop and Kernel host. httpcore's pool walks all its connections (and, for each
+#: idle one, all of them again) whenever a request starts or ends, and closes every idle connection once it
+#: holds more than max_keepalive_connections: one pool with 1,000 open event streams cost O(n^2) CPU per request
+#: and no keep-alive (see bench/bench_trigger.py). Small shards keyed by invocation id keep each pool small.
+_POOL_SHARDS = 16
 
 
-def _shared_async_client(settings: KernelSettings) -> httpx.AsyncClient:
-    """One client (one connection pool) per event loop and Kernel host, shared by every trigger on that loop."""
+def _shared_async_client(settings: KernelSettings, key: str = "") -> httpx.AsyncClient:
+    """One client per event loop, Kernel host and pool shard (picked by ``key``, the invocation id), shared by
+    every trigger on that loop; all shards share one SSL context."""
     loop = asyncio.get_running_loop()
     per_loop = _ASYNC_CLIENTS.setdefault(loop, {})
-    key = (settings.base_url, str(settings.verify))
-    client = per_loop.get(key)
+    verify = str(settings.verify)
+    shard = zlib.crc32(key.encode()) % _POOL_SHARDS
+    client = per_loop.get((settings.base_url, verify, shard))
     if client is None or client.is_closed:
+        contexts = _SSL_CONTEXTS.setdefault(loop, {})
+        ssl_context = contexts.get(verify)
+        if ssl_context is None:
+            ssl_context = contexts[verify] = httpx.create_ssl_context(verify=settings.verify)
         client = httpx.AsyncClient(
-            verify=settings.verify,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+            verify=ssl_context,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
             follow_redirects=False,
         )
-        per_loop[key] = client
+        per_loop[(settings.base_url, verify, shard)] = client
     return client
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any
 
@@ -30,6 +30,9 @@ from kernel_provider.validation import build_invoke_request, check_seconds
 
 XCOM_INVOCATION_ID = "invocation_id"
 XCOM_INVOCATION_URL = "invocation_url"
+#: Stored (with the time) while a create is in flight; a retry that finds it reconciles before invoking.
+PENDING_MARK = "pending-create@"
+_UNSET = object()
 
 
 class KernelInvocationLink(BaseOperatorLink):
@@ -38,7 +41,9 @@ class KernelInvocationLink(BaseOperatorLink):
     name = "Kernel invocation"
 
     def get_link(self, operator: Any, dttm: Any = None, *, ti_key: Any = None) -> str:
-        if ti_key is None:
+        # A live operator that never created an invocation has nothing to link: skip the XCom lookup, which
+        # Airflow 3 would otherwise report as an error next to the task's real one.
+        if ti_key is None or getattr(operator, "invocation_id", _UNSET) is None:
             return ""
         return XCom.get_value(key=XCOM_INVOCATION_URL, ti_key=ti_key) or ""
 
@@ -163,12 +168,11 @@ class KernelInvokeOperator(BaseOperator):
 
         request = self._validated_request()
         store = InvocationIdStore(context)
-        invocation = self._reattach(store) if self.reattach_on_retry else None
+        invocation = self._reattach(store, request) if self.reattach_on_retry else None
         if invocation is None:
             if self.validate_action:
                 self.hook.get_action(request["app_name"], request["action_name"], request["version"])
-            invocation = self._create(request)
-            store.set(invocation.id)
+            invocation = self._create(request, store)
         self._remember(context, invocation.id)
 
         if invocation.is_terminal:
@@ -225,10 +229,20 @@ class KernelInvokeOperator(BaseOperator):
 
     # --- steps ---------------------------------------------------------------------------------------------
 
-    def _reattach(self, store: Any) -> Invocation | None:
+    def _reattach(self, store: Any, request: dict[str, Any]) -> Invocation | None:
         previous = store.get()
         if not previous:
             return None
+        if previous.startswith(PENDING_MARK):
+            # A previous try was creating when it died or failed ambiguously: find what it created, if anything.
+            since = datetime.fromisoformat(previous[len(PENDING_MARK):])
+            found = self._find_created(request, since, datetime.now(timezone.utc))
+            if found is None:
+                self.log.info("A previous try's create left no invocation behind; invoking now.")
+                return None
+            self.log.warning("A previous try created invocation %s before failing; using it.", found.id)
+            store.set(found.id)
+            previous = found.id
         try:
             invocation = self.hook.get_invocation(previous)
         except KernelApiError as exc:
@@ -245,34 +259,47 @@ class KernelInvokeOperator(BaseOperator):
                       invocation.raw_status, verb)
         return invocation
 
-    def _create(self, request: dict[str, Any]) -> Invocation:
+    def _create(self, request: dict[str, Any], store: Any) -> Invocation:
         self.log.info("Invoking %s/%s@%s (%s).", request["app_name"], request["action_name"], request["version"],
                       "async" if request.get("async") else "sync")
+        # Marked before the request: if this worker dies mid-request, the retry looks before it invokes again.
+        store.set(PENDING_MARK + (datetime.now(timezone.utc) - timedelta(seconds=2)).isoformat())
         try:
             invocation = self.hook.execute(api.create_invocation(request))
         except KernelAmbiguousCreateError as exc:
             self.log.warning("%s Reconciling by listing recent invocations.", exc)
-            invocation = self._reconcile(exc)
+            invocation = self._reconcile(exc, request)
+        except KernelError:
+            store.clear()  # refused (4xx, 429 budget, connection refused): certainly nothing was created
+            raise
+        store.set(invocation.id)
         self.log.info("Created invocation %s (%s).", invocation.id, invocation.raw_status)
         return invocation
 
-    def _reconcile(self, exc: KernelAmbiguousCreateError) -> Invocation:
+    def _reconcile(self, exc: KernelAmbiguousCreateError, request: dict[str, Any]) -> Invocation:
         for attempt in range(3):
-            candidates = [
-                i for i in self.hook.list_invocations(app_name=exc.app_name, action_name=exc.action_name,
-                                                      since=exc.window_start, limit=200)
-                if (i.payload or None) == (exc.payload or None)
-                and (i.started_at is None or i.started_at <= exc.window_end + timedelta(seconds=5))
-            ]
-            if len(candidates) == 1:
-                self.log.warning("Found invocation %s created by the failed request; using it.", candidates[0].id)
-                return candidates[0]
-            if len(candidates) > 1:
-                ids = ", ".join(i.id for i in candidates)
-                raise KernelError(f"{exc} Several candidates match ({ids}); refusing to guess.") from exc
+            found = self._find_created(request, exc.window_start, exc.window_end)
+            if found is not None:
+                self.log.warning("Found invocation %s created by the failed request; using it.", found.id)
+                return found
             time.sleep(1.0 + attempt)
-        raise KernelError(f"{exc} No such invocation was found, so it was probably not created; "
-                          "the task fails rather than risk a duplicate (an Airflow retry invokes again).") from exc
+        raise KernelError(f"{exc} No such invocation was found, so it was probably not created; the task fails "
+                          "rather than risk a duplicate (a retry of the task looks again before invoking).") from exc
+
+    def _find_created(self, request: dict[str, Any], since: datetime, until: datetime) -> Invocation | None:
+        """The one invocation of this app/action/payload started in the window; None if none; error if several."""
+        candidates = [
+            i for i in self.hook.list_invocations(app_name=request["app_name"], action_name=request["action_name"],
+                                                  since=since)
+            if (i.payload or None) == request.get("payload")
+            and (i.started_at is None or i.started_at <= until + timedelta(seconds=5))
+        ]
+        if len(candidates) > 1:
+            ids = ", ".join(i.id for i in candidates)
+            raise KernelError(f"Several invocations of {request['app_name']}/{request['action_name']} with this "
+                              f"payload started since {since.isoformat()} ({ids}); refusing to guess which one "
+                              "this task created.")
+        return candidates[0] if candidates else None
 
     def _finish(self, invocation: Invocation, store: Any) -> Any:
         url = self.hook.invocation_url(invocation.id)

@@ -16,8 +16,9 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from kernel_provider.completion import ERROR, TIMEOUT, finish, validate_event
-from kernel_provider.exceptions import KernelError
+from kernel_provider.exceptions import KernelApiError, KernelError, KernelTransportError
 from kernel_provider.hooks.kernel import KernelHook
+from kernel_provider.hooks.retry import is_retryable
 from kernel_provider.triggers.kernel import MODES, STREAM, KernelInvocationTrigger
 from kernel_provider.validation import check_seconds
 
@@ -97,7 +98,15 @@ class KernelInvocationSensor(BaseSensorOperator):
         )
 
     def poke(self, context: Any) -> PokeReturnValue | bool:
-        invocation = self.hook.get_invocation(self._check_arguments())
+        try:
+            invocation = self.hook.get_invocation(self._check_arguments())
+        except (KernelTransportError, KernelApiError) as exc:
+            # The hook already retried; a Kernel hiccup is not the invocation's outcome. Try again next poke,
+            # within the sensor's timeout. What no retry can fix (bad key, unknown id) fails at once.
+            if isinstance(exc, KernelApiError) and not is_retryable(exc, idempotent=True):
+                raise
+            self.log.warning("Could not check invocation %s this time: %s", self.invocation_id, exc)
+            return False
         self.log.info("Invocation %s is %s.", invocation.id, invocation.raw_status)
         if not invocation.is_terminal:
             return False

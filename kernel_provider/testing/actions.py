@@ -1,7 +1,8 @@
 """Apps and actions the emulator can run: the built-in ``demo`` app and apps loaded from Python files.
 
 User app files are written exactly as for Kernel (``import kernel; app = kernel.App("my-app")`` and
-``@app.action("name")`` handlers taking ``(ctx)`` or ``(ctx, payload)``, sync or async); they need the official
+``@app.action("name")`` handlers taking ``(ctx)`` or ``(ctx, payload)``, sync or async); they need the
+official
 ``kernel`` package, whose module-global registry is read before and after importing the file. Without that
 package (or in addition to it) a file may define ``ACTIONS = {"app-name": {"action-name": handler}}`` with the
 same handler signatures; ``ctx`` then is the emulator's :class:`ActionContext` (it has ``invocation_id``).
@@ -157,7 +158,8 @@ def _resolve(fut: asyncio.Future[Any], value: Any, error: BaseException | None) 
 async def run_sync_in_thread(func: Callable[..., Any], *args: Any) -> Any:
     """Run a blocking callable in a fresh daemon thread (a copy of the current context).
 
-    Unlike ``asyncio.to_thread`` the thread is not part of the loop's default executor, so thousands of blocking
+    Unlike ``asyncio.to_thread`` the thread is not part of the loop's default executor, so thousands of
+    blocking
     handlers can run at once and a handler that never returns cannot block the emulator's shutdown. When the
     awaiting task is cancelled the thread keeps running to completion; its result is discarded.
     """
@@ -200,7 +202,7 @@ async def _sleep(ctx: ActionContext, payload: Any) -> Any:
     args = _as_dict(payload)
     seconds = float(args.get("seconds", 1.0))
     await asyncio.sleep(seconds)
-    return args["result"] if "result" in args else {"slept": seconds}
+    return args.get("result", {"slept": seconds})
 
 
 async def _logs(ctx: ActionContext, payload: Any) -> Any:

@@ -65,7 +65,7 @@ def _abort_connection(send: Send) -> bool:
     if transport is None:
         return False
     transport.abort()
-    if hasattr(owner, "disconnected"):
+    if owner is not None and hasattr(owner, "disconnected"):
         owner.disconnected = True  # so uvicorn does not try to answer with a 500
     return True
 
@@ -85,10 +85,12 @@ class EmulatorMiddleware:
         method: str = scope["method"]
         path: str = scope["path"]
         template = route_template(path)
-        auth = project = None
+        auth = project = user_agent = None
         for key, value in scope["headers"]:
             if key == b"authorization":
                 auth = value.decode("latin-1")
+            elif key == b"user-agent":
+                user_agent = value.decode("latin-1")
             elif key in (b"x-kernel-project-id", b"x-kernel-project") and project is None:
                 project = value.decode("latin-1")
         if auth is None:
@@ -107,6 +109,7 @@ class EmulatorMiddleware:
             "query": scope.get("query_string", b"").decode("latin-1"),
             "status": None,
             "project_id": project,
+            "user_agent": user_agent,
             "auth": auth_state,
             "fault": None,
             "dropped": None,
@@ -149,11 +152,13 @@ class EmulatorMiddleware:
     ) -> None:
         if fault.delay:
             await asyncio.sleep(fault.delay)
-        if fault.drop == "before":
+        streaming = entry["route"] == "/invocations/{id}/events"
+        if fault.drop == "before" or (fault.drop == "after" and streaming):
+            # a stream never "finishes", so "after" means "before" there
             entry["dropped"] = "before"
             await self._drop(send)
             return
-        if fault.status is not None and not fault.after and fault.drop is None:
+        if fault.status is not None and (not fault.after or streaming) and fault.drop is None:
             await self._fault_response(fault, scope, receive, recording_send)
             return
         if fault.drop == "after" or (fault.status is not None and fault.after):

@@ -1,7 +1,8 @@
 """Route ``print()``/``logging`` output of a running action to that invocation's log.
 
 A context variable holds the current invocation's :class:`LogSink`. ``sys.stdout``/``sys.stderr`` are wrapped
-once by :class:`StreamProxy`: a write goes to the sink when the variable is set (inside an action, including its
+once by :class:`StreamProxy`: a write goes to the sink when the variable is set (inside an action, including
+its
 worker thread, which runs in a copy of the context) and to the wrapped stream otherwise. A root ``logging``
 handler does the same for log records that reach it.
 """

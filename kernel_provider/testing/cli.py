@@ -103,14 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"kernel-emulator: error: {exc}", file=sys.stderr, flush=True)
         return 2
-    print(f"Kernel emulator listening on {emulator.url}", flush=True)
-    if not args.quiet:
-        apps = sorted({f"{a}@{v}" for a, v in emulator.store.registry.versions})
-        print(f"  apps: {', '.join(apps)}", file=sys.stderr, flush=True)
     if args.url_file:
         tmp = f"{args.url_file}.tmp{os.getpid()}"
         Path(tmp).write_text(emulator.url + "\n")
         os.replace(tmp, args.url_file)
+    print(f"Kernel emulator listening on {emulator.url}", flush=True)
+    if not args.quiet:
+        apps = sorted({f"{a}@{v}" for a, v in emulator.store.registry.versions})
+        print(f"  apps: {', '.join(apps)}", file=sys.stderr, flush=True)
     try:
         while not stop.wait(0.5):
             if not emulator.running:

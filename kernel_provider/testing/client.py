@@ -112,7 +112,7 @@ class EmulatorClient:
             time.sleep(0.02)
 
     def configure(self, **values: Any) -> dict[str, Any]:
-        """Change run-time settings: heartbeat, sync_timeout, org_concurrency, app_concurrency, retry_after."""
+        """Change settings at run time: heartbeat, sync_timeout, org/app_concurrency, retry_after."""
         return dict(self._post("/_emulator/config", values))
 
     def apps(self) -> list[dict[str, Any]]:

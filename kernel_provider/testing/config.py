@@ -14,9 +14,11 @@ DEMO_APP_NAME = "demo"
 class EmulatorConfig:
     """Every knob of the emulator.
 
-    ``org_concurrency`` / ``app_concurrency`` limit live (queued + running) invocations per organisation and per
+    ``org_concurrency`` / ``app_concurrency`` limit live (queued + running) invocations per organisation and
+    per
     app name; ``None`` means unlimited (the default). ``sync_timeout`` is the cap for synchronous invocations
-    (Kernel documents 100 s). ``heartbeat`` is the SSE ``sse_heartbeat`` interval in seconds (0 < heartbeat < 60).
+    (Kernel documents 100 s). ``heartbeat`` is the SSE ``sse_heartbeat`` interval in seconds
+    (0 < heartbeat < 60).
     """
 
     tokens: Sequence[str] = (DEFAULT_TOKEN,)

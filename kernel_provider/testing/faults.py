@@ -1,8 +1,8 @@
 """Scriptable, reproducible fault injection for the Kernel API emulator.
 
-A :class:`FaultPlan` is a list of rules. Each rule matches requests by method and *templated* path (for example
-``"GET /invocations/{id}"``; ``"*"`` matches everything, ``"GET *"`` every GET, ``fnmatch`` wildcards are allowed
-in the path) and decides, per matching request, whether a :class:`Fault` fires:
+A :class:`FaultPlan` is a list of rules. Each rule matches requests by method and *templated* path (for
+example ``"GET /invocations/{id}"``; ``"*"`` matches everything, ``"GET *"`` every GET, ``fnmatch``
+wildcards are allowed in the path) and decides, per matching request, whether a :class:`Fault` fires:
 
 * ``sequence``: the next matching requests get the listed faults in order; ``null`` lets one request through
   untouched (later rules may still fire for it); once exhausted the rule is inert.

@@ -1,8 +1,8 @@
 """pytest plugin (entry point ``kernel_emulator``): fixtures that start a Kernel API emulator.
 
 * ``kernel_emulator`` - a fresh, started :class:`~kernel_provider.testing.KernelEmulator` per test.
-* ``kernel_emulator_factory`` - ``factory(**KernelEmulator kwargs)`` → started emulator; ``spawn=True`` runs it
-  in a subprocess instead (returns an ``EmulatorProcess``). Everything is stopped at teardown.
+* ``kernel_emulator_factory`` - ``factory(**KernelEmulator kwargs)`` → started emulator; ``spawn=True``
+  runs it in a subprocess instead (returns an ``EmulatorProcess``). Everything is stopped at teardown.
 * ``kernel_conn_env`` - sets ``AIRFLOW_CONN_KERNEL_DEFAULT`` to the JSON connection
   ``{"conn_type": "kernel", "host": <url>, "password": <token>}`` and returns the emulator.
 

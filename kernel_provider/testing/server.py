@@ -222,7 +222,7 @@ class KernelEmulator:
         return count_created(self.stats()["created_by_key"], app, action, payload)
 
     def set_faults(self, plan: FaultsArg) -> FaultPlan:
-        """Replace the fault plan (FaultPlan, dict, rule list, JSON text, JSON file path, or None to clear)."""
+        """Replace the fault plan (FaultPlan, dict, rule list, JSON text, JSON file path; None clears)."""
         new = _load_faults(plan, self.config.seed)
 
         def apply() -> None:
@@ -269,7 +269,7 @@ class KernelEmulator:
             time.sleep(0.01)
 
     def configure(self, **values: Any) -> dict[str, Any]:
-        """Change run-time settings: heartbeat, sync_timeout, org_concurrency, app_concurrency, retry_after."""
+        """Change settings at run time: heartbeat, sync_timeout, org/app_concurrency, retry_after."""
         self._call(self.config.update, values)
         return self.config.public()
 

@@ -1,8 +1,8 @@
 """In-memory state of the emulator: invocations, their lifecycle and logs, browsers, counters, request log.
 
-Everything here is touched only from the emulator's event-loop thread (action worker threads hand their log lines
-over with ``call_soon_threadsafe``), so no locking is needed. In-process callers on other threads go through
-:meth:`KernelEmulator._call`, which runs the accessor on the loop.
+Everything here is touched only from the emulator's event-loop thread (action worker threads hand their log
+lines over with ``call_soon_threadsafe``), so no locking is needed. In-process callers on other threads go
+through :meth:`KernelEmulator._call`, which runs the accessor on the loop.
 """
 
 from __future__ import annotations
@@ -154,6 +154,7 @@ class Invocation:
             "browsers": list(self.browsers),
             "log_lines": len(self.logs),
             "subscribers": len(self.subscribers),
+            "action_running": self.task is not None and not self.task.done(),
         }
         return out
 
@@ -525,7 +526,8 @@ def count_created(
 ) -> int:
     """Sum ``created_by_key`` entries matching app/action/payload.
 
-    ``payload`` may be the exact JSON string sent, or any other value, which is compared with the decoded payload.
+    ``payload`` may be the exact JSON string sent, or any other value, which is compared with the decoded
+    payload.
     """
     total = 0
     for entry in entries:

@@ -103,10 +103,13 @@ class KernelInvocationTrigger(BaseTrigger):
     def hook(self) -> KernelHook:
         hook = getattr(self, "_hook", None)
         if hook is None:
-            hook = self._hook = KernelHook(kernel_conn_id=self.kernel_conn_id)
+            hook = self._hook = KernelHook(kernel_conn_id=self.kernel_conn_id,
+                                           component=getattr(self, "_component", None))
         return hook
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        # Only the triggerer calls run() (workers call wait()): mark its requests in the User-Agent.
+        self._component = "triggerer"
         yield TriggerEvent(await self.wait())
 
     async def wait(self) -> dict[str, Any]:

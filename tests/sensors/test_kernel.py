@@ -13,16 +13,32 @@ import pytest
 from kernel_provider.exceptions import KernelError
 from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.sensors.kernel import KernelInvocationSensor
-from tests.airflow_helpers import all_logs, kernel_lines, make_dag, run_dag, states, xcom
+from tests.airflow_helpers import (
+    EVENTS,
+    GET_ONE,
+    all_logs,
+    gated_kernel,
+    kernel_lines,
+    make_dag,
+    run_dag,
+    seen,
+    states,
+    xcom,
+)
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
+INLINE_TRIGGER = "[DAG TEST] running trigger in line"
 
-def sensor_dag(action: str, payload: Any, **sensor_kwargs: Any) -> Any:
+
+__all__ = ["gated_kernel"]  # a fixture
+
+
+def sensor_dag(action: str, payload: Any, app: str = "demo", **sensor_kwargs: Any) -> Any:
     sensor_kwargs.setdefault("poke_interval", 0.1)
     sensor_kwargs.setdefault("timeout", 120)
     with make_dag("kernel_sensor") as dag:
-        invoke = KernelInvokeOperator(task_id="invoke", app_name="demo", action_name=action, payload=payload,
+        invoke = KernelInvokeOperator(task_id="invoke", app_name=app, action_name=action, payload=payload,
                                       wait_for_completion=False)
         KernelInvocationSensor(task_id="wait", invocation_id=invoke.output, **sensor_kwargs)
     return dag
@@ -35,43 +51,54 @@ def invocation_id(dr: Any) -> str:
 
 
 @pytest.mark.parametrize("mode", ["poke", "reschedule"])
-def test_waits_in_worker_modes_and_returns_the_output(kernel_conn_env, mode):
-    dr = run_dag(sensor_dag("sleep", {"seconds": 0.5, "result": {"rows": 7}}, mode=mode))
+def test_waits_in_worker_modes_and_returns_the_output(gated_kernel, caplog, mode):
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, GET_ONE), "the sensor's first poke")  # still running then
+    dr = run_dag(sensor_dag("run", gate.payload(result={"rows": 7}), app="gated", mode=mode))
+    opened()
     assert states(dr) == {"invoke": "success", "wait": "success"}
-    assert str(dr.state) in ("success", "DagRunState.SUCCESS")
+    assert INLINE_TRIGGER not in caplog.text
     inv_id = invocation_id(dr)
     assert xcom(dr, "wait") == {"rows": 7}
-    assert kernel_conn_env.created_count() == 1  # the sensor only watches
-    gets = kernel_conn_env.requests(path=f"/invocations/{inv_id}", method="GET")
-    assert len(gets) >= 2  # it poked more than once: the action was still running at first
-    assert not kernel_conn_env.requests(path=f"/invocations/{inv_id}/events")
+    assert gated_kernel.created_count() == 1  # the sensor only watches
+    gets = gated_kernel.requests(path=f"/invocations/{inv_id}", method="GET")
+    assert len(gets) >= 2  # poked while running, then again
+    assert not gated_kernel.requests(path=f"/invocations/{inv_id}/events")
 
 
-def test_deferrable_streams_the_action_log_into_the_task_log(kernel_conn_env, caplog, capfd):
-    dr = run_dag(sensor_dag("logs", {"lines": 4, "interval": 0.2}, deferrable=True))
+def test_deferrable_streams_the_action_log_into_the_task_log(gated_kernel, caplog, capfd):
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, EVENTS), "the deferred sensor's trigger to follow the stream")
+    dr = run_dag(sensor_dag("run", gate.payload(before=2, after=2, result={"lines": 4}), app="gated",
+                            deferrable=True))
+    opened()
     assert states(dr) == {"invoke": "success", "wait": "success"}
+    assert INLINE_TRIGGER in caplog.text  # really deferred; dag.test ran the trigger inline
     inv_id = invocation_id(dr)
     assert xcom(dr, "wait") == {"lines": 4}
-    lines = kernel_lines(inv_id, caplog, capfd)
-    assert [f"line {i}" for i in range(4)] == sorted(set(lines), key=lambda s: int(s.split()[1]))
-    assert len(lines) == 4  # each line once
-    assert kernel_conn_env.requests(path=f"/invocations/{inv_id}/events")  # it followed the stream
+    assert kernel_lines(inv_id, caplog, capfd) == [f"line {i}" for i in range(4)]  # each once, in order
 
 
-def test_deferrable_poll_mode(kernel_conn_env):
-    dr = run_dag(sensor_dag("sleep", {"seconds": 0.5, "result": "done"}, deferrable=True, wait_mode="poll"))
+def test_deferrable_poll_mode(gated_kernel, caplog):
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, GET_ONE, at_least=3), "the trigger to poll")
+    dr = run_dag(sensor_dag("run", gate.payload(result="done"), app="gated", deferrable=True, wait_mode="poll"))
+    opened()
     assert states(dr) == {"invoke": "success", "wait": "success"}
+    assert INLINE_TRIGGER in caplog.text
     inv_id = invocation_id(dr)
     assert xcom(dr, "wait") == "done"
-    assert not kernel_conn_env.requests(path=f"/invocations/{inv_id}/events")
+    assert not gated_kernel.requests(path=f"/invocations/{inv_id}/events")
 
 
 def test_already_finished_invocation_completes_without_deferring(kernel_conn_env):
     with make_dag("kernel_sensor_done") as dag:
         invoke = KernelInvokeOperator(task_id="invoke", app_name="demo", action_name="echo",
                                       payload={"x": 1}, invoke_async=False, wait_for_completion=False)
-        KernelInvocationSensor(task_id="wait", invocation_id="{{ ti.xcom_pull('invoke', key='invocation_id') }}",
-                               deferrable=True, poke_interval=0.1)
+        wait = KernelInvocationSensor(task_id="wait",
+                                      invocation_id="{{ ti.xcom_pull('invoke', key='invocation_id') }}",
+                                      deferrable=True, poke_interval=0.1)
+        invoke >> wait
     dr = run_dag(dag)
     assert states(dr) == {"invoke": "success", "wait": "success"}
     inv_id = xcom(dr, "invoke", key="invocation_id")

@@ -23,7 +23,9 @@ def create(http: httpx.Client, action: str = "echo", payload: Any = None, **extr
 
 
 # ------------------------------------------------------------------------------------------ auth & errors
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic test-token"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic test-token"}]
+)
 def test_unauthorized(kernel_emulator: KernelEmulator, headers: dict[str, str]) -> None:
     response = httpx.get(f"{kernel_emulator.url}/apps", headers=headers)
     assert response.status_code == 401
@@ -80,14 +82,17 @@ def test_empty_payload_is_accepted(http: httpx.Client) -> None:
         ("demo", "latest", "nope", "action 'nope'"),
     ],
 )
-def test_unknown_app_version_action(http: httpx.Client, app: str, version: str, action: str, words: str) -> None:
+def test_unknown_app_version_action(
+    http: httpx.Client, app: str, version: str, action: str, words: str
+) -> None:
     response = http.post("/invocations", json={"app_name": app, "version": version, "action_name": action})
     assert response.status_code == 404
     assert response.json()["code"] == "not_found" and words in response.json()["message"]
 
 
 @pytest.mark.parametrize(
-    ("method", "suffix"), [("GET", ""), ("PATCH", ""), ("GET", "/events"), ("GET", "/browsers"), ("DELETE", "/browsers")]
+    ("method", "suffix"),
+    [("GET", ""), ("PATCH", ""), ("GET", "/events"), ("GET", "/browsers"), ("DELETE", "/browsers")],
 )
 def test_unknown_invocation_404(http: httpx.Client, method: str, suffix: str) -> None:
     body = {"status": "failed"} if method == "PATCH" else None
@@ -97,7 +102,9 @@ def test_unknown_invocation_404(http: httpx.Client, method: str, suffix: str) ->
     assert response.json()["code"] == "not_found"
 
 
-def test_project_header_recorded_and_unknown_project(kernel_emulator_factory: Callable[..., KernelEmulator]) -> None:
+def test_project_header_recorded_and_unknown_project(
+    kernel_emulator_factory: Callable[..., KernelEmulator],
+) -> None:
     emu = kernel_emulator_factory(unknown_projects=["proj_gone"])
     auth = {"Authorization": f"Bearer {emu.token}"}
     ok = httpx.get(f"{emu.url}/apps", headers={**auth, "X-Kernel-Project-Id": "proj_1"})
@@ -135,8 +142,17 @@ def test_async_lifecycle_and_timestamps(http: httpx.Client, kernel_emulator: Ker
     done = kernel_emulator.wait_for(body["id"])
     assert done["status"] == "succeeded" and json.loads(done["output"]) == {"ok": True}
     inv = http.get(f"/invocations/{body['id']}").json()
-    assert set(inv) == {"id", "app_name", "version", "action_name", "status", "payload", "output", "started_at",
-                        "finished_at"}
+    assert set(inv) == {
+        "id",
+        "app_name",
+        "version",
+        "action_name",
+        "status",
+        "payload",
+        "output",
+        "started_at",
+        "finished_at",
+    }
     assert inv["started_at"] <= inv["finished_at"]
 
 
@@ -162,7 +178,9 @@ def test_sync_cap(kernel_emulator_factory: Callable[..., KernelEmulator]) -> Non
     assert emu.stats()["live"] == 0 and emu.stats()["browsers_live"] == 0
 
 
-def test_patch_cancel_stops_action_and_destroys_browsers(http: httpx.Client, kernel_emulator: KernelEmulator) -> None:
+def test_patch_cancel_stops_action_and_destroys_browsers(
+    http: httpx.Client, kernel_emulator: KernelEmulator
+) -> None:
     inv_id = create(http, "browse", {"seconds": 60}, **{"async": True}).json()["id"]
     deadline = time.monotonic() + 5
     while not http.get(f"/invocations/{inv_id}/browsers").json()["browsers"]:
@@ -174,6 +192,10 @@ def test_patch_cancel_stops_action_and_destroys_browsers(http: httpx.Client, ker
     body = response.json()
     assert body["status"] == "failed" and body["output"] == '{"error":"bye"}' and body["status_reason"]
     assert http.get(f"/invocations/{inv_id}/browsers").json() == {"browsers": []}
+    deadline = time.monotonic() + 5
+    while kernel_emulator.invocation(inv_id)["_emulator"]["action_running"]:  # type: ignore[index]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     stats = kernel_emulator.stats()
     assert stats["live"] == 0 and stats["browsers_live"] == 0
     # PATCH on a terminal invocation: unchanged, 200
@@ -247,7 +269,9 @@ def test_apps_list_filters_and_versions(kernel_emulator_factory: Callable[..., K
 
 
 # ------------------------------------------------------------------------------------------ SSE
-def test_sse_late_subscriber_and_since(sse_events: SSE, http: httpx.Client, kernel_emulator: KernelEmulator) -> None:
+def test_sse_late_subscriber_and_since(
+    sse_events: SSE, http: httpx.Client, kernel_emulator: KernelEmulator
+) -> None:
     inv_id = create(http, "logs", {"lines": 3, "interval": 0.05}).json()["id"]
     events = sse_events(http.get(f"/invocations/{inv_id}/events"))
     assert [e["event"] for e in events] == ["log", "log", "log", "invocation_state"]
@@ -255,7 +279,9 @@ def test_sse_late_subscriber_and_since(sse_events: SSE, http: httpx.Client, kern
     second = events[1]["timestamp"]
     resumed = sse_events(http.get(f"/invocations/{inv_id}/events", params={"since": second}))
     assert [e.get("message") for e in resumed] == ["line 2\n", None]
-    assert [e["event"] for e in sse_events(http.get(f"/invocations/{inv_id}/events", params={"since": "1h"}))] == [
+    assert [
+        e["event"] for e in sse_events(http.get(f"/invocations/{inv_id}/events", params={"since": "1h"}))
+    ] == [
         "log",
         "log",
         "log",
@@ -275,7 +301,9 @@ def test_sse_heartbeats(sse_events: SSE, kernel_emulator_factory: Callable[..., 
     assert all(set(e) == {"event", "timestamp"} for e in events if e["event"] == "sse_heartbeat")
 
 
-def test_many_concurrent_streams(sse_events: SSE, http: httpx.Client, kernel_emulator: KernelEmulator) -> None:
+def test_many_concurrent_streams(
+    sse_events: SSE, http: httpx.Client, kernel_emulator: KernelEmulator
+) -> None:
     import asyncio
 
     inv_id = create(http, "sleep", {"seconds": 1.0}, **{"async": True}).json()["id"]
@@ -287,7 +315,9 @@ def test_many_concurrent_streams(sse_events: SSE, http: httpx.Client, kernel_emu
     async def main() -> list[str]:
         limits = httpx.Limits(max_connections=200)
         headers = {"Authorization": f"Bearer {kernel_emulator.token}"}
-        async with httpx.AsyncClient(base_url=kernel_emulator.url, headers=headers, limits=limits, timeout=30) as c:
+        async with httpx.AsyncClient(
+            base_url=kernel_emulator.url, headers=headers, limits=limits, timeout=30
+        ) as c:
             return await asyncio.gather(*(follow(c) for _ in range(150)))
 
     assert asyncio.run(main()) == ["succeeded"] * 150
@@ -314,3 +344,17 @@ def test_reset_and_admin_routes(http: httpx.Client, kernel_emulator: KernelEmula
     admin.reset()
     assert admin.stats()["created"] == 0 and admin.invocations() == [] and admin.requests() == []
     assert http.get(f"/invocations/{slow}").status_code == 404
+
+
+def test_client_disconnect_releases_stream(http: httpx.Client, kernel_emulator: KernelEmulator) -> None:
+    inv_id = create(http, "slow", **{"async": True}).json()["id"]
+    with http.stream("GET", f"/invocations/{inv_id}/events") as response:
+        lines = response.iter_lines()  # keep a reference: a collected iterator closes the response
+        first = next(lines)
+        assert json.loads(first[len("data: ") :])["event"] == "invocation_state"
+        assert kernel_emulator.stats()["open_streams"] == 1
+    deadline = time.monotonic() + 5
+    while kernel_emulator.stats()["open_streams"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert kernel_emulator.invocation(inv_id)["_emulator"]["subscribers"] == 0  # type: ignore[index]

@@ -31,8 +31,22 @@ def test_cli_module_start_and_signal(tmp_path: Path, signum: int) -> None:
     faults = tmp_path / "faults.json"
     faults.write_text(json.dumps({"rules": [{"route": "GET /apps", "sequence": [{"status": 503}]}]}))
     proc, url = _start(
-        [sys.executable, "-m", "kernel_provider.testing", "--port", "0", "--token", "cli-token", "--faults",
-         str(faults), "--url-file", str(url_file), "--heartbeat", "5", "--quiet"]
+        [
+            sys.executable,
+            "-m",
+            "kernel_provider.testing",
+            "--port",
+            "0",
+            "--token",
+            "cli-token",
+            "--faults",
+            str(faults),
+            "--url-file",
+            str(url_file),
+            "--heartbeat",
+            "5",
+            "--quiet",
+        ]
     )
     try:
         assert url_file.read_text().strip() == url

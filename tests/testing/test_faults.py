@@ -22,7 +22,14 @@ def client(emu: KernelEmulator) -> httpx.Client:
 
 def test_sequence_503_429_then_pass(kernel_emulator: KernelEmulator) -> None:
     kernel_emulator.set_faults(
-        {"rules": [{"route": "POST /invocations", "sequence": [{"status": 503}, {"status": 429, "retry_after": 1}, None]}]}
+        {
+            "rules": [
+                {
+                    "route": "POST /invocations",
+                    "sequence": [{"status": 503}, {"status": 429, "retry_after": 1}, None],
+                }
+            ]
+        }
     )
     with client(kernel_emulator) as http:
         first, second, third, fourth = (http.post("/invocations", json=ASYNC_ECHO) for _ in range(4))
@@ -73,7 +80,9 @@ def test_drop_before_with_requests_library(kernel_emulator: KernelEmulator) -> N
 
 
 def test_status_after_acts_then_fails(kernel_emulator: KernelEmulator) -> None:
-    kernel_emulator.set_faults([{"route": "POST /invocations", "times": 1, "fault": {"status": 502, "after": True}}])
+    kernel_emulator.set_faults(
+        [{"route": "POST /invocations", "times": 1, "fault": {"status": 502, "after": True}}]
+    )
     with client(kernel_emulator) as http:
         assert http.post("/invocations", json=ASYNC_ECHO).status_code == 502
     assert kernel_emulator.created_count() == 1
@@ -109,11 +118,14 @@ def test_sse_cut_after_events(kernel_emulator: KernelEmulator, sse_events: SSE) 
     )
     with client(kernel_emulator) as http:
         inv_id = http.post(
-            "/invocations", json={**ASYNC_ECHO, "action_name": "logs", "payload": '{"lines": 5, "interval": 0.05}'}
+            "/invocations",
+            json={**ASYNC_ECHO, "action_name": "logs", "payload": '{"lines": 5, "interval": 0.05}'},
         ).json()["id"]
         cut = sse_events(http.get(f"/invocations/{inv_id}/events"))
         assert len(cut) == 2
-        assert not any(e["event"] == "invocation_state" and e["invocation"]["status"] == "succeeded" for e in cut)
+        assert not any(
+            e["event"] == "invocation_state" and e["invocation"]["status"] == "succeeded" for e in cut
+        )
         full = sse_events(http.get(f"/invocations/{inv_id}/events"))
         assert full[-1]["invocation"]["status"] == "succeeded"
 
@@ -122,12 +134,17 @@ def test_sse_silent_stream(kernel_emulator: KernelEmulator) -> None:
     kernel_emulator.configure(heartbeat=0.1)
     kernel_emulator.set_faults([{"route": "GET /invocations/{id}/events", "fault": {"silent": True}}])
     with client(kernel_emulator) as http:
-        inv_id = http.post("/invocations", json={**ASYNC_ECHO, "action_name": "logs",
-                                                 "payload": '{"lines": 3, "interval": 0.05}'}).json()["id"]
+        inv_id = http.post(
+            "/invocations",
+            json={**ASYNC_ECHO, "action_name": "logs", "payload": '{"lines": 3, "interval": 0.05}'},
+        ).json()["id"]
         chunks: list[bytes] = []
-        with pytest.raises(httpx.ReadTimeout), http.stream(
-            "GET", f"/invocations/{inv_id}/events", timeout=httpx.Timeout(10, read=0.6)
-        ) as response:
+        with (
+            pytest.raises(httpx.ReadTimeout),
+            http.stream(
+                "GET", f"/invocations/{inv_id}/events", timeout=httpx.Timeout(10, read=0.6)
+            ) as response,
+        ):
             for chunk in response.iter_raw():
                 chunks.append(chunk)
     body = b"".join(chunks).decode()
@@ -168,7 +185,9 @@ def test_admin_fault_route_and_validation(kernel_emulator: KernelEmulator) -> No
         assert http.get("/apps").status_code == 500
         assert http.get("/apps").status_code == 200
     assert admin.faults()["rules"][0]["fired"] == 1
-    bad = httpx.post(f"{kernel_emulator.url}/_emulator/faults", json={"rules": [{"route": "*", "fault": {"x": 1}}]})
+    bad = httpx.post(
+        f"{kernel_emulator.url}/_emulator/faults", json={"rules": [{"route": "*", "fault": {"x": 1}}]}
+    )
     assert bad.status_code == 400
     with pytest.raises(ValueError):
         FaultPlan.from_json({"rules": [{"route": "*", "fault": {"drop": "sideways"}}]})
@@ -178,7 +197,12 @@ def test_admin_fault_route_and_validation(kernel_emulator: KernelEmulator) -> No
 
 def test_route_matching() -> None:
     plan = FaultPlan.from_json(
-        {"rules": [{"route": "GET /invocations/*", "fault": {"status": 500}}, {"route": "/apps", "fault": {"status": 502}}]}
+        {
+            "rules": [
+                {"route": "GET /invocations/*", "fault": {"status": 500}},
+                {"route": "/apps", "fault": {"status": 502}},
+            ]
+        }
     )
     pick = plan.pick
     assert pick("GET", "/invocations/{id}/events").status == 500  # type: ignore[union-attr]

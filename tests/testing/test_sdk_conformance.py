@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pydantic import TypeAdapter
@@ -18,7 +18,7 @@ from kernel.types.invocation_list_response import InvocationListResponse  # noqa
 
 from kernel_provider.testing import DEMO_APP_NAME, KernelEmulator  # noqa: E402
 
-EVENT = TypeAdapter(InvocationFollowResponse)
+EVENT: TypeAdapter[Any] = TypeAdapter(cast(Any, InvocationFollowResponse))
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_create_async_follow_logs_in_order(sdk: Kernel) -> None:
     assert kinds[-1] == "invocation_state"
     logs = [e.message for e in events if e.event == "log"]
     assert logs == [f"line {i}\n" for i in range(5)]
-    final = events[-1]
+    final = cast(Any, events[-1])
     assert final.invocation.status == "succeeded"
     assert json.loads(final.invocation.output or "") == {"lines": 5}
 
@@ -83,7 +83,9 @@ def test_follow_raw_events_validate_strictly(sdk: Kernel, kernel_emulator: Kerne
 
 
 def test_cancel_with_update(sdk: Kernel, kernel_emulator: KernelEmulator) -> None:
-    created = sdk.invocations.create(app_name=DEMO_APP_NAME, version="latest", action_name="slow", async_=True)
+    created = sdk.invocations.create(
+        app_name=DEMO_APP_NAME, version="latest", action_name="slow", async_=True
+    )
     kernel_emulator.wait_for(created.id, ("running",))
     updated = sdk.invocations.update(
         created.id, status="failed", output=json.dumps({"error": "Invocation cancelled by user"})
@@ -121,7 +123,7 @@ def test_browsers_list_and_delete(sdk: Kernel, kernel_emulator: KernelEmulator) 
     raw = sdk.invocations.with_raw_response.list_browsers(created.id).http_response.json()
     _strict(InvocationListBrowsersResponse, raw)
     assert kernel_emulator.stats()["browsers_live"] == 2
-    assert sdk.invocations.delete_browsers(created.id) is None
+    assert sdk.invocations.with_raw_response.delete_browsers(created.id).http_response.status_code == 204
     assert sdk.invocations.list_browsers(created.id).browsers == []
 
 
@@ -130,7 +132,9 @@ def test_apps_list(sdk: Kernel) -> None:
     assert [a.app_name for a in apps] == [DEMO_APP_NAME]
     demo = apps[0]
     assert demo.region == "aws.us-east-1a" and demo.version == "latest"
-    assert {"echo", "sleep", "logs", "fail", "slow", "browse", "big", "plain_fail"} <= {a.name for a in demo.actions}
+    assert {"echo", "sleep", "logs", "fail", "slow", "browse", "big", "plain_fail"} <= {
+        a.name for a in demo.actions
+    }
     raw = sdk.apps.with_raw_response.list().http_response.json()
     for item in raw:
         _strict(AppListResponse, item)
@@ -164,3 +168,29 @@ async def test_async_client_follow(kernel_emulator: KernelEmulator) -> None:
         assert [e.event for e in again] == ["log", "log", "log", "invocation_state"]
         pages = [inv.id async for inv in client.invocations.list(limit=1)]
         assert pages == [created.id]
+
+
+def test_sdk_retries_follow_injected_faults(kernel_emulator: KernelEmulator) -> None:
+    retrying = Kernel(api_key=kernel_emulator.token, base_url=kernel_emulator.url, max_retries=2)
+    kernel_emulator.set_faults(
+        [
+            {
+                "route": "POST /invocations",
+                "sequence": [{"status": 503, "retry_after_ms": 10}, {"status": 429, "retry_after_ms": 10}],
+            }
+        ]
+    )
+    created = retrying.invocations.create(app_name=DEMO_APP_NAME, version="latest", action_name="echo")
+    assert created.status == "succeeded"
+    assert [r["status"] for r in kernel_emulator.requests(route="/invocations", method="POST")] == [
+        503,
+        429,
+        200,
+    ]
+    assert kernel_emulator.created_count() == 1
+    kernel_emulator.set_faults(
+        [{"route": "POST /invocations", "times": 1, "fault": {"status": 500, "should_retry": False}}]
+    )
+    with pytest.raises(kernel.InternalServerError):
+        retrying.invocations.create(app_name=DEMO_APP_NAME, version="latest", action_name="echo")
+    assert kernel_emulator.created_count() == 1

@@ -6,7 +6,14 @@ import re
 
 import pytest
 
-from kernel_provider.testing.timeutil import format_ns, new_id, now_ns, parse_duration_ns, parse_since, parse_timestamp_ns
+from kernel_provider.testing.timeutil import (
+    format_ns,
+    new_id,
+    now_ns,
+    parse_duration_ns,
+    parse_since,
+    parse_timestamp_ns,
+)
 
 
 def test_ids_and_timestamps() -> None:
@@ -17,8 +24,15 @@ def test_ids_and_timestamps() -> None:
 
 @pytest.mark.parametrize(
     ("text", "ns"),
-    [("5m", 300 * 10**9), ("1h30m", 5400 * 10**9), ("10s", 10**10), ("1.5s", 15 * 10**8), ("250ms", 25 * 10**7),
-     ("3us", 3000), ("0", 0)],
+    [
+        ("5m", 300 * 10**9),
+        ("1h30m", 5400 * 10**9),
+        ("10s", 10**10),
+        ("1.5s", 15 * 10**8),
+        ("250ms", 25 * 10**7),
+        ("3us", 3000),
+        ("0", 0),
+    ],
 )
 def test_durations(text: str, ns: int) -> None:
     assert parse_duration_ns(text) == ns

@@ -16,15 +16,24 @@ import pytest
 
 from kernel_provider.hooks.kernel import KernelHook
 from kernel_provider.triggers.kernel import KernelInvocationTrigger
-from tests.airflow_helpers import kernel_lines, requests_for, wait_until
+from tests.airflow_helpers import EVENTS, GET_ONE, gated_kernel, kernel_lines, requests_for, seen, wait_until
 from tests.helpers import conn_json
 
 EVENT_KEYS = {"status", "invocation_id", "status_reason", "message"}
 
 
-def start(action: str, payload: Any = None) -> str:
-    """Create an async invocation of the demo app with the worker-side hook; returns its id."""
-    return KernelHook().invoke("demo", action, payload=payload, invoke_async=True).id
+__all__ = ["gated_kernel"]  # a fixture
+
+
+def start(action: str, payload: Any = None, app: str = "demo") -> str:
+    """Create an async invocation with the worker-side hook; returns its id."""
+    return KernelHook().invoke(app, action, payload=payload, invoke_async=True).id
+
+
+def start_gated(emulator: Any, **payload: Any) -> tuple[str, Any]:
+    """Start the ``gated`` app's ``run`` action; returns its id and its (closed) gate."""
+    gate = emulator.gate()
+    return start("run", gate.payload(**payload), app="gated"), gate
 
 
 def trigger(invocation_id: str, **kwargs: Any) -> KernelInvocationTrigger:
@@ -141,41 +150,45 @@ async def test_transient_5xx_is_retried_and_the_wait_succeeds(kernel_conn_env):
 # --- streaming ------------------------------------------------------------------------------------------------
 
 
-async def test_stream_mode_streams_logs_with_at_most_three_requests(kernel_conn_env, caplog, capfd):
-    inv_id = start("logs", {"lines": 5, "interval": 0.1})
+async def test_stream_mode_streams_logs_with_at_most_three_requests(gated_kernel, caplog, capfd):
+    inv_id, gate = start_gated(gated_kernel, before=3, after=2, interval=0.05)
+    opened = gate.open_when(seen(gated_kernel, EVENTS), "the trigger to follow the stream")
     event = await run_to_event(trigger(inv_id))
+    opened()
     assert event["status"] == "succeeded"
     assert kernel_lines(inv_id, caplog, capfd) == [f"line {i}" for i in range(5)]
-    seen = requests_for(kernel_conn_env, inv_id)
-    assert 1 <= len(seen) <= 3, [(r["method"], r["path"]) for r in seen]
-    assert sum(r["route"] == "/invocations/{id}/events" for r in seen) == 1
+    requested = requests_for(gated_kernel, inv_id)
+    assert 1 <= len(requested) <= 3, [(r["method"], r["path"]) for r in requested]
+    assert sum(r["route"] == EVENTS for r in requested) == 1
 
 
-async def test_stream_cut_midway_resumes_without_lost_or_doubled_lines(kernel_conn_env, caplog, capfd):
-    n = 12
-    inv_id = start("logs", {"lines": n, "interval": 0.05})
-    # Three streams in a row break after 2 events each (the state on connect counts as one).
-    kernel_conn_env.set_faults({"seed": 1, "rules": [
+async def test_stream_cut_midway_resumes_without_lost_or_doubled_lines(gated_kernel, caplog, capfd):
+    inv_id, gate = start_gated(gated_kernel, before=6, after=6, interval=0.05)
+    # Three streams in a row break after 2 events each (the state on connect counts as one); the action only
+    # finishes after that, so the lines after the gate come through a resumed stream.
+    gated_kernel.set_faults({"seed": 1, "rules": [
         {"route": "GET /invocations/{id}/events", "times": 3, "fault": {"cut_after_events": 2}},
     ]})
+    opened = gate.open_when(seen(gated_kernel, EVENTS, at_least=3), "three cut streams")
     event = await run_to_event(trigger(inv_id))
+    opened()
     assert event["status"] == "succeeded"
-    assert kernel_lines(inv_id, caplog, capfd) == [f"line {i}" for i in range(n)]
-    streams = [r for r in requests_for(kernel_conn_env, inv_id) if r["route"] == "/invocations/{id}/events"]
-    assert len(streams) >= 2  # it really was cut and resumed
-    assert "since=" in streams[1]["query"]  # resumed from the last line seen, not from the start
+    assert kernel_lines(inv_id, caplog, capfd) == [f"line {i}" for i in range(12)]
+    streams = [r for r in requests_for(gated_kernel, inv_id) if r["route"] == EVENTS]
+    assert len(streams) >= 4
+    assert "since=" in streams[1]["query"]  # resumed after the last line seen, not from the start
 
 
-async def test_silent_stream_is_detected_and_the_wait_recovers(kernel_conn_env, caplog, capfd):
-    inv_id = start("logs", {"lines": 4, "interval": 0.3})
-    kernel_conn_env.set_faults({"rules": [
+async def test_silent_stream_is_detected_and_the_wait_recovers(gated_kernel, caplog, capfd):
+    inv_id, gate = start_gated(gated_kernel, before=2, after=2, interval=0.05)
+    gated_kernel.set_faults({"rules": [
         {"route": "GET /invocations/{id}/events", "times": 1, "fault": {"silent": True}},
     ]})
+    opened = gate.open_when(seen(gated_kernel, EVENTS, at_least=2), "a second stream after the silent one")
     event = await run_to_event(trigger(inv_id, silence_timeout=1.0))
+    opened()
     assert event["status"] == "succeeded"
     assert kernel_lines(inv_id, caplog, capfd) == [f"line {i}" for i in range(4)]
-    streams = [r for r in requests_for(kernel_conn_env, inv_id) if r["route"] == "/invocations/{id}/events"]
-    assert len(streams) >= 2
 
 
 async def test_error_event_in_stream_is_resumed(kernel_conn_env):
@@ -191,13 +204,15 @@ async def test_error_event_in_stream_is_resumed(kernel_conn_env):
     assert len(streams) == 2
 
 
-async def test_poll_mode(kernel_conn_env):
-    inv_id = start("sleep", {"seconds": 0.6, "result": "ok"})
+async def test_poll_mode(gated_kernel):
+    inv_id, gate = start_gated(gated_kernel, result="ok")
+    opened = gate.open_when(seen(gated_kernel, GET_ONE, at_least=2), "two status checks")
     event = await run_to_event(trigger(inv_id, mode="poll", poll_interval=0.1))
+    opened()
     assert event["status"] == "succeeded"
-    seen = requests_for(kernel_conn_env, inv_id)
-    assert all(r["route"] == "/invocations/{id}" and r["method"] == "GET" for r in seen)
-    assert len(seen) >= 2
+    requested = requests_for(gated_kernel, inv_id)
+    assert all(r["route"] == GET_ONE and r["method"] == "GET" for r in requested)
+    assert len(requested) >= 3  # polled while running, then saw it finished
 
 
 async def test_poll_mode_failed(kernel_conn_env):
@@ -232,32 +247,37 @@ def test_unknown_mode_is_rejected():
         KernelInvocationTrigger(invocation_id="abc", mode="carrier-pigeon")
 
 
-async def test_rebuilt_from_serialize_continues_the_same_wait(kernel_conn_env, caplog, capfd):
+async def test_rebuilt_from_serialize_continues_the_same_wait(gated_kernel, caplog, capfd):
     """A triggerer restart: the trigger is rebuilt from its kwargs and resumes; nothing is invoked again."""
-    n = 8
-    inv_id = start("logs", {"lines": n, "interval": 0.15})
+    inv_id, gate = start_gated(gated_kernel, before=3, after=3, interval=0.02)
     first = trigger(inv_id)
     gen = first.run()
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(gen.__anext__(), timeout=0.6)
+    waiting = asyncio.ensure_future(gen.__anext__())
+    while not any(r["route"] == EVENTS for r in requests_for(gated_kernel, inv_id)):
+        assert not waiting.done()
+        await asyncio.sleep(0.02)
+    waiting.cancel()  # the triggerer goes away mid-wait
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
     await gen.aclose()
-    before_restart = len(requests_for(kernel_conn_env, inv_id))
-    assert before_restart >= 2  # it checked and was following the stream
-    assert kernel_conn_env.invocation(inv_id)["status"] == "running"
+    before_restart = len(requests_for(gated_kernel, inv_id))
+    assert gated_kernel.invocation(inv_id)["status"] == "running"
 
     classpath, kwargs = first.serialize()
     module, _, name = classpath.rpartition(".")
     second = getattr(importlib.import_module(module), name)(**json.loads(json.dumps(kwargs)))
+    opened = gate.open_when(lambda: len(requests_for(gated_kernel, inv_id)) > before_restart + 1,
+                            "the rebuilt trigger to check and follow")
     event = await run_to_event(second)
+    opened()
 
     assert event["status"] == "succeeded"
     assert event["invocation_id"] == inv_id
-    after = requests_for(kernel_conn_env, inv_id)[before_restart:]
-    assert after[0]["route"] == "/invocations/{id}" and after[0]["method"] == "GET"  # first: one immediate check
-    assert kernel_conn_env.created_count() == 1
-    assert len(kernel_conn_env.requests(path="/invocations", method="POST")) == 1
-    lines = kernel_lines(inv_id, caplog, capfd)
-    assert set(lines) == {f"line {i}" for i in range(n)}  # the new trigger saw the rest (it replays history)
+    after = requests_for(gated_kernel, inv_id)[before_restart:]
+    assert (after[0]["method"], after[0]["route"]) == ("GET", GET_ONE)  # first: one immediate check
+    assert gated_kernel.created_count() == 1
+    assert len(gated_kernel.requests(path="/invocations", method="POST")) == 1
+    assert set(kernel_lines(inv_id, caplog, capfd)) == {f"line {i}" for i in range(6)}
 
 
 # --- on_kill ----------------------------------------------------------------------------------------------------

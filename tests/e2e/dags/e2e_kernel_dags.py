@@ -1,0 +1,61 @@
+"""DAGs of the end-to-end tests (copied into the temporary DAGs folder of the test Airflow).
+
+Their Kernel actions wait on a gate the test opens (``e2e-gate``/``wait_gate``, see ``../apps/gate_app.py``),
+or run far longer than the test (``demo``/``browse``), so deferrals are observed without timing races.
+The gate name comes from the run's conf.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, task
+
+from kernel_provider.operators.kernel import KernelInvokeOperator
+from kernel_provider.sensors.kernel import KernelInvocationSensor
+
+START = pendulum.datetime(2025, 1, 1, tz="UTC")
+GATE = "{{ dag_run.conf['gate'] }}"
+CRASH_TASKS = 20
+
+# 1. Same shape as example_kernel_async_sensor: async invoke, deferrable sensor, a task using the output.
+with DAG(dag_id="e2e_kernel_async_sensor", schedule=None, start_date=START, catchup=False, tags=["e2e"]):
+    start = KernelInvokeOperator(
+        task_id="start",
+        app_name="e2e-gate",
+        action_name="wait_gate",
+        payload={"gate": GATE, "result": {"gate": GATE, "answer": 42}},
+        invoke_async=True,
+        wait_for_completion=False,
+    )
+    wait = KernelInvocationSensor(task_id="wait", invocation_id=start.output, deferrable=True, timeout=600)
+
+    @task
+    def use(result: dict[str, Any]) -> str:
+        return f"{result['gate']}={result['answer']}"
+
+    use(wait.output)
+
+# 2. Many deferred waits at once, for the triggerer crash test.
+with DAG(dag_id="e2e_kernel_crash", schedule=None, start_date=START, catchup=False, tags=["e2e"],
+         max_active_tasks=CRASH_TASKS + 4):
+    KernelInvokeOperator.partial(
+        task_id="invoke",
+        app_name="e2e-gate",
+        action_name="wait_gate",
+        deferrable=True,
+        timeout=900,
+    ).expand(payload=[{"gate": GATE, "result": {"index": i}} for i in range(CRASH_TASKS)])
+
+# 3. A long run with browsers, for the kill test (demo/browse sleeps 600 s holding two browsers).
+with DAG(dag_id="e2e_kernel_kill", schedule=None, start_date=START, catchup=False, tags=["e2e"]):
+    KernelInvokeOperator(
+        task_id="browse",
+        app_name="demo",
+        action_name="browse",
+        payload={"count": 2, "seconds": 600},
+        deferrable=True,
+        timeout=900,
+        retries=0,
+    )

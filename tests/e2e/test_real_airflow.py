@@ -1,0 +1,220 @@
+"""End-to-end tests on a real Airflow 3.3: scheduler, dag-processor, triggerer and api-server as separate
+processes (LocalExecutor, SQLite), the provider installed as a package, Kernel played by the emulator.
+
+Everything is observed from the outside: task states and XComs through the REST API, trigger rows through
+Airflow's ORM, and what reached "Kernel" (requests, their User-Agent, invocation states, browsers) through the
+emulator's introspection API. No mocks.
+
+Run: ``python -m pytest tests/e2e -m e2e -x`` (about 4-5 minutes on 2 cores; skipped below Airflow 3.3).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib.metadata import version
+from typing import Any
+
+import pytest
+
+AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(AIRFLOW_VERSION < (3, 3), reason=(
+        f"needs Airflow >= 3.3 (separate dag-processor, REST API v2, BaseTrigger.on_kill); "
+        f"installed {version('apache-airflow')}")),
+]
+
+#: What ``KernelInvocationTrigger.run()`` appends to the provider's User-Agent.
+TRIGGERER_MARK = "(triggerer)"
+AirflowE2E = Any  # the harness object of tests/e2e/conftest.py (fixture ``airflow_e2e``)
+
+CRASH_TASKS = 20
+
+
+def _marked(request: dict[str, Any]) -> bool:
+    return TRIGGERER_MARK in (request.get("user_agent") or "")
+
+
+def _wait_deferred(e2e: AirflowE2E, dag_id: str, run_id: str, task_id: str, count: int = 1,
+                   timeout: float = 120) -> dict[tuple[str, int], str | None]:
+    def probe() -> dict[tuple[str, int], str | None] | None:
+        states = e2e.states(dag_id, run_id, task_id)
+        bad = {k: v for k, v in states.items() if v in ("failed", "upstream_failed", "success")}
+        if bad:
+            raise AssertionError(f"{dag_id}.{task_id} ended before deferring: {bad}\n{e2e.diagnostics()}")
+        deferred = [k for k, v in states.items() if v == "deferred"]
+        return states if len(deferred) >= count else None
+
+    return e2e.wait_until(f"{count} deferred {dag_id}.{task_id} task(s)", probe, timeout, interval=1.0)
+
+
+def _last_seq(e2e: AirflowE2E) -> int:
+    return max((r["seq"] for r in e2e.emulator.client.requests()), default=0)
+
+
+def _invocation_id(e2e: AirflowE2E, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    return str(e2e.wait_until(
+        f"the invocation id XCom of {dag_id}.{task_id}[{map_index}]",
+        lambda: e2e.xcom(dag_id, run_id, task_id, key="invocation_id", map_index=map_index), timeout=30))
+
+
+@pytest.mark.timeout(330)
+def test_async_invoke_then_deferrable_sensor_waits_in_the_triggerer(airflow_e2e: AirflowE2E) -> None:
+    e2e = airflow_e2e
+    dag_id = "e2e_kernel_async_sensor"
+    e2e.wait_for_dag(dag_id)
+    gate = e2e.new_gate()
+    run_id = e2e.trigger(dag_id, {"gate": gate})
+
+    _wait_deferred(e2e, dag_id, run_id, "wait")
+    invocation_id = str(e2e.xcom(dag_id, run_id, "start"))  # wait_for_completion=False returns the id
+    assert e2e.emulator.client.invocation(invocation_id)["status"] in ("queued", "running")
+
+    # While deferred, the triggerer follows the event stream of this invocation.
+    def stream_from_triggerer() -> list[dict[str, Any]] | None:
+        events = [r for r in e2e.kernel_requests(invocation_id) if r["route"] == "/invocations/{id}/events"]
+        return events if any(_marked(r) for r in events) else None
+
+    streams = e2e.wait_until("the triggerer to open the event stream", stream_from_triggerer, timeout=30)
+    assert all(_marked(r) for r in streams), f"event streams not all from the triggerer: {streams}"
+
+    e2e.open_gate(gate)
+    assert e2e.wait_run_done(dag_id, run_id, timeout=120) == "success", e2e.states(dag_id, run_id)
+    assert set(e2e.states(dag_id, run_id).values()) == {"success"}
+
+    expected = {"gate": gate, "answer": 42}
+    assert e2e.xcom(dag_id, run_id, "wait") == expected  # the sensor returns the action's output
+    assert e2e.xcom(dag_id, run_id, "use") == f"{gate}=42"
+    assert e2e.emulator.client.invocation(invocation_id)["status"] == "succeeded"
+
+    # Who sent what: the create and the sensor's pre-defer check came from workers, the wait from the triggerer.
+    requests = e2e.kernel_requests(invocation_id)
+    creates = [r for r in e2e.emulator.client.requests(path="/invocations", method="POST")]
+    mine = [r for r in creates if r["seq"] < requests[0]["seq"]]
+    assert mine and not _marked(mine[-1]), mine[-1:]
+    gets = [r for r in requests if r["method"] == "GET" and r["route"] == "/invocations/{id}"]
+    assert any(_marked(r) for r in gets), "the trigger's first check (GET) did not come from the triggerer"
+    assert any(not _marked(r) for r in gets), "the worker's checks should not carry the triggerer mark"
+    assert all(r["user_agent"].startswith("airflow-provider-kernel/") for r in requests)
+    print(f"\n[e2e] {invocation_id}: {len(streams)} event stream(s) and "
+          f"{sum(map(_marked, gets))}/{len(gets)} GETs from the triggerer; run {run_id} succeeded")
+
+
+@pytest.mark.timeout(240)
+def test_example_async_sensor_dag_succeeds(airflow_e2e: AirflowE2E) -> None:
+    """The shipped example DAG (async invoke, deferrable sensor, a task using the output) runs green."""
+    e2e = airflow_e2e
+    dag_id = "example_kernel_async_sensor"
+    if not (e2e.dags / f"{dag_id}.py").exists():
+        pytest.skip("example_dags/example_kernel_async_sensor.py is not there yet")
+    e2e.wait_for_dag(dag_id)
+    operators = {t["task_id"]: t["operator_name"] for t in e2e.api("GET", f"/dags/{dag_id}/tasks")["tasks"]}
+    invoke = next(t for t, op in operators.items() if op == "KernelInvokeOperator")
+    sensor = next(t for t, op in operators.items() if op == "KernelInvocationSensor")
+
+    run_id = e2e.trigger(dag_id)
+    assert e2e.wait_run_done(dag_id, run_id, timeout=150) == "success", e2e.states(dag_id, run_id)
+    assert set(e2e.states(dag_id, run_id).values()) == {"success"}
+
+    invocation = e2e.emulator.client.invocation(str(e2e.xcom(dag_id, run_id, invoke)))
+    assert invocation["status"] == "succeeded"
+    assert e2e.xcom(dag_id, run_id, sensor) == json.loads(invocation["output"])
+
+
+@pytest.mark.timeout(330)
+def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: AirflowE2E) -> None:
+    """SIGKILL the triggerer while 20 tasks are deferred: a new triggerer resumes every wait with the stored,
+    absolute deadlines; nothing is invoked twice and every task ends with its own invocation's output."""
+    e2e = airflow_e2e
+    dag_id = "e2e_kernel_crash"
+    e2e.wait_for_dag(dag_id)
+    gate = e2e.new_gate()
+    run_id = e2e.trigger(dag_id, {"gate": gate})
+
+    _wait_deferred(e2e, dag_id, run_id, "invoke", count=CRASH_TASKS, timeout=180)
+    deferred_mark = _last_seq(e2e)  # from here on, any POST /invocations would be a duplicate
+    ids = {i: _invocation_id(e2e, dag_id, run_id, "invoke", i) for i in range(CRASH_TASKS)}
+    assert len(set(ids.values())) == CRASH_TASKS
+
+    def followed_by_triggerer(after_seq: int) -> Any:
+        def probe() -> bool:
+            seen = {r["path"].split("/")[2] for r in e2e.emulator.client.requests(method="GET")
+                    if r["seq"] > after_seq and _marked(r) and r["path"].startswith("/invocations/")}
+            return set(ids.values()) <= seen
+        return probe
+
+    e2e.wait_until("the triggerer to follow all 20 invocations", followed_by_triggerer(0), timeout=60)
+    before = {t["map_index"]: t for t in e2e.triggers(dag_id, run_id)}
+    assert sorted(before) == list(range(CRASH_TASKS)), before
+    assert all(t["kwargs"]["end_time"] for t in before.values())
+    assert {t["kwargs"]["invocation_id"] for t in before.values()} == set(ids.values())
+    old_triggerer = {t["triggerer_id"] for t in before.values()}
+    assert len(old_triggerer) == 1 and None not in old_triggerer, old_triggerer
+
+    old = e2e.services["triggerer"]
+    e2e.kill("triggerer")  # SIGKILL to its process group and every descendant: no cleanup, no goodbye
+    assert not old.alive()
+    killed_mark = _last_seq(e2e)  # the old triggerer is dead: later requests come from the new one
+    e2e.start("triggerer")
+
+    e2e.wait_until("a new triggerer to resume all 20 waits (first GET of each after the crash)",
+                   followed_by_triggerer(killed_mark), timeout=120)
+    after = {t["map_index"]: t for t in e2e.triggers(dag_id, run_id)}
+    assert sorted(after) == list(range(CRASH_TASKS))
+    for index, trigger in after.items():
+        assert trigger["trigger_id"] == before[index]["trigger_id"]
+        assert trigger["triggerer_id"] not in old_triggerer, "the trigger was not moved to the new triggerer"
+        assert trigger["kwargs"]["end_time"] == before[index]["kwargs"]["end_time"], "deadline moved"
+    assert set(e2e.states(dag_id, run_id, "invoke").values()) == {"deferred"}
+
+    e2e.open_gate(gate)
+    assert e2e.wait_run_done(dag_id, run_id, timeout=150) == "success", e2e.states(dag_id, run_id)
+    assert set(e2e.states(dag_id, run_id).values()) == {"success"}
+    for index in range(CRASH_TASKS):
+        assert e2e.xcom(dag_id, run_id, "invoke", map_index=index) == {"index": index}
+
+    mine = [i for i in e2e.emulator.client.invocations() if gate in json.dumps(i.get("payload"))]
+    assert len(mine) == CRASH_TASKS, f"expected exactly {CRASH_TASKS} invocations, got {len(mine)}"
+    assert {i["status"] for i in mine} == {"succeeded"}
+    assert not [r for r in e2e.emulator.client.requests(path="/invocations", method="POST")
+                if r["seq"] > deferred_mark], "an invocation was created again after the tasks deferred"
+    print(f"\n[e2e] {CRASH_TASKS} triggers moved from triggerer {old_triggerer} to "
+          f"{sorted({t['triggerer_id'] for t in after.values()})}; end_time unchanged; created {len(mine)}")
+
+
+@pytest.mark.timeout(240)
+def test_marking_a_deferred_task_failed_cancels_the_invocation(airflow_e2e: AirflowE2E) -> None:
+    """Airflow 3.3 calls the trigger's on_kill when a user marks the deferred task failed: the invocation is
+    PATCHed failed and its browsers are deleted, by the triggerer."""
+    e2e = airflow_e2e
+    dag_id, task_id = "e2e_kernel_kill", "browse"
+    e2e.wait_for_dag(dag_id)
+    run_id = e2e.trigger(dag_id)
+    _wait_deferred(e2e, dag_id, run_id, task_id)
+    invocation_id = _invocation_id(e2e, dag_id, run_id, task_id)
+    e2e.wait_until("the triggerer to follow the invocation",
+                   lambda: any(_marked(r) for r in e2e.kernel_requests(invocation_id)), timeout=60)
+    e2e.wait_until("the action to create its 2 browsers",
+                   lambda: len(e2e.emulator.client.invocation(invocation_id)["_emulator"]["browsers"]) == 2,
+                   timeout=30)
+    assert e2e.emulator.client.invocation(invocation_id)["status"] == "running"
+
+    started = time.monotonic()
+    e2e.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", json={"new_state": "failed"})
+    invocation = e2e.wait_until(
+        "the invocation to be cancelled",
+        lambda: (i if (i := e2e.emulator.client.invocation(invocation_id))["status"] == "failed" else None),
+        timeout=60)
+    assert time.monotonic() - started < 60
+    assert invocation["_emulator"]["browsers"] == []
+    assert e2e.emulator.client.stats()["browsers_live"] == 0
+
+    requests = e2e.kernel_requests(invocation_id)
+    patches = [r for r in requests if r["method"] == "PATCH"]
+    deletes = [r for r in requests if r["method"] == "DELETE" and r["path"].endswith("/browsers")]
+    assert patches and all(_marked(r) for r in patches), f"cancel not sent by the triggerer: {patches}"
+    assert deletes and all(_marked(r) for r in deletes), f"browsers not deleted by the triggerer: {deletes}"
+    assert e2e.states(dag_id, run_id, task_id) == {(task_id, -1): "failed"}
+    print(f"\n[e2e] {invocation_id} cancelled by the triggerer {time.monotonic() - started:.1f}s after the "
+          f"task was marked failed; browsers left: {len(invocation['_emulator']['browsers'])}")

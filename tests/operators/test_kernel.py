@@ -1,0 +1,410 @@
+"""KernelInvokeOperator in real Airflow DAG runs (``dag.test()``) against the local Kernel emulator.
+
+What matters most is checked on the emulator side: how many invocations were created (never twice for one task
+instance), which requests were made, and what state each invocation ended in.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from kernel_provider.exceptions import KernelError, KernelInputError
+from kernel_provider.hooks.kernel import KernelHook
+from kernel_provider.operators.kernel import (
+    XCOM_INVOCATION_ID,
+    XCOM_INVOCATION_URL,
+    KernelInvocationLink,
+    KernelInvokeOperator,
+)
+from kernel_provider.sensors.kernel import KernelInvocationSensor
+from tests.airflow_helpers import (
+    AF2,
+    EVENTS,
+    GET_ONE,
+    START,
+    all_logs,
+    gated_kernel,
+    kernel_lines,
+    make_dag,
+    requests_for,
+    run_dag,
+    seen,
+    states,
+    task,
+    ti_map,
+    xcom,
+)
+from tests.helpers import conn_json
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+__all__ = ["gated_kernel"]  # a fixture
+
+INLINE_TRIGGER = "[DAG TEST] running trigger in line"
+DASHBOARD = "https://dashboard.onkernel.com"
+#: Size of the mapped fan-out: the issue's target, 100 (about 25-45 s); KERNEL_FANOUT_N=20 for a quick run.
+FANOUT = int(os.environ.get("KERNEL_FANOUT_N", "100"))
+
+
+def invoke_dag(prefix: str = "kernel_invoke", **op_kwargs: Any) -> Any:
+    op_kwargs.setdefault("app_name", "demo")
+    op_kwargs.setdefault("poll_interval", 0.1)
+    with make_dag(prefix) as dag:
+        KernelInvokeOperator(task_id="invoke", **op_kwargs)
+    return dag
+
+
+def posts(emulator: Any) -> list[dict[str, Any]]:
+    return emulator.requests(path="/invocations", method="POST")
+
+
+def only_invocation(emulator: Any) -> dict[str, Any]:
+    invocations = emulator.invocations()
+    assert len(invocations) == 1, invocations
+    return invocations[0]
+
+
+# --- the ways to run ------------------------------------------------------------------------------------------
+
+
+def test_sync_invoke(kernel_conn_env, caplog):
+    dr = run_dag(invoke_dag(action_name="echo", payload={"url": "https://example.com"}, invoke_async=False))
+    assert states(dr) == {"invoke": "success"}
+    assert xcom(dr, "invoke") == {"url": "https://example.com"}
+    inv = only_invocation(kernel_conn_env)
+    assert inv["_emulator"]["async"] is False
+    assert inv["status"] == "succeeded"
+    assert xcom(dr, "invoke", key=XCOM_INVOCATION_ID) == inv["id"]
+    assert not kernel_conn_env.requests(path=f"/invocations/{inv['id']}/events")
+    assert INLINE_TRIGGER not in caplog.text
+
+
+def gated_dag(gate: Any, **op_kwargs: Any) -> Any:
+    return invoke_dag(app_name="gated", action_name="run", **op_kwargs)
+
+
+def test_async_wait_in_worker_streams_logs(gated_kernel, caplog, capfd):
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, EVENTS), "the worker to follow the stream")
+    dr = run_dag(gated_dag(gate, payload=gate.payload(before=2, after=1, result={"lines": 3}), deferrable=False))
+    opened()
+    assert states(dr) == {"invoke": "success"}
+    assert xcom(dr, "invoke") == {"lines": 3}
+    inv = only_invocation(gated_kernel)
+    assert inv["_emulator"]["async"] is True
+    assert INLINE_TRIGGER not in caplog.text  # waited on the worker, not deferred
+    assert kernel_lines(inv["id"], caplog, capfd) == ["line 0", "line 1", "line 2"]
+
+
+def test_async_deferred(gated_kernel, caplog, capfd):
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, EVENTS), "the trigger to follow the stream")
+    dr = run_dag(gated_dag(gate, payload=gate.payload(before=2, after=1, result={"lines": 3}), deferrable=True))
+    opened()
+    assert states(dr) == {"invoke": "success"}
+    assert xcom(dr, "invoke") == {"lines": 3}
+    inv = only_invocation(gated_kernel)
+    assert INLINE_TRIGGER in caplog.text  # really deferred; dag.test ran the trigger inline
+    assert kernel_lines(inv["id"], caplog, capfd) == ["line 0", "line 1", "line 2"]
+    assert len(posts(gated_kernel)) == 1
+
+
+def test_deferrable_poll_mode(gated_kernel, caplog):
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, GET_ONE, at_least=3), "the trigger to poll")
+    dr = run_dag(gated_dag(gate, payload=gate.payload(result=[1, 2]), deferrable=True, wait_mode="poll"))
+    opened()
+    assert states(dr) == {"invoke": "success"}
+    assert xcom(dr, "invoke") == [1, 2]
+    inv = only_invocation(gated_kernel)
+    assert not gated_kernel.requests(path=f"/invocations/{inv['id']}/events")
+    assert INLINE_TRIGGER in caplog.text
+
+
+def test_not_waiting_returns_the_id_at_once(kernel_conn_env):
+    dr = run_dag(invoke_dag(action_name="slow", wait_for_completion=False))
+    assert states(dr) == {"invoke": "success"}
+    inv = only_invocation(kernel_conn_env)
+    assert xcom(dr, "invoke") == inv["id"]
+    assert xcom(dr, "invoke", key=XCOM_INVOCATION_ID) == inv["id"]
+    assert xcom(dr, "invoke", key=XCOM_INVOCATION_URL) == f"{DASHBOARD}/invocations/{inv['id']}"
+    assert inv["status"] == "running"  # left running for a sensor to watch
+    assert [r["method"] for r in requests_for(kernel_conn_env, inv["id"])] == []  # not even one GET
+
+
+# --- outcomes ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_failed_invocation_fails_the_task_with_the_reason(kernel_conn_env, caplog, capfd, deferrable):
+    dr = run_dag(invoke_dag(action_name="fail", payload={"message": "selector #buy not found"},
+                            deferrable=deferrable))
+    assert states(dr) == {"invoke": "failed"}
+    inv = only_invocation(kernel_conn_env)
+    assert inv["status"] == "failed"
+    logs = all_logs(caplog, capfd)
+    assert f"Kernel invocation {inv['id']} failed: {inv['status_reason']}" in logs
+    assert "selector #buy not found" in logs
+    assert len(posts(kernel_conn_env)) == 1
+
+
+def test_failed_invocation_with_fail_on_failure_false(kernel_conn_env):
+    dr = run_dag(invoke_dag(action_name="fail", payload={"message": "nope"}, fail_on_failure=False))
+    assert states(dr) == {"invoke": "success"}
+    inv = only_invocation(kernel_conn_env)
+    result = xcom(dr, "invoke")
+    assert result["id"] == inv["id"]
+    assert result["status"] == "failed"
+    assert result["status_reason"] == inv["status_reason"]
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_timeout_cancels_the_invocation(kernel_conn_env, caplog, capfd, deferrable):
+    dr = run_dag(invoke_dag(action_name="browse", payload={"count": 1, "seconds": 3600}, timeout=1.5,
+                            deferrable=deferrable))
+    assert states(dr) == {"invoke": "failed"}
+    inv = only_invocation(kernel_conn_env)
+    assert inv["status"] == "failed"  # cancelled on Kernel, not left running
+    assert inv["_emulator"]["browsers"] == []
+    methods = [(r["method"], r["route"]) for r in requests_for(kernel_conn_env, inv["id"])]
+    assert ("PATCH", "/invocations/{id}") in methods
+    assert "It was cancelled" in all_logs(caplog, capfd)
+
+
+def test_execution_timeout_is_a_deadline_for_a_deferred_wait(kernel_conn_env):
+    """Airflow does not enforce execution_timeout while a task is deferred; the trigger's deadline does."""
+    dr = run_dag(invoke_dag(action_name="slow", deferrable=True,
+                            execution_timeout=datetime.timedelta(seconds=1.5)))
+    assert states(dr) == {"invoke": "failed"}
+    assert only_invocation(kernel_conn_env)["status"] == "failed"
+
+
+def test_deadline_is_absolute_wall_clock_time():
+    op = KernelInvokeOperator(task_id="t", app_name="demo", action_name="echo", timeout=300)
+    deadline = op._deadline({})
+    assert abs(deadline - (time.time() + 300)) < 60  # time.time(), not time.monotonic()
+
+
+# --- retries never invoke twice -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_retry_after_the_first_try_died_mid_wait_reattaches(gated_kernel, caplog, capfd, deferrable):
+    """Try 1 creates the invocation and then dies while waiting (here: its status checks start failing).
+
+    Try 2 finds the id the first try recorded and re-joins that invocation: Kernel sees exactly one create.
+    """
+    gated_kernel.set_faults({"rules": [
+        # the operator's own check passes; the wait's first check gets a 404 → the wait errors, try 1 fails
+        {"route": "GET /invocations/{id}", "sequence": [None, {"status": 404}]},
+    ]})
+    gate = gated_kernel.gate()
+    # still running when try 2 looks at it: the gate opens after try 2's first check
+    opened = gate.open_when(seen(gated_kernel, GET_ONE, at_least=3), "the retry to look at the invocation")
+    dag = gated_dag(gate, payload=gate.payload(result="once"), deferrable=deferrable, retries=1,
+                    retry_delay=datetime.timedelta(0))
+    dr = run_dag(dag)
+    opened()
+    assert states(dr) == {"invoke": "success"}
+    assert ti_map(dr)["invoke"].try_number == 2
+    assert xcom(dr, "invoke") == "once"
+    assert gated_kernel.created_count() == 1
+    assert len(posts(gated_kernel)) == 1
+    assert only_invocation(gated_kernel)["status"] == "succeeded"
+    assert "re-attaching to it" in all_logs(caplog, capfd)
+    if AF2:  # Airflow < 3.3 keeps the id in a Variable, removed once the invocation has an outcome
+        from airflow.models import Variable
+
+        ti = ti_map(dr)["invoke"]
+        key = f"kernel_provider.invocation.{ti.dag_id}.invoke.{ti.run_id}.-1"
+        assert Variable.get(key, default_var=None) is None
+
+
+def test_retry_after_a_failed_invocation_invokes_again_exactly_once(gated_kernel):
+    """Someone cancels the first run in Kernel; the retry starts one new invocation and succeeds."""
+    emulator = gated_kernel
+    gate = emulator.gate()
+    cancelled: list[str] = []
+
+    def cancel_first() -> bool:
+        running = [i for i in emulator.invocations() if i["status"] == "running"]
+        if not running:
+            return False
+        KernelHook().cancel_invocation(running[0]["id"], reason="cancelled in the dashboard")
+        cancelled.append(running[0]["id"])
+        return True
+
+    opened = gate.open_when(cancel_first, "the first invocation to run")  # cancels it, then opens the gate
+    dag = gated_dag(gate, payload=gate.payload(result="second try"), retries=1,
+                    retry_delay=datetime.timedelta(0))
+    dr = run_dag(dag)
+    opened()
+
+    assert len(cancelled) == 1
+    assert states(dr) == {"invoke": "success"}
+    assert ti_map(dr)["invoke"].try_number == 2
+    assert xcom(dr, "invoke") == "second try"
+    assert emulator.created_count() == 2  # the failed one, and exactly one more
+    first, second = emulator.invocations()
+    assert first["id"] == cancelled[0] and first["status"] == "failed"
+    assert second["status"] == "succeeded"
+    assert xcom(dr, "invoke", key=XCOM_INVOCATION_ID) == second["id"]
+
+
+# --- fan-out under Kernel's concurrency limit -------------------------------------------------------------------
+
+
+def test_mapped_fan_out_under_the_concurrency_limit(kernel_emulator_factory, monkeypatch):
+    """N mapped invocations against an org limit of 5: the 429s are waited out, each task invokes once.
+
+    When the DAG starts, other work already holds all 5 slots (five ``slow`` invocations); they are cancelled as
+    soon as Kernel has refused a create, so the limit is certainly met whatever the machine's speed. dag.test()
+    runs tasks one by one, so the invokes don't wait for their invocation (a mapped sensor does): that keeps
+    many invocations live at once, and the fan-out itself meets the limit again.
+    """
+    emulator = kernel_emulator_factory(org_concurrency=5)
+    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(emulator.url, emulator.token))
+    hook = KernelHook()
+    blockers = [hook.invoke("demo", "slow", invoke_async=True).id for _ in range(5)]
+
+    def release_when_refused() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any(r["status"] == 429 for r in posts(emulator)):
+                for inv_id in blockers:
+                    hook.cancel_invocation(inv_id, reason="make room")
+                return
+            time.sleep(0.05)
+
+    releaser = threading.Thread(target=release_when_refused, daemon=True)
+    releaser.start()
+    with make_dag("kernel_fanout") as dag:
+        invoke = KernelInvokeOperator.partial(
+            task_id="invoke", app_name="demo", action_name="sleep", wait_for_completion=False,
+            rate_limit_wait=300,
+        ).expand(payload=[{"seconds": 0.5, "result": i} for i in range(FANOUT)])
+        wait = KernelInvocationSensor.partial(task_id="wait", poke_interval=0.1, timeout=300).expand(
+            invocation_id=invoke.output)
+
+        @task
+        def collect(results: Any) -> list[int]:
+            return sorted(results)
+
+        collect(wait.output)
+
+    dr = run_dag(dag)
+    releaser.join(5)
+
+    finished = states(dr)
+    assert finished.pop("collect") == "success"
+    assert set(finished.values()) == {"success"} and len(finished) == 2 * FANOUT
+    assert xcom(dr, "collect") == list(range(FANOUT))
+    assert emulator.created_count(action="sleep") == FANOUT
+    for i in range(FANOUT):
+        assert emulator.created_count(action="sleep", payload={"seconds": 0.5, "result": i}) == 1
+    refused = [r for r in posts(emulator) if r["status"] == 429]
+    assert refused
+    assert len(posts(emulator)) == len(blockers) + FANOUT + len(refused)  # every refusal waited out, no repeats
+
+
+# --- templating, XCom, links, chaining -------------------------------------------------------------------------
+
+
+def test_templated_payload(kernel_conn_env):
+    logical = START + datetime.timedelta(days=5)
+    dr = run_dag(invoke_dag(action_name="echo", payload={"day": "{{ ds }}", "run": "{{ run_id }}"},
+                            invoke_async=False), logical_date=logical)
+    assert states(dr) == {"invoke": "success"}
+    assert xcom(dr, "invoke") == {"day": "2024-01-06", "run": dr.run_id}
+    sent = json.loads(only_invocation(kernel_conn_env)["payload"])  # what Kernel received: rendered
+    assert sent == {"day": "2024-01-06", "run": dr.run_id}
+
+
+def test_extra_link_and_url_xcom(kernel_conn_env):
+    dr = run_dag(invoke_dag(action_name="echo", payload={}, invoke_async=False))
+    inv = only_invocation(kernel_conn_env)
+    url = f"{DASHBOARD}/invocations/{inv['id']}"
+    assert xcom(dr, "invoke", key=XCOM_INVOCATION_URL) == url
+    link = KernelInvocationLink()
+    if AF2:
+        ti = ti_map(dr)["invoke"]
+        assert link.get_link(ti.task if getattr(ti, "task", None) else None, ti_key=ti.key) == url
+    else:
+        # Airflow 3 workers evaluate get_link when the task ends and store the result for the UI.
+        assert xcom(dr, "invoke", key=link.xcom_key) == url
+    assert link.get_link(None) == ""
+
+
+def test_output_chains_into_a_downstream_task(kernel_conn_env):
+    with make_dag("kernel_chain") as dag:
+        scrape = KernelInvokeOperator(task_id="invoke", app_name="demo", action_name="echo",
+                                      payload={"prices": [3, 4, 5]}, poll_interval=0.1)
+
+        @task
+        def total(result: Any) -> int:
+            return sum(result["prices"])
+
+        total(scrape.output)
+    dr = run_dag(dag)
+    assert states(dr) == {"invoke": "success", "total": "success"}
+    assert xcom(dr, "total") == 12
+
+
+# --- validation: nothing is sent when an argument is wrong ------------------------------------------------------
+
+
+def test_bad_payload_fails_the_task_before_any_request(kernel_conn_env, caplog, capfd):
+    dr = run_dag(invoke_dag(action_name="echo", payload="{not json"))
+    assert states(dr) == {"invoke": "failed"}
+    assert kernel_conn_env.requests() == []
+    logs = all_logs(caplog, capfd)
+    assert "KernelInputError" in logs and "payload" in logs
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"app_name": ""}, "app_name"),
+    ({"action_name": "   "}, "action_name"),
+    ({"payload": "{not json"}, "payload"),
+    ({"payload": {1, 2}}, "payload"),
+    ({"async_timeout_seconds": 5}, "async_timeout_seconds"),
+    ({"poll_interval": 0}, "poll_interval"),
+    ({"timeout": -1}, "timeout"),
+])
+def test_bad_input_raises_kernel_input_error_before_any_request(kernel_conn_env, kwargs, field):
+    args: dict[str, Any] = {"app_name": "demo", "action_name": "echo", **kwargs}
+    op = KernelInvokeOperator(task_id="t", **args)
+    with pytest.raises(KernelInputError) as err:
+        op.execute({})  # no context needed: validation comes first
+    assert err.value.field == field
+    assert kernel_conn_env.requests() == []
+
+
+def test_bad_wait_mode_raises_before_any_request(kernel_conn_env):
+    op = KernelInvokeOperator(task_id="t", app_name="demo", action_name="echo", wait_mode="sometimes")
+    with pytest.raises(KernelError, match="wait_mode"):
+        op.execute({})
+    assert kernel_conn_env.requests() == []
+
+
+def test_validate_action_lists_existing_actions(kernel_conn_env, caplog, capfd):
+    dr = run_dag(invoke_dag(action_name="echoo", validate_action=True))
+    assert states(dr) == {"invoke": "failed"}
+    assert posts(kernel_conn_env) == []  # nothing was invoked
+    assert kernel_conn_env.requests(path="/apps", method="GET")
+    logs = all_logs(caplog, capfd)
+    assert "has no action 'echoo'" in logs
+    assert "Actions: big, blocking, browse, counter, echo, fail, logs, plain_fail, sleep, slow" in logs
+
+
+def test_validate_action_passes_for_a_real_action(kernel_conn_env):
+    dr = run_dag(invoke_dag(action_name="echo", payload={"ok": 1}, validate_action=True, invoke_async=False))
+    assert states(dr) == {"invoke": "success"}
+    assert xcom(dr, "invoke") == {"ok": 1}
+    apps = kernel_conn_env.requests(path="/apps", method="GET")
+    assert apps and apps[0]["seq"] < posts(kernel_conn_env)[0]["seq"]  # checked first, then invoked

@@ -1,0 +1,200 @@
+"""The example DAGs: they parse cleanly without touching the network, stay independent of the emulator, and
+each one runs green (``dag.test()``) against the emulator serving the demo app, with the expected outputs."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import operator
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_DAGS = ROOT / "example_dags"
+DEMO_APP = EXAMPLE_DAGS / "demo_app" / "app.py"
+DAG_FILES = sorted(EXAMPLE_DAGS.glob("example_*.py"))
+DAG_IDS = sorted(path.stem for path in DAG_FILES)  # each file holds one DAG named like the file
+KERNEL_TASKS = {  # task_id -> action, for every task that invokes Kernel
+    "example_kernel_sync": {"lookup_product": "lookup_product"},
+    "example_kernel_scheduled": {"scrape_prices": "scrape_prices"},
+    "example_kernel_async_sensor": {"start_crawl": "crawl_catalog"},
+    "example_kernel_chain": {"scrape_prices": "scrape_prices", "summarize": "summarize"},
+    "example_kernel_fan_out": {"check_stock": "check_stock"},
+}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _dagbag() -> Any:
+    from airflow.models import DagBag
+
+    kwargs: dict[str, Any] = {}
+    if "include_examples" in inspect.signature(DagBag).parameters:  # Airflow 2 only
+        kwargs["include_examples"] = False
+    return DagBag(str(EXAMPLE_DAGS), **kwargs)
+
+
+# --------------------------------------------------------------------------------------------- parsing
+def test_example_dag_files_exist() -> None:
+    assert sorted(KERNEL_TASKS) == DAG_IDS
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_example_dags_do_not_import_the_emulator(path: Path) -> None:
+    imported = _imported_modules(path)
+    assert not [m for m in imported if m.startswith("kernel_provider.testing")], imported
+
+
+def test_demo_app_uses_only_the_kernel_sdk() -> None:
+    """Deployable as is with ``kernel deploy``: nothing from Airflow or this provider."""
+    imported = {m.split(".")[0] for m in _imported_modules(DEMO_APP)}
+    assert "kernel" in imported
+    assert not imported & {"airflow", "kernel_provider"}, imported
+
+
+def test_dagbag_parses_every_example_without_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(self: socket.socket, address: Any) -> None:
+        raise AssertionError(f"DAG parsing opened a network connection to {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket.socket, "connect_ex", no_network)
+    dagbag = _dagbag()
+
+    assert dagbag.import_errors == {}
+    assert sorted(dagbag.dag_ids) == DAG_IDS
+    assert {Path(dag.fileloc).name for dag in dagbag.dags.values()} == {p.name for p in DAG_FILES}
+    parsed_files = {Path(f).name for f in dagbag.file_last_changed}
+    assert parsed_files == {p.name for p in DAG_FILES}  # .airflowignore keeps run_demo.py and demo_app/ out
+    for dag_id in DAG_IDS:
+        dag = dagbag.dags[dag_id]
+        assert set(dag.tags) == {"kernel", "example"}
+        assert dag.catchup is False
+        assert dag.start_date is not None
+        for task_id in KERNEL_TASKS[dag_id]:
+            task = dag.get_task(task_id)
+            kwargs = getattr(task, "partial_kwargs", None)  # a mapped task keeps its .partial() arguments here
+            assert (kwargs["app_name"] if kwargs is not None else task.app_name) == "demo-shop"
+
+
+def test_demo_app_defines_every_action_the_dags_use() -> None:
+    from kernel_provider.testing.actions import load_app_file
+
+    apps = load_app_file(DEMO_APP)
+    used = {action for tasks in KERNEL_TASKS.values() for action in tasks.values()}
+    assert used <= set(apps["demo-shop"])
+
+
+# --------------------------------------------------------------------------------------------- runs
+@pytest.fixture
+def kernel_emulator(kernel_emulator_factory: Callable[..., Any]) -> Any:
+    """Overrides the plugin's fixture (used by ``kernel_conn_env``): the emulator also serves the demo app."""
+    return kernel_emulator_factory(apps=[DEMO_APP])
+
+
+@pytest.fixture(scope="module")
+def example_dagbag(airflow_db: Path) -> Iterator[Any]:
+    from airflow.models.pool import Pool
+
+    # The fan-out example runs in the "kernel" pool, as `make demo` and the DAG's docstring set it up.
+    Pool.create_or_update_pool("kernel", 4, "Kernel concurrent invocations", False)
+    dagbag = _dagbag()
+    assert dagbag.import_errors == {}
+    yield dagbag
+
+
+def _return_values(dag_id: str, run_id: str) -> dict[tuple[str, int], Any]:
+    """Every task's ``return_value`` XCom of one run, as ``{(task_id, map_index): value}``."""
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    try:  # Airflow 3: the ORM row holds the serialized value
+        from airflow.models.xcom import XComModel as XCom
+
+        decode: Callable[[Any], Any] = XCom.deserialize_value
+    except ImportError:  # Airflow 2: the ORM row deserializes its value when loaded
+        from airflow.models.xcom import XCom  # type: ignore[no-redef]
+
+        decode = operator.attrgetter("value")
+
+    with create_session() as session:
+        rows = session.scalars(select(XCom).where(
+            XCom.dag_id == dag_id, XCom.run_id == run_id, XCom.key == "return_value")).all()
+        return {(row.task_id, row.map_index): decode(row) for row in rows}
+
+
+def _check_sync(out: dict[tuple[str, int], Any], ds: str, invocations: list[dict[str, Any]]) -> None:
+    assert out[("lookup_product", -1)] == {"sku": "A-100", "name": "Espresso cup", "list_price": 4.5}
+    assert [i["_emulator"]["async"] for i in invocations] == [False]
+
+
+def _check_scheduled(out: dict[tuple[str, int], Any], ds: str, invocations: list[dict[str, Any]]) -> None:
+    result = out[("scrape_prices", -1)]
+    assert (result["date"], result["store"], len(result["prices"])) == (ds, "north", 6)
+    assert json.loads(invocations[0]["payload"]) == {"date": ds, "store": "north"}  # {{ ds }} rendered
+    assert invocations[0]["_emulator"]["async"] is True
+
+
+def _check_async_sensor(out: dict[tuple[str, int], Any], ds: str, invocations: list[dict[str, Any]]) -> None:
+    assert out[("start_crawl", -1)] == invocations[0]["id"]
+    assert out[("wait_for_crawl", -1)] == {"category": "office", "pages": 3, "products": ["B-300", "B-400"]}
+    assert out[("report", -1)] == "2 product(s) in office: B-300, B-400"
+
+
+def _check_chain(out: dict[tuple[str, int], Any], ds: str, invocations: list[dict[str, Any]]) -> None:
+    scraped = out[("scrape_prices", -1)]
+    prices = [p["price"] for p in scraped["prices"]]
+    summary = out[("summarize", -1)]
+    assert summary == {"date": ds, "store": "south", "items": 6, "min": min(prices), "max": max(prices),
+                       "average": round(sum(prices) / len(prices), 2)}
+    by_action = {i["action_name"]: i for i in invocations}
+    assert json.loads(by_action["summarize"]["payload"]) == scraped  # the first output, passed as is
+
+
+def _check_fan_out(out: dict[tuple[str, int], Any], ds: str, invocations: list[dict[str, Any]]) -> None:
+    assert [out[("check_stock", i)]["sku"] for i in range(4)] == ["A-100", "A-200", "B-300", "B-400"]
+    assert out[("stock_report", -1)] == {"checked": 4, "total_quantity": 30, "out_of_stock": ["B-300"]}
+
+
+CHECKS: dict[str, Callable[[dict[tuple[str, int], Any], str, list[dict[str, Any]]], None]] = {
+    "example_kernel_sync": _check_sync,
+    "example_kernel_scheduled": _check_scheduled,
+    "example_kernel_async_sensor": _check_async_sensor,
+    "example_kernel_chain": _check_chain,
+    "example_kernel_fan_out": _check_fan_out,
+}
+
+
+@pytest.mark.parametrize("dag_id", DAG_IDS)
+def test_example_dag_runs_against_the_emulator(dag_id: str, example_dagbag: Any, kernel_conn_env: Any) -> None:
+    dag = example_dagbag.dags[dag_id]
+    run = dag.test()
+
+    assert run is not None
+    states = {(ti.task_id, ti.map_index): str(getattr(ti.state, "value", ti.state))
+              for ti in run.get_task_instances()}
+    assert str(getattr(run.state, "value", run.state)) == "success", states
+    assert set(states.values()) == {"success"}, states
+
+    invocations = sorted(kernel_conn_env.client.invocations(), key=lambda i: i["started_at"])
+    expected_actions = sorted(KERNEL_TASKS[dag_id].values())
+    if dag_id == "example_kernel_fan_out":
+        expected_actions = expected_actions * 4
+    assert sorted(i["action_name"] for i in invocations) == expected_actions
+    assert {(i["app_name"], i["status"]) for i in invocations} == {("demo-shop", "succeeded")}
+
+    logical_date = getattr(run, "logical_date", None) or run.execution_date
+    CHECKS[dag_id](_return_values(dag_id, run.run_id), logical_date.strftime("%Y-%m-%d"), invocations)
