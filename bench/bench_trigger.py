@@ -105,7 +105,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(q / 100 * (len(ordered) - 1)))))
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
 
 
@@ -134,10 +134,10 @@ def make_subject(name: str, poll_interval: float, url: str, token: str, dbt_clie
             # airflow.providers.dbt.cloud: DbtCloudRunJobTrigger.is_still_running -> hook.get_job_status ->
             # ``async with aiohttp.ClientSession(headers=...) as session: async with session.get(...)``.
             while True:
-                async with aiohttp.ClientSession(headers=headers) as session:
-                    async with session.get(f"{url}/invocations/{invocation_id}") as response:
-                        response.raise_for_status()
-                        data = await response.json()
+                async with aiohttp.ClientSession(headers=headers) as session, \
+                        session.get(f"{url}/invocations/{invocation_id}") as response:
+                    response.raise_for_status()
+                    data = await response.json()
                 if data["status"] in TERMINAL:
                     return str(data["status"])
                 await asyncio.sleep(poll_interval)
@@ -220,7 +220,7 @@ def child_main(args: argparse.Namespace) -> int:
         gc.collect()
         baseline_kb = _status_kb("VmRSS")
         hwm_reset = _reset_peak()
-        lags: list[float] = []
+        lags: list[tuple[float, float]] = []  # (wall clock at the end of the tick, oversleep)
         sampled_peak_kb = [baseline_kb]
         stop = asyncio.Event()
 
@@ -229,7 +229,7 @@ def child_main(args: argparse.Namespace) -> int:
             while not stop.is_set():
                 started = time.perf_counter()
                 await asyncio.sleep(0.010)
-                lags.append(time.perf_counter() - started - 0.010)
+                lags.append((time.time(), time.perf_counter() - started - 0.010))
                 tick += 1
                 if tick % 10 == 0:
                     sampled_peak_kb[0] = max(sampled_peak_kb[0], _status_kb("VmRSS"))
@@ -261,9 +261,7 @@ def child_main(args: argparse.Namespace) -> int:
         return {
             "started": started_wall, "returned": returned, "statuses": dict(statuses), "wall_s": wall,
             "cpu_s": cpu, "baseline_kb": baseline_kb, "peak_kb": peak_kb, "sampled_peak_kb": sampled_peak_kb[0],
-            "hwm_used": hwm_reset, "lag_p50_ms": percentile(lags, 50) * 1000,
-            "lag_p99_ms": percentile(lags, 99) * 1000, "lag_max_ms": max(lags, default=0.0) * 1000,
-            "ticks": len(lags),
+            "hwm_used": hwm_reset, "lags": lags,
         }
 
     if args.profile:
@@ -357,6 +355,10 @@ def run_subject(emu: Any, hook: Any, name: str, args: argparse.Namespace) -> dic
             first_finish = end if first_finish is None else min(first_finish, end)
             latencies.append(result["returned"][invocation_id] - end)
     n = args.waits
+    lags = [lag for _, lag in result["lags"]]
+    # the start of N waits at once is a burst a real triggerer (which starts triggers as they arrive) never
+    # sees; the ticks from the first end of an invocation on are the steady phase in which ends are detected
+    steady = [lag for at, lag in result["lags"] if first_finish is not None and at >= first_finish]
     return {
         "subject": name,
         "waits": n,
@@ -372,20 +374,23 @@ def run_subject(emu: Any, hook: Any, name: str, args: argparse.Namespace) -> dic
         "added_rss_mb": (result["peak_kb"] - result["baseline_kb"]) / 1024,
         "baseline_rss_mb": result["baseline_kb"] / 1024,
         "sampled_added_rss_mb": (result["sampled_peak_kb"] - result["baseline_kb"]) / 1024,
-        "lag_p50_ms": result["lag_p50_ms"],
-        "lag_p99_ms": result["lag_p99_ms"],
-        "lag_max_ms": result["lag_max_ms"],
+        "lag_p50_ms": percentile(lags, 50) * 1000,
+        "lag_p99_ms": percentile(lags, 99) * 1000,
+        "lag_max_ms": max(lags, default=0.0) * 1000,
+        "lag_p99_steady_ms": percentile(steady, 99) * 1000,
+        "ticks": len(lags),
         "wall_s": result["wall_s"],
         "client_cpu_s": result["cpu_s"],
         "lead_s": None if first_finish is None else first_finish - result["started"],
         "create_s": create_s,
         "statuses": result["statuses"],
+        "loadavg_after": os.getloadavg()[0],
         "warnings_logged": child_stderr.count("WARNING"),
         "errors_logged": child_stderr.count("ERROR"),
     }
 
 
-def run(waits: int = 1000, poll_interval: float = 1.0, lead: float = 3.0, spread: float = 3.0,
+def run(waits: int = 1000, poll_interval: float = 1.0, lead: float = 6.0, spread: float = 4.0,
         subjects: tuple[str, ...] = SUBJECTS, dbt_client: str = "aiohttp", profile: str | None = None,
         pool_shards: int = 0) -> dict[str, Any]:
     from kernel_provider.hooks.kernel import KernelHook
@@ -424,6 +429,7 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
         if sdk is not None:
             checks["RSS <= 0.5x sdk-poll"] = r["added_rss_mb"] <= GOALS["rss_vs_sdk"] * sdk["added_rss_mb"]
         checks["loop lag p99 <= 20 ms"] = r["lag_p99_ms"] <= GOALS["loop_lag_p99_ms"]
+        checks["(ends phase) loop lag p99 <= 20 ms"] = r["lag_p99_steady_ms"] <= GOALS["loop_lag_p99_ms"]
         checks["all succeeded"] = r["statuses"] == {"succeeded": waits}
         out[name] = checks
     return out
@@ -437,13 +443,17 @@ def report(results: dict[str, Any]) -> str:
         ratio = r["added_rss_mb"] / sdk_rss if sdk_rss else float("nan")
         ok = r["statuses"].get("succeeded", 0)
         rows.append([name, r["requests_per_wait"], r["detect_p50_s"], r["detect_p99_s"], r["added_rss_mb"],
-                     ratio, r["lag_p99_ms"], r["wall_s"], r["client_cpu_s"], f"{ok}/{r['waits']}"])
+                     ratio, r["lag_p99_ms"], r["lag_p99_steady_ms"], r["wall_s"], r["client_cpu_s"],
+                     f"{ok}/{r['waits']}"])
     lines = [
         f"{results['waits']} concurrent waits in one event loop against the emulator (subprocess, heartbeat 5 s); "
         f"poll interval {results['poll_interval']} s; ends staggered over {results['spread_s']} s, "
         f"{results['lead_s']} s after creation; dbt-style client: {results['dbt_client']}",
         table(["subject", "req/wait", "detect p50 s", "detect p99 s", "added RSS MB", "RSS/sdk-poll",
-               "loop lag p99 ms", "wall s", "client CPU s", "succeeded"], rows),
+               "lag p99 ms", "lag p99 ms (ends)", "wall s", "client CPU s", "succeeded"], rows),
+        "lag p99 (ends): loop lag from the first invocation end on, i.e. without the start-up burst of "
+        "N waits created at once; load average (1 min) after each subject: " + ", ".join(
+            f"{name} {r['loadavg_after']:.1f}" for name, r in subjects.items()),
         "requests by route per wait: " + "; ".join(
             f"{name}: " + ", ".join(f"{route} {count / r['waits']:.2f}"
                                     for route, count in sorted(r["requests_by_route"].items()))
@@ -474,8 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--waits", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="100 waits")
     parser.add_argument("--poll-interval", type=float, default=1.0)
-    parser.add_argument("--lead", type=float, default=3.0, help="seconds from creation to the first end")
-    parser.add_argument("--spread", type=float, default=3.0, help="seconds over which the ends are spread")
+    parser.add_argument("--lead", type=float, default=6.0, help="seconds from creation to the first end")
+    parser.add_argument("--spread", type=float, default=4.0, help="seconds over which the ends are spread")
     parser.add_argument("--subjects", default=",".join(SUBJECTS), help=f"comma-separated subset of {SUBJECTS}")
     parser.add_argument("--dbt-client", choices=("aiohttp", "httpx"), default=None,
                         help="session type of the dbt-style poller (default aiohttp when installed)")

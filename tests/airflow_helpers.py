@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from airflow import __version__ as AIRFLOW_VERSION
 
 AF2 = AIRFLOW_VERSION.startswith("2.")

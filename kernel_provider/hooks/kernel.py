@@ -447,7 +447,7 @@ _SSL_CONTEXTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, An
 #: idle one, all of them again) whenever a request starts or ends, and closes every idle connection once it
 #: holds more than max_keepalive_connections: one pool with 1,000 open event streams cost O(n^2) CPU per request
 #: and no keep-alive (see bench/bench_trigger.py). Small shards keyed by invocation id keep each pool small.
-_POOL_SHARDS = 16
+_POOL_SHARDS = 64
 
 
 def _shared_async_client(settings: KernelSettings, key: str = "") -> httpx.AsyncClient:

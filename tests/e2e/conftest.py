@@ -97,30 +97,31 @@ class Service:
         except psutil.Error:
             return []
 
-    def kill(self, sig: int = signal.SIGKILL, grace: float = 10.0) -> None:
-        """Signal the process group and every descendant (some may have left the group); wait for the leader."""
-        children = self._descendants()
-        for target in [self.pid] + [c.pid for c in children]:
+    def send(self, sig: int) -> None:
+        """Signal the process group and every descendant (some may have left the group)."""
+        self._family = getattr(self, "_family", []) + self._descendants()
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for child in self._family:
             try:
-                os.killpg(target, sig) if target == self.pid else os.kill(target, sig)
-            except (ProcessLookupError, PermissionError):
+                child.send_signal(sig)
+            except Exception:
                 pass
+
+    def finish(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the leader, then SIGKILL whatever is left of the family."""
         try:
             self.proc.wait(grace)
         except subprocess.TimeoutExpired:
-            self.kill(signal.SIGKILL, grace=5.0)
-            return
-        if sig != signal.SIGKILL:  # graceful first; anything still around now gets SIGKILL
-            for child in children:
-                try:
-                    if child.is_running():
-                        child.kill()
-                except Exception:
-                    pass
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            pass
+        self.send(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def kill(self, sig: int = signal.SIGKILL, grace: float = 10.0) -> None:
+        self.send(sig)
+        self.finish(grace)
 
 
 class AirflowE2E:
@@ -217,10 +218,17 @@ class AirflowE2E:
         service.kill(sig)
         self.retired.append(service)
 
-    def stop_all(self) -> None:
-        for name in list(self.services):
+    def stop_all(self, grace: float = 10.0) -> None:
+        """SIGTERM every service at once, give them ``grace`` seconds together, then SIGKILL what is left."""
+        running = list(self.services.values())
+        self.services.clear()
+        self.retired += running
+        for service in running:
+            service.send(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for service in running:
             try:
-                self.kill(name, signal.SIGTERM)
+                service.finish(max(0.1, deadline - time.monotonic()))
             except Exception:
                 pass
         self.http.close()
