@@ -192,6 +192,8 @@ class LogTally:
         self.lock = threading.Lock()
 
     def add(self, level: str, message: str) -> None:
+        if "cannot be called outside of the Task Runner" in message:
+            return  # Airflow 3 says so about calling execute() directly; not the provider's
         label = classify(message)
         with self.lock:
             self.counts[(level, label)] += 1
@@ -320,8 +322,7 @@ def submit(job: Job) -> None:
         try:
             job.returned = operator.execute({"ti": ti, "task_state_store": store})
         except Exception as exc:
-            if isinstance(exc.__cause__, KernelAmbiguousCreateError) or "No such invocation was found" in str(exc) \
-                    or "refusing to guess" in str(exc):
+            if _caused_by(exc, KernelAmbiguousCreateError):
                 job.failed_loudly += 1
             job.submit_error = f"{type(exc).__name__}: {exc}"
             time.sleep(0.2 * attempt)
@@ -329,6 +330,16 @@ def submit(job: Job) -> None:
         job.submit_error = None
         job.invocation_id = ti.xcom.get("invocation_id")
         return
+
+
+def _caused_by(exc: BaseException | None, kind: type) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, kind):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 async def wait_trigger(job: Job) -> None:
@@ -511,6 +522,11 @@ def format_table(rows: list[tuple[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------- entry points
 def run(invocations: int = 1000, seed: int = 7, concurrency: int = 32) -> Result:
     """One chaos run against a fresh emulator subprocess; returns the verdict (nothing printed)."""
+    # Import Airflow and the provider first: importing Airflow configures logging, which must happen before
+    # the capture below takes over the handlers.
+    import kernel_provider.operators.kernel
+    import kernel_provider.sensors.kernel
+    import kernel_provider.triggers.kernel  # noqa: F401
     from kernel_provider.testing.server import spawn_emulator
 
     jobs = make_jobs(invocations, seed)

@@ -16,6 +16,8 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 TIMEOUT = "timeout"
 ERROR = "error"
+#: How a wait follows an invocation: Kernel's event stream (default) or plain polling.
+WAIT_MODES = ("stream", "poll")
 #: The only statuses a trigger event may carry. Anything else (or no event) is an error, never a success.
 EVENT_STATUSES = frozenset({SUCCEEDED, FAILED, TIMEOUT, ERROR})
 

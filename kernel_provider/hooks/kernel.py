@@ -25,7 +25,7 @@ import json
 import logging
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
@@ -373,7 +373,7 @@ class KernelHook(BaseHook):
         return ApiResponse(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
 
     async def stream_events(self, invocation_id: str, *, since: str | None = None,
-                            silence_timeout: float = 60.0) -> AsyncIterator[dict[str, Any]]:
+                            silence_timeout: float = 60.0) -> AsyncGenerator[dict[str, Any], None]:
         """Follow ``GET /invocations/{id}/events``: yields each event's JSON object as it arrives.
 
         Ends when the server closes the stream (normally right after the terminal ``invocation_state``).

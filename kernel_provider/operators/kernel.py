@@ -10,23 +10,25 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
 
-from kernel_provider.completion import ERROR, FAILED, TIMEOUT, finish, validate_event
+from kernel_provider.completion import ERROR, FAILED, TIMEOUT, WAIT_MODES, finish, validate_event
 from kernel_provider.exceptions import (
     KernelAmbiguousCreateError,
     KernelApiError,
     KernelError,
     KernelWaitTimeout,
 )
-from kernel_provider.hooks import api
-from kernel_provider.hooks.kernel import KernelHook
-from kernel_provider.hooks.retry import RetryPolicy
-from kernel_provider.models import Invocation
-from kernel_provider.triggers.kernel import MODES, STREAM, KernelInvocationTrigger
 from kernel_provider.validation import build_invoke_request, check_seconds
+
+if TYPE_CHECKING:
+    from kernel_provider.hooks.kernel import KernelHook
+    from kernel_provider.models import Invocation
+
+# The hook (requests, httpx, tenacity) and the trigger are imported when a task runs, not when a DAG file is
+# parsed: DAG parsing imports this module for every DAG that uses the operator.
 
 XCOM_INVOCATION_ID = "invocation_id"
 XCOM_INVOCATION_URL = "invocation_url"
@@ -106,7 +108,7 @@ class KernelInvokeOperator(BaseOperator):
         async_timeout_seconds: int | None = None,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        wait_mode: str = STREAM,
+        wait_mode: str = "stream",
         poll_interval: float = 5.0,
         timeout: float | timedelta | None = None,
         stream_logs: bool = True,
@@ -115,7 +117,7 @@ class KernelInvokeOperator(BaseOperator):
         validate_action: bool = False,
         fail_on_failure: bool = True,
         rate_limit_wait: float | None = None,
-        kernel_conn_id: str = KernelHook.default_conn_name,
+        kernel_conn_id: str = "kernel_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -141,6 +143,9 @@ class KernelInvokeOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> KernelHook:
+        from kernel_provider.hooks.kernel import KernelHook
+        from kernel_provider.hooks.retry import RetryPolicy
+
         policy = None
         if self.rate_limit_wait is not None:
             policy = RetryPolicy(rate_limit_budget=float(self.rate_limit_wait))
@@ -157,13 +162,14 @@ class KernelInvokeOperator(BaseOperator):
         check_seconds("poll_interval", self.poll_interval, allow_none=False, exclusive=True)
         check_seconds("timeout", self.timeout, exclusive=True)
         check_seconds("rate_limit_wait", self.rate_limit_wait)
-        if self.wait_mode not in MODES:
-            raise KernelError(f"wait_mode: must be one of {', '.join(MODES)}, got {self.wait_mode!r}.")
+        if self.wait_mode not in WAIT_MODES:
+            raise KernelError(f"wait_mode: must be one of {', '.join(WAIT_MODES)}, got {self.wait_mode!r}.")
         if self.deferrable and self.wait_for_completion and not self.invoke_async:
             self.log.info("invoke_async=False: Kernel answers when the action is done, so nothing is deferred.")
         return request
 
     def execute(self, context: Any) -> Any:
+        from kernel_provider.triggers.kernel import KernelInvocationTrigger
         from kernel_provider.wait import InvocationIdStore
 
         request = self._validated_request()
@@ -175,6 +181,11 @@ class KernelInvokeOperator(BaseOperator):
             invocation = self._create(request, store)
         self._remember(context, invocation.id)
 
+        if not self.wait_for_completion and request.get("async"):
+            # Submit only: the result is the id, whatever state a reconciled or re-attached invocation has
+            # reached by now; its outcome is for the sensor to report (finishing it here returned its output,
+            # or failed the task and let the retry invoke a second time).
+            return invocation.id
         if invocation.is_terminal:
             return self._finish(invocation, store)
         if not self.wait_for_completion:
@@ -243,6 +254,9 @@ class KernelInvokeOperator(BaseOperator):
             self.log.warning("A previous try created invocation %s before failing; using it.", found.id)
             store.set(found.id)
             previous = found.id
+            submitted_unseen = True  # that try never got to report it: it is this try's run, even if failed
+        else:
+            submitted_unseen = False
         try:
             invocation = self.hook.get_invocation(previous)
         except KernelApiError as exc:
@@ -250,7 +264,7 @@ class KernelInvokeOperator(BaseOperator):
                 self.log.info("The previous try's invocation %s no longer exists; invoking again.", previous)
                 return None
             raise
-        if invocation.failed:
+        if invocation.failed and not submitted_unseen:
             self.log.info("The previous try's invocation %s failed (%s); invoking again.", previous,
                           invocation.status_reason)
             return None
@@ -264,6 +278,8 @@ class KernelInvokeOperator(BaseOperator):
                       "async" if request.get("async") else "sync")
         # Marked before the request: if this worker dies mid-request, the retry looks before it invokes again.
         store.set(PENDING_MARK + (datetime.now(timezone.utc) - timedelta(seconds=2)).isoformat())
+        from kernel_provider.hooks import api
+
         try:
             invocation = self.hook.execute(api.create_invocation(request))
         except KernelAmbiguousCreateError as exc:
@@ -294,6 +310,9 @@ class KernelInvokeOperator(BaseOperator):
             if (i.payload or None) == request.get("payload")
             and (i.started_at is None or i.started_at <= until + timedelta(seconds=5))
         ]
+        # Pages are newest first by offset: an invocation created while paging shifts the rest, so the same one
+        # can come back on two pages. Count distinct ids, or one run looks like several.
+        candidates = list({i.id: i for i in candidates}.values())
         if len(candidates) > 1:
             ids = ", ".join(i.id for i in candidates)
             raise KernelError(f"Several invocations of {request['app_name']}/{request['action_name']} with this "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import (
     AirflowSensorTimeout,
@@ -15,12 +15,14 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from kernel_provider.completion import ERROR, TIMEOUT, finish, validate_event
+from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, finish, validate_event
 from kernel_provider.exceptions import KernelApiError, KernelError, KernelTransportError
-from kernel_provider.hooks.kernel import KernelHook
-from kernel_provider.hooks.retry import is_retryable
-from kernel_provider.triggers.kernel import MODES, STREAM, KernelInvocationTrigger
 from kernel_provider.validation import check_seconds
+
+if TYPE_CHECKING:
+    from kernel_provider.hooks.kernel import KernelHook
+
+# The hook and the trigger are imported when the task runs: DAG parsing imports this module (see the operator).
 
 
 class KernelInvocationSensor(BaseSensorOperator):
@@ -48,10 +50,10 @@ class KernelInvocationSensor(BaseSensorOperator):
         self,
         *,
         invocation_id: str,
-        kernel_conn_id: str = KernelHook.default_conn_name,
+        kernel_conn_id: str = "kernel_default",
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         fail_on_failure: bool = True,
-        wait_mode: str = STREAM,
+        wait_mode: str = "stream",
         stream_logs: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -66,14 +68,16 @@ class KernelInvocationSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> KernelHook:
+        from kernel_provider.hooks.kernel import KernelHook
+
         return KernelHook(kernel_conn_id=self.kernel_conn_id)
 
     def _check_arguments(self) -> str:
         if not isinstance(self.invocation_id, str) or not self.invocation_id.strip():
             raise KernelError(f"invocation_id: must be a non-empty string, got {self.invocation_id!r}. Pass the "
                               "id returned by KernelInvokeOperator (e.g. invoke_task.output).")
-        if self.wait_mode not in MODES:
-            raise KernelError(f"wait_mode: must be one of {', '.join(MODES)}, got {self.wait_mode!r}.")
+        if self.wait_mode not in WAIT_MODES:
+            raise KernelError(f"wait_mode: must be one of {', '.join(WAIT_MODES)}, got {self.wait_mode!r}.")
         check_seconds("poke_interval", self.poke_interval, allow_none=False, exclusive=True)
         return self.invocation_id.strip()
 
@@ -84,6 +88,8 @@ class KernelInvocationSensor(BaseSensorOperator):
         invocation = self.hook.get_invocation(invocation_id)
         if invocation.is_terminal:
             return self._complete(invocation_id)
+        from kernel_provider.triggers.kernel import KernelInvocationTrigger
+
         self.defer(
             trigger=KernelInvocationTrigger(
                 invocation_id=invocation_id,
@@ -103,6 +109,8 @@ class KernelInvocationSensor(BaseSensorOperator):
         except (KernelTransportError, KernelApiError) as exc:
             # The hook already retried; a Kernel hiccup is not the invocation's outcome. Try again next poke,
             # within the sensor's timeout. What no retry can fix (bad key, unknown id) fails at once.
+            from kernel_provider.hooks.retry import is_retryable
+
             if isinstance(exc, KernelApiError) and not is_retryable(exc, idempotent=True):
                 raise
             self.log.warning("Could not check invocation %s this time: %s", self.invocation_id, exc)

@@ -23,15 +23,14 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from kernel_provider.completion import ERROR, TIMEOUT, event_for_invocation, make_event
+from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, event_for_invocation, make_event
 from kernel_provider.exceptions import KernelApiError, KernelError
 from kernel_provider.hooks import api
 from kernel_provider.hooks.kernel import KernelHook
 from kernel_provider.models import Invocation, InvocationStatus
 
-STREAM = "stream"
-POLL = "poll"
-MODES = (STREAM, POLL)
+STREAM, POLL = WAIT_MODES
+MODES = WAIT_MODES
 #: Errors no retry can fix: the wait ends at once.
 FATAL_STATUS_CODES = frozenset({401, 403, 404})
 
