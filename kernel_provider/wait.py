@@ -19,10 +19,19 @@ def wait_in_worker(trigger: KernelInvocationTrigger) -> dict[str, Any]:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(trigger.wait())
+        return asyncio.run(_wait_then_close(trigger))
     # Called from inside a running loop (rare: some executors); keep that loop free.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, trigger.wait()).result()
+        return pool.submit(asyncio.run, _wait_then_close(trigger)).result()
+
+
+async def _wait_then_close(trigger: KernelInvocationTrigger) -> dict[str, Any]:
+    from kernel_provider.hooks.kernel import close_shared_clients
+
+    try:
+        return await trigger.wait()
+    finally:
+        await close_shared_clients()
 
 
 class InvocationIdStore:

@@ -472,6 +472,14 @@ def _shared_async_client(settings: KernelSettings, key: str = "") -> httpx.Async
     return client
 
 
+async def close_shared_clients() -> None:
+    """Close this event loop's shared clients: for short-lived loops, such as a wait run on a worker."""
+    loop = asyncio.get_running_loop()
+    _SSL_CONTEXTS.pop(loop, None)
+    for client in _ASYNC_CLIENTS.pop(loop, {}).values():
+        await client.aclose()
+
+
 def _body_headers(settings: KernelSettings, call: ApiCall[Any]) -> dict[str, str]:
     headers = settings.headers()
     if call.body is not None:

@@ -158,10 +158,14 @@ class EmulatorMiddleware:
             entry["dropped"] = "before"
             await self._drop(send)
             return
-        if fault.status is not None and (not fault.after or streaming) and fault.drop is None:
+        answers = fault.status is not None or fault.body is not None
+        if answers and (not fault.after or streaming) and fault.drop is None:
             await self._fault_response(fault, scope, receive, recording_send)
             return
-        if fault.drop == "after" or (fault.status is not None and fault.after):
+        if fault.truncate is not None and not streaming:
+            await self._truncated(fault.truncate, entry, scope, receive, send, recording_send)
+            return
+        if fault.drop == "after" or (answers and fault.after):
 
             async def swallow(message: Message) -> None:
                 if message["type"] == "http.response.start":
@@ -179,9 +183,37 @@ class EmulatorMiddleware:
 
     @staticmethod
     async def _fault_response(fault: Fault, scope: Scope, receive: Receive, send: Send) -> None:
+        if fault.body is not None:  # a raw (e.g. non-JSON) body, 200 unless a status is given
+            headers = fault.response_headers()
+            media_type = None if any(k.lower() == "content-type" for k in headers) else "text/plain"
+            raw = Response(fault.encoded_body(), fault.status or 200, headers, media_type)
+            await raw(scope, receive, send)
+            return
         status = fault.status or 500
         response = json_response(fault.error_body(), status, fault.response_headers())
         await response(scope, receive, send)
+
+    async def _truncated(self, keep: int, entry: dict[str, Any], scope: Scope, receive: Receive, send: Send,
+                         recording_send: Send) -> None:
+        """Act, then send the real headers (full Content-Length) but only ``keep`` body bytes, and close."""
+        cut = False
+
+        async def cutting_send(message: Message) -> None:
+            nonlocal cut
+            if message["type"] == "http.response.start":
+                await recording_send(message)
+            elif message["type"] == "http.response.body" and not cut:
+                cut = True
+                await send({"type": "http.response.body", "body": message.get("body", b"")[:keep],
+                            "more_body": True})
+
+        await self.app(scope, receive, cutting_send)
+        entry["dropped"] = "truncated"
+        owner = getattr(send, "__self__", None)
+        transport = getattr(owner, "transport", None)
+        if transport is not None:
+            transport.close()  # flushes what was written, then FIN: the client sees a short body
+            owner.disconnected = True  # type: ignore[union-attr]  # so uvicorn does not complain or answer
 
     @staticmethod
     async def _drop(send: Send) -> None:
@@ -461,6 +493,8 @@ async def _event_stream(
             yield _frame(initial)
             if spend():
                 return
+        if fault is not None and fault.raw_sse_data is not None:
+            yield b"data: " + fault.raw_sse_data.encode("utf-8", "surrogateescape") + b"\n\n"
         if fault is not None and fault.error_event is not None:
             yield _frame(
                 dumps({"event": "error", "timestamp": format_ns(now_ns()), "error": fault.error_event})

@@ -11,6 +11,12 @@ wildcards are allowed in the path) and decides, per matching request, whether a 
 * ``fault`` without ``rate``/``times``: fires on every matching request.
 
 Rules are evaluated in order; the first rule that fires supplies the fault for the request.
+
+Malformed answers (for clients' error handling): ``body`` answers this raw text instead (with ``status``,
+default 200, and ``headers``; non-UTF-8 bytes as ``\\udcXX`` escapes, i.e. surrogateescape); ``truncate``
+(an int) lets the request act, announces the full ``Content-Length`` but sends only that many body bytes
+and closes the connection; ``raw_sse_data`` sends ``data: <this text>`` verbatim on the event stream (after
+the state on connect; ``\\udcXX`` escapes for raw bytes) and then carries on normally.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ _FAULT_KEYS = {
     "silent",
     "error_event",
     "error_then_close",
+    "body",
+    "truncate",
+    "raw_sse_data",
 }
 _RULE_KEYS = {"route", "sequence", "rate", "times", "fault", "name"}
 _PLAN_KEYS = {"seed", "rules", "legacy_status_reason", "plain_text_failure_output"}
@@ -81,6 +90,9 @@ class Fault:
     silent: bool = False
     error_event: dict[str, Any] | None = None
     error_then_close: bool = False
+    body: str | None = None
+    truncate: int | None = None
+    raw_sse_data: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -125,6 +137,15 @@ class Fault:
             err = {"code": err.get("code", "internal_error"), "message": err.get("message", "injected error")}
         fault.error_event = err
         fault.error_then_close = bool(data.get("error_then_close", False))
+        for key in ("body", "raw_sse_data"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ValueError(f"{key} must be a string")
+        fault.body = data.get("body")
+        fault.raw_sse_data = data.get("raw_sse_data")
+        truncate = data.get("truncate")
+        if truncate is not None and (not isinstance(truncate, int) or isinstance(truncate, bool) or truncate < 0):
+            raise ValueError("truncate must be an integer >= 0 (body bytes to send)")
+        fault.truncate = truncate
         if not any(
             (
                 fault.status,
@@ -133,6 +154,9 @@ class Fault:
                 fault.cut_after_events is not None,
                 fault.silent,
                 fault.error_event,
+                fault.body is not None,
+                fault.truncate is not None,
+                fault.raw_sse_data is not None,
             )
         ):
             raise ValueError(f"fault {data!r} does nothing")
@@ -161,7 +185,12 @@ class Fault:
     @property
     def is_sse(self) -> bool:
         """Whether this fault only makes sense on the events stream."""
-        return self.cut_after_events is not None or self.silent or self.error_event is not None
+        return (self.cut_after_events is not None or self.silent or self.error_event is not None
+                or self.raw_sse_data is not None)
+
+    def encoded_body(self) -> bytes:
+        """The ``body`` fault's bytes (``\\udcXX`` escapes become raw bytes)."""
+        return (self.body or "").encode("utf-8", "surrogateescape")
 
 
 @dataclass

@@ -191,6 +191,9 @@ class AirflowE2E:
             # A SIGKILLed triggerer's triggers move to a new one once its heartbeat is this old.
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "8",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            # Free ports for the scheduler's and triggerer's log servers (defaults 8793/8794 may be taken).
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
             "AIRFLOW_CONN_KERNEL_DEFAULT": json.dumps(
                 {"conn_type": "kernel", "host": self.emulator.url, "password": self.emulator.token}),
         })
@@ -397,7 +400,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.failed and call.when == "call":
         e2e = getattr(item, "funcargs", {}).get("airflow_e2e")
-        if isinstance(e2e, AirflowE2E):
+        already = call.excinfo is not None and "----- " in str(call.excinfo.value)  # a wait_until timeout
+        if isinstance(e2e, AirflowE2E) and not already:
             try:
                 report.sections.append(("Airflow service logs (tails)", e2e.diagnostics()))
             except Exception as exc:

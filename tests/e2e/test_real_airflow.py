@@ -61,6 +61,8 @@ def _invocation_id(e2e: AirflowE2E, dag_id: str, run_id: str, task_id: str, map_
 
 @pytest.mark.timeout(330)
 def test_async_invoke_then_deferrable_sensor_waits_in_the_triggerer(airflow_e2e: AirflowE2E) -> None:
+    """invoke_async + wait_for_completion=False, then a deferrable sensor: the sensor defers, the triggerer (not a
+    worker) does the waiting against Kernel, and the output reaches the downstream task as XCom."""
     e2e = airflow_e2e
     dag_id = "e2e_kernel_async_sensor"
     e2e.wait_for_dag(dag_id)
@@ -88,17 +90,20 @@ def test_async_invoke_then_deferrable_sensor_waits_in_the_triggerer(airflow_e2e:
     assert e2e.xcom(dag_id, run_id, "use") == f"{gate}=42"
     assert e2e.emulator.client.invocation(invocation_id)["status"] == "succeeded"
 
-    # Who sent what: the create and the sensor's pre-defer check came from workers, the wait from the triggerer.
+    # Who sent what. Worker: the create, the sensor's check before deferring, its read after resuming.
+    # Triggerer: everything in between (the first GET of the trigger and the event stream).
     requests = e2e.kernel_requests(invocation_id)
-    creates = [r for r in e2e.emulator.client.requests(path="/invocations", method="POST")]
-    mine = [r for r in creates if r["seq"] < requests[0]["seq"]]
-    assert mine and not _marked(mine[-1]), mine[-1:]
-    gets = [r for r in requests if r["method"] == "GET" and r["route"] == "/invocations/{id}"]
-    assert any(_marked(r) for r in gets), "the trigger's first check (GET) did not come from the triggerer"
-    assert any(not _marked(r) for r in gets), "the worker's checks should not carry the triggerer mark"
+    creates = e2e.emulator.client.requests(path="/invocations", method="POST")
+    create = [r for r in creates if r["seq"] < requests[0]["seq"]][-1]
+    assert not _marked(create), create
+    summary = [(r["method"], r["route"], _marked(r)) for r in requests]
+    first, *during, last = summary
+    assert first == ("GET", "/invocations/{id}", False), summary  # sensor, on the worker, before deferring
+    assert last == ("GET", "/invocations/{id}", False), summary  # sensor, on the worker, after resuming
+    assert during and all(marked for _, _, marked in during), f"not all from the triggerer: {summary}"
+    assert ("GET", "/invocations/{id}", True) in during and ("GET", "/invocations/{id}/events", True) in during
     assert all(r["user_agent"].startswith("airflow-provider-kernel/") for r in requests)
-    print(f"\n[e2e] {invocation_id}: {len(streams)} event stream(s) and "
-          f"{sum(map(_marked, gets))}/{len(gets)} GETs from the triggerer; run {run_id} succeeded")
+    print(f"\n[e2e] {invocation_id}: requests (method, route, from triggerer): {summary}")
 
 
 @pytest.mark.timeout(240)
@@ -130,6 +135,7 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
     dag_id = "e2e_kernel_crash"
     e2e.wait_for_dag(dag_id)
     gate = e2e.new_gate()
+    created_before = e2e.emulator.client.created_count(app="e2e-gate", action="wait_gate")
     run_id = e2e.trigger(dag_id, {"gate": gate})
 
     _wait_deferred(e2e, dag_id, run_id, "invoke", count=CRASH_TASKS, timeout=180)
@@ -176,6 +182,8 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
 
     mine = [i for i in e2e.emulator.client.invocations() if gate in json.dumps(i.get("payload"))]
     assert len(mine) == CRASH_TASKS, f"expected exactly {CRASH_TASKS} invocations, got {len(mine)}"
+    created = e2e.emulator.client.created_count(app="e2e-gate", action="wait_gate") - created_before
+    assert created == CRASH_TASKS, f"the emulator created {created} invocations for {CRASH_TASKS} tasks"
     assert {i["status"] for i in mine} == {"succeeded"}
     assert not [r for r in e2e.emulator.client.requests(path="/invocations", method="POST")
                 if r["seq"] > deferred_mark], "an invocation was created again after the tasks deferred"

@@ -1,0 +1,208 @@
+"""Harness of the browser tests: a real Airflow 3.3 api-server (plus scheduler, dag-processor, triggerer) with the
+Kernel emulator, and Debian's Chromium driven by Playwright.
+
+The Airflow side reuses the end-to-end harness of ``tests/e2e/conftest.py`` (``AirflowE2E``), loaded by file path
+under its own module name, with three changes: only the example DAG ``example_kernel_async_sensor`` is deployed,
+connection testing is enabled, and ``kernel_default`` has ``extra.dashboard_url = <emulator>/_emulator`` so the
+"Kernel invocation" link points at the emulator's ``/_emulator/invocations/{id}`` page.
+
+Screenshots (and, for a failing test, the page's HTML) go to ``test-artifacts/browser/`` at the repository root.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+E2E_HARNESS = ROOT / "tests" / "e2e" / "conftest.py"
+EXAMPLE_DAG_ID = "example_kernel_async_sensor"
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+#: Flags for a closed network: no first-run UI, no background fetches (component updates, sync, safe browsing...).
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+CHROMIUM_INSTALL_HINT = "install it as root with: apt-get update && apt-get install -y chromium"
+
+
+def _airflow_version() -> tuple[int, int]:
+    try:
+        major, minor = dist_version("apache-airflow").split(".")[:2]
+        return int(major), int(minor)
+    except Exception:
+        return (0, 0)
+
+
+AIRFLOW_VERSION = _airflow_version()
+AIRFLOW_SKIP_REASON = (
+    "browser tests need the Airflow 3.3 UI (React SPA served by the api-server, REST API v2); installed: "
+    + ".".join(map(str, AIRFLOW_VERSION))
+)
+
+
+def _load_e2e_harness() -> Any:
+    """``tests/e2e/conftest.py`` as a plain module (not as a conftest: its hooks stay with the e2e tests)."""
+    name = "kernel_browser_e2e_harness"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, E2E_HARNESS)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load the e2e harness from {E2E_HARNESS}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def find_chromium() -> str | None:
+    override = os.environ.get("KERNEL_BROWSER_CHROMIUM")
+    for candidate in ([override] if override else []) + list(CHROMIUM_CANDIDATES):
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def save_screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+# --- Airflow ----------------------------------------------------------------------------------------------
+
+
+def browser_airflow_class() -> type:
+    """``AirflowE2E`` set up as a user of the example DAGs would see it."""
+    harness = _load_e2e_harness()
+
+    class BrowserAirflow(harness.AirflowE2E):  # type: ignore[misc,name-defined]
+        example_run_id: str = ""
+
+        def write_dags(self) -> None:
+            shutil.copy(harness.EXAMPLE_DAG, self.dags / harness.EXAMPLE_DAG.name)
+
+        def build_env(self) -> None:
+            super().build_env()
+            self.env["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
+            self.env["AIRFLOW_CONN_KERNEL_DEFAULT"] = json.dumps({
+                "conn_type": "kernel", "host": self.emulator.url, "password": self.emulator.token,
+                "extra": {"dashboard_url": f"{self.emulator.url}/_emulator"},
+            })
+
+    return BrowserAirflow
+
+
+def start_airflow(af: Any) -> None:
+    """Emulator, metadata DB, the four services; returns once they are healthy and the example DAG is unpaused."""
+    harness = _load_e2e_harness()
+    af.write_dags()
+    af.start_emulator()
+    af.build_env()
+    af.migrate()
+    for name in harness.SERVICES:
+        af.start(name)
+    af.wait_until("all Airflow services to be healthy", af.healthy, timeout=180, interval=1.0)
+    af.wait_for_dag(EXAMPLE_DAG_ID, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Airflow 3.3 services + the Kernel emulator (demo app), the example DAG unpaused and one run triggered.
+
+    The run is started here so it proceeds while the connection-form test drives the browser.
+    """
+    if AIRFLOW_VERSION < (3, 3):
+        pytest.skip(AIRFLOW_SKIP_REASON)
+    harness = _load_e2e_harness()
+    if not harness.AIRFLOW.exists():
+        pytest.skip(f"no airflow executable next to {sys.executable}")
+    started = time.monotonic()
+    af = browser_airflow_class()(tmp_path_factory.mktemp("airflow-browser"))
+    try:
+        start_airflow(af)
+        af.example_run_id = af.trigger(EXAMPLE_DAG_ID)
+        print(f"\n[browser] Airflow up after {time.monotonic() - started:.1f}s at {af.api_url} ({af.base})")
+        yield af
+    finally:
+        af.stop_all()
+
+
+# --- Chromium ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Debian's Chromium with a fresh profile (a persistent context: the user-data dir is ours, not a temp one
+    Playwright picks)."""
+    if AIRFLOW_VERSION < (3, 3):
+        pytest.skip(AIRFLOW_SKIP_REASON)
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip(f"Chromium not found at {' or '.join(CHROMIUM_CANDIDATES)}; {CHROMIUM_INSTALL_HINT}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the browser tests need Playwright for Python: pip install playwright (in the test extras); "
+                    "never 'playwright install': the system Chromium is used", pytrace=False)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1440, "height": 1000}, locale="en-US", timezone_id="UTC",
+        )
+        context.set_default_timeout(30_000)
+        context.set_default_navigation_timeout(60_000)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def page(browser_context: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh tab; when the test fails its screenshot and HTML are kept as ``FAILED-<test>.png/.html``."""
+    tab = browser_context.new_page()
+    console: list[str] = []
+    tab.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    tab.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
+    yield tab
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        try:
+            name = f"FAILED-{request.node.name}"
+            save_screenshot(tab, name)
+            (ARTIFACTS / f"{name}.html").write_text(tab.content())
+            (ARTIFACTS / f"{name}.console.txt").write_text("\n".join(console))
+        except Exception as exc:  # the page may be gone; the failure itself matters more
+            print(f"[browser] could not save the failure artifacts: {exc}")
+    tab.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the item (the ``page`` fixture saves artifacts of failed tests), and add the
+    Airflow service log tails to a failing browser test's report."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+    if report.failed and call.when == "call":
+        af = getattr(item, "funcargs", {}).get("airflow_ui")
+        if af is not None and hasattr(af, "diagnostics"):
+            try:
+                report.sections.append(("Airflow service logs (tails)", af.diagnostics()))
+            except Exception as exc:
+                report.sections.append(("Airflow service logs", f"could not collect: {exc}"))
