@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: test test-af3 test-af2 lint demo airflow bench chaos e2e clean venv
+.PHONY: test test-af3 test-af2 lint demo airflow bench chaos e2e clean venv browser-deps
 
 venv: $(VENV)/.installed
 
@@ -31,7 +31,17 @@ $(VENV_AF2)/.installed: pyproject.toml Makefile
 	@touch $@
 
 ## make test: lint + type check, the whole suite on Airflow 3.3, then again on Airflow 2.11.
-test: lint test-af3 test-af2
+test: lint browser-deps test-af3 test-af2
+
+## Debian's Chromium for the browser tests (needs root for apt; Playwright never downloads a browser here).
+## Without it the browser tests are skipped, and say so in the test summary.
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "==> installing Debian's chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "!! could not install chromium: the browser tests will be skipped"; \
+	else echo "!! /usr/bin/chromium missing and not root: the browser tests will be skipped"; fi
 
 lint: $(VENV)/.installed
 	@echo "==> ruff"
@@ -55,6 +65,10 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	@$(VENV)/bin/python -m pip install $(PIP_FLAGS) -e ".[bench]" 2>&1 | grep -v "is ignored" || true
 	@AIRFLOW_HOME=$(CURDIR)/.airflow/bench $(VENV)/bin/python -m bench
+
+## make chaos: 1,000 invocations through the real code paths under injected faults; prints one table.
+chaos: $(VENV)/.installed
+	@AIRFLOW_HOME=$(CURDIR)/.airflow/chaos $(VENV)/bin/python -m bench.chaos
 
 clean:
 	rm -rf $(VENV) $(VENV_AF2) .airflow build *.egg-info

@@ -25,9 +25,10 @@ Counted: duplicates (a payload created more than once), lost (created but the cl
 state; or never created although the client did not report a failure), wrong (client's final state or
 output differs from the emulator's, or the emulator's from the action's known outcome; or the submit returned
 something other than the invocation id), ambiguous creates (reported / reconciled by listing / failed loudly),
-every warning and error the provider logged, by class. Exit status 1 unless duplicates, lost and wrong are 0.
+every warning and error the provider logged, by class. Exit status 1 unless duplicates, lost and wrong are 0
+and every invocation reached a final state on the client.
 
-The hooks get a faster backoff than the defaults (:data:`CHAOS_RETRY`) so the run takes a minute, not ten;
+The hooks get a faster backoff than the defaults (:func:`chaos_retry_policy`) so the run takes a minute, not ten;
 every other code path and bound is the provider's own. The exact interleaving of requests (and so which
 request draws which fault) depends on thread scheduling; the counts of the three zeros do not.
 """

@@ -21,6 +21,7 @@ def test_reduced_chaos_run_has_no_duplicates_no_losses_no_wrong_states() -> None
     assert result.duplicates == 0, f"{result.details['duplicates']}\n{table}"
     assert result.lost == 0, f"{result.details['lost']}\n{table}"
     assert result.wrong == 0, f"{result.details['wrong']}\n{table}"
+    assert result.unfinished == 0, table
     # The run really was chaotic, and the create rule held under it: every ambiguous create was either found
     # by listing or failed loudly (and then, on the task retry, listed again before any new POST).
     assert rows["created (emulator count)"] == 240
