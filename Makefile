@@ -61,6 +61,10 @@ test-af2: $(VENV_AF2)/.installed
 demo: $(VENV)/.installed
 	@$(VENV)/bin/python example_dags/run_demo.py
 
+## make airflow: a local Airflow (standalone) + the emulator + the example DAGs, to click through the UI.
+airflow: $(VENV)/.installed
+	@$(VENV)/bin/python example_dags/run_local_airflow.py
+
 ## make bench: benchmarks against the emulator, each side by side with its baseline.
 bench: $(VENV)/.installed
 	@$(VENV)/bin/python -m pip install $(PIP_FLAGS) -e ".[bench]" 2>&1 | grep -v "is ignored" || true

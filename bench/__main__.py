@@ -23,7 +23,7 @@ from typing import Any
 BENCHES: list[tuple[str, str, list[str], list[str]]] = [
     ("hook", "bench.bench_hook", [], ["--calls", "200"]),
     ("import", "bench.bench_import", ["--runs", "5"], ["--runs", "3"]),
-    ("emulator", "bench.bench_emulator", [], ["--seconds", "2", "--live", "300", "--streams", "300"]),
+    ("emulator", "bench.bench_emulator", [], ["--seconds", "2", "--streams", "300"]),
     ("trigger", "bench.bench_trigger", [], ["--quick"]),
     ("worker_slots", "bench.bench_worker_slots", ["--action-seconds", "30"], ["--quick"]),
 ]

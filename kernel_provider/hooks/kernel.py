@@ -23,6 +23,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import time
 import weakref
 import zlib
 from collections.abc import AsyncGenerator, Mapping
@@ -57,6 +58,8 @@ DEFAULT_BASE_URL = "https://api.onkernel.com"
 DEFAULT_DASHBOARD_URL = "https://dashboard.onkernel.com"
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds a trigger-side hook reuses the connection it fetched before looking it up again.
+SETTINGS_TTL = 300.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,8 @@ class KernelHook(BaseHook):
         self._retry_override = retry_policy
         self.component = component
         self._async_settings: KernelSettings | None = None
+        self._async_settings_at = 0.0
+        self._settings_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kernel_conn_id={self.kernel_conn_id!r})"
@@ -157,8 +162,17 @@ class KernelHook(BaseHook):
         return self._finish_settings(KernelSettings.from_connection(self._get_connection_sync()))
 
     async def aget_settings(self) -> KernelSettings:
-        """Settings fetched without blocking the event loop (trigger side)."""
-        if self._async_settings is None:
+        """Settings fetched without blocking the event loop (trigger side).
+
+        Cached for ``SETTINGS_TTL`` seconds: a triggerer shares one hook per connection among all its waits
+        (see :meth:`shared`), and a rotated key must still be picked up.
+        """
+        cached = self._async_settings
+        if cached is not None and time.monotonic() - self._async_settings_at < SETTINGS_TTL:
+            return cached
+        async with self._settings_lock:
+            if self._async_settings is not None and time.monotonic() - self._async_settings_at < SETTINGS_TTL:
+                return self._async_settings
             from airflow.providers.common.compat.connection import get_async_connection
 
             try:
@@ -172,7 +186,17 @@ class KernelHook(BaseHook):
                     f"{self.kernel_conn_id.upper()}.") from None
             extra = conn.extra_dejson if not hasattr(conn, "aextra_dejson") else await conn.aextra_dejson()
             self._async_settings = self._finish_settings(KernelSettings.from_connection(conn, extra))
+            self._async_settings_at = time.monotonic()
         return self._async_settings
+
+    @classmethod
+    def shared(cls, kernel_conn_id: str, component: str | None = None) -> KernelHook:
+        """The hook all waits on the running event loop share for this connection (one lookup, one pool)."""
+        per_loop = _SHARED_HOOKS.setdefault(asyncio.get_running_loop(), {})
+        hook = per_loop.get((kernel_conn_id, component))
+        if hook is None:
+            hook = per_loop[(kernel_conn_id, component)] = cls(kernel_conn_id=kernel_conn_id, component=component)
+        return hook
 
     def _get_connection_sync(self) -> Any:
         try:
@@ -442,6 +466,9 @@ class KernelHook(BaseHook):
 _ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, int], httpx.AsyncClient]] = (
     weakref.WeakKeyDictionary()
 )
+_SHARED_HOOKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str | None], KernelHook]] = (
+    weakref.WeakKeyDictionary()
+)
 _SSL_CONTEXTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = weakref.WeakKeyDictionary()
 #: Connection pools per event loop and Kernel host. httpcore's pool walks all its connections (and, for each
 #: idle one, all of them again) whenever a request starts or ends, and closes every idle connection once it
@@ -475,6 +502,7 @@ def _shared_async_client(settings: KernelSettings, key: str = "") -> httpx.Async
 async def close_shared_clients() -> None:
     """Close this event loop's shared clients: for short-lived loops, such as a wait run on a worker."""
     loop = asyncio.get_running_loop()
+    _SHARED_HOOKS.pop(loop, None)
     _SSL_CONTEXTS.pop(loop, None)
     for client in _ASYNC_CLIENTS.pop(loop, {}).values():
         await client.aclose()

@@ -100,11 +100,8 @@ class KernelInvocationTrigger(BaseTrigger):
 
     @property
     def hook(self) -> KernelHook:
-        hook = getattr(self, "_hook", None)
-        if hook is None:
-            hook = self._hook = KernelHook(kernel_conn_id=self.kernel_conn_id,
-                                           component=getattr(self, "_component", None))
-        return hook
+        """The hook shared by every wait on this event loop for the connection (called from async code only)."""
+        return KernelHook.shared(self.kernel_conn_id, getattr(self, "_component", None))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Only the triggerer calls run() (workers call wait()): mark its requests in the User-Agent.

@@ -2,8 +2,9 @@
 Kernel emulator, and Debian's Chromium driven by Playwright.
 
 The Airflow side reuses the end-to-end harness of ``tests/e2e/conftest.py`` (``AirflowE2E``), loaded by file path
-under its own module name, with three changes: only the example DAG ``example_kernel_async_sensor`` is deployed,
-connection testing is enabled, and ``kernel_default`` has ``extra.dashboard_url = <emulator>/_emulator`` so the
+under its own module name, with these changes: only the example DAG ``example_kernel_async_sensor`` is deployed;
+the emulator runs the demo app with a gate in front of ``crawl_catalog`` (``apps/gated_demo_shop.py``);
+connection testing is enabled; and ``kernel_default`` has ``extra.dashboard_url = <emulator>/_emulator`` so the
 "Kernel invocation" link points at the emulator's ``/_emulator/invocations/{id}`` page.
 
 Screenshots (and, for a failing test, the page's HTML) go to ``test-artifacts/browser/`` at the repository root.
@@ -28,6 +29,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 E2E_HARNESS = ROOT / "tests" / "e2e" / "conftest.py"
+GATED_DEMO_APP = HERE / "apps" / "gated_demo_shop.py"
+DEMO_GATE = "demo-shop"  # opened by the test once the sensor waits (see apps/gated_demo_shop.py)
 EXAMPLE_DAG_ID = "example_kernel_async_sensor"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 #: Flags for a closed network: no first-run UI, no background fetches (component updates, sync, safe browsing...).
@@ -95,6 +98,12 @@ def browser_airflow_class() -> type:
         def write_dags(self) -> None:
             shutil.copy(harness.EXAMPLE_DAG, self.dags / harness.EXAMPLE_DAG.name)
 
+        def start_emulator(self) -> None:
+            from kernel_provider.testing.server import spawn_emulator
+
+            self.emulator = spawn_emulator(apps=[GATED_DEMO_APP], env={"KERNEL_E2E_GATE_DIR": str(self.gates)},
+                                           timeout=60)
+
         def build_env(self) -> None:
             super().build_env()
             self.env["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
@@ -158,6 +167,10 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     except ImportError:
         pytest.fail("the browser tests need Playwright for Python: pip install playwright (in the test extras); "
                     "never 'playwright install': the system Chromium is used", pytrace=False)
+    if ARTIFACTS.is_dir():  # stale screenshots of an earlier run would mislead
+        for old in ARTIFACTS.iterdir():
+            if old.is_file() and old.suffix in (".png", ".html", ".txt"):
+                old.unlink()
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
@@ -170,6 +183,12 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             yield context
         finally:
             context.close()
+
+
+@pytest.fixture
+def screenshot() -> Any:
+    """``screenshot(page, name)`` saves ``test-artifacts/browser/<name>.png`` and returns its path."""
+    return save_screenshot
 
 
 @pytest.fixture

@@ -1,0 +1,99 @@
+"""``make airflow``: a local Airflow (``airflow standalone``) wired to the Kernel emulator, to click through.
+
+Starts the emulator with the demo app, points ``kernel_default`` at it (its invocation links open the emulator's
+own view of each invocation), enables the connection Test button, loads the example DAGs and runs
+``airflow standalone`` (scheduler, dag-processor, triggerer, api-server) in the foreground. Ctrl-C stops all.
+Not part of the tests; the Airflow home is ``.airflow/local``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BIN = Path(sys.executable).parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, default=ROOT / ".airflow" / "local")
+    parser.add_argument("--port", type=int, default=8080, help="api-server port (default 8080)")
+    args = parser.parse_args(argv)
+
+    home: Path = args.home
+    home.mkdir(parents=True, exist_ok=True)
+    token = "local-" + secrets.token_hex(8)
+    url_file = home / "emulator.url"
+    url_file.unlink(missing_ok=True)
+    emulator = subprocess.Popen(
+        [str(BIN / "kernel-emulator"), "--port", "0", "--token", token, "--app", str(HERE / "demo_app" / "app.py"),
+         "--url-file", str(url_file), "--quiet"],
+        start_new_session=True,
+    )
+    try:
+        for _ in range(300):
+            if url_file.exists() and url_file.read_text().strip():
+                break
+            if emulator.poll() is not None:
+                print("The Kernel emulator did not start.", file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+        url = url_file.read_text().strip()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        env.update({
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(HERE),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__API__PORT": str(args.port),
+            "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(args.port),
+            "AIRFLOW_CONN_KERNEL_DEFAULT": json.dumps({
+                "conn_type": "kernel", "host": url, "password": token,
+                "extra": {"dashboard_url": f"{url}/_emulator"},
+            }),
+        })
+        subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([str(BIN / "airflow"), "pools", "set", "kernel", "4", "Kernel concurrency"], env=env,
+                       check=True, stdout=subprocess.DEVNULL)
+        print(f"Kernel emulator: {url} (token {token})")
+        print(f"Airflow UI:      http://127.0.0.1:{args.port}  (no login needed; Ctrl-C stops everything)")
+        print("Try: unpause and trigger example_kernel_async_sensor, watch the sensor defer and stream logs, "
+              "open the 'Kernel invocation' link, or add a Kernel connection under Admin > Connections.")
+        standalone = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, start_new_session=True)
+        try:
+            return standalone.wait()
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            _stop(standalone)
+    finally:
+        _stop(emulator)
+        url_file.unlink(missing_ok=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
