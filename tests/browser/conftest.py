@@ -81,7 +81,8 @@ def find_chromium() -> str | None:
 def save_screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
+    # animations="disabled": dialogs, accordions and toasts are captured in their final state, not mid-fade.
+    page.screenshot(path=str(path), full_page=full_page, animations="disabled")
     return path
 
 
