@@ -164,6 +164,8 @@ class _Waiter:
     async def run(self) -> dict[str, Any]:
         done = await self.check()
         if done is not None:
+            if self.t.mode == STREAM and self.t.stream_logs and done["status"] != ERROR:
+                await self.replay_logs()
             return done
         if self.t.mode == STREAM:
             done = await self.follow_stream()
@@ -176,6 +178,14 @@ class _Waiter:
             done = await self.check()
             if done is not None:
                 return done
+
+    async def replay_logs(self) -> None:
+        """The run ended before the wait began (or while the triggerer was down): Kernel replays a finished
+        invocation's log lines on its event stream, so read it once to put them in the task log too."""
+        try:
+            await asyncio.wait_for(self.read_stream_once(), timeout=min(30.0, self.t.silence_timeout))
+        except (asyncio.TimeoutError, KernelError) as exc:
+            self.log.info("Could not replay the log of invocation %s: %s", self.t.invocation_id, exc)
 
     async def check(self) -> dict[str, Any] | None:
         """One GET. Returns the final event when the wait is over (finished, or failed beyond recovery)."""

@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
@@ -70,10 +70,15 @@ def _load_e2e_harness() -> Any:
     return module
 
 
-def find_chromium() -> str | None:
+def chromium_candidates() -> list[str]:
+    """``$KERNEL_BROWSER_CHROMIUM`` when set (only it), else Debian's paths."""
     override = os.environ.get("KERNEL_BROWSER_CHROMIUM")
-    for candidate in ([override] if override else []) + list(CHROMIUM_CANDIDATES):
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+    return [override] if override else list(CHROMIUM_CANDIDATES)
+
+
+def find_chromium() -> str | None:
+    for candidate in chromium_candidates():
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
 
@@ -129,14 +134,24 @@ def start_airflow(af: Any) -> None:
     af.wait_for_dag(EXAMPLE_DAG_ID, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """Airflow 3.3 services + the Kernel emulator (demo app), the example DAG unpaused and one run triggered.
-
-    The run is started here so it proceeds while the connection-form test drives the browser.
-    """
+@pytest.fixture(scope="session")
+def chromium_executable() -> str:
+    """The Chromium to drive; the tests are skipped (with the reason in the summary) only when there is none."""
     if AIRFLOW_VERSION < (3, 3):
         pytest.skip(AIRFLOW_SKIP_REASON)
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip(f"Chromium not found at {' or '.join(chromium_candidates())}; {CHROMIUM_INSTALL_HINT}")
+    return chromium
+
+
+@pytest.fixture(scope="module")
+def airflow_ui(chromium_executable: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Airflow 3.3 services + the Kernel emulator (demo app), the example DAG unpaused and one run triggered.
+
+    The run is started here so it proceeds while the connection-form test drives the browser. (Depends on
+    ``chromium_executable`` so that a missing browser skips before minutes are spent starting Airflow.)
+    """
     harness = _load_e2e_harness()
     if not harness.AIRFLOW.exists():
         pytest.skip(f"no airflow executable next to {sys.executable}")
@@ -155,14 +170,10 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def browser_context(chromium_executable: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Debian's Chromium with a fresh profile (a persistent context: the user-data dir is ours, not a temp one
     Playwright picks)."""
-    if AIRFLOW_VERSION < (3, 3):
-        pytest.skip(AIRFLOW_SKIP_REASON)
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip(f"Chromium not found at {' or '.join(CHROMIUM_CANDIDATES)}; {CHROMIUM_INSTALL_HINT}")
+    chromium = chromium_executable
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -213,7 +224,7 @@ def page(browser_context: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     """Keep each phase's report on the item (the ``page`` fixture saves artifacts of failed tests), and add the
     Airflow service log tails to a failing browser test's report."""
     outcome = yield

@@ -16,7 +16,7 @@ emulator, started by ``conftest.py``:
 The REST API is used only to set up and to cross-check; every user-visible check is made on the rendered page.
 Screenshots of each step: ``test-artifacts/browser/*.png``.
 
-Run: ``AIRFLOW_HOME=.airflow/af3 python -m pytest tests/browser -m browser`` (about 1-2 minutes).
+Run: ``AIRFLOW_HOME=.airflow/af3 python -m pytest tests/browser -m browser`` (30-60 s on 2 cores).
 Needs: ``apt-get install -y chromium`` (as root) and ``pip install playwright`` (no ``playwright install``).
 """
 

@@ -315,3 +315,20 @@ async def test_cleanup_never_cancels(kernel_conn_env):
     t = trigger(inv_id)
     await t.cleanup()
     assert kernel_conn_env.invocation(inv_id)["status"] == "running"
+
+
+async def test_logs_of_a_run_that_ended_before_the_wait_are_replayed(kernel_conn_env, caplog, capfd):
+    inv_id = start("logs", {"lines": 3, "interval": 0.01})
+    kernel_conn_env.wait_for(inv_id)
+    event = await run_to_event(trigger(inv_id))
+    assert event["status"] == "succeeded"
+    assert kernel_lines(inv_id, caplog, capfd) == ["line 0", "line 1", "line 2"]
+    routes = [r["route"] for r in requests_for(kernel_conn_env, inv_id) if r["method"] == "GET"]
+    assert routes.count(EVENTS) == 1 and len(routes) <= 3
+
+
+async def test_no_replay_when_log_streaming_is_off(kernel_conn_env):
+    inv_id = start("logs", {"lines": 2, "interval": 0.01})
+    kernel_conn_env.wait_for(inv_id)
+    assert (await run_to_event(trigger(inv_id, stream_logs=False)))["status"] == "succeeded"
+    assert EVENTS not in [r["route"] for r in requests_for(kernel_conn_env, inv_id)]
