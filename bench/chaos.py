@@ -564,6 +564,9 @@ def run(invocations: int = 1000, seed: int = 7, concurrency: int = 32) -> Result
     os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
         {"conn_type": "kernel", "host": proc.url, "password": proc.token})
     try:
+        # Load the connection once on this thread first: Airflow 2 configures its ORM mappers (importing every
+        # model) on the first Connection object, and doing that from 32 threads at once can deadlock on imports.
+        _hook().settings  # noqa: B018
         proc.client.set_faults(fault_plan(seed))
         started = time.perf_counter()
         with capture_logs(tally):
@@ -590,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     args = parser.parse_args(argv)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the admin calls around the run
     result = run(args.invocations, args.seed, args.concurrency)
     if args.json:
         print(json.dumps({"rows": result.rows, "details": result.details, "ok": result.ok}, indent=2,

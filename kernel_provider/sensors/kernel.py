@@ -108,10 +108,8 @@ class KernelInvocationSensor(BaseSensorOperator):
             invocation = self.hook.get_invocation(self._check_arguments())
         except (KernelTransportError, KernelApiError) as exc:
             # The hook already retried; a Kernel hiccup is not the invocation's outcome. Try again next poke,
-            # within the sensor's timeout. What no retry can fix (bad key, unknown id) fails at once.
-            from kernel_provider.hooks.retry import is_retryable
-
-            if isinstance(exc, KernelApiError) and not is_retryable(exc, idempotent=True):
+            # within the sensor's timeout. A 4xx no retry can fix (bad key, unknown id) fails at once.
+            if isinstance(exc, KernelApiError) and exc.status_code < 500 and exc.status_code not in (408, 429):
                 raise
             self.log.warning("Could not check invocation %s this time: %s", self.invocation_id, exc)
             return False

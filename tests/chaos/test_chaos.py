@@ -31,3 +31,42 @@ def test_reduced_chaos_run_has_no_duplicates_no_losses_no_wrong_states() -> None
     assert reported == rows["ambiguous creates: reconciled by listing"] - rows.get(
         "warning: pending create reconciled on retry", 0) + rows["ambiguous creates: failed loudly (then retried)"]
     assert rows["final states (succeeded/failed)"].count("/") == 1
+
+
+class _TI:
+    dag_id, task_id, run_id, map_index, try_number, start_date = "chaos", "submit", "run", -1, 1, None
+
+    def xcom_push(self, key: str, value: object, **_: object) -> None:
+        pass
+
+
+class _Store(dict):  # type: ignore[type-arg]
+    def set(self, key: str, value: object) -> None:
+        self[key] = value
+
+
+@pytest.mark.parametrize(("action", "payload"), [("fail", {"message": "planned"}), ("echo", {"k": "v"})])
+def test_submit_retry_after_a_failed_reconcile_returns_the_same_id(kernel_conn_env: object, action: str,
+                                                                   payload: dict[str, str]) -> None:
+    """The two bugs the chaos run found, pinned down: try 1's create is ambiguous and its reconcile cannot list
+    (a 500 that must not be retried), so try 1 fails loudly; the invocation then finishes. Try 2 must find it and
+    return its id - not invoke a second time because it failed, nor return its output because it succeeded."""
+    from kernel_provider.operators.kernel import KernelInvokeOperator
+
+    emulator = kernel_conn_env
+    emulator.set_faults([  # type: ignore[attr-defined]
+        {"route": "POST /invocations", "sequence": [{"status": 503, "after": True}]},
+        {"route": "GET /invocations", "sequence": [{"status": 500, "should_retry": False}]},
+    ])
+    context = {"ti": _TI(), "task_state_store": _Store()}
+
+    def submit() -> object:
+        return KernelInvokeOperator(task_id="submit", app_name="demo", action_name=action, payload=payload,
+                                    wait_for_completion=False).execute(context)
+
+    with pytest.raises(Exception, match="500"):
+        submit()
+    (created,) = emulator.invocations()  # type: ignore[attr-defined]
+    emulator.wait_for(created["id"])  # type: ignore[attr-defined]
+    assert submit() == created["id"]
+    assert emulator.created_count() == 1  # type: ignore[attr-defined]

@@ -208,3 +208,72 @@ def test_route_matching() -> None:
     assert pick("GET", "/invocations/{id}/events").status == 500  # type: ignore[union-attr]
     assert pick("POST", "/invocations") is None
     assert pick("DELETE", "/apps").status == 502  # type: ignore[union-attr]
+
+
+# --- malformed answers: raw bodies, truncated bodies, raw SSE data lines ----------------------------------
+
+
+def test_body_fault_answers_raw_text_and_raw_bytes(kernel_emulator: KernelEmulator) -> None:
+    kernel_emulator.set_faults(
+        [
+            {"route": "GET /invocations/{id}", "times": 1, "fault": {"body": "<html>502</html>"}},
+            {"route": "GET /invocations/{id}", "times": 1, "fault": {"body": "\udcff\udcfe", "status": 503}},
+        ]
+    )
+    with client(kernel_emulator) as http:
+        inv_id = http.post("/invocations", json=ASYNC_ECHO).json()["id"]
+        html = http.get(f"/invocations/{inv_id}")
+        raw = http.get(f"/invocations/{inv_id}")
+        ok = http.get(f"/invocations/{inv_id}")
+    assert (html.status_code, html.text, html.headers["content-type"].split(";")[0]) == (
+        200, "<html>502</html>", "text/plain")
+    assert (raw.status_code, raw.content) == (503, b"\xff\xfe")
+    assert ok.status_code == 200 and ok.json()["id"] == inv_id
+
+
+def test_body_fault_after_acting_creates_then_answers_garbage(kernel_emulator: KernelEmulator) -> None:
+    kernel_emulator.set_faults(
+        [{"route": "POST /invocations", "times": 1, "fault": {"status": 502, "body": "bad gateway", "after": True}}]
+    )
+    with client(kernel_emulator) as http:
+        answer = http.post("/invocations", json=ASYNC_ECHO)
+    assert (answer.status_code, answer.text) == (502, "bad gateway")
+    assert kernel_emulator.created_count() == 1
+
+
+def test_truncate_fault_acts_then_sends_a_short_body(kernel_emulator: KernelEmulator) -> None:
+    kernel_emulator.set_faults([{"route": "POST /invocations", "times": 1, "fault": {"truncate": 7}}])
+    with client(kernel_emulator) as http, pytest.raises(httpx.RemoteProtocolError):
+        http.post("/invocations", json=ASYNC_ECHO)
+    assert kernel_emulator.created_count() == 1
+    entry = kernel_emulator.requests(route="/invocations", method="POST")[0]
+    assert entry["status"] == 202 and entry["dropped"] == "truncated"
+    headers = {"Authorization": f"Bearer {kernel_emulator.token}"}
+    kernel_emulator.set_faults([{"route": "GET /apps", "times": 1, "fault": {"truncate": 3}}])
+    with pytest.raises(requests.exceptions.ChunkedEncodingError, match="IncompleteRead"):
+        requests.get(f"{kernel_emulator.url}/apps", headers=headers, timeout=10)
+    assert requests.get(f"{kernel_emulator.url}/apps", headers=headers, timeout=10).status_code == 200
+
+
+def test_raw_sse_data_is_sent_verbatim_then_the_stream_carries_on(kernel_emulator: KernelEmulator) -> None:
+    kernel_emulator.set_faults(
+        [{"route": "GET /invocations/{id}/events", "times": 1, "fault": {"raw_sse_data": "{not json \udcff"}}]
+    )
+    with client(kernel_emulator) as http:
+        inv_id = http.post("/invocations", json={**ASYNC_ECHO, "action_name": "sleep",
+                                                 "payload": '{"seconds": 0.2}'}).json()["id"]
+        with http.stream("GET", f"/invocations/{inv_id}/events") as response:
+            body = response.read()
+    blocks = body.split(b"\n\n")
+    assert b"data: {not json \xff" in blocks
+    last = json.loads(blocks[-2][len(b"data: "):])
+    assert last["event"] == "invocation_state" and last["invocation"]["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "fault", [{"truncate": -1}, {"truncate": True}, {"body": 5}, {"raw_sse_data": ["x"]}],
+    ids=["truncate-negative", "truncate-bool", "body-not-text", "raw-sse-not-text"],
+)
+def test_malformed_answer_faults_are_validated(fault: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        FaultPlan.from_json([{"route": "*", "fault": fault}])
