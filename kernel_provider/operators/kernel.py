@@ -181,15 +181,13 @@ class KernelInvokeOperator(BaseOperator):
             invocation = self._create(request, store)
         self._remember(context, invocation.id)
 
-        if not self.wait_for_completion and request.get("async"):
+        if not self.wait_for_completion and (request.get("async") or not invocation.is_terminal):
             # Submit only: the result is the id, whatever state a reconciled or re-attached invocation has
             # reached by now; its outcome is for the sensor to report (finishing it here returned its output,
             # or failed the task and let the retry invoke a second time).
             return invocation.id
         if invocation.is_terminal:
             return self._finish(invocation, store)
-        if not self.wait_for_completion:
-            return invocation.id
         latest = self.hook.get_invocation(invocation.id)
         if latest.is_terminal:
             return self._finish(latest, store)
