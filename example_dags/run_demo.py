@@ -225,7 +225,10 @@ def collect_main(dag_ids: Sequence[str]) -> int:
                 when = ti.end_date or ti.start_date
                 return when.isoformat() if when else "9999"
 
-            tis = sorted(tis, key=lambda ti: (finished(ti), ti.task_id, ti.map_index))
+            first: dict[str, str] = {}  # a task's place in the run order; its mapped instances stay together, by index
+            for ti in tis:
+                first[ti.task_id] = min(first.get(ti.task_id, "9999"), finished(ti))
+            tis = sorted(tis, key=lambda ti: (first[ti.task_id], ti.task_id, ti.map_index))
             runs[dag_id] = {
                 "run_id": run.run_id,
                 "state": plain(run.state),
