@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=ROOT / ".airflow" / "local")
     parser.add_argument("--port", type=int, default=8080, help="api-server port (default 8080)")
     args = parser.parse_args(argv)
+    # SIGTERM (e.g. from `timeout` or a supervisor) must still run the clean-up below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     home: Path = args.home
     home.mkdir(parents=True, exist_ok=True)
