@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +103,7 @@ class EmulatorClient:
         self, invocation_id: str, statuses: tuple[str, ...] = ("succeeded", "failed"), timeout: float = 10.0
     ) -> dict[str, Any]:
         """Poll until the invocation reaches one of ``statuses``; raises ``TimeoutError``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            inv = self.invocation(invocation_id)
-            if inv is not None and inv["status"] in statuses:
-                return inv
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"invocation {invocation_id} not in {statuses} after {timeout}s: {inv}")
-            time.sleep(0.02)
+        return wait_for_status(self.invocation, invocation_id, statuses, timeout, interval=0.02)
 
     def configure(self, **values: Any) -> dict[str, Any]:
         """Change settings at run time: heartbeat, sync_timeout, org/app_concurrency, retry_after."""
@@ -117,3 +111,18 @@ class EmulatorClient:
 
     def apps(self) -> list[dict[str, Any]]:
         return list(self._get("/_emulator/apps"))
+
+
+def wait_for_status(
+    lookup: Callable[[str], dict[str, Any] | None], invocation_id: str, statuses: tuple[str, ...],
+    timeout: float, interval: float,
+) -> dict[str, Any]:
+    """Poll ``lookup(invocation_id)`` until its ``status`` is one of ``statuses``; raises ``TimeoutError``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        inv = lookup(invocation_id)
+        if inv is not None and inv["status"] in statuses:
+            return inv
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"invocation {invocation_id} not in {statuses} after {timeout}s: {inv}")
+        time.sleep(interval)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kernel_provider.testing.actions import build_registry
-from kernel_provider.testing.client import EmulatorClient
+from kernel_provider.testing.client import EmulatorClient, wait_for_status
 from kernel_provider.testing.config import DEFAULT_TOKEN, EmulatorConfig
 from kernel_provider.testing.faults import FaultPlan
 from kernel_provider.testing.state import TERMINAL, Store, count_created
@@ -259,14 +259,7 @@ class KernelEmulator:
         self, invocation_id: str, statuses: tuple[str, ...] = tuple(TERMINAL), timeout: float = 10.0
     ) -> dict[str, Any]:
         """Poll until the invocation reaches one of ``statuses``; raises ``TimeoutError``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            inv = self.invocation(invocation_id)
-            if inv is not None and inv["status"] in statuses:
-                return inv
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"invocation {invocation_id} not in {statuses} after {timeout}s: {inv}")
-            time.sleep(0.01)
+        return wait_for_status(self.invocation, invocation_id, statuses, timeout, interval=0.01)
 
     def configure(self, **values: Any) -> dict[str, Any]:
         """Change settings at run time: heartbeat, sync_timeout, org/app_concurrency, retry_after."""
