@@ -315,7 +315,7 @@ def submit(job: Job) -> None:
     from kernel_provider.operators.kernel import KernelInvokeOperator
 
     _current_job.set(job)
-    _thread_ready_for_execute()
+    thread_ready_for_execute()
     store = DictStateStore()
     ti = FakeTI(job.task_id)
     for attempt in range(1, SUBMIT_TRIES + 1):
@@ -339,7 +339,7 @@ def submit(job: Job) -> None:
         return
 
 
-def _thread_ready_for_execute() -> None:
+def thread_ready_for_execute() -> None:
     """Airflow 2.11 keeps the execute() safeguard's state in a thread-local set up on the main thread only."""
     try:
         from airflow.models.baseoperator import ExecutorSafeguard  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bench.chaos import thread_ready_for_execute
 from kernel_provider.exceptions import KernelInvocationFailed
 from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.triggers.kernel import KernelInvocationTrigger
@@ -55,17 +56,6 @@ def assert_nothing_left(emulator: Any, invocation_id: str) -> None:
     assert emulator.requests(path=f"/invocations/{invocation_id}/browsers", method="DELETE")  # belt and braces
 
 
-def _ready_thread() -> None:
-    """Airflow 2.11's execute() safeguard keeps its state in a thread-local set up on the main thread only."""
-    try:
-        from airflow.models.baseoperator import ExecutorSafeguard  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    sentinel = getattr(ExecutorSafeguard, "_sentinel", None)
-    if sentinel is not None and not hasattr(sentinel, "callers"):
-        sentinel.callers = {}
-
-
 # --------------------------------------------------------------------------------------------- timeouts
 @pytest.mark.usefixtures("airflow_db")
 @pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferred"])
@@ -88,7 +78,7 @@ def test_on_kill_while_execute_waits_cancels_everything(kernel_conn_env: Any) ->
     outcome: list[BaseException | Any] = []
 
     def run() -> None:
-        _ready_thread()
+        thread_ready_for_execute()
         try:
             outcome.append(op.execute(context()))
         except BaseException as exc:
