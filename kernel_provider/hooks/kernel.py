@@ -20,6 +20,7 @@ and follows events with :meth:`KernelHook.stream_events`, over one shared ``http
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -361,7 +362,8 @@ class KernelHook(BaseHook):
             **settings.retry.tenacity_kwargs(idempotent=call.endpoint.idempotent, describe=describe)
         ):
             with attempt:
-                response = await self._request_async(call, settings)
+                async with _request_slots():
+                    response = await self._request_async(call, settings)
                 api.raise_for_status(call, response)
         return call.parse(response)
 
@@ -413,10 +415,11 @@ class KernelHook(BaseHook):
         client = _shared_async_client(settings, invocation_id)
         headers = {**settings.headers(), "Accept": "text/event-stream", "Cache-Control": "no-cache"}
         try:
-            async with aconnect_sse(client, "GET", settings.base_url + call.path, params=call.query,
-                                    headers=headers,
-                                    timeout=httpx.Timeout(silence_timeout, connect=settings.connect_timeout)
-                                    ) as source:
+            async with contextlib.AsyncExitStack() as stack:
+                async with _request_slots():  # only while opening: an open stream holds no slot
+                    source = await stack.enter_async_context(aconnect_sse(
+                        client, "GET", settings.base_url + call.path, params=call.query, headers=headers,
+                        timeout=httpx.Timeout(silence_timeout, connect=settings.connect_timeout)))
                 if source.response.status_code >= 400:
                     body = await source.response.aread()
                     api.raise_for_status(call, ApiResponse(source.response.status_code,
@@ -469,12 +472,25 @@ _ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[
 _SHARED_HOOKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str | None], KernelHook]] = (
     weakref.WeakKeyDictionary()
 )
+_REQUEST_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+#: Requests one event loop has in flight at once (open event streams excluded). A triggerer that (re)starts
+#: 1,000 waits would otherwise build and send 1,000 requests in one loop iteration: the loop stalls for a
+#: fraction of a second and Kernel sees a burst that invites 429s.
+MAX_REQUESTS_IN_FLIGHT = 32
 _SSL_CONTEXTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = weakref.WeakKeyDictionary()
 #: Connection pools per event loop and Kernel host. httpcore's pool walks all its connections (and, for each
 #: idle one, all of them again) whenever a request starts or ends, and closes every idle connection once it
 #: holds more than max_keepalive_connections: one pool with 1,000 open event streams cost O(n^2) CPU per request
 #: and no keep-alive (see bench/bench_trigger.py). Small shards keyed by invocation id keep each pool small.
 _POOL_SHARDS = 64
+
+
+def _request_slots() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    slots = _REQUEST_SLOTS.get(loop)
+    if slots is None:
+        slots = _REQUEST_SLOTS[loop] = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+    return slots
 
 
 def _shared_async_client(settings: KernelSettings, key: str = "") -> httpx.AsyncClient:
@@ -503,6 +519,7 @@ async def close_shared_clients() -> None:
     """Close this event loop's shared clients: for short-lived loops, such as a wait run on a worker."""
     loop = asyncio.get_running_loop()
     _SHARED_HOOKS.pop(loop, None)
+    _REQUEST_SLOTS.pop(loop, None)
     _SSL_CONTEXTS.pop(loop, None)
     for client in _ASYNC_CLIENTS.pop(loop, {}).values():
         await client.aclose()
