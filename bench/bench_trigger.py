@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import calendar
 import gc
 import json
 import os
@@ -44,6 +43,7 @@ from collections import Counter
 from typing import Any
 
 from bench.common import emulator, table
+from kernel_provider.models import parse_timestamp
 
 SUBJECTS = ("ours-stream", "ours-poll", "dbt-style", "sdk-poll", "sdk-follow")
 OURS = ("ours-stream", "ours-poll")
@@ -89,16 +89,6 @@ def _reset_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def parse_rfc3339(stamp: str) -> float:
-    """``2026-05-09T07:35:25.123456789Z`` (UTC, any number of fractional digits) -> epoch seconds."""
-    text = stamp.strip().rstrip("Zz")
-    if text.endswith("+00:00"):
-        text = text[:-6]
-    head, _, fraction = text.partition(".")
-    whole = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-    return whole + (int(fraction) / 10 ** len(fraction) if fraction else 0.0)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -351,7 +341,7 @@ def run_subject(emu: Any, hook: Any, name: str, args: argparse.Namespace) -> dic
     for invocation_id in ids:
         inv = finished.get(invocation_id) or {}
         if inv.get("finished_at") and invocation_id in result["returned"]:
-            end = parse_rfc3339(inv["finished_at"])
+            end = parse_timestamp(inv["finished_at"]).timestamp()  # type: ignore[union-attr]
             first_finish = end if first_finish is None else min(first_finish, end)
             latencies.append(result["returned"][invocation_id] - end)
     n = args.waits
