@@ -1,4 +1,27 @@
-"""Errors raised by the Kernel provider. Each is a type callers can catch; none needs its text parsed."""
+"""Errors raised by the Kernel provider. Each is a type callers can catch; none needs its text parsed.
+
+The tree::
+
+    KernelError                          base of everything below (an AirflowException)
+    +-- KernelInputError                 a parameter is wrong; raised before any request (``field``, fix)
+    |   +-- KernelConnectionConfigError  the Airflow connection is missing something or malformed
+    +-- KernelApiError                   Kernel answered with an HTTP error (status, ``code``, ``message``)
+    |   +-- KernelBadRequestError        400 / 422: the request itself is wrong
+    |   +-- KernelAuthError              401 / 403: key rejected or not allowed
+    |   +-- KernelNotFoundError          404: no such invocation, app, version or action
+    |   +-- KernelConflictError          409
+    |   +-- KernelRateLimitError         429: rate or concurrency limit (``Retry-After`` honoured)
+    |   +-- KernelServerError            5xx and 408: Kernel's side failed or timed out
+    +-- KernelTransportError             no answer: DNS, refused or dropped connection, timeout
+    +-- KernelResponseError              an answer that is not what the API promises
+    +-- KernelAmbiguousCreateError       ``POST /invocations`` may or may not have created a run
+    +-- KernelReconcileError             a previous try's create cannot be settled; names the candidates
+    +-- KernelStateStoreError            the retry-safety store cannot be read or written
+    +-- KernelInvocationFailed           the invocation finished ``failed``
+    +-- KernelWaitTimeout                the wait passed its deadline
+
+:func:`api_error_for_status` is the one place that maps an HTTP status to its class.
+"""
 
 from __future__ import annotations
 
@@ -63,6 +86,49 @@ class KernelApiError(KernelError):
         super().__init__(text)
 
 
+class KernelBadRequestError(KernelApiError):
+    """400 or 422: Kernel rejected the request as malformed; repeating it cannot help."""
+
+
+class KernelAuthError(KernelApiError):
+    """401 or 403: the API key was rejected or lacks access (check the connection's password and project)."""
+
+
+class KernelNotFoundError(KernelApiError):
+    """404: the invocation, app, version or action does not exist (or no longer does)."""
+
+
+class KernelConflictError(KernelApiError):
+    """409: the request conflicts with the resource's current state."""
+
+
+class KernelRateLimitError(KernelApiError):
+    """429: a rate or concurrency limit; Kernel refused at once, so nothing was started."""
+
+
+class KernelServerError(KernelApiError):
+    """5xx or 408: Kernel's side failed or timed out; the request may or may not have been acted on."""
+
+
+_STATUS_CLASSES: dict[int, type[KernelApiError]] = {
+    400: KernelBadRequestError,
+    401: KernelAuthError,
+    403: KernelAuthError,
+    404: KernelNotFoundError,
+    408: KernelServerError,
+    409: KernelConflictError,
+    422: KernelBadRequestError,
+    429: KernelRateLimitError,
+}
+
+
+def api_error_for_status(status_code: int) -> type[KernelApiError]:
+    """The error class for an HTTP status: the one place statuses are interpreted."""
+    if status_code >= 500:
+        return KernelServerError
+    return _STATUS_CLASSES.get(status_code, KernelApiError)
+
+
 class KernelResponseError(KernelError):
     """Kernel answered with something that is not what the API promises (not JSON, missing fields)."""
 
@@ -101,6 +167,24 @@ class KernelAmbiguousCreateError(KernelError):
             f"was sent ({cause}). It was NOT re-sent, to avoid a duplicate run. Look for invocations of this "
             f"action started between {window_start.isoformat()} and {window_end.isoformat()}."
         )
+
+
+class KernelReconcileError(KernelError):
+    """A previous create may have started a run, and Kernel's answers cannot settle which invocation (if any)
+    is this task instance's. Nothing is adopted and nothing is invoked. ``candidates`` lists the ids that could
+    not be ruled out; the message says what a person should check (and that clearing the task starts afresh).
+    """
+
+    def __init__(self, message: str, candidates: Sequence[str] = ()) -> None:
+        self.candidates = list(candidates)
+        super().__init__(message)
+
+
+class KernelStateStoreError(KernelError):
+    """The store that makes retries safe (``task_state_store`` or an Airflow Variable) could not be used.
+
+    Raised before any ``POST``: without the store a retry could not know about this try's run.
+    """
 
 
 class KernelInvocationFailed(KernelError):

@@ -16,8 +16,11 @@ from typing import Any, Generic, TypeVar
 from kernel_provider.exceptions import (
     KernelAmbiguousCreateError,
     KernelApiError,
+    KernelNotFoundError,
     KernelResponseError,
+    KernelServerError,
     KernelTransportError,
+    api_error_for_status,
 )
 from kernel_provider.models import AppVersion, Invocation
 
@@ -112,7 +115,7 @@ def raise_for_status(call: ApiCall[Any], response: ApiResponse) -> None:
             message = f"{message} ({inner.get('code') or 'inner'}: {inner['message']})"
     if not message:
         message = _body_excerpt(response.body) or "no error body"
-    raise KernelApiError(
+    raise api_error_for_status(response.status_code)(
         response.status_code,
         code,
         message,
@@ -163,7 +166,7 @@ def create_may_have_happened(exc: BaseException) -> bool:
         # says the request is safe to repeat.
         if exc.headers.get("x-should-retry", "").lower() == "true":
             return False
-        return exc.status_code >= 500 or exc.status_code == 408
+        return isinstance(exc, KernelServerError)
     return False
 
 
@@ -183,6 +186,11 @@ def list_browsers(invocation_id: str) -> Operation[list[dict[str, Any]]]:
     return list(data.get("browsers") or []) if isinstance(data, Mapping) else []
 
 
+def delete_browsers(invocation_id: str) -> Operation[None]:
+    """``DELETE /invocations/{id}/browsers``: stop every browser the run holds."""
+    return (yield ApiCall(DELETE_BROWSERS, {"id": invocation_id}, parse=lambda r: None))
+
+
 def cancel_invocation(invocation_id: str, reason: str | None = None) -> Operation[Invocation | None]:
     """Stop a run: ``PATCH`` it ``failed`` (Kernel's only cancel), then delete its browsers.
 
@@ -194,14 +202,14 @@ def cancel_invocation(invocation_id: str, reason: str | None = None) -> Operatio
     patch_error: KernelApiError | None = None
     try:
         result = yield from update_invocation(invocation_id, "failed", output)
+    except KernelNotFoundError:
+        pass
     except KernelApiError as exc:
-        if exc.status_code != 404:
-            patch_error = exc
+        patch_error = exc
     try:
-        yield ApiCall(DELETE_BROWSERS, {"id": invocation_id}, parse=lambda r: None)
-    except KernelApiError as exc:
-        if exc.status_code != 404:
-            raise
+        yield from delete_browsers(invocation_id)
+    except KernelNotFoundError:
+        pass
     if patch_error is not None:
         raise patch_error
     return result

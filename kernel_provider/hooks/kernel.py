@@ -41,6 +41,7 @@ from airflow.providers.common.compat.sdk import BaseHook
 from kernel_provider import __version__
 from kernel_provider.exceptions import (
     KernelApiError,
+    KernelAuthError,
     KernelConnectionConfigError,
     KernelError,
     KernelInputError,
@@ -294,10 +295,10 @@ class KernelHook(BaseHook):
         quick = RetryPolicy(max_attempts=2, max_elapsed=10, rate_limit_budget=10)
         try:
             self._send(ApiCall(api.LIST_APPS, params={"limit": 1}), settings, quick)
+        except KernelAuthError as exc:
+            return False, (f"Kernel at {settings.base_url} rejected the API key (HTTP {exc.status_code}: "
+                           f"{exc.message}). Check the connection's API key (password) and project.")
         except KernelApiError as exc:
-            if exc.status_code in (401, 403):
-                return False, (f"Kernel at {settings.base_url} rejected the API key (HTTP {exc.status_code}: "
-                               f"{exc.message}). Check the connection's API key (password) and project.")
             return False, f"Kernel at {settings.base_url} answered with an error: {exc}"
         except KernelTransportError as exc:
             return False, f"Could not reach Kernel at {settings.base_url}: {exc}"

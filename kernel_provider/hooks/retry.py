@@ -27,7 +27,7 @@ from typing import Any
 
 import tenacity
 
-from kernel_provider.exceptions import KernelApiError, KernelTransportError
+from kernel_provider.exceptions import KernelApiError, KernelRateLimitError, KernelServerError, KernelTransportError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class RetryPolicy:
         return is_retryable(exc, idempotent=idempotent)
 
     def should_stop(self, attempt: int, elapsed: float, exc: BaseException | None) -> bool:
-        if isinstance(exc, KernelApiError) and exc.status_code == 429:
+        if isinstance(exc, KernelRateLimitError):
             return elapsed >= self.rate_limit_budget
         return attempt >= self.max_attempts or elapsed >= self.max_elapsed
 
@@ -100,9 +100,9 @@ def is_retryable(exc: BaseException, *, idempotent: bool) -> bool:
             return True
         if hint == "false":
             return False
-        if exc.status_code == 429:
+        if isinstance(exc, KernelRateLimitError):
             return True
-        return idempotent and (exc.status_code == 408 or exc.status_code >= 500)
+        return idempotent and isinstance(exc, KernelServerError)
     return False
 
 

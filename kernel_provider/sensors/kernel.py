@@ -16,7 +16,7 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, finish, validate_event
-from kernel_provider.exceptions import KernelApiError, KernelError, KernelTransportError
+from kernel_provider.exceptions import KernelError, KernelRateLimitError, KernelServerError, KernelTransportError
 from kernel_provider.validation import check_seconds
 
 if TYPE_CHECKING:
@@ -106,11 +106,9 @@ class KernelInvocationSensor(BaseSensorOperator):
     def poke(self, context: Any) -> PokeReturnValue | bool:
         try:
             invocation = self.hook.get_invocation(self._check_arguments())
-        except (KernelTransportError, KernelApiError) as exc:
+        except (KernelTransportError, KernelServerError, KernelRateLimitError) as exc:
             # The hook already retried; a Kernel hiccup is not the invocation's outcome. Try again next poke,
-            # within the sensor's timeout. A 4xx no retry can fix (bad key, unknown id) fails at once.
-            if isinstance(exc, KernelApiError) and exc.status_code < 500 and exc.status_code not in (408, 429):
-                raise
+            # within the sensor's timeout. Any other API error (bad key, unknown id) fails at once.
             self.log.warning("Could not check invocation %s this time: %s", self.invocation_id, exc)
             return False
         self.log.info("Invocation %s is %s.", invocation.id, invocation.raw_status)

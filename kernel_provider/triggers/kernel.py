@@ -24,7 +24,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, event_for_invocation, make_event
-from kernel_provider.exceptions import KernelApiError, KernelError
+from kernel_provider.exceptions import KernelApiError, KernelAuthError, KernelError, KernelNotFoundError
 from kernel_provider.hooks import api
 from kernel_provider.hooks.kernel import KernelHook
 from kernel_provider.models import Invocation, InvocationStatus
@@ -32,7 +32,7 @@ from kernel_provider.models import Invocation, InvocationStatus
 STREAM, POLL = WAIT_MODES
 MODES = WAIT_MODES
 #: Errors no retry can fix: the wait ends at once.
-FATAL_STATUS_CODES = frozenset({401, 403, 404})
+FATAL_ERRORS: tuple[type[KernelApiError], ...] = (KernelAuthError, KernelNotFoundError)
 
 
 class KernelInvocationTrigger(BaseTrigger):
@@ -191,10 +191,8 @@ class _Waiter:
         """One GET. Returns the final event when the wait is over (finished, or failed beyond recovery)."""
         try:
             invocation = await self.t.hook.aexecute(api.get_invocation(self.t.invocation_id))
-        except KernelApiError as exc:
-            if exc.status_code in FATAL_STATUS_CODES:
-                return make_event(ERROR, self.t.invocation_id, message=str(exc))
-            return self.count_failure(exc)
+        except FATAL_ERRORS as exc:
+            return make_event(ERROR, self.t.invocation_id, message=str(exc))
         except KernelError as exc:
             return self.count_failure(exc)
         self.failures = 0
@@ -254,10 +252,8 @@ class _Waiter:
                     elif kind == "error":
                         error = event.get("error") or {}
                         return progressed, None, f"error event {error.get('code')}: {error.get('message')}"
-        except KernelApiError as exc:
-            if exc.status_code in FATAL_STATUS_CODES:
-                return progressed, make_event(ERROR, self.t.invocation_id, message=str(exc)), ""
-            return progressed, None, str(exc)
+        except FATAL_ERRORS as exc:
+            return progressed, make_event(ERROR, self.t.invocation_id, message=str(exc)), ""
         except KernelError as exc:
             return progressed, None, str(exc)
         return progressed, None, "stream closed"

@@ -7,12 +7,12 @@ from email.utils import format_datetime
 
 import pytest
 
-from kernel_provider.exceptions import KernelApiError, KernelTransportError
+from kernel_provider.exceptions import KernelApiError, KernelTransportError, api_error_for_status
 from kernel_provider.hooks.retry import RetryPolicy, is_retryable, retry_after_seconds
 
 
 def api_error(status: int, **headers: str) -> KernelApiError:
-    return KernelApiError(status, "code", "message", headers=headers)
+    return api_error_for_status(status)(status, "code", "message", headers=headers)
 
 
 @pytest.mark.parametrize(
