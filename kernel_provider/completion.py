@@ -6,7 +6,9 @@ DB; the output itself is fetched by the worker once the wait is over.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from kernel_provider.exceptions import KernelError, KernelInvocationFailed
@@ -23,9 +25,18 @@ EVENT_STATUSES = frozenset({SUCCEEDED, FAILED, TIMEOUT, ERROR})
 
 
 def make_event(status: str, invocation_id: str, *, status_reason: str | None = None,
-               message: str = "") -> dict[str, Any]:
+               message: str = "", cancelled: bool = False) -> dict[str, Any]:
+    """The payload of a trigger event (small: Airflow stores it in its metadata DB).
+
+    :param status: one of :data:`EVENT_STATUSES`.
+    :param invocation_id: the invocation the event is about.
+    :param status_reason: Kernel's reason for a final state, if any.
+    :param message: a human-readable summary, cut to 2,000 characters.
+    :param cancelled: the trigger itself cancelled the invocation (at the deadline, ``cancel_on_timeout``), so the
+        task need not; False says nothing was cancelled by the trigger, not that the run is still going.
+    """
     return {"status": status, "invocation_id": invocation_id, "status_reason": status_reason,
-            "message": message[:2000]}
+            "message": message[:2000], "cancelled": bool(cancelled)}
 
 
 def event_for_invocation(invocation: Invocation) -> dict[str, Any]:
@@ -61,3 +72,37 @@ def finish(invocation: Invocation, *, fail_on_failure: bool = True, url: str | N
         raise KernelInvocationFailed(invocation, url)
     return {"id": invocation.id, "status": invocation.raw_status, "status_reason": invocation.status_reason,
             "output": invocation.result}
+
+
+#: Airflow 2 fails a deferred task at ``start_date + execution_timeout`` from its scheduler (without resuming it):
+#: a wait bounded by ``execution_timeout`` ends this much earlier there (at most a quarter of the timeout), so the
+#: trigger, which cancels the run, gets there first.
+AIRFLOW2_DEFERRAL_LEAD = 30.0
+
+
+def wait_deadline(context: Any, execution_timeout: timedelta | None, timeout: float | None, *,
+                  deferred: bool) -> float | None:
+    """The absolute deadline (epoch seconds) of a wait: the sooner of ``now + timeout`` and the task's
+    ``start_date + execution_timeout``; None when neither is set.
+
+    Airflow 3 does not enforce ``execution_timeout`` while a task is deferred, so the wait enforces it itself.
+    """
+    now = time.time()
+    limits = []
+    if timeout is not None:
+        limits.append(now + timeout)
+    if execution_timeout is not None:
+        ti = context.get("ti") if hasattr(context, "get") else None
+        started = getattr(getattr(ti, "start_date", None), "timestamp", None)
+        start = started() if callable(started) else now
+        budget = execution_timeout.total_seconds()
+        if deferred and _airflow2():
+            budget -= min(AIRFLOW2_DEFERRAL_LEAD, budget / 4)
+        limits.append(start + budget)
+    return min(limits) if limits else None
+
+
+def _airflow2() -> bool:
+    from airflow import __version__
+
+    return __version__.startswith("2.")

@@ -5,7 +5,6 @@ Importing this module makes no network call and stays cheap: DAG files import it
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -14,26 +13,24 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
 
-from kernel_provider.completion import ERROR, FAILED, TIMEOUT, WAIT_MODES, finish, validate_event
-from kernel_provider.exceptions import (
-    KernelAmbiguousCreateError,
-    KernelApiError,
-    KernelError,
-    KernelWaitTimeout,
-)
+from kernel_provider.completion import ERROR, FAILED, TIMEOUT, WAIT_MODES, finish, validate_event, wait_deadline
+from kernel_provider.exceptions import KernelError, KernelWaitTimeout
 from kernel_provider.validation import build_invoke_request, check_seconds
 
 if TYPE_CHECKING:
+    from kernel_provider.exceptions import KernelAmbiguousCreateError
     from kernel_provider.hooks.kernel import KernelHook
     from kernel_provider.models import Invocation
+    from kernel_provider.reconcile import CreateWindow, Outcome
+    from kernel_provider.run_record import RunRecord, RunRecordStore
 
 # The hook (requests, httpx, tenacity) and the trigger are imported when a task runs, not when a DAG file is
 # parsed: DAG parsing imports this module for every DAG that uses the operator.
 
 XCOM_INVOCATION_ID = "invocation_id"
 XCOM_INVOCATION_URL = "invocation_url"
-#: Stored (with the time) while a create is in flight; a retry that finds it reconciles before invoking.
-PENDING_MARK = "pending-create@"
+#: Seconds ``on_kill`` may spend cancelling: the worker is stopping the task and will not wait long.
+ON_KILL_BUDGET = 15.0
 _UNSET = object()
 
 
@@ -53,9 +50,11 @@ class KernelInvocationLink(BaseOperatorLink):
 class KernelInvokeOperator(BaseOperator):
     """Invokes an action of a deployed Kernel app (``POST /invocations``) and returns its output.
 
-    The invocation is created on the worker in ``execute()``, never in a trigger, and its id is recorded at
-    once (XCom ``invocation_id`` and ``invocation_url``, plus a retry-safe store), so a retry re-attaches to
-    it instead of starting a second run.
+    The invocation is created on the worker in ``execute()``, never in a trigger. Before the ``POST`` the task
+    instance records that a create is in flight, and then which invocation it got (see
+    :mod:`kernel_provider.run_record`), so an automatic retry continues its own run instead of starting a second
+    one, while a person's clear starts a fresh run. The id also goes to XCom (``invocation_id``,
+    ``invocation_url``).
 
     :param app_name: the deployed app (templated).
     :param action_name: the action to run (templated).
@@ -79,8 +78,14 @@ class KernelInvokeOperator(BaseOperator):
     :param stream_logs: copy the action's log lines into the task log while waiting.
     :param cancel_on_kill: cancel the invocation when the task is killed, marked failed/success or cleared
         (default True; for deferred tasks this needs Airflow 3.3+).
-    :param reattach_on_retry: on a retry, re-join the invocation a previous try started if it is still running,
-        return its output if it succeeded, invoke again only if it failed (default True).
+    :param reattach_on_retry: on an automatic retry, re-join the invocation a previous try started if it is still
+        running, return its output if it succeeded, invoke again only if it failed (default True). False: a retry
+        cancels a previous try's run that is still going and starts a new one (never two at once). A clear
+        always starts a new run, whatever this says.
+    :param reconcile_token: add a random per-try token to the payload (key ``_airflow_kernel_token``; the payload
+        must be a JSON object, and the action sees the extra key) so that a create whose answer was lost is
+        matched to its invocation exactly. Without it (default), a lost answer is settled only when Kernel lists no
+        invocation that could be it; otherwise the task fails naming the candidates, for a person to check.
     :param validate_action: check with ``GET /apps`` that the app, version and action exist before invoking;
         a mistake fails with the list of what exists (default False: one request fewer).
     :param fail_on_failure: a ``failed`` invocation fails the task (default). False returns
@@ -114,6 +119,7 @@ class KernelInvokeOperator(BaseOperator):
         stream_logs: bool = True,
         cancel_on_kill: bool = True,
         reattach_on_retry: bool = True,
+        reconcile_token: bool = False,
         validate_action: bool = False,
         fail_on_failure: bool = True,
         rate_limit_wait: float | None = None,
@@ -135,6 +141,7 @@ class KernelInvokeOperator(BaseOperator):
         self.stream_logs = stream_logs
         self.cancel_on_kill = cancel_on_kill
         self.reattach_on_retry = reattach_on_retry
+        self.reconcile_token = reconcile_token
         self.validate_action = validate_action
         self.fail_on_failure = fail_on_failure
         self.rate_limit_wait = rate_limit_wait
@@ -169,38 +176,30 @@ class KernelInvokeOperator(BaseOperator):
         return request
 
     def execute(self, context: Any) -> Any:
-        from kernel_provider.triggers.kernel import KernelInvocationTrigger
-        from kernel_provider.wait import InvocationIdStore
+        from kernel_provider.run_record import RunRecordStore
 
         request = self._validated_request()
-        store = InvocationIdStore(context)
-        invocation = self._reattach(store, request) if self.reattach_on_retry else None
+        records = RunRecordStore(context)
+        invocation = self._previous_run(records, request)
         if invocation is None:
             if self.validate_action:
                 self.hook.get_action(request["app_name"], request["action_name"], request["version"])
-            invocation = self._create(request, store)
+            invocation = self._create(request, records)
         self._remember(context, invocation.id)
 
         if not self.wait_for_completion and (request.get("async") or not invocation.is_terminal):
             # Submit only: the result is the id, whatever state a reconciled or re-attached invocation has
-            # reached by now; its outcome is for the sensor to report (finishing it here returned its output,
-            # or failed the task and let the retry invoke a second time).
+            # reached by now; its outcome is for the sensor to report. The id is handed off with the return
+            # value, so the record goes: a later clear must start a new run, not find this one.
+            records.forget()
             return invocation.id
         if invocation.is_terminal:
-            return self._finish(invocation, store)
+            return self._finish(invocation, records)
         latest = self.hook.get_invocation(invocation.id)
         if latest.is_terminal:
-            return self._finish(latest, store)
+            return self._finish(latest, records)
 
-        trigger = KernelInvocationTrigger(
-            invocation_id=invocation.id,
-            kernel_conn_id=self.kernel_conn_id,
-            end_time=self._deadline(context),
-            poll_interval=float(self.poll_interval),
-            mode=self.wait_mode,
-            stream_logs=self.stream_logs,
-            cancel_on_kill=self.cancel_on_kill,
-        )
+        trigger = self._trigger(invocation.id, context)
         if self.deferrable:
             self.defer(trigger=trigger, method_name="execute_complete")
         from kernel_provider.wait import wait_in_worker
@@ -210,118 +209,206 @@ class KernelInvokeOperator(BaseOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         """Resumes the task when the wait is over (called by Airflow after deferral, or directly)."""
-        from kernel_provider.wait import InvocationIdStore
+        from kernel_provider.run_record import RunRecordStore
 
         event = validate_event(event)
         invocation_id = event["invocation_id"]
         self.invocation_id = invocation_id
+        records = RunRecordStore(context)
         if event["status"] == TIMEOUT:
-            self._cancel(invocation_id, "the Airflow task's timeout passed")
+            if not event.get("cancelled"):
+                self._cancel(invocation_id, "the Airflow task's timeout passed")
+            records.forget()  # cancelled: a retry starts a new run
             raise KernelWaitTimeout(f"{event['message']} It was cancelled. "
                                     f"{self.hook.invocation_url(invocation_id)}")
         if event["status"] == ERROR:
-            # Kept in the id store: a retry re-attaches to the invocation, which may still be running.
+            # The record stays: a retry re-attaches to the invocation, which may still be running.
             raise KernelError(f"Waiting for invocation {invocation_id} failed: {event['message']}")
         invocation = self.hook.get_invocation(invocation_id)
         if not invocation.is_terminal and event["status"] == FAILED:
             raise KernelError(f"Invocation {invocation_id} was reported failed but is {invocation.raw_status}.")
-        return self._finish(invocation, InvocationIdStore(context))
+        return self._finish(invocation, records)
 
     def on_kill(self) -> None:
-        """The worker is stopping the task: cancel the invocation (best effort, bounded, never blocking)."""
+        """The worker is stopping the task: cancel the invocation (bounded, never blocking the kill)."""
         if not (self.cancel_on_kill and self.invocation_id):
             return
-        worker = threading.Thread(target=self._cancel, args=(self.invocation_id, "the Airflow task was killed"),
-                                  daemon=True)
-        worker.start()
-        worker.join(timeout=15)
+        self._cancel(self.invocation_id, "the Airflow task was killed", budget=ON_KILL_BUDGET)
 
     # --- steps ---------------------------------------------------------------------------------------------
 
-    def _reattach(self, store: Any, request: dict[str, Any]) -> Invocation | None:
-        previous = store.get()
-        if not previous:
+    def _trigger(self, invocation_id: str, context: Any) -> Any:
+        from kernel_provider.triggers.kernel import KernelInvocationTrigger
+
+        return KernelInvocationTrigger(
+            invocation_id=invocation_id,
+            kernel_conn_id=self.kernel_conn_id,
+            end_time=self._deadline(context),
+            poll_interval=float(self.poll_interval),
+            mode=self.wait_mode,
+            stream_logs=self.stream_logs,
+            cancel_on_kill=self.cancel_on_kill,
+            cancel_on_timeout=True,
+        )
+
+    def _previous_run(self, records: RunRecordStore, request: dict[str, Any]) -> Invocation | None:
+        """The run a previous try of this task instance started, when this try must continue it; else None.
+
+        Reads the record (failing before any request when it cannot), tells a retry from a clear, and on a
+        clear stops the old run if it is provably ours and still going.
+        """
+        from kernel_provider.run_record import TryKind, classify
+
+        record = records.get()
+        kind = classify(record, records.max_tries)
+        if record is None or kind is TryKind.FIRST:
             return None
-        if previous.startswith(PENDING_MARK):
-            # A previous try was creating when it died or failed ambiguously: find what it created, if anything.
-            since = datetime.fromisoformat(previous[len(PENDING_MARK):])
-            found = self._find_created(request, since, datetime.now(timezone.utc))
-            if found is None:
-                self.log.info("A previous try's create left no invocation behind; invoking now.")
-                return None
-            self.log.warning("A previous try created invocation %s before failing; using it.", found.id)
-            store.set(found.id)
-            previous = found.id
-            submitted_unseen = True  # that try never got to report it: it is this try's run, even if failed
-        else:
-            submitted_unseen = False
+        if kind is TryKind.CLEARED:
+            self.log.info("This task instance was cleared since try %d recorded its Kernel run (max_tries %d -> "
+                          "%s): starting a new run.", record.try_number, record.max_tries, records.max_tries)
+            self._retire(record, request)
+            records.forget()
+            return None
+        invocation = self._settle(record, request, records) if record.pending else self._lookup(record)
+        if invocation is None:
+            return None
+        if not self.reattach_on_retry and not invocation.is_terminal:
+            self._cancel(invocation.id, "the task was retried with reattach_on_retry=False")
+            return None
+        return invocation
+
+    def _lookup(self, record: RunRecord) -> Invocation | None:
+        """A retry: the previous try's invocation if it is to be continued (running, or finished well)."""
+        from kernel_provider.exceptions import KernelNotFoundError
+
+        assert record.invocation_id is not None
         try:
-            invocation = self.hook.get_invocation(previous)
-        except KernelApiError as exc:
-            if exc.status_code == 404:
-                self.log.info("The previous try's invocation %s no longer exists; invoking again.", previous)
-                return None
-            raise
-        if invocation.failed and not submitted_unseen:
-            self.log.info("The previous try's invocation %s failed (%s); invoking again.", previous,
+            invocation = self.hook.get_invocation(record.invocation_id)
+        except KernelNotFoundError:
+            self.log.info("The previous try's invocation %s no longer exists; invoking again.", record.invocation_id)
+            return None
+        if invocation.failed:
+            self.log.info("The previous try's invocation %s failed (%s); invoking again.", invocation.id,
                           invocation.status_reason)
             return None
         verb = "returning its output" if invocation.is_terminal else "re-attaching to it"
-        self.log.info("A previous try started invocation %s (%s); %s instead of invoking again.", previous,
-                      invocation.raw_status, verb)
+        self.log.info("Try %d started invocation %s (%s); %s instead of invoking again.", record.try_number,
+                      invocation.id, invocation.raw_status, verb)
         return invocation
 
-    def _create(self, request: dict[str, Any], store: Any) -> Invocation:
+    def _settle(self, record: RunRecord, request: dict[str, Any], records: RunRecordStore) -> Invocation | None:
+        """A retry after a create that never got an answer (the worker died, or Kernel's answer was lost)."""
+        from kernel_provider.reconcile import CreateWindow
+
+        assert record.sent_at is not None and record.window_end is not None
+        window = CreateWindow.from_epoch(record.sent_at, record.window_end)
+        self.log.warning("Try %d's create of %s/%s got no answer; looking for what it may have started (%s).",
+                         record.try_number, request["app_name"], request["action_name"], window.describe())
+        outcome = self._reconcile(self._with_token(request, record.token), window, record.token)
+        if outcome.ours is None:
+            self.log.info("Try %d's create started nothing; invoking now.", record.try_number)
+            return None
+        self.log.warning("Try %d's create started invocation %s; continuing it.", record.try_number,
+                         outcome.ours.id)
+        records.put(records.new(invocation_id=outcome.ours.id))
+        return outcome.ours
+
+    def _retire(self, record: RunRecord, request: dict[str, Any]) -> None:
+        """After a clear: stop the previous try's run if it is provably this task instance's and still going.
+        Never raises: a clear must always be able to start afresh."""
+        try:
+            invocation_id = record.invocation_id
+            if record.pending:
+                if record.token is None or record.sent_at is None or record.window_end is None:
+                    self.log.warning("Try %d's create got no answer and carried no reconcile token: if it started a "
+                                     "run, that run is not stopped. Check Kernel for invocations of %s/%s started "
+                                     "around %s.", record.try_number, request["app_name"], request["action_name"],
+                                     datetime.fromtimestamp(record.sent_at or 0, timezone.utc).isoformat())
+                    return
+                from kernel_provider.reconcile import CreateWindow
+
+                window = CreateWindow.from_epoch(record.sent_at, record.window_end)
+                outcome = self._reconcile(self._with_token(request, record.token), window, record.token,
+                                          loudly=False)
+                invocation_id = outcome.ours.id if outcome.ours is not None else None
+            if invocation_id is None:
+                return
+            previous = self.hook.get_invocation(invocation_id)
+            if not previous.is_terminal:
+                self._cancel(previous.id, "the task instance was cleared and starts a new run")
+        except Exception as exc:
+            self.log.warning("Could not check the previous try's Kernel run after the clear: %s", exc)
+
+    def _with_token(self, request: dict[str, Any], token: str | None) -> dict[str, Any]:
+        if token is None:
+            return request
+        from kernel_provider.reconcile import add_token
+
+        return {**request, "payload": add_token(request.get("payload"), token)}
+
+    def _create(self, request: dict[str, Any], records: RunRecordStore) -> Invocation:
+        from kernel_provider.exceptions import KernelAmbiguousCreateError
+        from kernel_provider.reconcile import CreateWindow, new_token
+
+        token = new_token() if self.reconcile_token else None
+        body = self._with_token(request, token)
         self.log.info("Invoking %s/%s@%s (%s).", request["app_name"], request["action_name"], request["version"],
                       "async" if request.get("async") else "sync")
-        # Marked before the request: if this worker dies mid-request, the retry looks before it invokes again.
-        store.set(PENDING_MARK + (datetime.now(timezone.utc) - timedelta(seconds=2)).isoformat())
-        from kernel_provider.hooks import api
-
+        sent = time.time()
+        # Recorded before the request (and the task fails here if it cannot be): if this worker dies
+        # mid-request, the retry looks for what the request started before it invokes again.
+        records.put(records.new(sent_at=sent, window_end=sent + self.hook.create_window_seconds(body), token=token))
         try:
-            invocation = self.hook.execute(api.create_invocation(request))
+            invocation = self.hook.create_invocation(body)
         except KernelAmbiguousCreateError as exc:
             self.log.warning("%s Reconciling by listing recent invocations.", exc)
-            invocation = self._reconcile(exc, request)
+            window = CreateWindow(datetime.fromtimestamp(sent, timezone.utc), datetime.now(timezone.utc))
+            invocation = self._reconcile_now(exc, body, window, token)
         except KernelError:
-            store.clear()  # refused (4xx, 429 budget, connection refused): certainly nothing was created
+            records.forget()  # refused (4xx, 429 budget, connection refused): certainly nothing was created
             raise
-        store.set(invocation.id)
+        records.put(records.new(invocation_id=invocation.id))
         self.log.info("Created invocation %s (%s).", invocation.id, invocation.raw_status)
         return invocation
 
-    def _reconcile(self, exc: KernelAmbiguousCreateError, request: dict[str, Any]) -> Invocation:
+    def _reconcile_now(self, exc: KernelAmbiguousCreateError, body: dict[str, Any], window: CreateWindow,
+                       token: str | None) -> Invocation:
+        """Right after an ambiguous create: Kernel's listing may lag its writes, so look a few times."""
         for attempt in range(3):
-            found = self._find_created(request, exc.window_start, exc.window_end)
-            if found is not None:
-                self.log.warning("Found invocation %s created by the failed request; using it.", found.id)
-                return found
+            outcome = self._reconcile(body, window, token)
+            if outcome.ours is not None:
+                self.log.warning("Found invocation %s created by the failed request; using it.", outcome.ours.id)
+                return outcome.ours
             time.sleep(1.0 + attempt)
-        raise KernelError(f"{exc} No such invocation was found, so it was probably not created; the task fails "
+        raise KernelError(f"{exc} No invocation from it was found, so it was probably not created; the task fails "
                           "rather than risk a duplicate (a retry of the task looks again before invoking).") from exc
 
-    def _find_created(self, request: dict[str, Any], since: datetime, until: datetime) -> Invocation | None:
-        """The one invocation of this app/action/payload started in the window; None if none; error if several."""
-        candidates = [
-            i for i in self.hook.list_invocations(app_name=request["app_name"], action_name=request["action_name"],
-                                                  since=since)
-            if (i.payload or None) == request.get("payload")
-            and (i.started_at is None or i.started_at <= until + timedelta(seconds=5))
-        ]
-        # Pages are newest first by offset: an invocation created while paging shifts the rest, so the same one
-        # can come back on two pages. Count distinct ids, or one run looks like several.
-        candidates = list({i.id: i for i in candidates}.values())
-        if len(candidates) > 1:
-            ids = ", ".join(i.id for i in candidates)
-            raise KernelError(f"Several invocations of {request['app_name']}/{request['action_name']} with this "
-                              f"payload started since {since.isoformat()} ({ids}); refusing to guess which one "
-                              "this task created.")
-        return candidates[0] if candidates else None
+    def _reconcile(self, body: dict[str, Any], window: CreateWindow, token: str | None, *,
+                   loudly: bool = True) -> Outcome:
+        """List and judge (see :mod:`kernel_provider.reconcile`); unsettled answers fail loudly, naming the
+        candidates and what a person should check."""
+        from kernel_provider.exceptions import KernelReconcileError
+        from kernel_provider.reconcile import reconcile
 
-    def _finish(self, invocation: Invocation, store: Any) -> Any:
+        outcome = reconcile(body, window, token, list_invocations=self.hook.list_invocations,
+                            get_invocation=self.hook.get_invocation)
+        if outcome.settled or not loudly:
+            return outcome
+        ids = [i.id for i in outcome.candidates]
+        listed = "; ".join(f"{i.id} ({i.raw_status or 'status unknown'}, started "
+                           f"{i.started_at.isoformat() if i.started_at else 'unknown'}) "
+                           f"{self.hook.invocation_url(i.id)}" for i in outcome.candidates) or "none listed"
+        raise KernelReconcileError(
+            f"A create of {body['app_name']}/{body['action_name']}@{body['version']} got no answer, and Kernel's "
+            f"records cannot settle whether it started a run: {outcome.reason}. Candidates in the request's window "
+            f"{window.describe()}: {listed}. Nothing was adopted and nothing was invoked. Check these invocations "
+            "in Kernel: if one is this task's, stop it or use its result; then clear this task to start a new run "
+            "(a clear always starts afresh). reconcile_token=True makes this check exact.", ids)
+
+    def _finish(self, invocation: Invocation, records: RunRecordStore) -> Any:
         url = self.hook.invocation_url(invocation.id)
         self.log.info("Invocation %s %s. %s", invocation.id, invocation.raw_status, url)
-        store.clear()
+        records.forget()  # the run has an outcome: a retry or a clear starts a new one
         return finish(invocation, fail_on_failure=self.fail_on_failure, url=url)
 
     def _remember(self, context: Any, invocation_id: str) -> None:
@@ -331,23 +418,19 @@ class KernelInvokeOperator(BaseOperator):
         ti = context["ti"]
         ti.xcom_push(key=XCOM_INVOCATION_ID, value=invocation_id)
         ti.xcom_push(key=XCOM_INVOCATION_URL, value=url)
+        link_key = getattr(KernelInvocationLink(), "xcom_key", None)
+        if link_key:
+            # Airflow 3 shows extra links from this XCom, which it writes only when the task ends: written now,
+            # the button works while the task waits on a worker.
+            ti.xcom_push(key=link_key, value=url)
 
     def _deadline(self, context: Any) -> float | None:
-        now = time.time()
-        limits = []
-        timeout = check_seconds("timeout", self.timeout, exclusive=True)
-        if timeout is not None:
-            limits.append(now + timeout)
-        if self.execution_timeout is not None:
-            ti = context.get("ti") if hasattr(context, "get") else None
-            started = getattr(getattr(ti, "start_date", None), "timestamp", None)
-            start = started() if callable(started) else now
-            limits.append(start + self.execution_timeout.total_seconds())
-        return min(limits) if limits else None
+        return wait_deadline(context, self.execution_timeout, check_seconds("timeout", self.timeout, exclusive=True),
+                             deferred=self.deferrable)
 
-    def _cancel(self, invocation_id: str, why: str) -> None:
+    def _cancel(self, invocation_id: str, why: str, budget: float | None = None) -> None:
         try:
-            self.hook.cancel_invocation(invocation_id, reason=f"Cancelled by Airflow: {why}")
+            self.hook.cancel_invocation(invocation_id, reason=f"Cancelled by Airflow: {why}", budget=budget)
             self.log.info("Cancelled invocation %s (%s).", invocation_id, why)
         except Exception as exc:
             self.log.warning("Could not cancel invocation %s: %s", invocation_id, exc)

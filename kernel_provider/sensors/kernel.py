@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -15,8 +14,14 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, finish, validate_event
-from kernel_provider.exceptions import KernelError, KernelRateLimitError, KernelServerError, KernelTransportError
+from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, finish, validate_event, wait_deadline
+from kernel_provider.exceptions import (
+    KernelError,
+    KernelInvocationFailed,
+    KernelRateLimitError,
+    KernelServerError,
+    KernelTransportError,
+)
 from kernel_provider.validation import check_seconds
 
 if TYPE_CHECKING:
@@ -40,7 +45,10 @@ class KernelInvocationSensor(BaseSensorOperator):
     :param stream_logs: copy the action's log lines into the task log (deferrable, stream mode).
     :param poke_interval: seconds between checks in poke/reschedule mode and poll mode.
     :param timeout: seconds to wait before failing with ``AirflowSensorTimeout`` (or skipping, with
-        ``soft_fail``). The invocation is NOT cancelled: the sensor only watches.
+        ``soft_fail``). The invocation is NOT cancelled: the sensor only watches. A deferred wait also ends at
+        ``start_date + execution_timeout``, which Airflow 3 does not enforce while a task is deferred.
+    :param soft_fail: skip instead of failing when the wait times out or the invocation ``failed`` (the same
+        in poke, reschedule and deferrable mode).
     """
 
     template_fields: Sequence[str] = ("invocation_id",)
@@ -94,7 +102,7 @@ class KernelInvocationSensor(BaseSensorOperator):
             trigger=KernelInvocationTrigger(
                 invocation_id=invocation_id,
                 kernel_conn_id=self.kernel_conn_id,
-                end_time=time.time() + float(self.timeout),
+                end_time=wait_deadline(context, self.execution_timeout, float(self.timeout), deferred=True),
                 poll_interval=float(self.poke_interval),
                 mode=self.wait_mode,
                 stream_logs=self.stream_logs,
@@ -131,4 +139,11 @@ class KernelInvocationSensor(BaseSensorOperator):
         invocation = invocation or self.hook.get_invocation(invocation_id)
         url = self.hook.invocation_url(invocation.id)
         self.log.info("Invocation %s %s. %s", invocation.id, invocation.raw_status, url)
-        return finish(invocation, fail_on_failure=self.fail_on_failure, url=url)
+        try:
+            return finish(invocation, fail_on_failure=self.fail_on_failure, url=url)
+        except KernelInvocationFailed as exc:
+            # Deferred, Airflow turns any error on resume into a skip under soft_fail; poke mode would fail.
+            # One rule for every mode: soft_fail skips on a failed invocation.
+            if self.soft_fail:
+                raise AirflowSkipException(f"soft_fail: {exc}") from exc
+            raise

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.standins import DictStateStore, FakeTI
+
 pytestmark = pytest.mark.chaos
 
 
@@ -33,18 +35,6 @@ def test_reduced_chaos_run_has_no_duplicates_no_losses_no_wrong_states() -> None
     assert rows["final states (succeeded/failed)"].count("/") == 1
 
 
-class _TI:
-    dag_id, task_id, run_id, map_index, try_number, start_date = "chaos", "submit", "run", -1, 1, None
-
-    def xcom_push(self, key: str, value: object, **_: object) -> None:
-        pass
-
-
-class _Store(dict):  # type: ignore[type-arg]
-    def set(self, key: str, value: object) -> None:
-        self[key] = value
-
-
 @pytest.mark.parametrize(("action", "payload"), [("fail", {"message": "planned"}), ("echo", {"k": "v"})])
 def test_submit_retry_after_a_failed_reconcile_returns_the_same_id(kernel_conn_env: object, action: str,
                                                                    payload: dict[str, str]) -> None:
@@ -58,11 +48,11 @@ def test_submit_retry_after_a_failed_reconcile_returns_the_same_id(kernel_conn_e
         {"route": "POST /invocations", "sequence": [{"status": 503, "after": True}]},
         {"route": "GET /invocations", "sequence": [{"status": 500, "should_retry": False}]},
     ])
-    context = {"ti": _TI(), "task_state_store": _Store()}
+    context = {"ti": FakeTI("submit"), "task_state_store": DictStateStore()}
 
     def submit() -> object:
         return KernelInvokeOperator(task_id="submit", app_name="demo", action_name=action, payload=payload,
-                                    wait_for_completion=False).execute(context)
+                                    wait_for_completion=False, reconcile_token=True).execute(context)
 
     with pytest.raises(Exception, match="500"):
         submit()

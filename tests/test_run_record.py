@@ -1,0 +1,56 @@
+"""The run record: its stored form, and how a retry is told from a clear (Airflow's ``max_tries`` rule)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kernel_provider.exceptions import KernelStateStoreError
+from kernel_provider.run_record import STATE_KEY, RunRecord, RunRecordStore, TryKind, classify
+from tests.standins import BrokenStateStore, DictStateStore, FakeTI
+
+
+def test_round_trip_of_a_pending_and_a_created_record() -> None:
+    pending = RunRecord(None, try_number=1, max_tries=2, sent_at=10.5, window_end=99.0, token="tok")
+    assert pending.pending
+    assert RunRecord.from_stored(pending.to_json()) == pending
+    created = RunRecord("inv1", try_number=2, max_tries=2)
+    assert not created.pending
+    assert RunRecord.from_stored(json.loads(created.to_json())) == created  # a dict, as a JSON store returns it
+    assert RunRecord.from_stored("") is None and RunRecord.from_stored(None) is None
+
+
+@pytest.mark.parametrize(
+    ("recorded_max_tries", "current_max_tries", "kind"),
+    [
+        (2, 2, TryKind.RETRY),  # retries leave max_tries alone
+        (2, 3, TryKind.CLEARED),  # a clear at try 1 with retries=2: max_tries = 1 + 2
+        (0, 1, TryKind.CLEARED),  # retries=0, cleared after try 1
+        (2, None, TryKind.RETRY),  # unknown: the safe side, never a second run
+    ],
+)
+def test_retry_or_clear_from_max_tries(recorded_max_tries: int, current_max_tries: int | None,
+                                       kind: TryKind) -> None:
+    record = RunRecord("inv", try_number=1, max_tries=recorded_max_tries)
+    assert classify(record, current_max_tries) is kind
+    assert classify(None, current_max_tries) is TryKind.FIRST
+
+
+def test_store_keeps_one_record_per_task_instance_in_the_state_store() -> None:
+    store = DictStateStore()
+    records = RunRecordStore({"ti": FakeTI(try_number=2, max_tries=3), "task_state_store": store})
+    records.put(records.new(invocation_id="inv9"))
+    assert RunRecord.from_stored(store.data[STATE_KEY]) == RunRecord("inv9", try_number=2, max_tries=3)
+    assert records.get() == RunRecord("inv9", try_number=2, max_tries=3)
+    records.forget()
+    assert records.get() is None
+
+
+def test_a_store_that_cannot_be_written_or_read_is_an_error_not_a_warning() -> None:
+    records = RunRecordStore({"ti": FakeTI(), "task_state_store": BrokenStateStore()})
+    with pytest.raises(KernelStateStoreError, match="fails before invoking"):
+        records.put(records.new(sent_at=1.0, window_end=2.0))
+    with pytest.raises(KernelStateStoreError, match="Nothing was invoked"):
+        records.get()
+    records.forget()  # best effort: never raises
