@@ -437,10 +437,10 @@ def verdict(jobs: list[Job], stats: dict[str, Any], truth: list[dict[str, Any]],
     created_by_payload: Counter[str] = Counter()
     for entry in stats["created_by_key"]:
         if entry["app_name"] == "demo" and entry["payload"] is not None:
-            created_by_payload[entry["payload"]] += entry["count"]
+            created_by_payload[_untokened_text(entry["payload"])] += entry["count"]
     by_payload: dict[str, list[dict[str, Any]]] = {}
     for inv in truth:
-        by_payload.setdefault(inv.get("payload") or "", []).append(inv)
+        by_payload.setdefault(_untokened_text(inv.get("payload") or ""), []).append(inv)
 
     details: dict[str, list[str]] = {"duplicates": [], "lost": [], "wrong": []}
     loud_nothing = 0
@@ -522,6 +522,16 @@ def _untokened(result: Any) -> Any:
     if isinstance(result, dict) and TOKEN_KEY in result:
         return {k: v for k, v in result.items() if k != TOKEN_KEY}
     return result
+
+
+def _untokened_text(payload: str) -> str:
+    """A created payload as the job wrote it: the reconcile token the operator added, removed."""
+    try:
+        data = json.loads(payload)
+    except (TypeError, ValueError):
+        return payload
+    stripped = _untokened(data)
+    return json.dumps(stripped, separators=(",", ":")) if stripped is not data else payload
 
 
 def format_table(rows: list[tuple[str, Any]]) -> str:

@@ -191,17 +191,35 @@ def delete_browsers(invocation_id: str) -> Operation[None]:
     return (yield ApiCall(DELETE_BROWSERS, {"id": invocation_id}, parse=lambda r: None))
 
 
+def cancel_output(reason: str | None = None) -> str:
+    """The ``output`` a cancel PATCH sets: ``{"error": reason}`` as JSON text (Kernel's own wording when None)."""
+    return json.dumps({"error": reason}) if reason else CANCEL_OUTPUT
+
+
+def cancel_steps(invocation_id: str, reason: str | None = None) -> tuple[Operation[Invocation], Operation[None]]:
+    """The two independent halves of a cancel, for a caller that runs them concurrently.
+
+    :param invocation_id: the invocation to stop (not checked here; the hook validates it).
+    :param reason: text stored in the invocation's output as ``{"error": reason}``; None uses Kernel's wording.
+    :returns: ``(patch, delete)``: :func:`update_invocation` to ``failed`` and :func:`delete_browsers`. Neither
+        tolerates a 404 by itself; the caller decides (see ``KernelHook.acancel_invocation``).
+    """
+    return update_invocation(invocation_id, "failed", cancel_output(reason)), delete_browsers(invocation_id)
+
+
 def cancel_invocation(invocation_id: str, reason: str | None = None) -> Operation[Invocation | None]:
-    """Stop a run: ``PATCH`` it ``failed`` (Kernel's only cancel), then delete its browsers.
+    """Stop a run one step after the other: ``PATCH`` it ``failed`` (Kernel's only cancel), then delete its browsers.
 
     Browsers are deleted even when the PATCH fails, because a past Kernel regression left them running.
     A 404 on either call is tolerated (already gone). Returns the invocation's state after the PATCH, if any.
+    The hook's ``cancel_invocation`` / ``acancel_invocation`` send both halves (:func:`cancel_steps`) at once
+    instead, so a slow PATCH cannot hold back the DELETE; this sequential form remains for callers that drive
+    a single operation.
     """
-    output = json.dumps({"error": reason}) if reason else CANCEL_OUTPUT
     result: Invocation | None = None
     patch_error: KernelApiError | None = None
     try:
-        result = yield from update_invocation(invocation_id, "failed", output)
+        result = yield from update_invocation(invocation_id, "failed", cancel_output(reason))
     except KernelNotFoundError:
         pass
     except KernelApiError as exc:

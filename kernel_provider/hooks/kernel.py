@@ -24,11 +24,12 @@ import contextlib
 import ipaddress
 import json
 import logging
+import threading
 import time
 import weakref
 import zlib
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -45,13 +46,14 @@ from kernel_provider.exceptions import (
     KernelConnectionConfigError,
     KernelError,
     KernelInputError,
+    KernelNotFoundError,
     KernelTransportError,
 )
 from kernel_provider.hooks import api
 from kernel_provider.hooks.api import ApiCall, ApiResponse, Operation
 from kernel_provider.hooks.retry import RetryPolicy
 from kernel_provider.models import AppVersion, Invocation
-from kernel_provider.validation import build_invoke_request, require_name
+from kernel_provider.validation import build_invoke_request, check_seconds, require_name
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -167,7 +169,10 @@ class KernelHook(BaseHook):
         """Settings fetched without blocking the event loop (trigger side).
 
         Cached for ``SETTINGS_TTL`` seconds: a triggerer shares one hook per connection among all its waits
-        (see :meth:`shared`), and a rotated key must still be picked up.
+        (see :meth:`shared`), and a rotated key must still be picked up. Sooner than that, a request Kernel
+        answers with 401/403 makes the hook read the connection again once (see :meth:`_reread_settings`).
+
+        :raises KernelConnectionConfigError: the connection is missing or malformed (no API key, bad extra...).
         """
         cached = self._async_settings
         if cached is not None and time.monotonic() - self._async_settings_at < SETTINGS_TTL:
@@ -175,21 +180,49 @@ class KernelHook(BaseHook):
         async with self._settings_lock:
             if self._async_settings is not None and time.monotonic() - self._async_settings_at < SETTINGS_TTL:
                 return self._async_settings
-            from airflow.providers.common.compat.connection import get_async_connection
+            return await self._load_settings_locked()
 
-            try:
-                conn = await get_async_connection(self.kernel_conn_id)
-            except KernelError:
-                raise
-            except Exception as exc:
-                raise KernelConnectionConfigError(
-                    f"kernel_conn_id={self.kernel_conn_id!r}", f"could not be loaded ({type(exc).__name__}).",
-                    "Create the connection (type Kernel) or set AIRFLOW_CONN_"
-                    f"{self.kernel_conn_id.upper()}.") from None
-            extra = conn.extra_dejson if not hasattr(conn, "aextra_dejson") else await conn.aextra_dejson()
-            self._async_settings = self._finish_settings(KernelSettings.from_connection(conn, extra))
-            self._async_settings_at = time.monotonic()
-        return self._async_settings
+    async def _load_settings_locked(self) -> KernelSettings:
+        """Look the connection up now and cache it; the caller holds ``_settings_lock``."""
+        from airflow.providers.common.compat.connection import get_async_connection
+
+        try:
+            conn = await get_async_connection(self.kernel_conn_id)
+        except KernelError:
+            raise
+        except Exception as exc:
+            raise KernelConnectionConfigError(
+                f"kernel_conn_id={self.kernel_conn_id!r}", f"could not be loaded ({type(exc).__name__}).",
+                "Create the connection (type Kernel) or set AIRFLOW_CONN_"
+                f"{self.kernel_conn_id.upper()}.") from None
+        extra = conn.extra_dejson if not hasattr(conn, "aextra_dejson") else await conn.aextra_dejson()
+        settings = self._finish_settings(KernelSettings.from_connection(conn, extra))
+        self._async_settings = settings
+        self._async_settings_at = time.monotonic()
+        return settings
+
+    async def _reread_settings(self, rejected: KernelSettings) -> KernelSettings | None:
+        """Kernel refused ``rejected`` (401/403): read the connection again, at once instead of after the TTL.
+
+        Every wait on a triggerer shares this hook, so after a key rotation many requests fail together: only
+        the first one that still holds the cached settings looks the connection up; the others find the newer
+        settings in the cache and use them.
+
+        :returns: the settings to retry with, or None when the connection still says what Kernel refused
+            (retrying could only be refused again) or could not be read (then the refusal is the error to report).
+        """
+        async with self._settings_lock:
+            current = self._async_settings
+            if current is None or current is rejected:
+                log.info("Kernel refused the API key of connection %r; reading the connection again.",
+                         self.kernel_conn_id)
+                self._async_settings = None  # dropped even if the lookup fails: the next call looks again
+                try:
+                    current = await self._load_settings_locked()
+                except KernelError as exc:
+                    log.warning("Could not read connection %r again: %s", self.kernel_conn_id, exc)
+                    return None
+        return None if _credentials(current) == _credentials(rejected) else current
 
     @classmethod
     def shared(cls, kernel_conn_id: str, component: str | None = None) -> KernelHook:
@@ -244,7 +277,24 @@ class KernelHook(BaseHook):
         body = build_invoke_request(app_name=app_name, action_name=action_name, version=version,
                                     payload=payload, invoke_async=invoke_async,
                                     async_timeout_seconds=async_timeout_seconds)
-        return self.execute(api.create_invocation(body))
+        return self.create_invocation(body)
+
+    def create_invocation(self, request: Mapping[str, Any]) -> Invocation:
+        """``POST /invocations`` with a body checked by :func:`~kernel_provider.validation.build_invoke_request`.
+
+        Never re-sent once it may have reached Kernel: such a failure raises
+        :class:`~kernel_provider.exceptions.KernelAmbiguousCreateError` (429s and refused connections, which
+        certainly created nothing, are retried within the connection's budgets).
+        """
+        return self.execute(api.create_invocation(request))
+
+    def create_window_seconds(self, request: Mapping[str, Any]) -> float:
+        """The longest a create of ``request`` can take from its first send until it can no longer reach Kernel:
+        the retry budgets (429s and refused connections are re-sent) plus the connect and read timeouts."""
+        settings = self.settings
+        read = settings.request_timeout if request.get("async") else api.SYNC_INVOKE_READ_TIMEOUT
+        retrying = max(settings.retry.rate_limit_budget, settings.retry.max_elapsed) + settings.retry.retry_after_cap
+        return retrying + settings.connect_timeout + read
 
     def get_invocation(self, invocation_id: str) -> Invocation:
         return self.execute(api.get_invocation(require_name("invocation_id", invocation_id)))
@@ -253,9 +303,100 @@ class KernelHook(BaseHook):
         """All invocations matching the filters of ``GET /invocations`` (pages followed; ``limit`` caps)."""
         return self.execute(api.list_invocations(**filters))
 
-    def cancel_invocation(self, invocation_id: str, reason: str | None = None) -> Invocation | None:
-        """PATCH the invocation ``failed`` and delete its browsers; a 404 (already gone) is not an error."""
-        return self.execute(api.cancel_invocation(require_name("invocation_id", invocation_id), reason))
+    def cancel_invocation(self, invocation_id: str, reason: str | None = None, *,
+                          budget: float | None = None) -> Invocation | None:
+        """Stop a run (worker side): PATCH the invocation ``failed`` and DELETE its browsers, both at once.
+
+        The two requests go out concurrently (the DELETE on a helper thread), so a slow or failing PATCH never
+        holds back the DELETE that frees the browsers. A 404 on either is not an error (already gone).
+
+        :param invocation_id: the invocation to stop.
+        :param reason: stored as the invocation's output ``{"error": reason}``; None uses Kernel's wording.
+            It does not change the ``status_reason`` Kernel reports.
+        :param budget: seconds this call may take in all. Each request's connect and read timeouts and its retry
+            window are cut to fit, and the call returns when the budget is spent even if a request is still
+            out (that request then ends on its own, within its cut timeouts). None: the connection's full
+            timeouts and retries, with no overall bound.
+        :returns: the invocation as the PATCH left it (``failed``, or its earlier final state when it had already
+            ended), or None when Kernel no longer knows it.
+        :raises KernelInputError: ``invocation_id`` or ``budget`` is not valid; nothing was sent.
+        :raises KernelError: after both requests have ended (or the budget is spent): the PATCH's error when the
+            PATCH failed, else the DELETE's. A request still out when the budget ends counts as a
+            :class:`KernelTransportError`.
+        """
+        invocation_id = require_name("invocation_id", invocation_id)
+        budget = check_seconds("budget", budget, exclusive=True)
+        deadline = None if budget is None else time.monotonic() + budget
+        settings = self.settings
+        patch, delete = api.cancel_steps(invocation_id, reason)
+        outcomes: dict[str, tuple[bool, Any]] = {}
+
+        def step(name: str, operation: Operation[Any]) -> None:
+            try:
+                outcomes[name] = (True, self._execute_within(operation, settings, deadline))
+            except KernelNotFoundError:
+                outcomes[name] = (True, None)
+            except BaseException as exc:  # handed to the caller below, on its own thread
+                outcomes[name] = (False, exc)
+
+        threads = [threading.Thread(target=step, args=(name, operation), daemon=True,
+                                    name=f"kernel-cancel-{name}-{invocation_id}")
+                   for name, operation in (("delete", delete), ("patch", patch))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            # Daemon threads: one still waiting for Kernel when the budget ends must not keep the worker alive.
+            thread.join(None if deadline is None else max(0.0, _time_left(deadline)))
+        return _cancel_outcome(invocation_id, budget, outcomes.get("patch"), outcomes.get("delete"))
+
+    async def acancel_invocation(self, invocation_id: str, reason: str | None = None, *,
+                                 budget: float | None = None) -> Invocation | None:
+        """Stop a run without blocking the event loop (trigger side); the async twin of :meth:`cancel_invocation`.
+
+        The PATCH (``failed``) and the DELETE of the browsers run as two tasks at once, so a slow or failing PATCH
+        never holds back the DELETE. A 404 on either is not an error (already gone). When this coroutine is
+        cancelled (e.g. by the triggerer's ``on_kill`` timeout), both requests are cancelled with it.
+
+        :param invocation_id: the invocation to stop.
+        :param reason: stored as the invocation's output ``{"error": reason}``; None uses Kernel's wording.
+            It does not change the ``status_reason`` Kernel reports.
+        :param budget: seconds this call may take in all, the connection lookup included. Each attempt's connect
+            and read timeouts are cut to the time left, retries stop when it is spent, and a request still out
+            at the end is cancelled. None: the connection's full timeouts and retries, with no overall bound.
+        :returns: the invocation as the PATCH left it, or None when Kernel no longer knows it.
+        :raises KernelInputError: ``invocation_id`` or ``budget`` is not valid; nothing was sent.
+        :raises KernelError: after both requests have ended (or the budget is spent): the PATCH's error when the
+            PATCH failed, else the DELETE's; a request cut off by the budget counts as a
+            :class:`KernelTransportError`.
+        """
+        invocation_id = require_name("invocation_id", invocation_id)
+        budget = check_seconds("budget", budget, exclusive=True)
+        deadline = None if budget is None else time.monotonic() + budget
+        try:
+            settings = await asyncio.wait_for(self.aget_settings(), None if deadline is None else _time_left(deadline))
+        except asyncio.TimeoutError:
+            raise KernelTransportError(f"the connection lookup took longer than the cancel budget ({budget:g}s)",
+                                       request_sent=False, method="PATCH",
+                                       path=f"/invocations/{invocation_id}") from None
+        patch, delete = api.cancel_steps(invocation_id, reason)
+
+        async def step(operation: Operation[Any]) -> tuple[bool, Any]:
+            try:
+                return True, await self._adrive(operation, settings, deadline)
+            except KernelNotFoundError:
+                return True, None
+            except KernelError as exc:
+                return False, exc
+
+        tasks = {name: asyncio.ensure_future(step(operation)) for name, operation in
+                 (("delete", delete), ("patch", patch))}
+        try:
+            await asyncio.wait(tasks.values(), timeout=None if deadline is None else max(0.0, _time_left(deadline)))
+        finally:
+            for task in tasks.values():
+                task.cancel()  # no-op for the finished ones; a request still out ends with the budget
+        outcomes = {name: task.result() for name, task in tasks.items() if task.done() and not task.cancelled()}
+        return _cancel_outcome(invocation_id, budget, outcomes.get("patch"), outcomes.get("delete"))
 
     def list_browsers(self, invocation_id: str) -> list[dict[str, Any]]:
         return self.execute(api.list_browsers(require_name("invocation_id", invocation_id)))
@@ -323,8 +464,19 @@ class KernelHook(BaseHook):
                 outcome = (False, exc)
 
     async def aexecute(self, operation: Operation[T]) -> T:
-        """Run an operation without blocking the event loop (trigger side); same retries as :meth:`execute`."""
-        settings = await self.aget_settings()
+        """Run an operation without blocking the event loop (trigger side); same retries as :meth:`execute`.
+
+        A request Kernel refuses with 401/403 makes the hook read the connection again (the cached settings may
+        hold a key that was rotated since) and, when the connection has changed, send it once more.
+
+        :param operation: an operation from :mod:`kernel_provider.hooks.api`, e.g. ``api.get_invocation(id)``.
+        :returns: the operation's result.
+        :raises KernelError: what the operation raises once the retry policy gives up.
+        """
+        return await self._adrive(operation, await self.aget_settings())
+
+    async def _adrive(self, operation: Operation[T], settings: KernelSettings, deadline: float | None = None) -> T:
+        """Drive ``operation`` over httpx; ``deadline`` (``time.monotonic()``) bounds every request's retries."""
         outcome: tuple[bool, Any] = (True, None)
         while True:
             try:
@@ -332,7 +484,27 @@ class KernelHook(BaseHook):
             except StopIteration as done:
                 return done.value
             try:
-                outcome = (True, await self._asend(call, settings))
+                outcome = (True, await self._asend(call, settings, deadline=deadline))
+            except KernelError as exc:
+                outcome = (False, exc)
+
+    def _execute_within(self, operation: Operation[T], settings: KernelSettings, deadline: float | None) -> T:
+        """Drive ``operation`` over requests with each call's timeouts and retries cut to the time left."""
+        outcome: tuple[bool, Any] = (True, None)
+        while True:
+            try:
+                call = operation.send(outcome[1]) if outcome[0] else operation.throw(outcome[1])
+            except StopIteration as done:
+                return done.value
+            try:
+                if deadline is None:
+                    outcome = (True, self._send(call, settings))
+                else:
+                    left = _time_left(deadline)
+                    if left <= 0:
+                        raise _out_of_budget(call)
+                    outcome = (True, self._send(_call_within(call, left), _settings_within(settings, left),
+                                                _policy_within(settings.retry, left)))
             except KernelError as exc:
                 outcome = (False, exc)
 
@@ -357,14 +529,39 @@ class KernelHook(BaseHook):
                 api.raise_for_status(call, response)
         return call.parse(response)
 
-    async def _asend(self, call: ApiCall[T], settings: KernelSettings) -> T:
+    async def _asend(self, call: ApiCall[T], settings: KernelSettings, *, deadline: float | None = None) -> T:
+        """One request under the retry policy. A 401/403 re-reads the connection once (the cached settings may
+        hold a rotated key) and, when the connection has changed, sends the request once more with it."""
+        try:
+            return await self._asend_retrying(call, settings, deadline)
+        except KernelAuthError:
+            fresh = await self._reread_settings(settings)
+            if fresh is None:
+                raise
+            log.info("Sending %s %s again with the connection read anew.", call.endpoint.method, call.path)
+            return await self._asend_retrying(call, fresh, deadline)
+
+    async def _asend_retrying(self, call: ApiCall[T], settings: KernelSettings, deadline: float | None) -> T:
         describe = f"{call.endpoint.method} {call.path}"
-        async for attempt in tenacity.AsyncRetrying(
-            **settings.retry.tenacity_kwargs(idempotent=call.endpoint.idempotent, describe=describe)
-        ):
+        if deadline is None:
+            retrying = settings.retry.tenacity_kwargs(idempotent=call.endpoint.idempotent, describe=describe)
+        else:
+            retrying = _policy_within(settings.retry, _time_left(deadline)).tenacity_kwargs(
+                idempotent=call.endpoint.idempotent, describe=describe)
+            stop, wait = retrying["stop"], retrying["wait"]
+            # No new attempt once the time is spent, and no backoff that would outlast it.
+            retrying["stop"] = lambda state: stop(state) or _time_left(deadline) <= 0
+            retrying["wait"] = lambda state: max(0.0, min(wait(state), _time_left(deadline)))
+        async for attempt in tenacity.AsyncRetrying(**retrying):
             with attempt:
+                this_call, this_settings = call, settings
+                if deadline is not None:
+                    left = _time_left(deadline)
+                    if left <= 0:
+                        raise _out_of_budget(call)
+                    this_call, this_settings = _call_within(call, left), _settings_within(settings, left)
                 async with _request_slots():
-                    response = await self._request_async(call, settings)
+                    response = await self._request_async(this_call, this_settings)
                 api.raise_for_status(call, response)
         return call.parse(response)
 
@@ -405,27 +602,30 @@ class KernelHook(BaseHook):
 
         Ends when the server closes the stream (normally right after the terminal ``invocation_state``).
         Raises :class:`KernelTransportError` when the stream cannot be opened, breaks, or is silent for longer
-        than ``silence_timeout`` seconds; :class:`KernelApiError` when Kernel refuses it. No retries here:
-        the caller decides how to resume (see the trigger).
+        than ``silence_timeout`` seconds; :class:`KernelApiError` when Kernel refuses it. No retries here
+        (the caller decides how to resume, see the trigger), except one: when Kernel refuses the key (401/403)
+        the connection is read again and, if it changed (a rotated key), the stream is opened once more with it.
+
+        :param invocation_id: the invocation to follow.
+        :param since: RFC 3339 timestamp; Kernel sends only events from then on (None: from the start).
+        :param silence_timeout: seconds without any byte (Kernel sends heartbeats) before the stream counts as
+            broken. Not a bound on the whole stream.
         """
-        from httpx_sse import SSEError, aconnect_sse
+        from httpx_sse import SSEError
 
         settings = await self.aget_settings()
         call: ApiCall[Any] = ApiCall(api.INVOCATION_EVENTS, {"id": invocation_id},
                                      params={"since": since} if since else {})
-        client = _shared_async_client(settings, invocation_id)
-        headers = {**settings.headers(), "Accept": "text/event-stream", "Cache-Control": "no-cache"}
         try:
             async with contextlib.AsyncExitStack() as stack:
-                async with _request_slots():  # only while opening: an open stream holds no slot
-                    source = await stack.enter_async_context(aconnect_sse(
-                        client, "GET", settings.base_url + call.path, params=call.query, headers=headers,
-                        timeout=httpx.Timeout(silence_timeout, connect=settings.connect_timeout)))
-                if source.response.status_code >= 400:
-                    body = await source.response.aread()
-                    api.raise_for_status(call, ApiResponse(source.response.status_code,
-                                                           {k.lower(): v for k, v in source.response.headers.items()},
-                                                           body))
+                try:
+                    source = await self._open_event_stream(stack, call, settings, silence_timeout)
+                except KernelAuthError:
+                    fresh = await self._reread_settings(settings)
+                    if fresh is None:
+                        raise
+                    log.info("Opening the event stream of %s again with the connection read anew.", invocation_id)
+                    source = await self._open_event_stream(stack, call, fresh, silence_timeout)
                 async for message in source.aiter_sse():
                     if not message.data:
                         continue
@@ -440,13 +640,40 @@ class KernelHook(BaseHook):
             raise KernelTransportError(_describe_httpx_error(exc), request_sent=True, method="GET",
                                        path=call.path) from None
 
+    async def _open_event_stream(self, stack: contextlib.AsyncExitStack, call: ApiCall[Any], settings: KernelSettings,
+                                 silence_timeout: float) -> Any:
+        """Open the SSE response of ``call`` (closed with ``stack``); raises :class:`KernelApiError` on a refusal,
+        after closing that refused response."""
+        from httpx_sse import aconnect_sse
+
+        client = _shared_async_client(settings, str(call.path_params.get("id", "")))
+        headers = {**settings.headers(), "Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        async with contextlib.AsyncExitStack() as attempt:
+            async with _request_slots():  # only while opening: an open stream holds no slot
+                source = await attempt.enter_async_context(aconnect_sse(
+                    client, "GET", settings.base_url + call.path, params=call.query, headers=headers,
+                    timeout=httpx.Timeout(silence_timeout, connect=settings.connect_timeout)))
+            if source.response.status_code >= 400:
+                body = await source.response.aread()
+                api.raise_for_status(call, ApiResponse(source.response.status_code,
+                                                       {k.lower(): v for k, v in source.response.headers.items()},
+                                                       body))
+            stack.push_async_exit(attempt.pop_all())  # opened: the caller's stack closes it from now on
+        return source
+
     # --- connection form (Airflow < 3.2; newer versions read get_provider_info) ----------------------------
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Provider info's kebab-case ``ui-field-behaviour`` in the snake-case keys Airflow < 3.2 validates.
+
+        Airflow 2.x checks this answer against ``customized_form_field_behaviours.schema.json`` (``hidden_fields``,
+        ``relabeling``, ``placeholders``) and silently drops a form customisation that does not match it.
+        """
         from kernel_provider.get_provider_info import get_provider_info
 
-        return dict(get_provider_info()["connection-types"][0]["ui-field-behaviour"])
+        behaviour = get_provider_info()["connection-types"][0]["ui-field-behaviour"]
+        return {key.replace("-", "_"): value for key, value in behaviour.items()}
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
@@ -524,6 +751,66 @@ async def close_shared_clients() -> None:
     _SSL_CONTEXTS.pop(loop, None)
     for client in _ASYNC_CLIENTS.pop(loop, {}).values():
         await client.aclose()
+
+
+def _credentials(settings: KernelSettings) -> tuple[Any, ...]:
+    """What decides whether Kernel accepts a request: a re-read connection that differs here is worth a retry."""
+    return settings.base_url, settings.api_key, settings.project_id, settings.verify
+
+
+#: Shortest timeout a budgeted request gets: a zero or negative timeout means "none" or an error to the clients.
+_MIN_TIMEOUT = 0.05
+
+
+def _time_left(deadline: float) -> float:
+    return deadline - time.monotonic()
+
+
+def _out_of_budget(call: ApiCall[Any]) -> KernelTransportError:
+    return KernelTransportError("no time left in the call's budget", request_sent=False,
+                                method=call.endpoint.method, path=call.path)
+
+
+def _call_within(call: ApiCall[T], left: float) -> ApiCall[T]:
+    """``call`` with its own read timeout (if it has one, e.g. a sync create) cut to ``left`` seconds."""
+    if call.read_timeout is None or call.read_timeout <= left:
+        return call
+    return replace(call, read_timeout=max(_MIN_TIMEOUT, left))
+
+
+def _settings_within(settings: KernelSettings, left: float) -> KernelSettings:
+    """``settings`` with connect and read timeouts cut to ``left`` seconds."""
+    left = max(_MIN_TIMEOUT, left)
+    return replace(settings, request_timeout=min(settings.request_timeout, left),
+                   connect_timeout=min(settings.connect_timeout, left))
+
+
+def _policy_within(policy: RetryPolicy, budget: float) -> RetryPolicy:
+    """A retry policy that fits ``budget`` seconds: the same attempts, with the retry window, the backoffs and the
+    honoured ``Retry-After`` shrunk so that several attempts fit (a 30 s cancel budget is not spent on one wait)."""
+    budget = max(_MIN_TIMEOUT, budget)
+    return RetryPolicy(
+        max_attempts=policy.max_attempts,
+        max_elapsed=min(policy.max_elapsed, budget),
+        backoff_initial=min(policy.backoff_initial, budget / 8),
+        backoff_max=min(policy.backoff_max, budget / 4),
+        retry_after_cap=min(policy.retry_after_cap, budget / 4),
+        rate_limit_budget=min(policy.rate_limit_budget, budget),
+    )
+
+
+def _cancel_outcome(invocation_id: str, budget: float | None, patch: tuple[bool, Any] | None,
+                    delete: tuple[bool, Any] | None) -> Invocation | None:
+    """The result of a cancel from its two halves (``(ok, value or error)``; None: still out at the deadline)."""
+    for endpoint, outcome in ((api.UPDATE_INVOCATION, patch), (api.DELETE_BROWSERS, delete)):
+        if outcome is None:
+            path = ApiCall(endpoint, {"id": invocation_id}).path
+            raise KernelTransportError(f"no answer within the cancel budget ({budget or 0:g}s)", request_sent=True,
+                                       method=endpoint.method, path=path)
+        if not outcome[0]:
+            raise outcome[1]
+    assert patch is not None
+    return patch[1]
 
 
 def _body_headers(settings: KernelSettings, call: ApiCall[Any]) -> dict[str, str]:

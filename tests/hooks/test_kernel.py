@@ -16,6 +16,7 @@ import pytest
 from kernel_provider.exceptions import (
     KernelAmbiguousCreateError,
     KernelApiError,
+    KernelAuthError,
     KernelConnectionConfigError,
     KernelInputError,
     KernelTransportError,
@@ -336,6 +337,177 @@ async def test_stream_events_yields_logs_then_terminal_state(hook: KernelHook, k
     assert kinds[0] == "invocation_state" and kinds[-1] == "invocation_state"
     assert events[-1]["invocation"]["status"] == "succeeded"
     assert [e["message"].strip() for e in events if e["event"] == "log"] == ["line 0", "line 1", "line 2"]
+
+
+# --- cancel within a budget ----------------------------------------------------------------------------------
+
+PATCH_ONE = "PATCH /invocations/{id}"
+
+
+def _browsing(hook: KernelHook, emulator: Any, count: int = 2) -> str:
+    """An invocation holding ``count`` browsers for an hour."""
+    inv = hook.invoke("demo", "browse", payload={"count": count, "seconds": 3600}, invoke_async=True)
+    deadline = time.monotonic() + 10
+    while len(emulator.invocation(inv.id)["_emulator"]["browsers"]) < count:
+        assert time.monotonic() < deadline, "the browse action should hold its browsers"
+        time.sleep(0.02)
+    return inv.id
+
+
+def _cancel_requests(emulator: Any, inv_id: str) -> list[tuple[str, int | None]]:
+    return [(r["method"], r["status"]) for r in emulator.requests(path=f"/invocations/{inv_id}/browsers")
+            if r["method"] == "DELETE"] + [
+        (r["method"], r["status"]) for r in emulator.requests(path=f"/invocations/{inv_id}", method="PATCH")]
+
+
+def test_cancel_within_budget_deletes_browsers_while_the_patch_hangs(hook: KernelHook, kernel_emulator: Any) -> None:
+    """A PATCH slower than the budget: the call returns when the budget is spent, the DELETE has gone through."""
+    inv_id = _browsing(hook, kernel_emulator)
+    kernel_emulator.set_faults({"rules": [{"route": PATCH_ONE, "fault": {"delay": 10}}]})
+    started = time.monotonic()
+    with pytest.raises(KernelTransportError) as info:
+        hook.cancel_invocation(inv_id, reason="stop", budget=1.0)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, elapsed  # the budget (1 s) plus scheduling slack, far below the PATCH's 10 s
+    assert info.value.method == "PATCH"
+    assert kernel_emulator.invocation(inv_id)["_emulator"]["browsers"] == []
+    assert ("DELETE", 204) in _cancel_requests(kernel_emulator, inv_id)
+
+
+async def test_async_cancel_within_budget_deletes_browsers_while_the_patch_hangs(
+        hook: KernelHook, kernel_emulator: Any) -> None:
+    inv_id = await asyncio.to_thread(_browsing, hook, kernel_emulator)
+    kernel_emulator.set_faults({"rules": [{"route": PATCH_ONE, "fault": {"delay": 10}}]})
+    started = time.monotonic()
+    with pytest.raises(KernelTransportError) as info:
+        await KernelHook(retry_policy=FAST_RETRY).acancel_invocation(inv_id, reason="stop", budget=1.0)
+    assert time.monotonic() - started < 2.0
+    assert info.value.method == "PATCH"
+    assert kernel_emulator.invocation(inv_id)["_emulator"]["browsers"] == []
+    assert ("DELETE", 204) in _cancel_requests(kernel_emulator, inv_id)
+
+
+@pytest.mark.parametrize("side", ["sync", "async"])
+async def test_cancel_with_a_failing_patch_still_deletes_and_raises_the_patch_error(
+        hook: KernelHook, kernel_emulator: Any, side: str) -> None:
+    inv_id = await asyncio.to_thread(_browsing, hook, kernel_emulator)
+    kernel_emulator.set_faults({"rules": [{"route": PATCH_ONE, "fault": {"status": 500}}]})
+    with pytest.raises(KernelApiError) as info:
+        if side == "sync":
+            await asyncio.to_thread(hook.cancel_invocation, inv_id, None, budget=5.0)
+        else:
+            await KernelHook(retry_policy=FAST_RETRY).acancel_invocation(inv_id, budget=5.0)
+    assert info.value.status_code == 500 and info.value.method == "PATCH"
+    assert kernel_emulator.invocation(inv_id)["_emulator"]["browsers"] == []
+    patches = kernel_emulator.requests(path=f"/invocations/{inv_id}", method="PATCH")
+    assert 1 < len(patches) <= FAST_RETRY.max_attempts  # retried within the budget, then given up
+
+
+@pytest.mark.parametrize("side", ["sync", "async"])
+async def test_cancel_without_budget_keeps_the_full_retries(hook: KernelHook, kernel_emulator: Any,
+                                                            side: str) -> None:
+    inv_id = await asyncio.to_thread(_browsing, hook, kernel_emulator)
+    kernel_emulator.set_faults({"rules": [{"route": PATCH_ONE, "sequence": [{"status": 503}, {"status": 502}]}]})
+    if side == "sync":
+        cancelled = await asyncio.to_thread(hook.cancel_invocation, inv_id, "no budget")
+    else:
+        cancelled = await KernelHook(retry_policy=FAST_RETRY).acancel_invocation(inv_id, "no budget")
+    assert cancelled is not None and cancelled.failed
+    assert json.loads(kernel_emulator.invocation(inv_id)["output"]) == {"error": "no budget"}
+    assert [r["status"] for r in kernel_emulator.requests(path=f"/invocations/{inv_id}", method="PATCH")] == [
+        503, 502, 200]
+    assert kernel_emulator.invocation(inv_id)["_emulator"]["browsers"] == []
+
+
+async def test_async_cancel_of_unknown_invocation_is_tolerated(hook: KernelHook) -> None:
+    assert await KernelHook().acancel_invocation("a" * 24, budget=5) is None
+
+
+@pytest.mark.parametrize("budget", [0, -1, "5", float("nan"), True])
+async def test_cancel_budget_is_checked_before_any_request(hook: KernelHook, kernel_emulator: Any,
+                                                           budget: Any) -> None:
+    with pytest.raises(KernelInputError, match="budget"):
+        hook.cancel_invocation("a" * 24, budget=budget)
+    with pytest.raises(KernelInputError, match="budget"):
+        await KernelHook().acancel_invocation("a" * 24, budget=budget)
+    assert kernel_emulator.requests() == []
+
+
+# --- a rotated API key (trigger side) -------------------------------------------------------------------------
+
+
+def rotate_key(emulator: Any, monkeypatch: pytest.MonkeyPatch, new_key: str, *, connection_key: str | None) -> None:
+    """Kernel now accepts only ``new_key``; the Airflow connection is changed to ``connection_key`` (None: left
+    alone). The emulator has no route for this: its accepted tokens are changed in-process."""
+    emulator._call(lambda: setattr(emulator.store.config, "tokens", (new_key,)))
+    if connection_key is not None:
+        monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(emulator.url, connection_key))
+
+
+async def test_rotated_key_is_read_again_and_the_request_retried_once(
+        hook: KernelHook, kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    inv = await asyncio.to_thread(hook.invoke, "demo", "echo", payload=1)
+    shared = KernelHook.shared("kernel_default")
+    await shared.aget_settings()  # cached with the old key, as a long-running triggerer would have it
+    rotate_key(kernel_emulator, monkeypatch, "rotated-key", connection_key="rotated-key")
+    assert (await shared.aexecute(api.get_invocation(inv.id))).succeeded
+    seen = kernel_emulator.requests(path=f"/invocations/{inv.id}", method="GET")
+    assert [(r["auth"], r["status"]) for r in seen] == [("invalid", 401), ("valid", 200)]
+    # The stream now opens with the settings read again (no second refusal).
+    events = [e async for e in shared.stream_events(inv.id, silence_timeout=10)]
+    assert events[-1]["invocation"]["status"] == "succeeded"
+
+
+async def test_rotated_key_on_opening_the_event_stream(hook: KernelHook, kernel_emulator: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    inv = await asyncio.to_thread(hook.invoke, "demo", "logs", payload={"lines": 2, "interval": 0.01},
+                                  invoke_async=True)
+    shared = KernelHook.shared("kernel_default")
+    await shared.aget_settings()
+    rotate_key(kernel_emulator, monkeypatch, "rotated-key", connection_key="rotated-key")
+    events = [e async for e in shared.stream_events(inv.id, silence_timeout=10)]
+    assert [e["message"].strip() for e in events if e["event"] == "log"] == ["line 0", "line 1"]
+    streams = kernel_emulator.requests(path=f"/invocations/{inv.id}/events")
+    assert [(r["auth"], r["status"]) for r in streams] == [("invalid", 401), ("valid", 200)]
+
+
+@pytest.mark.parametrize("connection_key", [None, "another-wrong-key"])
+async def test_refused_key_is_read_again_once_then_the_error_stands(
+        hook: KernelHook, kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        connection_key: str | None) -> None:
+    """Unchanged connection: one re-read, no second request. Changed but still wrong: one retry, then the 401."""
+    inv = await asyncio.to_thread(hook.invoke, "demo", "echo", payload=1)
+    shared = KernelHook.shared("kernel_default")
+    await shared.aget_settings()
+    rotate_key(kernel_emulator, monkeypatch, "rotated-key", connection_key=connection_key)
+    with caplog.at_level(logging.INFO, logger="kernel_provider"):
+        with pytest.raises(KernelAuthError):
+            await shared.aexecute(api.get_invocation(inv.id))
+        with pytest.raises(KernelAuthError):
+            async for _ in shared.stream_events(inv.id, silence_timeout=10):
+                pass
+    gets = kernel_emulator.requests(path=f"/invocations/{inv.id}", method="GET")
+    streams = kernel_emulator.requests(path=f"/invocations/{inv.id}/events")
+    expected = 1 if connection_key is None else 2
+    assert [r["status"] for r in gets] == [401] * expected
+    # The stream starts from the settings read again: refused once, re-read once more, not retried again.
+    assert [r["status"] for r in streams] == [401]
+    rereads = [r for r in caplog.records if "reading the connection again" in r.getMessage()]
+    assert len(rereads) == 2  # one per refused call, never a loop
+    assert not any(key in caplog.text for key in ("rotated-key", "another-wrong-key", kernel_emulator.token))
+
+
+async def test_refused_key_with_a_connection_that_cannot_be_read_again_reports_the_refusal(
+        hook: KernelHook, kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    inv = await asyncio.to_thread(hook.invoke, "demo", "echo", payload=1)
+    shared = KernelHook.shared("kernel_default")
+    await shared.aget_settings()
+    rotate_key(kernel_emulator, monkeypatch, "rotated-key", connection_key=None)
+    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", json.dumps({"conn_type": "kernel", "host": kernel_emulator.url}))
+    with pytest.raises(KernelAuthError):  # the 401, not the broken connection met while reading it again
+        await shared.aexecute(api.get_invocation(inv.id))
+    with pytest.raises(KernelConnectionConfigError):  # the settings were dropped: the next call looks again
+        await shared.aget_settings()
 
 
 # --- connection handling ------------------------------------------------------------------------------------

@@ -145,6 +145,25 @@ def test_timeout_with_soft_fail_skips(kernel_conn_env, deferrable):
     assert kernel_conn_env.invocation(invocation_id(dr))["status"] == "running"
 
 
+@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
+def test_a_failed_invocation_with_soft_fail_skips_in_every_mode(kernel_conn_env, mode):
+    """One rule in every mode (Airflow alone skips on resume but fails in poke mode)."""
+    kwargs = {"deferrable": True} if mode == "deferrable" else {"mode": mode}
+    dr = run_dag(sensor_dag("fail", {"message": "planned"}, soft_fail=True, **kwargs))
+    assert states(dr) == {"invoke": "success", "wait": "skipped"}
+    assert kernel_conn_env.invocation(invocation_id(dr))["status"] == "failed"
+
+
+def test_deferred_wait_ends_at_execution_timeout(kernel_conn_env):
+    """Airflow 3 does not enforce execution_timeout while a task is deferred: the sensor's own deadline does."""
+    import datetime
+
+    dr = run_dag(sensor_dag("slow", None, deferrable=True, timeout=3600, poke_interval=0.2,
+                            execution_timeout=datetime.timedelta(seconds=3)))
+    assert states(dr) == {"invoke": "success", "wait": "failed"}
+    assert kernel_conn_env.invocation(invocation_id(dr))["status"] == "running"  # a sensor never cancels
+
+
 def test_unknown_invocation_fails(kernel_conn_env):
     with make_dag("kernel_sensor_404") as dag:
         KernelInvocationSensor(task_id="wait", invocation_id="nosuchinvocation00000000", poke_interval=0.1,

@@ -9,17 +9,35 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import time
+from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from kernel_provider.hooks.kernel import KernelHook
-from kernel_provider.triggers.kernel import KernelInvocationTrigger
-from tests.airflow_helpers import EVENTS, GET_ONE, gated_kernel, kernel_lines, requests_for, seen, wait_until
+from kernel_provider.triggers.kernel import LOG_CURSOR_XCOM_KEY, KernelInvocationTrigger, _on_kill_budget
+from tests.airflow_helpers import (
+    AF2,
+    AF3,
+    EVENTS,
+    GET_ONE,
+    gated_kernel,
+    kernel_lines,
+    make_dag,
+    requests_for,
+    run_dag,
+    seen,
+    task,
+    ti_map,
+    wait_until,
+    xcom,
+)
 from tests.helpers import conn_json
 
-EVENT_KEYS = {"status", "invocation_id", "status_reason", "message"}
+EVENT_KEYS = {"status", "invocation_id", "status_reason", "message", "cancelled"}
 
 
 __all__ = ["gated_kernel"]  # a fixture
@@ -229,11 +247,13 @@ def test_serialize_is_primitives_only_and_deadline_is_absolute():
     end_time = time.time() + 600
     t = KernelInvocationTrigger(invocation_id="abc", kernel_conn_id="my_kernel", end_time=end_time,
                                 poll_interval=2, mode="poll", stream_logs=False, max_consecutive_failures=7,
-                                silence_timeout=9, max_stream_failures=3, cancel_on_kill=False)
+                                silence_timeout=9, max_stream_failures=3, cancel_on_kill=False,
+                                cancel_on_timeout=True)
     classpath, kwargs = t.serialize()
     assert classpath == "kernel_provider.triggers.kernel.KernelInvocationTrigger"
     assert json.loads(json.dumps(kwargs)) == kwargs  # plain JSON, no objects
     assert all(v is None or isinstance(v, (str, int, float, bool)) for v in kwargs.values())
+    assert kwargs["cancel_on_timeout"] is True and kwargs["cancel_on_kill"] is False
     # The deadline is wall-clock time, so it means the same thing after a triggerer restart on another host.
     assert kwargs["end_time"] == end_time
     assert abs(kwargs["end_time"] - time.time() - 600) < 60
@@ -332,3 +352,319 @@ async def test_no_replay_when_log_streaming_is_off(kernel_conn_env):
     kernel_conn_env.wait_for(inv_id)
     assert (await run_to_event(trigger(inv_id, stream_logs=False)))["status"] == "succeeded"
     assert EVENTS not in [r["route"] for r in requests_for(kernel_conn_env, inv_id)]
+
+
+# --- A. on_kill cancels within the triggerer's on_kill_timeout ----------------------------------------------------
+
+
+def browsing(emulator: Any, count: int = 2) -> str:
+    """An invocation holding ``count`` browsers for an hour."""
+    inv_id = start("browse", {"count": count, "seconds": 3600})
+    wait_until(lambda: len(emulator.invocation(inv_id)["_emulator"]["browsers"]) == count, f"{count} browsers")
+    return inv_id
+
+
+@pytest.mark.parametrize(("setting", "budget"), [(None, 24.0), ("10", 8.0), ("0.5", 1.0)])
+def test_on_kill_budget_is_read_from_the_triggerer_setting(monkeypatch, setting, budget):
+    if setting is None:
+        monkeypatch.delenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", setting)
+    assert _on_kill_budget() == pytest.approx(budget)
+
+
+async def test_on_kill_deletes_the_browsers_within_its_budget_while_the_patch_hangs(kernel_conn_env, monkeypatch):
+    """The PATCH hangs longer than on_kill may take: the DELETE still reaches Kernel and on_kill returns in time."""
+    monkeypatch.setenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", "2")  # budget: 80% = 1.6 s
+    inv_id = browsing(kernel_conn_env)
+    t = trigger(inv_id)
+    waiting = asyncio.ensure_future(run_to_event(t))
+    await asyncio.to_thread(wait_until, lambda: seen(kernel_conn_env, EVENTS)(), "the trigger to follow the stream")
+    kernel_conn_env.set_faults({"rules": [{"route": "PATCH /invocations/{id}", "fault": {"delay": 10}}]})
+
+    started = time.monotonic()
+    await t.on_kill()
+    assert time.monotonic() - started < 2.0  # inside [triggerer] on_kill_timeout, far below the PATCH's 10 s
+
+    deletes = [r for r in requests_for(kernel_conn_env, inv_id) if r["method"] == "DELETE"]
+    assert [(r["route"], r["status"]) for r in deletes] == [("/invocations/{id}/browsers", 204)]
+    assert kernel_conn_env.invocation(inv_id)["_emulator"]["browsers"] == []
+    patches = [r for r in requests_for(kernel_conn_env, inv_id) if r["method"] == "PATCH"]
+    assert patches and all(r["status"] is None for r in patches)  # sent, never answered within the budget
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+# --- B. cancel at the deadline ------------------------------------------------------------------------------------
+
+
+async def test_deadline_with_cancel_on_timeout_stops_the_run_before_the_event(kernel_conn_env):
+    inv_id = browsing(kernel_conn_env, count=1)
+    event = await run_to_event(trigger(inv_id, end_time=time.time() + 1.0, cancel_on_timeout=True))
+    assert event["status"] == "timeout" and event["cancelled"] is True
+    assert "cancelled it" in event["message"]
+    inv = kernel_conn_env.invocation(inv_id)
+    assert inv["status"] == "failed" and inv["_emulator"]["browsers"] == []
+    methods = [(r["method"], r["route"], r["status"]) for r in requests_for(kernel_conn_env, inv_id)]
+    assert ("PATCH", "/invocations/{id}", 200) in methods
+    assert ("DELETE", "/invocations/{id}/browsers", 204) in methods
+
+
+async def test_deadline_already_passed_cancels_without_waiting(kernel_conn_env):
+    inv_id = start("slow")
+    event = await run_to_event(trigger(inv_id, end_time=time.time() - 1, cancel_on_timeout=True))
+    assert event["status"] == "timeout" and event["cancelled"] is True
+    assert sorted(r["method"] for r in requests_for(kernel_conn_env, inv_id)) == ["DELETE", "PATCH"]  # no GET
+    assert kernel_conn_env.invocation(inv_id)["status"] == "failed"
+
+
+async def test_deadline_cancel_that_fails_is_reported_in_the_event(kernel_conn_env, monkeypatch):
+    inv_id = start("slow")
+    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT",
+                       conn_json(kernel_conn_env.url, kernel_conn_env.token, max_retries=0))
+    kernel_conn_env.set_faults({"rules": [{"route": "PATCH /invocations/{id}", "fault": {"status": 500}}]})
+    event = await run_to_event(trigger(inv_id, end_time=time.time() - 1, cancel_on_timeout=True))
+    assert event["status"] == "timeout" and event["cancelled"] is False
+    assert "could not cancel" in event["message"]
+    assert kernel_conn_env.invocation(inv_id)["status"] == "running"  # the task's own cancel is still to come
+
+
+# --- real task instances (C and E) --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def airflow_ti(airflow_db: Any) -> Iterator[tuple[Any, Any]]:
+    """``(task instance as the triggerer hands it to a trigger, its DagRun)``, from a real ``dag.test()`` run.
+
+    Airflow 2 gives triggers the ORM TaskInstance. Airflow 3 gives them a ``TaskInstanceDTO`` and serves their XCom
+    calls through the triggerer's supervisor; here the in-process supervisor that ``dag.test()`` itself uses for
+    triggers serves them (same request handlers, execution API and DB).
+    """
+    dag = make_dag("kernel_trigger_ti")
+    with dag:
+        @task
+        def noop() -> None:
+            return None
+
+        noop()
+    dr = run_dag(dag)
+    ti = ti_map(dr)["noop"]
+    if AF2:
+        yield ti, dr
+        return
+    import psutil
+    import structlog
+    from airflow.executors.workloads.task import TaskInstanceDTO
+    from airflow.sdk.execution_time.supervisor import (
+        InProcessSupervisorComms,
+        InProcessTestSupervisor,
+        set_supervisor_comms,
+    )
+
+    dto = TaskInstanceDTO.model_validate(ti, from_attributes=True)
+    supervisor = InProcessTestSupervisor(id=dto.id, pid=os.getpid(), process=psutil.Process(),
+                                         process_log=structlog.get_logger(logger_name="task").bind(),
+                                         client=InProcessTestSupervisor._api_client())
+    supervisor.comms = InProcessSupervisorComms(supervisor=supervisor)
+    with set_supervisor_comms(supervisor.comms):
+        yield dto, dr
+
+
+def set_ti_state(dr: Any, state: str | None, next_method: str | None) -> None:
+    """What a user action or the scheduler leaves in the metadata DB (mark, clear, timeout sweep, event)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id, task_id="noop").one()
+        row.state = state
+        row.next_method = next_method
+
+
+def cancel_requests(emulator: Any, inv_id: str) -> list[str]:
+    return sorted(r["method"] for r in requests_for(emulator, inv_id) if r["method"] in ("PATCH", "DELETE"))
+
+
+# --- C. Airflow 2: cleanup() stops the run when the task was stopped from outside ----------------------------------
+
+STOPPED = [("failed", None), ("success", None), (None, None), ("up_for_retry", None), ("scheduled", "__fail__")]
+NOT_STOPPED = [("deferred", "execute_complete"), ("scheduled", "execute_complete"), ("queued", "execute_complete")]
+
+
+@pytest.mark.skipif(AF3, reason="Airflow 3 cancels in on_kill; cleanup() never does")
+@pytest.mark.parametrize(("state", "next_method"), STOPPED + NOT_STOPPED)
+async def test_airflow2_cleanup_cancels_only_when_the_task_was_stopped(kernel_conn_env, airflow_ti, state,
+                                                                       next_method):
+    """Marked success/failed, cleared, or failed by the deferral-timeout sweep: cancel. Still deferred (triggerer
+    shutdown or handover) or resuming with an event: leave the run alone."""
+    ti, dr = airflow_ti
+    inv_id = browsing(kernel_conn_env, count=1)
+    set_ti_state(dr, state, next_method)
+    t = trigger(inv_id)
+    t.task_instance = ti
+    await t.cleanup()  # the wait was cancelled before it fired any event
+    inv = kernel_conn_env.invocation(inv_id)
+    if (state, next_method) in STOPPED:
+        assert cancel_requests(kernel_conn_env, inv_id) == ["DELETE", "PATCH"]
+        assert inv["status"] == "failed" and inv["_emulator"]["browsers"] == []
+        assert "Airflow task instance" in json.loads(inv["output"])["error"]
+    else:
+        assert cancel_requests(kernel_conn_env, inv_id) == []
+        assert inv["status"] == "running"
+
+
+@pytest.mark.skipif(AF3, reason="Airflow 2 only")
+async def test_airflow2_cleanup_after_the_event_or_without_cancel_on_kill_never_cancels(kernel_conn_env, airflow_ti):
+    ti, dr = airflow_ti
+    set_ti_state(dr, "scheduled", "__fail__")
+    finished = start("echo", {"x": 1})
+    t = trigger(finished)
+    t.task_instance = ti
+    assert (await run_to_event(t))["status"] == "succeeded"
+    await t.cleanup()
+    running = start("slow")
+    quiet = trigger(running, cancel_on_kill=False)
+    quiet.task_instance = ti
+    await quiet.cleanup()
+    assert cancel_requests(kernel_conn_env, finished) == [] and cancel_requests(kernel_conn_env, running) == []
+
+
+@pytest.mark.skipif(AF3, reason="Airflow 2 only")
+async def test_airflow2_cleanup_with_an_unreadable_task_instance_leaves_the_run(kernel_conn_env, caplog):
+    inv_id = start("slow")
+    t = trigger(inv_id)
+    t.task_instance = SimpleNamespace(task_id="t")  # no dag_id/run_id: nothing to look up
+    await t.cleanup()
+    assert kernel_conn_env.invocation(inv_id)["status"] == "running"
+
+
+@pytest.mark.skipif(AF2, reason="Airflow 3: on_kill does the job")
+async def test_airflow3_cleanup_never_cancels_even_for_a_stopped_task(kernel_conn_env, airflow_ti):
+    ti, dr = airflow_ti
+    set_ti_state(dr, "failed", None)
+    inv_id = start("slow")
+    t = trigger(inv_id)
+    t.task_instance = ti
+    await t.cleanup()
+    assert cancel_requests(kernel_conn_env, inv_id) == []
+
+
+# --- D. a rotated API key -----------------------------------------------------------------------------------------
+
+
+def rotate_key(emulator: Any, monkeypatch: Any, new_key: str, *, connection_key: str | None) -> None:
+    """Kernel now accepts only ``new_key``; the Airflow connection is changed to ``connection_key`` (None: left
+    alone). The emulator has no route for this: its accepted tokens are changed in-process."""
+    emulator._call(lambda: setattr(emulator.store.config, "tokens", (new_key,)))
+    if connection_key is not None:
+        monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(emulator.url, connection_key))
+
+
+async def test_key_rotated_during_the_wait_is_read_again_and_the_wait_completes(gated_kernel, monkeypatch, caplog,
+                                                                               capfd):
+    inv_id, gate = start_gated(gated_kernel, before=2, after=2, interval=0.02)
+    # silence_timeout: the stream opened with the old key breaks while the action waits at its gate, so the
+    # trigger must send new requests (GET, then a new stream) with settings cached under the old key.
+    t = trigger(inv_id, silence_timeout=1.0)
+    waiting = asyncio.ensure_future(run_to_event(t))
+    await asyncio.to_thread(wait_until, seen(gated_kernel, EVENTS), "the first stream")
+    rotated_at = len(requests_for(gated_kernel, inv_id))
+    rotate_key(gated_kernel, monkeypatch, "rotated-key", connection_key="rotated-key")
+    opened = gate.open_when(lambda: any(r["route"] == EVENTS and r["status"] == 200
+                                        for r in requests_for(gated_kernel, inv_id)[rotated_at:]),
+                            "a stream opened with the new key")
+    event = await asyncio.wait_for(waiting, timeout=60)
+    opened()
+    assert event["status"] == "succeeded"
+    after = [(r["route"], r["auth"], r["status"]) for r in requests_for(gated_kernel, inv_id)[rotated_at:]]
+    assert after[:3] == [(GET_ONE, "invalid", 401), (GET_ONE, "valid", 200), (EVENTS, "valid", 200)]
+    assert sum(status == 401 for _, _, status in after) == 1
+    assert kernel_lines(inv_id, caplog, capfd) == [f"line {i}" for i in range(4)]
+
+
+@pytest.mark.parametrize("connection_key", [None, "another-wrong-key"])
+async def test_key_refused_during_the_wait_fails_after_one_reread(gated_kernel, monkeypatch, connection_key):
+    inv_id, gate = start_gated(gated_kernel, before=1)
+    t = trigger(inv_id, silence_timeout=1.0)
+    waiting = asyncio.ensure_future(run_to_event(t))
+    await asyncio.to_thread(wait_until, seen(gated_kernel, EVENTS), "the first stream")
+    rotated_at = len(requests_for(gated_kernel, inv_id))
+    rotate_key(gated_kernel, monkeypatch, "rotated-key", connection_key=connection_key)
+    event = await asyncio.wait_for(waiting, timeout=60)
+    gate.open()
+    assert event["status"] == "error" and "401" in event["message"]
+    assert "wrong-key" not in event["message"] and gated_kernel.token not in event["message"]
+    after = [(r["route"], r["status"]) for r in requests_for(gated_kernel, inv_id)[rotated_at:]]
+    # Unchanged connection: re-read once, nothing re-sent. Changed (still wrong): re-sent once, then the error.
+    assert after == [(GET_ONE, 401)] * (1 if connection_key is None else 2)
+
+
+# --- E. no duplicated log lines across trigger restarts -----------------------------------------------------------
+
+
+async def test_restarted_trigger_logs_only_the_lines_the_first_did_not(gated_kernel, airflow_ti, caplog, capfd):
+    ti, dr = airflow_ti
+    set_ti_state(dr, "deferred", "execute_complete")  # a restart happens while the task is deferred
+    inv_id, gate = start_gated(gated_kernel, before=3, after=3, interval=0.02)
+    first = trigger(inv_id)
+    first.task_instance = ti
+    gen = first.run()
+    waiting = asyncio.ensure_future(gen.__anext__())
+    # The position is saved while the wait goes on, not only when the trigger stops.
+    while await asyncio.to_thread(xcom, dr, "noop", LOG_CURSOR_XCOM_KEY) is None:
+        assert not waiting.done()
+        await asyncio.sleep(0.05)
+    waiting.cancel()  # the triggerer goes away mid-stream...
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await gen.aclose()
+    await first.cleanup()  # ...and, as it always does, calls cleanup(), which writes the latest position
+    first_lines = kernel_lines(inv_id, caplog, capfd)
+    caplog.clear()
+    cursor = await asyncio.to_thread(xcom, dr, "noop", LOG_CURSOR_XCOM_KEY)
+    assert cursor["invocation_id"] == inv_id and cursor["since"] and cursor["try_number"] == ti.try_number
+    assert len(json.dumps(cursor)) < 500  # small: a timestamp and a few digests, never the lines themselves
+    assert first_lines and gated_kernel.invocation(inv_id)["status"] == "running"
+
+    classpath, kwargs = first.serialize()
+    module, _, name = classpath.rpartition(".")
+    second = getattr(importlib.import_module(module), name)(**json.loads(json.dumps(kwargs)))
+    second.task_instance = ti  # the same task instance try, picked up again by a (new) triggerer
+    restarted_at = len(requests_for(gated_kernel, inv_id))
+    opened = gate.open_when(
+        lambda: any(r["route"] == EVENTS for r in requests_for(gated_kernel, inv_id)[restarted_at:]),
+        "the second trigger to follow the stream")
+    event = await run_to_event(second)
+    opened()
+    await second.cleanup()
+    second_lines = kernel_lines(inv_id, caplog, capfd)
+
+    assert event["status"] == "succeeded"
+    assert first_lines + second_lines == [f"line {i}" for i in range(6)]  # every line once, in order
+    streams = [r for r in requests_for(gated_kernel, inv_id)[restarted_at:] if r["route"] == EVENTS]
+    assert "since=" in streams[0]["query"]  # resumed where the first trigger stopped logging
+
+
+async def test_log_cursor_is_not_kept_for_a_wait_without_task_instance(gated_kernel, airflow_ti):
+    """Workers run wait() directly (no task instance): nothing is read or written."""
+    _ti, dr = airflow_ti
+    inv_id, gate = start_gated(gated_kernel, before=1, after=1)
+    gate.open()
+    t = trigger(inv_id)
+    assert (await t.wait())["status"] == "succeeded"
+    await t.cleanup()
+    assert await asyncio.to_thread(xcom, dr, "noop", LOG_CURSOR_XCOM_KEY) is None
+
+
+async def test_a_log_cursor_that_cannot_be_stored_never_fails_the_wait(gated_kernel, airflow_ti, caplog, capfd):
+    """A task instance whose DAG run does not exist: reading finds nothing, writing fails; the wait succeeds."""
+    inv_id, gate = start_gated(gated_kernel, before=2, after=2, interval=0.02)
+    gate.open()
+    t = trigger(inv_id)
+    t.task_instance = SimpleNamespace(dag_id="no_such_dag", task_id="noop", run_id="no_such_run", map_index=-1,
+                                      try_number=1)
+    event = await run_to_event(t)
+    await t.cleanup()
+    assert event["status"] == "succeeded"
+    assert kernel_lines(inv_id, caplog, capfd) == [f"line {i}" for i in range(4)]
