@@ -201,6 +201,9 @@ class KernelInvokeOperator(BaseOperator):
 
         trigger = self._trigger(invocation.id, context)
         if self.deferrable:
+            from kernel_provider.triggers.kernel import seed_log_cursor
+
+            seed_log_cursor(context["ti"], invocation.id)
             self.defer(trigger=trigger, method_name="execute_complete")
         from kernel_provider.wait import wait_in_worker
 

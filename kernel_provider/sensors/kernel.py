@@ -96,7 +96,9 @@ class KernelInvocationSensor(BaseSensorOperator):
         invocation = self.hook.get_invocation(invocation_id)
         if invocation.is_terminal:
             return self._complete(invocation_id)
-        from kernel_provider.triggers.kernel import KernelInvocationTrigger
+        from kernel_provider.triggers.kernel import KernelInvocationTrigger, seed_log_cursor
+
+        seed_log_cursor(context["ti"], invocation_id)
 
         self.defer(
             trigger=KernelInvocationTrigger(

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import random
 import threading
 import time
@@ -76,6 +77,7 @@ CURSOR_RETRY_AFTER_FAILURE = 30.0
 CURSOR_MAX_DIGESTS = 256
 AIRFLOW_2 = AIRFLOW_VERSION.startswith("2.")
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class KernelInvocationTrigger(BaseTrigger):
@@ -432,6 +434,19 @@ class _Waiter:
                                      if isinstance(v, int) and not isinstance(v, bool) and v > 0})
         self.log.info("Resuming the log of Kernel invocation %s after %s (lines before were logged by an earlier "
                       "run of this trigger).", self.t.invocation_id, since)
+
+
+def seed_log_cursor(ti: Any, invocation_id: str) -> None:
+    """Push the empty log position a deferred wait starts from (XCom ``kernel_log_cursor``), from the worker.
+
+    The trigger reads the position when it starts; finding one already there spares Airflow 3's triggerer an
+    "XCom not found" error in the task log on every first start. Best effort: the trigger copes without it.
+    """
+    try:
+        ti.xcom_push(key=LOG_CURSOR_XCOM_KEY, value={"invocation_id": invocation_id, "since": None, "seen": {},
+                                                     "try_number": int(getattr(ti, "try_number", 0) or 0)})
+    except Exception as exc:
+        log.debug("Could not seed the log position of Kernel invocation %s: %s", invocation_id, exc)
 
 
 def _timestamp_key(stamp: str) -> str:
