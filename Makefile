@@ -55,7 +55,9 @@ test-af3: $(VENV)/.installed
 
 test-af2: $(VENV_AF2)/.installed
 	@echo "==> pytest on Airflow 2.11"
-	@AIRFLOW_HOME=$(CURDIR)/.airflow/af2 $(VENV_AF2)/bin/python -m pytest -m "not e2e and not browser" $(PYTEST_ARGS)
+	@AIRFLOW_HOME=$(CURDIR)/.airflow/af2 $(VENV_AF2)/bin/python -m pytest -m "not e2e and not e2e_af2 and not browser" $(PYTEST_ARGS)
+	@echo "==> end-to-end on a real Airflow 2.11 scheduler + triggerer"
+	@AIRFLOW_HOME=$(CURDIR)/.airflow/af2 $(VENV_AF2)/bin/python -m pytest -m e2e_af2 tests/e2e $(PYTEST_ARGS)
 
 ## make demo: start the emulator with a demo app and run every example DAG on it.
 demo: $(VENV)/.installed

@@ -43,7 +43,7 @@ from collections import Counter
 from typing import Any
 
 from bench.common import emulator, table
-from kernel_provider.models import parse_timestamp
+from kernel_provider.client.models import parse_timestamp
 
 SUBJECTS = ("ours-stream", "ours-poll", "dbt-style", "sdk-poll", "sdk-follow")
 OURS = ("ours-stream", "ours-poll")
@@ -197,9 +197,9 @@ def child_main(args: argparse.Namespace) -> int:
     import kernel_provider.triggers.kernel  # noqa: F401
 
     if args.pool_shards:  # diagnosis only: compare connection-pool layouts of the hook
-        import kernel_provider.hooks.kernel as hook_module
+        import kernel_provider.client.transport as transport_module
 
-        hook_module._POOL_SHARDS = args.pool_shards
+        transport_module.POOL_SHARDS = args.pool_shards
     conn = json.loads(os.environ["AIRFLOW_CONN_KERNEL_DEFAULT"])
     wait_one = make_subject(args.child, args.poll_interval, conn["host"], conn["password"], args.dbt_client)
 

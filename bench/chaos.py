@@ -270,7 +270,7 @@ from tests.standins import DictStateStore, FakeTI  # noqa: E402  (the shared sta
 
 
 def chaos_retry_policy() -> Any:
-    from kernel_provider.hooks.retry import RetryPolicy
+    from kernel_provider.client.retry import RetryPolicy
 
     return RetryPolicy(max_attempts=6, max_elapsed=60, backoff_initial=0.1, backoff_max=1.0,
                        retry_after_cap=5, rate_limit_budget=120)
@@ -409,10 +409,9 @@ async def drive(job: Job, pool: ThreadPoolExecutor) -> None:
 async def run_all(jobs: list[Job], concurrency: int) -> None:
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="chaos") as pool:
         await asyncio.gather(*(drive(job, pool) for job in jobs))
-    from kernel_provider.hooks.kernel import _ASYNC_CLIENTS
+    from kernel_provider.hooks.kernel import close_shared_clients
 
-    for client in _ASYNC_CLIENTS.get(asyncio.get_running_loop(), {}).values():
-        await client.aclose()
+    await close_shared_clients()
 
 
 # --------------------------------------------------------------------------------------------- verdict

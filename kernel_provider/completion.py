@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from kernel_provider.exceptions import KernelError, KernelInvocationFailed
-from kernel_provider.models import Invocation, InvocationStatus
+from kernel_provider.client.errors import KernelError, KernelInvocationFailed
+from kernel_provider.client.models import Invocation, InvocationStatus
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"

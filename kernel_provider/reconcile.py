@@ -29,8 +29,8 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
-from kernel_provider.exceptions import KernelInputError
-from kernel_provider.models import Invocation
+from kernel_provider.client.errors import KernelInputError
+from kernel_provider.client.models import Invocation
 
 #: Seconds added to each side of a create's window for clock skew between the worker and Kernel.
 CLOCK_MARGIN = 5.0
@@ -91,6 +91,7 @@ class Outcome:
 
     @property
     def settled(self) -> bool:
+        """The answer is certain: no candidate is left open and nothing made it undecidable."""
         return not self.candidates and not self.reason
 
 

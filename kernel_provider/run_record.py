@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
 
-from kernel_provider.exceptions import KernelStateStoreError
+from kernel_provider.client.errors import KernelStateStoreError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kernel_provider.hooks.retry import RetryPolicy
+from kernel_provider.client.retry import RetryPolicy
 
 #: Retry bounds that keep tests quick while still exercising every retry path.
 FAST_RETRY = RetryPolicy(max_attempts=4, max_elapsed=30, backoff_initial=0.05, backoff_max=0.2,

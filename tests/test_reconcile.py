@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from kernel_provider.client.models import Invocation
 from kernel_provider.exceptions import KernelInputError
-from kernel_provider.models import Invocation
 from kernel_provider.reconcile import (
     CLOCK_MARGIN,
     MAX_SCAN,

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
 
+from kernel_provider.client.errors import KernelError, KernelWaitTimeout
+from kernel_provider.client.validation import build_invoke_request, check_seconds
 from kernel_provider.completion import ERROR, FAILED, TIMEOUT, WAIT_MODES, finish, validate_event, wait_deadline
-from kernel_provider.exceptions import KernelError, KernelWaitTimeout
-from kernel_provider.validation import build_invoke_request, check_seconds
 
 if TYPE_CHECKING:
-    from kernel_provider.exceptions import KernelAmbiguousCreateError
+    from kernel_provider.client.errors import KernelAmbiguousCreateError
+    from kernel_provider.client.models import Invocation
     from kernel_provider.hooks.kernel import KernelHook
-    from kernel_provider.models import Invocation
     from kernel_provider.reconcile import CreateWindow, Outcome
     from kernel_provider.run_record import RunRecord, RunRecordStore
 
@@ -40,6 +40,12 @@ class KernelInvocationLink(BaseOperatorLink):
     name = "Kernel invocation"
 
     def get_link(self, operator: Any, dttm: Any = None, *, ti_key: Any = None) -> str:
+        """The dashboard URL the task pushed as XCom ``invocation_url``; "" when there is none (yet).
+
+        :param operator: the task; one that never created an invocation gets "" without an XCom lookup.
+        :param dttm: Airflow 2's logical date argument, unused (``ti_key`` identifies the try).
+        :param ti_key: the task instance whose XCom is read; None (no run to link to) gives "".
+        """
         # A live operator that never created an invocation has nothing to link: skip the XCom lookup, which
         # Airflow 3 would otherwise report as an error next to the task's real one.
         if ti_key is None or getattr(operator, "invocation_id", _UNSET) is None:
@@ -150,8 +156,10 @@ class KernelInvokeOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> KernelHook:
+        """The hook of ``kernel_conn_id`` (created on first use, when the task runs: never at DAG parse), with
+        ``rate_limit_wait`` as its 429 budget when given."""
+        from kernel_provider.client.retry import RetryPolicy
         from kernel_provider.hooks.kernel import KernelHook
-        from kernel_provider.hooks.retry import RetryPolicy
 
         policy = None
         if self.rate_limit_wait is not None:
@@ -176,6 +184,11 @@ class KernelInvokeOperator(BaseOperator):
         return request
 
     def execute(self, context: Any) -> Any:
+        """Check the arguments, continue a previous try's run or create one, then wait (deferred or here).
+
+        :returns: the action's decoded output (or the invocation id with ``wait_for_completion=False``; the
+            failure dict with ``fail_on_failure=False``).
+        """
         from kernel_provider.run_record import RunRecordStore
 
         request = self._validated_request()
@@ -282,7 +295,7 @@ class KernelInvokeOperator(BaseOperator):
 
     def _lookup(self, record: RunRecord) -> Invocation | None:
         """A retry: the previous try's invocation if it is to be continued (running, or finished well)."""
-        from kernel_provider.exceptions import KernelNotFoundError
+        from kernel_provider.client.errors import KernelNotFoundError
 
         assert record.invocation_id is not None
         try:
@@ -350,7 +363,7 @@ class KernelInvokeOperator(BaseOperator):
         return {**request, "payload": add_token(request.get("payload"), token)}
 
     def _create(self, request: dict[str, Any], records: RunRecordStore) -> Invocation:
-        from kernel_provider.exceptions import KernelAmbiguousCreateError
+        from kernel_provider.client.errors import KernelAmbiguousCreateError
         from kernel_provider.reconcile import CreateWindow, new_token
 
         token = new_token() if self.reconcile_token else None
@@ -390,7 +403,7 @@ class KernelInvokeOperator(BaseOperator):
                    loudly: bool = True) -> Outcome:
         """List and judge (see :mod:`kernel_provider.reconcile`); unsettled answers fail loudly, naming the
         candidates and what a person should check."""
-        from kernel_provider.exceptions import KernelReconcileError
+        from kernel_provider.client.errors import KernelReconcileError
         from kernel_provider.reconcile import reconcile
 
         outcome = reconcile(body, window, token, list_invocations=self.hook.list_invocations,

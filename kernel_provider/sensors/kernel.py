@@ -14,15 +14,15 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, finish, validate_event, wait_deadline
-from kernel_provider.exceptions import (
+from kernel_provider.client.errors import (
     KernelError,
     KernelInvocationFailed,
     KernelRateLimitError,
     KernelServerError,
     KernelTransportError,
 )
-from kernel_provider.validation import check_seconds
+from kernel_provider.client.validation import check_seconds
+from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, finish, validate_event, wait_deadline
 
 if TYPE_CHECKING:
     from kernel_provider.hooks.kernel import KernelHook
@@ -76,6 +76,7 @@ class KernelInvocationSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> KernelHook:
+        """The hook of ``kernel_conn_id`` (created when the task runs, never at DAG parse)."""
         from kernel_provider.hooks.kernel import KernelHook
 
         return KernelHook(kernel_conn_id=self.kernel_conn_id)
@@ -90,6 +91,10 @@ class KernelInvocationSensor(BaseSensorOperator):
         return self.invocation_id.strip()
 
     def execute(self, context: Any) -> Any:
+        """Poke or reschedule like any sensor, or (deferrable) check once and defer to the trigger.
+
+        :returns: the invocation's decoded output when it is already finished; otherwise the wait continues.
+        """
         invocation_id = self._check_arguments()
         if not self.deferrable:
             return super().execute(context)
@@ -114,6 +119,8 @@ class KernelInvocationSensor(BaseSensorOperator):
         )
 
     def poke(self, context: Any) -> PokeReturnValue | bool:
+        """One ``GET``: done (with the output as XCom) once the invocation finished. A Kernel hiccup (transport
+        error, 5xx, 429, already retried by the client) is not the outcome: it returns False to try again."""
         try:
             invocation = self.hook.get_invocation(self._check_arguments())
         except (KernelTransportError, KernelServerError, KernelRateLimitError) as exc:
@@ -127,6 +134,10 @@ class KernelInvocationSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=self._complete(invocation.id, invocation))
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        """Resumes the deferred sensor with the trigger's event: times out, fails, or returns the output.
+
+        :param event: the trigger's payload; anything unexpected (or None) fails rather than passing as success.
+        """
         event = validate_event(event)
         if event["status"] == TIMEOUT:
             message = f"Sensor timed out: {event['message']}"

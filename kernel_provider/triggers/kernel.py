@@ -48,11 +48,10 @@ from typing import Any, NamedTuple, TypeVar
 from airflow import __version__ as AIRFLOW_VERSION
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from kernel_provider.client.errors import KernelApiError, KernelAuthError, KernelError, KernelNotFoundError
+from kernel_provider.client.models import Invocation, InvocationStatus
 from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, event_for_invocation, make_event
-from kernel_provider.exceptions import KernelApiError, KernelAuthError, KernelError, KernelNotFoundError
-from kernel_provider.hooks import api
 from kernel_provider.hooks.kernel import KernelHook
-from kernel_provider.models import Invocation, InvocationStatus
 
 STREAM, POLL = WAIT_MODES
 MODES = WAIT_MODES
@@ -325,7 +324,7 @@ class _Waiter:
     async def check(self) -> dict[str, Any] | None:
         """One GET. Returns the final event when the wait is over (finished, or failed beyond recovery)."""
         try:
-            invocation = await self.t.hook.aexecute(api.get_invocation(self.t.invocation_id))
+            invocation = await self.t.hook.aget_invocation(self.t.invocation_id)
         except FATAL_ERRORS as exc:
             return make_event(ERROR, self.t.invocation_id, message=str(exc))
         except KernelError as exc:

@@ -5,6 +5,21 @@ Everything is started once per module (``airflow_e2e``, about a minute) and torn
 runs in its own process group, and the group plus every descendant (LocalExecutor workers, the triggerer's
 runner) is killed at teardown. Service logs go to files in the temporary directory; every bounded wait that
 times out, and every failing e2e test, prints their tails.
+
+``airflow2_e2e`` is the same harness for Airflow 2.11 (run under ``.venv-af2``): its scheduler (which parses the
+DAGs itself and runs tasks with the SequentialExecutor, since 2.11 refuses SQLite with any other executor) and
+triggerer. With no REST API v2 there, runs are triggered, read, cleared and marked through Airflow's own ORM in
+one long-lived helper subprocess (``_DB_AGENT``), as the 2.11 UI/REST API would do it.
+
+Both harnesses also run ``HoldingProxy``: the connection ``kernel_slow`` reaches the emulator through it, so a
+test can hold back Kernel's answer to a ``POST /invocations`` that did reach Kernel (a worker that dies then
+has created an invocation it never heard of; the emulator's own ``delay`` fault sleeps *before* reading the
+request, so a client that dies during it creates nothing).
+
+After ``airflow db migrate`` the SQLite ``trigger`` table is rebuilt with ``AUTOINCREMENT`` so trigger ids are
+never reused, as on PostgreSQL (see ``_never_reuse_trigger_ids``). ``KERNEL_E2E_PROVIDER_SRC=<dir>`` runs every
+Airflow process on another copy of ``kernel_provider`` (``git archive <rev> kernel_provider | tar -x -C <dir>``),
+e.g. to see a test fail on older code; ``PYTHONPATH=<dir>`` does the same for the test process too.
 """
 
 from __future__ import annotations
@@ -18,6 +33,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from base64 import urlsafe_b64encode
@@ -35,7 +51,9 @@ ROOT = HERE.parent.parent
 BIN = Path(sys.executable).parent
 AIRFLOW = BIN / "airflow"
 SERVICES = ("scheduler", "dag-processor", "triggerer", "api-server")
+SERVICES_AF2 = ("scheduler", "triggerer")
 EXAMPLE_DAG = ROOT / "example_dags" / "example_kernel_async_sensor.py"
+LIFECYCLE_DAGS = HERE / "dags" / "e2e_lifecycle_dags.py"
 DEMO_APP = ROOT / "example_dags" / "demo_app" / "app.py"
 GATE_APP = HERE / "apps" / "gate_app.py"
 TRIGGERER_MARK = "(triggerer)"
@@ -56,6 +74,13 @@ SKIP_REASON = (
     f"e2e tests need Airflow >= 3.3 (separate dag-processor, REST API v2, BaseTrigger.on_kill); "
     f"installed: {'.'.join(map(str, AIRFLOW_VERSION))}"
 )
+SKIP_REASON_AF2 = (
+    f"the Airflow 2.11 e2e tests need Airflow 2.11 (run them with .venv-af2); "
+    f"installed: {'.'.join(map(str, AIRFLOW_VERSION))}"
+)
+#: How long a task may go without a heartbeat before the scheduler fails it (Airflow 3.3). Low, so a SIGKILLed
+#: worker is noticed in seconds; the supervisor heartbeats every ``[workers] min_heartbeat_interval`` (3 s here).
+TI_HEARTBEAT_TIMEOUT = 20
 
 
 def _free_port() -> int:
@@ -70,6 +95,46 @@ def _tail(path: Path, lines: int = 40) -> str:
     except OSError as exc:
         return f"<cannot read {path}: {exc}>"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _never_reuse_trigger_ids(db: Path) -> None:
+    """Make SQLite hand out trigger ids the way PostgreSQL's sequence does: never twice.
+
+    Airflow's ``trigger.id`` is an ``INTEGER PRIMARY KEY``, which SQLite reuses once the highest row is deleted.
+    Clearing a deferred task deletes its trigger row and the new try's trigger then gets the *same* id; a
+    triggerer that still runs the old trigger object under that id never stops it (no ``on_kill``), and the old
+    trigger's event resumes the new try (seen: the new try resumed 0.7 s after deferring, then was failed by the
+    scheduler's state check). Production databases never reuse ids, so the harness rebuilds the table with
+    ``AUTOINCREMENT`` right after ``airflow db migrate`` (SQLite's documented table-rebuild procedure).
+    """
+    import re
+    import sqlite3
+
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    try:
+        row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'trigger'").fetchone()
+        if row is None or "AUTOINCREMENT" in row[0]:
+            return
+        create = row[0]
+        create = re.sub(r",\s*CONSTRAINT \w+ PRIMARY KEY \(id\)(?=\s*\)\s*$)", "", create)
+        create = re.sub(r"CONSTRAINT \w+ PRIMARY KEY \(id\),\s*", "", create)
+        create = create.replace("id INTEGER NOT NULL,", "id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,", 1)
+        create = create.replace('CREATE TABLE "trigger"', 'CREATE TABLE "trigger_e2e_rebuilt"', 1)
+        if "AUTOINCREMENT" not in create or "PRIMARY KEY (id)" in create or "trigger_e2e_rebuilt" not in create:
+            raise RuntimeError(f"cannot rebuild Airflow's trigger table with AUTOINCREMENT from:\n{row[0]}")
+        indexes = [sql for (sql,) in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'trigger' AND sql IS NOT NULL")]
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute("BEGIN")
+        conn.execute(create)
+        conn.execute('INSERT INTO "trigger_e2e_rebuilt" SELECT * FROM "trigger"')
+        conn.execute('DROP TABLE "trigger"')
+        conn.execute('ALTER TABLE "trigger_e2e_rebuilt" RENAME TO "trigger"')
+        for sql in indexes:
+            conn.execute(sql)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 class Service:
@@ -124,6 +189,111 @@ class Service:
         self.finish(grace)
 
 
+class HoldingProxy:
+    """A TCP proxy in front of the emulator that can hold back Kernel's answer to ``POST /invocations``.
+
+    Bytes from the client are forwarded at once, so the emulator really creates the invocation; after
+    :meth:`hold_creates` the answers to the next ``count`` creates are kept from the client until it goes away
+    (then they are dropped) or ``max_hold`` seconds pass. Everything else passes straight through.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self.port = int(self._listener.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+        self._to_hold = 0
+        self._max_hold = 0.0
+        self._closed = False
+        #: One record per held create: ``{"held_at", "outcome": None | "dropped" | "released"}``.
+        self.held: list[dict[str, Any]] = []
+        threading.Thread(target=self._accept, name="e2e-holding-proxy", daemon=True).start()
+
+    def hold_creates(self, count: int, max_hold: float = 120.0) -> None:
+        with self._lock:
+            self._to_hold, self._max_hold = count, max_hold
+
+    def stop_holding(self) -> None:
+        with self._lock:
+            self._to_hold = 0
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        state: dict[str, Any] = {"hold": None, "client_gone": False}
+
+        def client_to_upstream() -> None:
+            try:
+                while True:
+                    data = client.recv(65536)
+                    if not data:
+                        break
+                    if data.startswith(b"POST /invocations"):
+                        with self._lock:
+                            if self._to_hold > 0:
+                                self._to_hold -= 1
+                                record = {"held_at": time.time(), "until": time.monotonic() + self._max_hold,
+                                          "outcome": None}
+                                self.held.append(record)
+                                state["hold"] = record
+                    upstream.sendall(data)
+            except OSError:
+                pass
+            state["client_gone"] = True
+            for sock in (client, upstream):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        threading.Thread(target=client_to_upstream, daemon=True).start()
+        try:
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    break
+                record = state["hold"]
+                if record is not None:
+                    while not state["client_gone"] and time.monotonic() < record["until"]:
+                        time.sleep(0.05)
+                    state["hold"] = None
+                    record["outcome"] = "dropped" if state["client_gone"] else "released"
+                    if state["client_gone"]:
+                        break
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (client, upstream):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+
 class AirflowE2E:
     """The running services, the emulator, and helpers for the REST API, the metadata DB and bounded waits."""
 
@@ -143,6 +313,7 @@ class AirflowE2E:
         self.retired: list[Service] = []
         self.generation = 0
         self.emulator: Any = None
+        self.proxy: HoldingProxy | None = None
         self.env: dict[str, str] = {}
         self.http = httpx.Client(base_url=self.api_url, timeout=30.0)
 
@@ -150,19 +321,46 @@ class AirflowE2E:
 
     def write_dags(self) -> None:
         shutil.copy(HERE / "dags" / "e2e_kernel_dags.py", self.dags / "e2e_kernel_dags.py")
+        shutil.copy(LIFECYCLE_DAGS, self.dags / LIFECYCLE_DAGS.name)
         if EXAMPLE_DAG.exists():
             shutil.copy(EXAMPLE_DAG, self.dags / EXAMPLE_DAG.name)
 
     def start_emulator(self) -> None:
+        from urllib.parse import urlsplit
+
         from kernel_provider.testing.server import spawn_emulator
 
         apps: list[Path] = [GATE_APP] + ([DEMO_APP] if DEMO_APP.exists() else [])
         self.emulator = spawn_emulator(apps=apps, env={"KERNEL_E2E_GATE_DIR": str(self.gates)}, timeout=60)
+        where = urlsplit(self.emulator.url)
+        self.proxy = HoldingProxy(where.hostname or "127.0.0.1", int(where.port or 80))
+
+    def _kernel_connections(self) -> dict[str, str]:
+        assert self.proxy is not None
+        return {
+            "AIRFLOW_CONN_KERNEL_DEFAULT": json.dumps(
+                {"conn_type": "kernel", "host": self.emulator.url, "password": self.emulator.token}),
+            # The same emulator behind HoldingProxy (worker-crash-during-create tests).
+            "AIRFLOW_CONN_KERNEL_SLOW": json.dumps(
+                {"conn_type": "kernel", "host": self.proxy.url, "password": self.emulator.token}),
+        }
+
+    def _base_env(self) -> dict[str, str]:
+        """This process's environment minus Airflow's settings. ``KERNEL_E2E_PROVIDER_SRC`` (a directory holding
+        a ``kernel_provider`` package, e.g. ``git archive <rev> kernel_provider | tar -x -C DIR``) makes every
+        Airflow process use that provider instead of the working tree's: to see a test fail on older code."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        other = os.environ.get("KERNEL_E2E_PROVIDER_SRC")
+        if other:
+            if not (Path(other) / "kernel_provider" / "__init__.py").exists():
+                raise RuntimeError(f"KERNEL_E2E_PROVIDER_SRC={other} has no kernel_provider package")
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (other, os.environ.get("PYTHONPATH")) if p)
+        return env
 
     def build_env(self) -> None:
         from cryptography.fernet import Fernet
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        env = self._base_env()
         env.update({
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "AIRFLOW_HOME": str(self.home),
@@ -194,8 +392,11 @@ class AirflowE2E:
             # Free ports for the scheduler's and triggerer's log servers (defaults 8793/8794 may be taken).
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-            "AIRFLOW_CONN_KERNEL_DEFAULT": json.dumps(
-                {"conn_type": "kernel", "host": self.emulator.url, "password": self.emulator.token}),
+            # A SIGKILLed worker (no supervisor left to report) is failed, and retried, within ~25 s.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(TI_HEARTBEAT_TIMEOUT),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "3",
+            **self._kernel_connections(),
         })
         self.env = env
 
@@ -206,6 +407,7 @@ class AirflowE2E:
                                   stderr=subprocess.STDOUT, timeout=180, cwd=str(self.base))
         if proc.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed ({proc.returncode}):\n{_tail(out, 60)}")
+        _never_reuse_trigger_ids(self.home / "airflow.db")
 
     def start(self, name: str) -> Service:
         argv = [str(AIRFLOW), name]
@@ -235,6 +437,8 @@ class AirflowE2E:
             except Exception:
                 pass
         self.http.close()
+        if self.proxy is not None:
+            self.proxy.close()
         if self.emulator is not None:
             try:
                 self.emulator.stop()
@@ -323,6 +527,75 @@ class AirflowE2E:
                          params={"map_index": map_index, "deserialize": True, "stringify": False})
         return entry["value"]
 
+    def ti(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        """One task instance (``state``, ``try_number``, ``max_tries``, ``id``...)."""
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+        return dict(self.api("GET", path + (f"/{map_index}" if map_index >= 0 else "")))
+
+    def clear_run(self, dag_id: str, run_id: str) -> None:
+        """What "Clear" on a whole DAG run does in the UI."""
+        self.api("POST", f"/dags/{dag_id}/dagRuns/{run_id}/clear", json={"dry_run": False})
+
+    def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str]) -> None:
+        """What "Clear" on task instances does in the UI (running ones included)."""
+        self.api("POST", f"/dags/{dag_id}/clearTaskInstances",
+                 json={"dry_run": False, "dag_run_id": run_id, "task_ids": task_ids, "only_failed": False,
+                       "reset_dag_runs": True})
+
+    def mark(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
+        """What "Mark success/failed" on a task instance does in the UI."""
+        self.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", json={"new_state": state})
+
+    # --- version-independent: task log files, processes, what reached the emulator -----------------------
+
+    def task_logs(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, str]:
+        """Every log file of a task instance (each attempt's, and the triggerers' ``*.trigger.<job>.log``)."""
+        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        if map_index >= 0:
+            folder = folder / f"map_index={map_index}"
+        if not folder.is_dir():
+            return {}
+        return {path.name: path.read_text(errors="replace") for path in sorted(folder.iterdir()) if path.is_file()}
+
+    def processes_with(self, marker: str) -> list[Any]:
+        """Live descendants of the services whose command line (process title) contains ``marker``."""
+        import psutil
+
+        found: dict[int, Any] = {}
+        for service in self.services.values():
+            for proc in service._descendants():
+                try:
+                    if marker in " ".join(proc.cmdline()):
+                        found[proc.pid] = proc
+                except psutil.Error:
+                    pass
+        return list(found.values())
+
+    def executor_reported(self, dag_id: str, run_id: str, task_id: str, try_number: int,
+                          map_index: int = -1) -> bool:
+        """Whether the scheduler has processed the executor's report that a try's workload ended (for a deferring
+        task: that it left the worker). Read from the scheduler's log, the only place it shows."""
+        key = (f"TaskInstanceKey(dag_id='{dag_id}', task_id='{task_id}', run_id='{run_id}', "
+               f"try_number={try_number}, map_index={map_index})")
+        logs = [s.log for s in [*self.retired, *self.services.values()] if s.name == "scheduler"]
+        return any(f"Received executor event with state success for task instance {key}" in
+                   log.read_text(errors="replace") for log in logs if log.exists())
+
+    def gate_invocations(self, gate: str) -> list[dict[str, Any]]:
+        """The invocations the emulator created for a gate (oldest first): one per ``POST /invocations`` that
+        created something for it, whatever else the payload carries (a reconcile token, say)."""
+        return [i for i in self.emulator.client.invocations() if gate in (i.get("payload") or "")]
+
+    def invocation(self, invocation_id: str) -> dict[str, Any]:
+        found = self.emulator.client.invocation(invocation_id)
+        assert found is not None, f"the emulator has no invocation {invocation_id}"
+        return found
+
+    def wait_invocation(self, invocation_id: str, statuses: tuple[str, ...], timeout: float) -> dict[str, Any]:
+        return self.wait_until(
+            f"invocation {invocation_id} to be {'/'.join(statuses)}",
+            lambda: (i if (i := self.invocation(invocation_id))["status"] in statuses else None), timeout)
+
     # --- metadata DB, read through Airflow's ORM in a subprocess with the same AIRFLOW_HOME ----------------
 
     def triggers(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
@@ -370,6 +643,266 @@ class AirflowE2E:
                 if r["path"] == prefix or r["path"].startswith(prefix + "/")]
 
 
+#: The Airflow 2.11 helper: one process with Airflow's ORM loaded, answering JSON commands on stdin, so a test
+#: needs no ~5 s ``airflow`` CLI start-up per look at the DB. Every command does what the 2.11 UI/REST API does.
+_DB_AGENT = textwrap.dedent("""
+    import json, sys, traceback
+    from datetime import datetime, timezone as dt_timezone
+
+    from sqlalchemy import select, update
+
+    from airflow.api.common.trigger_dag import trigger_dag
+    from airflow.jobs.job import Job
+    from airflow.models import DagModel, DagRun, TaskInstance as TI, Variable, XCom
+    from airflow.models.dagbag import DagBag
+    from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.models.taskinstance import clear_task_instances
+    from airflow.models.trigger import Trigger
+    from airflow.utils import timezone
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    def dag_of(dag_id, session):
+        dag = DagBag(read_dags_from_db=True).get_dag(dag_id, session=session)
+        if dag is None:
+            raise LookupError(f"no serialized DAG {dag_id}")
+        return dag
+
+    def op_ping(session):
+        return True
+
+    def op_dag_ready(session, dag_id):
+        return bool(session.get(DagModel, dag_id)) and SerializedDagModel.has_dag(dag_id, session=session)
+
+    def op_unpause(session, dag_id):
+        session.execute(update(DagModel).where(DagModel.dag_id == dag_id).values(is_paused=False))
+        return True
+
+    def op_trigger(session, dag_id, conf):
+        now = timezone.utcnow()
+        run = trigger_dag(dag_id=dag_id, run_id=f"manual__{now.isoformat()}", conf=conf, execution_date=now,
+                          replace_microseconds=False, session=session)
+        return run.run_id
+
+    def op_run_state(session, dag_id, run_id):
+        return str(session.scalar(select(DagRun.state).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)))
+
+    def op_tis(session, dag_id, run_id):
+        rows = session.scalars(select(TI).where(TI.dag_id == dag_id, TI.run_id == run_id)).all()
+        return [{"task_id": ti.task_id, "map_index": ti.map_index, "state": ti.state and str(ti.state),
+                 "try_number": ti.try_number, "max_tries": ti.max_tries, "trigger_id": ti.trigger_id,
+                 "next_method": ti.next_method, "pid": ti.pid, "start_date": ti.start_date,
+                 "end_date": ti.end_date} for ti in rows]
+
+    def op_xcom(session, dag_id, run_id, task_id, key, map_index):
+        return XCom.get_one(key=key, dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index,
+                            session=session)
+
+    def op_clear(session, dag_id, run_id, task_ids):
+        query = select(TI).where(TI.dag_id == dag_id, TI.run_id == run_id)
+        if task_ids:
+            query = query.where(TI.task_id.in_(task_ids))
+        tis = session.scalars(query).all()
+        clear_task_instances(tis, session, dag=dag_of(dag_id, session), dag_run_state=DagRunState.QUEUED)
+        return len(tis)
+
+    def op_mark(session, dag_id, run_id, task_id, state):
+        changed = dag_of(dag_id, session).set_task_instance_state(
+            task_id=task_id, run_id=run_id, state=TaskInstanceState(state), commit=True, session=session)
+        return len(changed)
+
+    def op_variables(session, prefix):
+        return sorted(session.scalars(select(Variable.key).where(Variable.key.like(prefix + "%"))).all())
+
+    def op_jobs(session):
+        out = {}
+        for job in session.scalars(select(Job).order_by(Job.id)).all():
+            age = (timezone.utcnow() - job.latest_heartbeat).total_seconds() if job.latest_heartbeat else None
+            out[job.job_type] = {"id": job.id, "state": job.state and str(job.state), "age": age}
+        return out
+
+    def op_triggers(session, dag_id, run_id):
+        rows = session.execute(
+            select(TI.task_id, TI.map_index, TI.state, Trigger).join(Trigger, TI.trigger_id == Trigger.id)
+            .where(TI.dag_id == dag_id, TI.run_id == run_id)).all()
+        return [{"task_id": t, "map_index": m, "state": str(st), "trigger_id": tr.id,
+                 "triggerer_id": tr.triggerer_id, "classpath": tr.classpath, "kwargs": dict(tr.kwargs)}
+                for t, m, st, tr in rows]
+
+    for line in sys.stdin:
+        try:
+            command = json.loads(line)
+            with create_session() as session:
+                result = globals()["op_" + command["op"]](session, **command.get("args", {}))
+            answer = {"ok": result}
+        except Exception:
+            answer = {"error": traceback.format_exc()}
+        sys.stdout.write("E2E-JSON " + json.dumps(answer, default=str) + "\\n")
+        sys.stdout.flush()
+""")
+
+
+class DbAgent:
+    """Runs ``_DB_AGENT`` with the harness's environment; ``call(op, **args)`` returns its answer."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, log: Path) -> None:
+        import queue
+
+        self.log = log
+        self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-u", "-c", _DB_AGENT], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log_file, text=True, env=env,
+                                     cwd=str(cwd), start_new_session=True)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def call(self, op: str, timeout: float = 120.0, **args: Any) -> Any:
+        import queue
+
+        with self._lock:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"op": op, "args": args}) + "\n")
+            self.proc.stdin.flush()
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise AssertionError(f"the DB helper did not answer {op} within {timeout:.0f}s:\n"
+                                         f"{_tail(self.log)}") from None
+                if line is None:
+                    raise AssertionError(f"the DB helper exited ({self.proc.poll()}):\n{_tail(self.log)}")
+                if line.startswith("E2E-JSON "):
+                    answer = json.loads(line[len("E2E-JSON "):])
+                    if "error" in answer:
+                        raise AssertionError(f"DB helper {op}({args}) failed:\n{answer['error']}")
+                    return answer["ok"]
+
+    def stop(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+        self._log_file.close()
+
+
+class Airflow2E2E(AirflowE2E):
+    """The same harness on Airflow 2.11: scheduler (parsing DAGs itself, SequentialExecutor) and triggerer.
+
+    Runs are triggered, read, cleared and marked through :class:`DbAgent` (Airflow's ORM, as the 2.11 UI does),
+    never through a REST API. Only the lifecycle DAGs are deployed (the others use ``airflow.sdk``).
+    """
+
+    def __init__(self, base: Path) -> None:
+        super().__init__(base)
+        self.agent: DbAgent | None = None
+
+    def write_dags(self) -> None:
+        shutil.copy(LIFECYCLE_DAGS, self.dags / LIFECYCLE_DAGS.name)
+
+    def build_env(self) -> None:
+        from cryptography.fernet import Fernet
+
+        env = self._base_env()
+        env.update({
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            # 2.11 refuses SQLite with the LocalExecutor ("cannot use SQLite with the LocalExecutor").
+            "AIRFLOW__CORE__EXECUTOR": "SequentialExecutor",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            "AIRFLOW__WEBSERVER__SECRET_KEY": secrets.token_urlsafe(24),
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "2",
+            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "120",
+            "AIRFLOW__SCHEDULER__PARSING_PROCESSES": "1",
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "8",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
+            **self._kernel_connections(),
+        })
+        self.env = env
+
+    def start_agent(self) -> None:
+        self.agent = DbAgent(self.env, self.base, self.logs / "db-agent.log")
+        self.agent.call("ping", timeout=180)
+
+    def _agent(self) -> DbAgent:
+        assert self.agent is not None
+        return self.agent
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        if self.agent is not None:
+            self.agent.stop()
+        super().stop_all(grace)
+
+    def diagnostics(self, lines: int = 40) -> str:
+        text = super().diagnostics(lines)
+        if self.agent is not None:
+            text += f"\n----- DB helper stderr -----\n{_tail(self.agent.log, lines)}"
+        return text
+
+    # --- the same API as AirflowE2E, through the DB helper -----------------------------------------------
+
+    def healthy(self) -> bool:
+        jobs = self._agent().call("jobs")
+        return all((job := jobs.get(kind)) and job["state"] == "running" and (job["age"] or 99) < 20
+                   for kind in ("SchedulerJob", "TriggererJob"))
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
+        self.wait_until(f"DAG {dag_id} to be parsed", lambda: self._agent().call("dag_ready", dag_id=dag_id),
+                        timeout, interval=1.0)
+        self._agent().call("unpause", dag_id=dag_id)
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        return str(self._agent().call("trigger", dag_id=dag_id, conf=conf or {}))
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return str(self._agent().call("run_state", dag_id=dag_id, run_id=run_id))
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        return list(self._agent().call("tis", dag_id=dag_id, run_id=run_id))
+
+    def ti(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        found = [t for t in self.task_instances(dag_id, run_id)
+                 if t["task_id"] == task_id and t["map_index"] == map_index]
+        assert found, f"no task instance {dag_id}.{task_id}[{map_index}] in {run_id}"
+        return found[0]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+        return self._agent().call("xcom", dag_id=dag_id, run_id=run_id, task_id=task_id, key=key,
+                                  map_index=map_index)
+
+    def clear_run(self, dag_id: str, run_id: str) -> None:
+        assert self._agent().call("clear", dag_id=dag_id, run_id=run_id, task_ids=None) > 0
+
+    def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str]) -> None:
+        assert self._agent().call("clear", dag_id=dag_id, run_id=run_id, task_ids=task_ids) > 0
+
+    def mark(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
+        assert self._agent().call("mark", dag_id=dag_id, run_id=run_id, task_id=task_id, state=state) > 0
+
+    def variables(self, prefix: str) -> list[str]:
+        return list(self._agent().call("variables", prefix=prefix))
+
+    def triggers(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        return list(self._agent().call("triggers", dag_id=dag_id, run_id=run_id))
+
+
 @pytest.fixture(scope="module")
 def airflow_e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowE2E]:
     """A running Airflow 3.3 with the Kernel emulator; shared by every test of the module."""
@@ -393,13 +926,38 @@ def airflow_e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowE2E
         e2e.stop_all()
 
 
+@pytest.fixture(scope="module")
+def airflow2_e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow2E2E]:
+    """A running Airflow 2.11 (scheduler + triggerer) with the Kernel emulator; shared by a module's tests."""
+    if AIRFLOW_VERSION[0] != 2 or AIRFLOW_VERSION < (2, 11):
+        pytest.skip(SKIP_REASON_AF2)
+    if not AIRFLOW.exists():
+        pytest.skip(f"no airflow executable next to {sys.executable}")
+    started = time.monotonic()
+    e2e = Airflow2E2E(tmp_path_factory.mktemp("airflow2-e2e"))
+    try:
+        e2e.write_dags()
+        e2e.start_emulator()
+        e2e.build_env()
+        e2e.migrate()
+        for name in SERVICES_AF2:
+            e2e.start(name)
+        e2e.start_agent()
+        e2e.wait_until("the scheduler and triggerer to heartbeat", e2e.healthy, timeout=150, interval=1.0)
+        print(f"\n[e2e] Airflow 2.11 services healthy after {time.monotonic() - started:.1f}s in {e2e.base}")
+        yield e2e
+    finally:
+        e2e.stop_all()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """A failing e2e test gets the tails of the service logs in its report."""
     outcome = yield
     report = outcome.get_result()
     if report.failed and call.when == "call":
-        e2e = getattr(item, "funcargs", {}).get("airflow_e2e")
+        funcargs = getattr(item, "funcargs", {})
+        e2e = funcargs.get("airflow_e2e") or funcargs.get("airflow2_e2e")
         already = call.excinfo is not None and "----- " in str(call.excinfo.value)  # a wait_until timeout
         if isinstance(e2e, AirflowE2E) and not already:
             try:

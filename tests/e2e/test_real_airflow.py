@@ -194,10 +194,12 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
 @pytest.mark.timeout(240)
 def test_marking_a_deferred_task_failed_cancels_the_invocation(airflow_e2e: AirflowE2E) -> None:
     """Airflow 3.3 calls the trigger's on_kill when a user marks the deferred task failed: the invocation is
-    PATCHed failed and its browsers are deleted, by the triggerer."""
+    PATCHed failed and its browsers are deleted, by the triggerer; nothing is invoked again. (Mark success, and
+    the other lifecycle rows, are in test_lifecycle.py.)"""
     e2e = airflow_e2e
     dag_id, task_id = "e2e_kernel_kill", "browse"
     e2e.wait_for_dag(dag_id)
+    created_before = e2e.emulator.client.created_count(app="demo", action="browse")
     run_id = e2e.trigger(dag_id)
     _wait_deferred(e2e, dag_id, run_id, task_id)
     invocation_id = _invocation_id(e2e, dag_id, run_id, task_id)
@@ -224,5 +226,9 @@ def test_marking_a_deferred_task_failed_cancels_the_invocation(airflow_e2e: Airf
     assert patches and all(_marked(r) for r in patches), f"cancel not sent by the triggerer: {patches}"
     assert deletes and all(_marked(r) for r in deletes), f"browsers not deleted by the triggerer: {deletes}"
     assert e2e.states(dag_id, run_id, task_id) == {(task_id, -1): "failed"}
+    time.sleep(3)  # room for a wrong re-run to show up
+    assert e2e.states(dag_id, run_id, task_id) == {(task_id, -1): "failed"}
+    created = e2e.emulator.client.created_count(app="demo", action="browse") - created_before
+    assert created == 1, f"marking the task failed was followed by {created - 1} more invocation(s)"
     print(f"\n[e2e] {invocation_id} cancelled by the triggerer {time.monotonic() - started:.1f}s after the "
           f"task was marked failed; browsers left: {len(invocation['_emulator']['browsers'])}")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kernel_provider.client.models import InvocationStatus
 from kernel_provider.exceptions import (
     KernelAmbiguousCreateError,
     KernelApiError,
@@ -21,9 +22,7 @@ from kernel_provider.exceptions import (
     KernelInputError,
     KernelTransportError,
 )
-from kernel_provider.hooks import api
 from kernel_provider.hooks.kernel import KernelHook
-from kernel_provider.models import InvocationStatus
 from tests.helpers import FAST_RETRY, conn_json
 
 
@@ -116,8 +115,8 @@ def test_get_unknown_invocation_surfaces_kernel_code_and_message(hook: KernelHoo
 def test_server_validation_error_surfaces_details(hook: KernelHook) -> None:
     # Bypass client-side validation to see how a 400 from Kernel reads.
     with pytest.raises(KernelApiError) as info:
-        hook.execute(api.create_invocation({"app_name": "demo", "version": "latest", "action_name": "echo",
-                                            "payload": "{not json"}))
+        hook.create_invocation({"app_name": "demo", "version": "latest", "action_name": "echo",
+                                "payload": "{not json"})
     assert info.value.status_code == 400 and info.value.code == "bad_request"
     assert "payload" in str(info.value)
 
@@ -293,13 +292,14 @@ def test_connection_refused_is_retried_even_for_create(monkeypatch: pytest.Monke
     monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(f"http://127.0.0.1:{_closed_port()}", "k"))
     attempts: list[int] = []
     hook = KernelHook(retry_policy=FAST_RETRY)
-    original = hook._request_sync
+    transport = hook.client.transport
+    original = transport.request
 
     def counting(call: Any, settings: Any) -> Any:
         attempts.append(1)
         return original(call, settings)
 
-    monkeypatch.setattr(hook, "_request_sync", counting)
+    monkeypatch.setattr(transport, "request", counting)
     with pytest.raises(KernelTransportError) as info:
         hook.invoke("demo", "echo")
     assert info.value.request_sent is False
@@ -313,11 +313,11 @@ async def test_async_transport_runs_the_same_operations_and_retries(hook: Kernel
     inv = await asyncio.to_thread(hook.invoke, "demo", "echo", payload=[1])
     kernel_emulator.set_faults({"rules": [{"route": "GET /invocations/{id}",
                                            "sequence": [{"status": 502}, {"status": 429, "retry_after_ms": 50}]}]})
-    again = await KernelHook(retry_policy=FAST_RETRY).aexecute(api.get_invocation(inv.id))
+    again = await KernelHook(retry_policy=FAST_RETRY).aget_invocation(inv.id)
     assert again.succeeded and again.result == [1]
     statuses = [r["status"] for r in kernel_emulator.requests(path=f"/invocations/{inv.id}", method="GET")]
     assert statuses == [502, 429, 200]
-    listed = await KernelHook(retry_policy=FAST_RETRY).aexecute(api.list_invocations(app_name="demo"))
+    listed = await KernelHook(retry_policy=FAST_RETRY).alist_invocations(app_name="demo")
     assert [i.id for i in listed] == [inv.id]
 
 
@@ -325,7 +325,7 @@ async def test_async_create_ambiguity_matches_the_sync_side(hook: KernelHook, ke
     kernel_emulator.set_faults({"rules": [{"route": "POST /invocations", "sequence": [{"drop": "after"}]}]})
     body = {"app_name": "demo", "version": "latest", "action_name": "echo", "async": True}
     with pytest.raises(KernelAmbiguousCreateError):
-        await KernelHook(retry_policy=FAST_RETRY).aexecute(api.create_invocation(body))
+        await KernelHook(retry_policy=FAST_RETRY).acreate_invocation(body)
     assert len(posts(kernel_emulator)) == 1 and kernel_emulator.created_count() == 1
 
 
@@ -450,7 +450,7 @@ async def test_rotated_key_is_read_again_and_the_request_retried_once(
     shared = KernelHook.shared("kernel_default")
     await shared.aget_settings()  # cached with the old key, as a long-running triggerer would have it
     rotate_key(kernel_emulator, monkeypatch, "rotated-key", connection_key="rotated-key")
-    assert (await shared.aexecute(api.get_invocation(inv.id))).succeeded
+    assert (await shared.aget_invocation(inv.id)).succeeded
     seen = kernel_emulator.requests(path=f"/invocations/{inv.id}", method="GET")
     assert [(r["auth"], r["status"]) for r in seen] == [("invalid", 401), ("valid", 200)]
     # The stream now opens with the settings read again (no second refusal).
@@ -482,7 +482,7 @@ async def test_refused_key_is_read_again_once_then_the_error_stands(
     rotate_key(kernel_emulator, monkeypatch, "rotated-key", connection_key=connection_key)
     with caplog.at_level(logging.INFO, logger="kernel_provider"):
         with pytest.raises(KernelAuthError):
-            await shared.aexecute(api.get_invocation(inv.id))
+            await shared.aget_invocation(inv.id)
         with pytest.raises(KernelAuthError):
             async for _ in shared.stream_events(inv.id, silence_timeout=10):
                 pass
@@ -505,7 +505,7 @@ async def test_refused_key_with_a_connection_that_cannot_be_read_again_reports_t
     rotate_key(kernel_emulator, monkeypatch, "rotated-key", connection_key=None)
     monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", json.dumps({"conn_type": "kernel", "host": kernel_emulator.url}))
     with pytest.raises(KernelAuthError):  # the 401, not the broken connection met while reading it again
-        await shared.aexecute(api.get_invocation(inv.id))
+        await shared.aget_invocation(inv.id)
     with pytest.raises(KernelConnectionConfigError):  # the settings were dropped: the next call looks again
         await shared.aget_settings()
 

@@ -1,4 +1,4 @@
-"""The one retry policy of the provider, shared by the worker (requests) and the triggerer (httpx).
+"""The one retry policy of the Kernel client, shared by its sync (requests) and async (httpx) transports.
 
 What is retried:
 
@@ -23,11 +23,20 @@ import random
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tenacity
+from kernel_provider.client.errors import (
+    KernelApiError,
+    KernelRateLimitError,
+    KernelServerError,
+    KernelTransportError,
+)
 
-from kernel_provider.exceptions import KernelApiError, KernelRateLimitError, KernelServerError, KernelTransportError
+if TYPE_CHECKING:
+    import tenacity
+
+#: Shortest time a budget is cut to: a zero or negative timeout or window means "none" (or an error) to the clients.
+MIN_BUDGET = 0.05
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +61,59 @@ class RetryPolicy:
     rate_limit_budget: float = 900.0
 
     def is_retryable(self, exc: BaseException, *, idempotent: bool) -> bool:
+        """Whether the request that raised ``exc`` may be sent again (see :func:`is_retryable`).
+
+        :param exc: the failure of the last attempt.
+        :param idempotent: the request cannot start a second run when repeated (everything but a create).
+        """
         return is_retryable(exc, idempotent=idempotent)
 
     def should_stop(self, attempt: int, elapsed: float, exc: BaseException | None) -> bool:
+        """Whether no further attempt may start.
+
+        :param attempt: attempts made so far, the first included.
+        :param elapsed: seconds since the first attempt started.
+        :param exc: the last failure; a 429 is bounded by ``rate_limit_budget`` alone, not by ``max_attempts``.
+        """
         if isinstance(exc, KernelRateLimitError):
             return elapsed >= self.rate_limit_budget
         return attempt >= self.max_attempts or elapsed >= self.max_elapsed
 
     def wait_seconds(self, attempt: int, exc: BaseException | None) -> float:
+        """Seconds to wait before the next attempt: the server's hint (capped), else jittered exponential backoff.
+
+        :param attempt: attempts made so far, the first included.
+        :param exc: the last failure, read for ``retry-after-ms`` / ``Retry-After``.
+        """
         hinted = retry_after_seconds(exc)
         if hinted is not None:
             return min(hinted, self.retry_after_cap)
         ceiling = min(self.backoff_max, self.backoff_initial * (2 ** max(0, attempt - 1)))
         return random.uniform(ceiling / 2, ceiling)
 
+    def within(self, budget: float) -> RetryPolicy:
+        """This policy fitted into ``budget`` seconds: the same attempts, with the retry window, the backoffs and
+        the honoured ``Retry-After`` shrunk so that several attempts fit (a 30 s cancel budget is not spent on one
+        wait). It does not stop an attempt already running: the caller also cuts each request's timeouts.
+
+        :param budget: seconds the whole call may still take; at least :data:`MIN_BUDGET` is used.
+        """
+        budget = max(MIN_BUDGET, budget)
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            max_elapsed=min(self.max_elapsed, budget),
+            backoff_initial=min(self.backoff_initial, budget / 8),
+            backoff_max=min(self.backoff_max, budget / 4),
+            retry_after_cap=min(self.retry_after_cap, budget / 4),
+            rate_limit_budget=min(self.rate_limit_budget, budget),
+        )
+
     def tenacity_kwargs(self, *, idempotent: bool, describe: str = "") -> dict[str, Any]:
-        """Arguments for ``tenacity.Retrying`` / ``tenacity.AsyncRetrying``: the same policy on both sides."""
+        """Arguments for ``tenacity.Retrying`` / ``tenacity.AsyncRetrying``: the same policy on both sides.
+
+        :param idempotent: see :meth:`is_retryable`.
+        :param describe: the request in words (``"GET /invocations/x"``), for the warning logged before each wait.
+        """
 
         def _retry(state: tenacity.RetryCallState) -> bool:
             exc = state.outcome.exception() if state.outcome else None

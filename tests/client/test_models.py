@@ -6,8 +6,7 @@ from datetime import timezone
 
 import pytest
 
-from kernel_provider.exceptions import KernelResponseError
-from kernel_provider.models import (
+from kernel_provider.client.models import (
     TERMINAL_STATUSES,
     AppVersion,
     Invocation,
@@ -15,6 +14,7 @@ from kernel_provider.models import (
     parse_output,
     parse_timestamp,
 )
+from kernel_provider.exceptions import KernelResponseError
 
 
 def test_invocation_parses_every_field_and_keeps_unknown_ones() -> None:

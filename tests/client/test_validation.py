@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from kernel_provider.client.validation import build_invoke_request, check_seconds, encode_payload
 from kernel_provider.exceptions import KernelInputError
-from kernel_provider.validation import build_invoke_request, check_seconds, encode_payload
 
 GOOD = {"app_name": "shop", "action_name": "scrape"}
 

@@ -1,6 +1,6 @@
 """Checks of user input, done before any request so a mistake costs no browser minutes.
 
-Shared by the hook and the operator. Every error is a :class:`KernelInputError` naming the field and the fix.
+Shared by the client and the operator. Every error is a :class:`KernelInputError` naming the field and the fix.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 import math
 from typing import Any
 
-from kernel_provider.exceptions import KernelInputError
+from kernel_provider.client.errors import KernelInputError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,11 @@ PAYLOAD_MAX_BYTES = 4_500_000
 
 
 def require_name(field: str, value: object) -> str:
+    """``value`` itself when it is a non-empty string without surrounding spaces, else :class:`KernelInputError`.
+
+    :param field: the parameter's name, used in the message (e.g. ``"app_name"``).
+    :param value: what the caller passed. It is not stripped: a name with spaces is refused, not corrected.
+    """
     if value is None:
         raise KernelInputError(field, "is required.", f"Pass the {field.replace('_', ' ')} as a string.")
     if not isinstance(value, str):
@@ -34,7 +39,13 @@ def require_name(field: str, value: object) -> str:
 
 
 def encode_payload(payload: Any, field: str = "payload") -> str | None:
-    """Kernel takes the payload as JSON *text*. Python values are encoded; a string must already be JSON."""
+    """Kernel takes the payload as JSON *text*. Python values are encoded; a string must already be JSON.
+
+    :param payload: dict / list / number / bool (encoded compactly), JSON text (checked, sent as is), or None /
+        ``""`` (no payload). Bytes, NaN, non-string keys and other values JSON cannot hold are refused.
+    :param field: the name used in messages; a nested problem names its path (``payload['when']``).
+    :returns: the JSON text, or None for no payload. Over 4.5 MB is refused; over 64 KB only logs a warning.
+    """
     if payload is None:
         return None
     if isinstance(payload, (bytes, bytearray)):
@@ -85,6 +96,11 @@ def _check_serializable(value: Any, path: str) -> None:
 
 
 def check_async_timeout(async_timeout_seconds: Any, invoke_async: bool) -> int | None:
+    """Kernel's ``async_timeout_seconds``: None, or a whole number in 10..3600 for an async invocation only.
+
+    :param async_timeout_seconds: how long Kernel lets an async run go; None keeps Kernel's default (900).
+    :param invoke_async: whether the invocation is async; a timeout for a sync one is refused, not ignored.
+    """
     if async_timeout_seconds is None:
         return None
     if not invoke_async:
@@ -103,7 +119,14 @@ def check_async_timeout(async_timeout_seconds: Any, invoke_async: bool) -> int |
 
 def check_seconds(field: str, value: Any, *, allow_none: bool = True, minimum: float = 0.0,
                   exclusive: bool = False) -> float | None:
-    """A non-negative (or positive, when ``exclusive``) number of seconds."""
+    """A non-negative (or positive, when ``exclusive``) number of seconds, as a float.
+
+    :param field: the parameter's name, used in the message.
+    :param value: int, float or a ``timedelta``; bools, NaN and infinities are refused.
+    :param allow_none: None is accepted (and returned) rather than refused.
+    :param minimum: the lowest value accepted.
+    :param exclusive: ``minimum`` itself is refused too.
+    """
     if value is None:
         if allow_none:
             return None
@@ -127,7 +150,15 @@ def build_invoke_request(
     invoke_async: Any = False,
     async_timeout_seconds: Any = None,
 ) -> dict[str, Any]:
-    """The body of ``POST /invocations``, validated. Raises :class:`KernelInputError` before any request."""
+    """The body of ``POST /invocations``, validated. Raises :class:`KernelInputError` before any request.
+
+    :param app_name: the deployed app.
+    :param action_name: the action to run.
+    :param version: the app version label (``"latest"`` by default).
+    :param payload: the action's input (see :func:`encode_payload`).
+    :param invoke_async: Kernel's ``async`` (a bool; ``"yes"`` is refused, not read as true).
+    :param async_timeout_seconds: see :func:`check_async_timeout`.
+    """
     if not isinstance(invoke_async, bool):
         raise KernelInputError("invoke_async", f"must be True or False, got {invoke_async!r}.",
                                "Pass a bool.")

@@ -7,8 +7,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from kernel_provider.exceptions import KernelApiError, KernelTransportError, api_error_for_status
-from kernel_provider.hooks.retry import RetryPolicy, is_retryable, retry_after_seconds
+from kernel_provider.client.errors import KernelApiError, KernelTransportError, api_error_for_status
+from kernel_provider.client.retry import RetryPolicy, is_retryable, retry_after_seconds
 
 
 def api_error(status: int, **headers: str) -> KernelApiError:
@@ -68,3 +68,22 @@ def test_stop_bounds_attempts_time_and_gives_429_its_own_budget() -> None:
     assert policy.should_stop(1, 11.0, api_error(503))
     assert not policy.should_stop(50, 60.0, api_error(429))
     assert policy.should_stop(50, 100.0, api_error(429))
+
+
+def test_a_policy_fitted_into_a_budget_keeps_its_attempts_and_shrinks_its_waits() -> None:
+    policy = RetryPolicy(max_attempts=6, max_elapsed=120, backoff_initial=0.5, backoff_max=16, retry_after_cap=60,
+                         rate_limit_budget=900)
+    fitted = policy.within(8.0)
+    assert fitted.max_attempts == 6
+    assert (fitted.max_elapsed, fitted.rate_limit_budget) == (8.0, 8.0)
+    assert (fitted.backoff_initial, fitted.backoff_max, fitted.retry_after_cap) == (0.5, 2.0, 2.0)
+    assert policy.within(1000) == RetryPolicy(max_attempts=6, max_elapsed=120, backoff_initial=0.5,
+                                              backoff_max=16, retry_after_cap=60, rate_limit_budget=900)
+    assert policy.within(-1).max_elapsed == 0.05  # never zero: zero means "no limit" to the clients
+
+
+def test_retry_after_of_something_that_is_not_an_api_error_is_none() -> None:
+    assert retry_after_seconds(KernelTransportError("refused", request_sent=False)) is None
+    assert retry_after_seconds(None) is None
+    past = datetime.now(timezone.utc) - timedelta(seconds=30)
+    assert retry_after_seconds(api_error(503, **{"retry-after": format_datetime(past, usegmt=True)})) == 0.0

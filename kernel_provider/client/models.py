@@ -14,6 +14,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from kernel_provider.client.errors import KernelResponseError
+
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +33,7 @@ class InvocationStatus(str, Enum):
 
     @classmethod
     def parse(cls, value: object) -> InvocationStatus:
+        """The status Kernel sent; one this version does not know becomes ``UNKNOWN`` (logged), never an error."""
         try:
             return cls(value)
         except ValueError:
@@ -39,6 +42,7 @@ class InvocationStatus(str, Enum):
 
     @property
     def is_terminal(self) -> bool:
+        """``succeeded`` or ``failed``: the invocation will not change any more."""
         return self in TERMINAL_STATUSES
 
 
@@ -98,8 +102,11 @@ class Invocation:
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Invocation:
-        from kernel_provider.exceptions import KernelResponseError
+        """Parse an invocation object of the API; raises :class:`KernelResponseError` when it has no ``id``.
 
+        :param data: the decoded JSON object. Fields this version does not know go to ``extra``; a payload or
+            output that is not a string is kept as JSON text.
+        """
         if not isinstance(data, Mapping) or not isinstance(data.get("id"), str) or not data.get("id"):
             raise KernelResponseError(f"Kernel returned an invocation without an id: {_excerpt(data)}")
         raw_status = str(data.get("status", ""))
@@ -120,14 +127,17 @@ class Invocation:
 
     @property
     def is_terminal(self) -> bool:
+        """The invocation has finished (``succeeded`` or ``failed``)."""
         return self.status.is_terminal
 
     @property
     def succeeded(self) -> bool:
+        """The invocation finished ``succeeded``."""
         return self.status is InvocationStatus.SUCCEEDED
 
     @property
     def failed(self) -> bool:
+        """The invocation finished ``failed`` (a cancel also leaves it ``failed``)."""
         return self.status is InvocationStatus.FAILED
 
     @property
@@ -136,11 +146,14 @@ class Invocation:
         return parse_output(self.output)
 
     def output_excerpt(self, limit: int = 500) -> str:
+        """The raw ``output`` cut to ``limit`` characters (with its full length noted), for error messages."""
         return _excerpt(self.output or "", limit)
 
 
 @dataclass(frozen=True)
 class AppAction:
+    """One action of a deployed app version, with the JSON schemas of its input and output when Kernel has them."""
+
     name: str
     input_schema: Mapping[str, Any] | None = None
     output_schema: Mapping[str, Any] | None = None
@@ -158,6 +171,7 @@ class AppVersion:
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> AppVersion:
+        """Parse an item of ``GET /apps``; missing fields become empty strings, unknown ones go to ``extra``."""
         actions = tuple(
             AppAction(name=str(a.get("name", "")), input_schema=a.get("input_schema"),
                       output_schema=a.get("output_schema"))
@@ -175,6 +189,7 @@ class AppVersion:
 
     @property
     def action_names(self) -> list[str]:
+        """The names of the version's actions, in Kernel's order."""
         return [a.name for a in self.actions]
 
 

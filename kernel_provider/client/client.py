@@ -1,0 +1,427 @@
+"""``KernelClient``: drive Kernel from Python, synchronously or with asyncio, with or without Airflow::
+
+    from kernel_provider.client import KernelClient, KernelSettings
+
+    client = KernelClient(KernelSettings.from_mapping(password="sk_...", extra={"project_id": "proj_..."}))
+    invocation = client.invoke("my-app", "scrape", payload={"url": "https://example.com"})
+    print(invocation.status, invocation.result)
+
+Every method runs an operation of :mod:`kernel_provider.client.operations` (each written once) over the sync
+transport (requests) or the async one (httpx) of :mod:`kernel_provider.client.transport`, every request under the
+retry policy of :mod:`kernel_provider.client.retry`: a request Kernel certainly never acted on, or one that is
+safe to repeat, is retried within the policy's bounds; a create that may have reached Kernel is never re-sent
+(:class:`~kernel_provider.client.errors.KernelAmbiguousCreateError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import tenacity
+
+from kernel_provider.client import operations
+from kernel_provider.client.errors import (
+    KernelApiError,
+    KernelAuthError,
+    KernelError,
+    KernelInputError,
+    KernelTransportError,
+)
+from kernel_provider.client.models import AppAction, AppVersion, Invocation
+from kernel_provider.client.operations import ApiCall, Operation
+from kernel_provider.client.retry import RetryPolicy
+from kernel_provider.client.settings import KernelSettings
+from kernel_provider.client.transport import AsyncTransport, SyncTransport
+from kernel_provider.client.validation import build_invoke_request, check_seconds, require_name
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: The retries of :meth:`KernelClient.check_connection`: a person is waiting for the answer.
+CHECK_POLICY = RetryPolicy(max_attempts=2, max_elapsed=10, rate_limit_budget=10)
+
+
+class KernelClient:
+    """Talks to Kernel's API with one set of settings; safe to share between threads, and between the tasks of
+    one event loop.
+
+    :param settings: where Kernel is and how to reach it. The attribute may be replaced later (the provider's hook
+        does, when it reads its connection again); each request uses the settings current when it starts.
+    :param retry: replaces ``settings.retry`` for every call, whatever settings are swapped in later. None: the
+        settings' own bounds.
+    :param refresh: an async callable that reads the settings anew from their source (the hook: the Airflow
+        connection). When Kernel refuses the key (401/403) of an async request or event stream, the first refused
+        call that still holds the current settings awaits it; if the settings it returns differ in URL, key,
+        project or CA bundle, that call is sent once more with them, else the refusal stands. Never a loop, and
+        never on the sync side (a worker reads its connection afresh on every task). None: a refusal is final.
+    """
+
+    def __init__(self, settings: KernelSettings, *, retry: RetryPolicy | None = None,
+                 refresh: Callable[[], Awaitable[KernelSettings]] | None = None) -> None:
+        self.settings = settings
+        self._retry = retry
+        self._refresh = refresh
+        self._refresh_lock = asyncio.Lock()
+        #: The synchronous transport (one keep-alive session).
+        self.transport = SyncTransport()
+        #: The asynchronous transport (pools shared per event loop, see :class:`~.transport.LoopResources`).
+        self.async_transport = AsyncTransport()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.settings.base_url!r})"
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry bounds in force: the ``retry`` given to the client, else the current settings' own."""
+        return self._retry or self.settings.retry
+
+    def close(self) -> None:
+        """Close the sync transport's connections. The async pools belong to the event loop, not to one client:
+        close them with :func:`~kernel_provider.client.transport.close_loop_resources`."""
+        self.transport.close()
+
+    # --- drivers ----------------------------------------------------------------------------------------------
+
+    def execute(self, operation: Operation[T], *, budget: float | None = None) -> T:
+        """Run any operation of :mod:`kernel_provider.client.operations` on this thread.
+
+        :param operation: e.g. ``operations.get_invocation("abc")``.
+        :param budget: seconds the whole operation may take: each request's timeouts and retries are cut to the
+            time left, and no request starts once it is spent (a :class:`KernelTransportError` then). None: the
+            settings' full timeouts and retries.
+        :raises KernelError: what the operation raises once the retry policy gives up.
+        """
+        deadline = _deadline(budget)
+        return operations.drive(operation, lambda call: self._send(call, deadline))
+
+    async def aexecute(self, operation: Operation[T], *, budget: float | None = None) -> T:
+        """:meth:`execute` without blocking the event loop, with the same retries; a refused key is read again
+        once (see ``refresh``)."""
+        deadline = _deadline(budget)
+        return await operations.adrive(operation, lambda call: self._asend(call, deadline))
+
+    # --- invocations ------------------------------------------------------------------------------------------
+
+    def invoke(self, app_name: str, action_name: str, *, version: str = "latest", payload: Any = None,
+               invoke_async: bool = False, async_timeout_seconds: int | None = None) -> Invocation:
+        """Start one run of ``app_name``/``action_name`` (``POST /invocations``).
+
+        :param version: the app version label.
+        :param payload: the action's input: a dict/list/number/bool (JSON-encoded here) or JSON text.
+        :param invoke_async: return at once with a ``queued`` invocation instead of waiting (Kernel's ``async``).
+            False: Kernel runs the action within the request (capped by Kernel at ~100 s).
+        :param async_timeout_seconds: how long Kernel lets an async run go (10..3600; Kernel's default 900).
+        :returns: the created invocation; for a sync invoke its final state and output.
+        :raises KernelInputError: before any request, when a parameter is wrong.
+        :raises KernelAmbiguousCreateError: the request failed after it may have reached Kernel; not re-sent.
+        """
+        return self.create_invocation(build_invoke_request(
+            app_name=app_name, action_name=action_name, version=version, payload=payload,
+            invoke_async=invoke_async, async_timeout_seconds=async_timeout_seconds))
+
+    async def ainvoke(self, app_name: str, action_name: str, *, version: str = "latest", payload: Any = None,
+                      invoke_async: bool = False, async_timeout_seconds: int | None = None) -> Invocation:
+        """:meth:`invoke` without blocking the event loop."""
+        return await self.acreate_invocation(build_invoke_request(
+            app_name=app_name, action_name=action_name, version=version, payload=payload,
+            invoke_async=invoke_async, async_timeout_seconds=async_timeout_seconds))
+
+    def create_invocation(self, request: Mapping[str, Any]) -> Invocation:
+        """``POST /invocations`` with a body from :func:`~kernel_provider.client.validation.build_invoke_request`
+        (not checked again here: a bad body is Kernel's to refuse).
+
+        Never re-sent once it may have reached Kernel: such a failure raises
+        :class:`~kernel_provider.client.errors.KernelAmbiguousCreateError` (429s and refused connections, which
+        certainly created nothing, are retried within the retry budgets).
+        """
+        return self.execute(operations.create_invocation(request))
+
+    async def acreate_invocation(self, request: Mapping[str, Any]) -> Invocation:
+        """:meth:`create_invocation` without blocking the event loop."""
+        return await self.aexecute(operations.create_invocation(request))
+
+    def create_window_seconds(self, request: Mapping[str, Any]) -> float:
+        """The longest a create of ``request`` can take from its first send until it can no longer reach Kernel:
+        the retry budgets (429s and refused connections are re-sent) plus the connect and read timeouts. No
+        request is made."""
+        settings, retry = self.settings, self.retry
+        read = settings.request_timeout if request.get("async") else operations.SYNC_INVOKE_READ_TIMEOUT
+        return max(retry.rate_limit_budget, retry.max_elapsed) + retry.retry_after_cap + settings.connect_timeout + read
+
+    def get_invocation(self, invocation_id: str) -> Invocation:
+        """``GET /invocations/{id}``: the invocation's current state (and output, once finished).
+
+        :raises KernelInputError: ``invocation_id`` is not a non-empty string; nothing was sent.
+        :raises KernelNotFoundError: Kernel does not know it.
+        """
+        return self.execute(operations.get_invocation(require_name("invocation_id", invocation_id)))
+
+    async def aget_invocation(self, invocation_id: str) -> Invocation:
+        """:meth:`get_invocation` without blocking the event loop."""
+        return await self.aexecute(operations.get_invocation(require_name("invocation_id", invocation_id)))
+
+    def list_invocations(self, **filters: Any) -> list[Invocation]:
+        """All invocations matching ``filters``, newest first, pages followed.
+
+        :param filters: the keyword arguments of :func:`~kernel_provider.client.operations.list_invocations`
+            (``app_name``, ``version``, ``action_name``, ``status``, ``since``, ``limit``, ...). ``limit`` caps
+            the total; without it every page is read.
+        """
+        return self.execute(operations.list_invocations(**filters))
+
+    async def alist_invocations(self, **filters: Any) -> list[Invocation]:
+        """:meth:`list_invocations` without blocking the event loop."""
+        return await self.aexecute(operations.list_invocations(**filters))
+
+    def cancel_invocation(self, invocation_id: str, reason: str | None = None, *,
+                          budget: float | None = None) -> Invocation | None:
+        """Stop a run: PATCH the invocation ``failed`` and DELETE its browsers, both at once.
+
+        The two requests go out concurrently (the DELETE on a helper thread), so a slow or failing PATCH never
+        holds back the DELETE that frees the browsers. A 404 on either is not an error (already gone).
+
+        :param invocation_id: the invocation to stop.
+        :param reason: stored as the invocation's output ``{"error": reason}``; None uses Kernel's wording.
+            It does not change the ``status_reason`` Kernel reports.
+        :param budget: seconds this call may take in all. Each request's connect and read timeouts and its retry
+            window are cut to fit, and the call returns when the budget is spent even if a request is still
+            out (that request then ends on its own, within its cut timeouts). None: the full timeouts and
+            retries, with no overall bound.
+        :returns: the invocation as the PATCH left it (``failed``, or its earlier final state when it had already
+            ended), or None when Kernel no longer knows it.
+        :raises KernelInputError: ``invocation_id`` or ``budget`` is not valid; nothing was sent.
+        :raises KernelError: after both requests have ended (or the budget is spent): the PATCH's error when the
+            PATCH failed, else the DELETE's. A request still out when the budget ends counts as a
+            :class:`KernelTransportError`.
+        """
+        invocation_id = require_name("invocation_id", invocation_id)
+        budget = check_seconds("budget", budget, exclusive=True)
+        deadline = _deadline(budget)
+        outcomes: dict[str, tuple[bool, Any]] = {}
+
+        def step(name: str, operation: Operation[Any]) -> None:
+            try:
+                outcomes[name] = (True, operations.drive(operation, lambda call: self._send(call, deadline)))
+            except BaseException as exc:  # handed to the caller below, on its own thread
+                outcomes[name] = (False, exc)
+
+        patch, delete = operations.cancel_steps(invocation_id, reason)
+        threads = [threading.Thread(target=step, args=(name, operation), daemon=True,
+                                    name=f"kernel-cancel-{name}-{invocation_id}")
+                   for name, operation in (("delete", delete), ("patch", patch))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            # Daemon threads: one still waiting for Kernel when the budget ends must not keep the process alive.
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return operations.cancel_result(invocation_id, budget, outcomes.get("patch"), outcomes.get("delete"))
+
+    async def acancel_invocation(self, invocation_id: str, reason: str | None = None, *,
+                                 budget: float | None = None) -> Invocation | None:
+        """:meth:`cancel_invocation` without blocking the event loop: the PATCH and the DELETE run as two tasks at
+        once, with the same parameters, result and errors. A request still out when the budget is spent is
+        cancelled; when this coroutine is cancelled, both requests are cancelled with it."""
+        invocation_id = require_name("invocation_id", invocation_id)
+        budget = check_seconds("budget", budget, exclusive=True)
+        deadline = _deadline(budget)
+
+        async def step(operation: Operation[Any]) -> tuple[bool, Any]:
+            try:
+                return True, await operations.adrive(operation, lambda call: self._asend(call, deadline))
+            except KernelError as exc:
+                return False, exc
+
+        patch, delete = operations.cancel_steps(invocation_id, reason)
+        tasks = {name: asyncio.ensure_future(step(operation)) for name, operation in
+                 (("delete", delete), ("patch", patch))}
+        try:
+            await asyncio.wait(tasks.values(),
+                               timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        finally:
+            for task in tasks.values():
+                task.cancel()  # no-op for the finished ones; a request still out ends with the budget
+        outcomes = {name: task.result() for name, task in tasks.items() if task.done() and not task.cancelled()}
+        return operations.cancel_result(invocation_id, budget, outcomes.get("patch"), outcomes.get("delete"))
+
+    def list_browsers(self, invocation_id: str) -> list[dict[str, Any]]:
+        """The browsers the invocation holds, as Kernel describes them (empty once they are deleted)."""
+        return self.execute(operations.list_browsers(require_name("invocation_id", invocation_id)))
+
+    async def stream_events(self, invocation_id: str, *, since: str | None = None,
+                            silence_timeout: float = 60.0) -> AsyncGenerator[dict[str, Any], None]:
+        """Follow ``GET /invocations/{id}/events``: yields each event's JSON object as it arrives.
+
+        Ends when the server closes the stream (normally right after the terminal ``invocation_state``). Events
+        that are not JSON objects are skipped (logged). Raises :class:`KernelTransportError` when the stream cannot
+        be opened, breaks, or is silent for longer than ``silence_timeout`` seconds; :class:`KernelApiError` when
+        Kernel refuses it. No retries here (the caller decides how to resume), except one: a refused key is read
+        again once (see ``refresh``) and, if it changed, the stream is opened once more with it. Close the
+        generator (``contextlib.aclosing``) when leaving early, so the response is closed at once.
+
+        :param invocation_id: the invocation to follow.
+        :param since: RFC 3339 timestamp; Kernel sends only events from then on (None: from the start).
+        :param silence_timeout: seconds without any byte (Kernel sends heartbeats) before the stream counts as
+            broken. Not a bound on the whole stream.
+        """
+        call = operations.event_stream(invocation_id, since)
+        async with contextlib.AsyncExitStack() as stack:
+            data = await self._with_fresh_settings(
+                lambda settings: self.async_transport.open_events(stack, call, settings, silence_timeout),
+                f"Opening the event stream of {invocation_id} again")
+            async for text in data:
+                try:
+                    event = json.loads(text)
+                except ValueError:
+                    log.warning("Ignoring an event that is not JSON: %.200r", text)
+                    continue
+                if isinstance(event, dict):
+                    yield event
+
+    def invocation_url(self, invocation_id: str) -> str:
+        """The invocation's page in Kernel's dashboard (no request is made)."""
+        return self.settings.invocation_url(invocation_id)
+
+    # --- apps -------------------------------------------------------------------------------------------------
+
+    def list_apps(self, **filters: Any) -> list[AppVersion]:
+        """The deployed app versions and their actions, pages followed.
+
+        :param filters: the keyword arguments of :func:`~kernel_provider.client.operations.list_apps`
+            (``app_name``, ``version``, ``query``, ``limit``, ``page_size``).
+        """
+        return self.execute(operations.list_apps(**filters))
+
+    def get_action(self, app_name: str, action_name: str, version: str = "latest") -> AppAction:
+        """The action's description, from ``GET /apps``.
+
+        :raises KernelInputError: the app, version or action does not exist; the message lists what does (the
+            deployed apps, the app's versions, or the version's actions).
+        """
+        app_name = require_name("app_name", app_name)
+        action_name = require_name("action_name", action_name)
+        version = require_name("version", version)
+        versions = self.list_apps(app_name=app_name)
+        if not versions:
+            known = sorted({a.app_name for a in self.list_apps(limit=100)})
+            raise KernelInputError("app_name", f"no app {app_name!r} is deployed.",
+                                   f"Deployed apps: {', '.join(known) or 'none'}.")
+        match = next((v for v in versions if v.version == version), None)
+        if match is None:
+            raise KernelInputError("version", f"app {app_name!r} has no version {version!r}.",
+                                   f"Versions: {', '.join(sorted(v.version for v in versions))}.")
+        action = next((a for a in match.actions if a.name == action_name), None)
+        if action is None:
+            raise KernelInputError("action_name", f"{app_name}@{version} has no action {action_name!r}.",
+                                   f"Actions: {', '.join(sorted(match.action_names)) or 'none'}.")
+        return action
+
+    def check_connection(self) -> tuple[bool, str]:
+        """One cheap authenticated call (``GET /apps?limit=1``, few retries), answered in words a person
+        understands: ``(True, ...)`` when the key is good, else ``(False, why)`` telling a refused key apart from an
+        unreachable host. Never raises."""
+        url = self.settings.base_url
+        try:
+            operations.drive(operations.check_connection(), lambda call: self._send(call, None, CHECK_POLICY))
+        except KernelAuthError as exc:
+            return False, (f"Kernel at {url} rejected the API key (HTTP {exc.status_code}: {exc.message}). "
+                           "Check the connection's API key (password) and project.")
+        except KernelApiError as exc:
+            return False, f"Kernel at {url} answered with an error: {exc}"
+        except KernelTransportError as exc:
+            return False, f"Could not reach Kernel at {url}: {exc}"
+        except Exception as exc:  # a person reads the answer: any failure is reported, not raised
+            return False, f"Connection test failed: {type(exc).__name__}: {exc}"
+        return True, f"Connected to Kernel at {url}; the API key is valid."
+
+    # --- one request under the retry policy ---------------------------------------------------------------------
+
+    def _retrying(self, call: ApiCall[Any], deadline: float | None, policy: RetryPolicy | None) -> dict[str, Any]:
+        """tenacity's arguments for ``call``: the policy, fitted into the time left before ``deadline``."""
+        policy = policy or self.retry
+        describe = f"{call.endpoint.method} {call.path}"
+        if deadline is None:
+            return policy.tenacity_kwargs(idempotent=call.endpoint.idempotent, describe=describe)
+        retrying = policy.within(deadline - time.monotonic()).tenacity_kwargs(
+            idempotent=call.endpoint.idempotent, describe=describe)
+        stop, wait = retrying["stop"], retrying["wait"]
+        # No new attempt once the time is spent, and no backoff that would outlast it.
+        retrying["stop"] = lambda state: stop(state) or deadline - time.monotonic() <= 0
+        retrying["wait"] = lambda state: max(0.0, min(wait(state), deadline - time.monotonic()))
+        return retrying
+
+    def _send(self, call: ApiCall[T], deadline: float | None, policy: RetryPolicy | None = None) -> T:
+        settings = self.settings
+        for attempt in tenacity.Retrying(**self._retrying(call, deadline, policy)):
+            with attempt:
+                response = self.transport.request(*_fitted(call, settings, deadline))
+                operations.raise_for_status(call, response)
+        return call.parse(response)
+
+    async def _asend(self, call: ApiCall[T], deadline: float | None) -> T:
+        return await self._with_fresh_settings(lambda settings: self._asend_with(call, settings, deadline),
+                                                f"Sending {call.endpoint.method} {call.path} again")
+
+    async def _asend_with(self, call: ApiCall[T], settings: KernelSettings, deadline: float | None) -> T:
+        async for attempt in tenacity.AsyncRetrying(**self._retrying(call, deadline, None)):
+            with attempt:
+                response = await self.async_transport.request(*_fitted(call, settings, deadline))
+                operations.raise_for_status(call, response)
+        return call.parse(response)
+
+    async def _with_fresh_settings(self, attempt: Callable[[KernelSettings], Awaitable[T]], again: str) -> T:
+        """``attempt`` with the current settings; after a refused key, once more with settings read anew (if
+        they differ)."""
+        settings = self.settings
+        try:
+            return await attempt(settings)
+        except KernelAuthError:
+            fresh = await self._refreshed(settings)
+            if fresh is None:
+                raise
+            log.info("%s with the connection read anew.", again)
+            return await attempt(fresh)
+
+    async def _refreshed(self, rejected: KernelSettings) -> KernelSettings | None:
+        """Kernel refused ``rejected``: the settings to try once more, or None (the refusal is the error).
+
+        Many calls can be refused together after a key rotation: only the first one that still holds the current
+        settings reads them again; the others find the newer settings and use them.
+        """
+        if self._refresh is None:
+            return None
+        async with self._refresh_lock:
+            if self.settings is rejected:
+                log.info("Kernel refused the API key of connection %r; reading the connection again.",
+                         rejected.conn_id)
+                try:
+                    self.settings = await self._refresh()
+                except KernelError as exc:
+                    log.warning("Could not read connection %r again: %s", rejected.conn_id, exc)
+                    return None
+        current = self.settings
+        return None if current.same_credentials(rejected) else current
+
+
+def _deadline(budget: float | None) -> float | None:
+    """The ``time.monotonic()`` moment a budget of ``budget`` seconds (checked) ends; None for no budget."""
+    budget = check_seconds("budget", budget, exclusive=True)
+    return None if budget is None else time.monotonic() + budget
+
+
+def _fitted(call: ApiCall[T], settings: KernelSettings, deadline: float | None) -> tuple[ApiCall[T], KernelSettings]:
+    """``call`` and ``settings`` with every timeout cut to the time left; no time left is a transport error that
+    certainly sent nothing."""
+    if deadline is None:
+        return call, settings
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise KernelTransportError("no time left in the call's budget", request_sent=False,
+                                   method=call.endpoint.method, path=call.path)
+    return call.within(left), settings.within(left)
