@@ -175,6 +175,26 @@ class RunRecordStore:
             log.warning("Could not remove the Kernel run record from the %s: %s", self.where, exc)
 
 
+def forget_airflow2_record(dag_id: str, task_id: str, run_id: str, map_index: int, invocation_id: str) -> bool:
+    """Remove a task instance's record Variable (Airflow < 3.3) if it still names ``invocation_id``.
+
+    Used by the trigger once it has cancelled the run of a task a person marked or cleared. A record naming
+    another invocation belongs to a newer try (a clear already started afresh) and is left alone. Blocking
+    (metadata DB): call it from a worker thread. Returns whether a record was removed.
+    """
+    key = VARIABLE_PREFIX + ".".join(str(part) for part in (dag_id, task_id, run_id, map_index))
+    variable = _variable()
+    value = (variable.get(key, default_var=None) if _is_af2() else variable.get(key, default=None))
+    try:
+        record = RunRecord.from_stored(value)
+    except (TypeError, ValueError, KeyError):
+        return False
+    if record is None or record.invocation_id != invocation_id:
+        return False
+    variable.delete(key)
+    return True
+
+
 def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 

@@ -249,7 +249,15 @@ class KernelInvocationTrigger(BaseTrigger):
             return
         why = "was removed" if row is None else f"is {state or 'cleared'}"
         self.log.info("Task instance %s %s; cancelling Kernel invocation %s.", key.label, why, self.invocation_id)
-        await self._cancel(f"Airflow task instance {why}", CLEANUP_CANCEL_BUDGET)
+        if await self._cancel(f"Airflow task instance {why}", CLEANUP_CANCEL_BUDGET):
+            # The run has an outcome (cancelled): its record would otherwise stay as an Airflow Variable for ever.
+            from kernel_provider.run_record import forget_airflow2_record
+
+            try:
+                await _in_db_thread(forget_airflow2_record, key.dag_id, key.task_id, key.run_id, key.map_index,
+                                    self.invocation_id)
+            except Exception as exc:
+                self.log.warning("Could not remove the run record of task instance %s: %s", key.label, exc)
 
     async def _deadline_passed(self) -> dict[str, Any]:
         message = f"Invocation {self.invocation_id} did not finish before the deadline."

@@ -515,6 +515,27 @@ async def test_airflow2_cleanup_cancels_only_when_the_task_was_stopped(kernel_co
 
 
 @pytest.mark.skipif(AF3, reason="Airflow 2 only")
+async def test_airflow2_cleanup_removes_the_record_of_the_run_it_cancelled_only(kernel_conn_env, airflow_ti):
+    """A marked task's record Variable would stay for ever; a newer try's record (naming another run) stays."""
+    from airflow.models import Variable
+
+    from kernel_provider.run_record import VARIABLE_PREFIX, RunRecord
+
+    ti, dr = airflow_ti
+    key = VARIABLE_PREFIX + ".".join(str(p) for p in (ti.dag_id, ti.task_id, ti.run_id, ti.map_index))
+    set_ti_state(dr, "success", None)
+    for recorded, kept in (("mine", False), ("newer-try", True)):
+        inv_id = start("slow")
+        Variable.set(key, RunRecord(inv_id if recorded == "mine" else "someoneelse0000000000000", 1, 0).to_json())
+        t = trigger(inv_id)
+        t.task_instance = ti
+        await t.cleanup()
+        assert kernel_conn_env.invocation(inv_id)["status"] == "failed"
+        assert (Variable.get(key, default_var=None) is not None) is kept
+    Variable.delete(key)
+
+
+@pytest.mark.skipif(AF3, reason="Airflow 2 only")
 async def test_airflow2_cleanup_after_the_event_or_without_cancel_on_kill_never_cancels(kernel_conn_env, airflow_ti):
     ti, dr = airflow_ti
     set_ti_state(dr, "scheduled", "__fail__")
