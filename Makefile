@@ -74,7 +74,7 @@ bench: $(VENV)/.installed
 
 ## make chaos: 1,000 invocations through the real code paths under injected faults; prints one table.
 chaos: $(VENV)/.installed
-	@AIRFLOW_HOME=$(CURDIR)/.airflow/chaos $(VENV)/bin/python -m bench.chaos
+	@AIRFLOW_HOME=$(CURDIR)/.airflow/chaos $(VENV)/bin/python -m tests.chaos.harness
 
 clean:
 	rm -rf $(VENV) $(VENV_AF2) .airflow build *.egg-info

@@ -24,34 +24,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from bench.common import emulator, table
+from tests.standins import DictStateStore, FakeTI
 
 TERMINAL = ("succeeded", "failed")
 GOAL_WORKER_S = 2.0
-
-
-class _FakeTI:
-    """Just what ``KernelInvokeOperator`` reads from ``context["ti"]``."""
-
-    def __init__(self) -> None:
-        self.dag_id, self.task_id, self.run_id, self.map_index = "bench", "kernel_invoke", "bench_run", -1
-        self.start_date = datetime.now(timezone.utc)
-        self.xcoms: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcoms[key] = value
-
-
-class _DictStateStore:
-    """Stands in for Airflow 3.3's ``task_state_store`` (see ``kernel_provider.wait.InvocationIdStore``)."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    def set(self, key: str, value: Any) -> None:
-        self.values[key] = value
 
 
 def run_ours(action_seconds: float) -> dict[str, Any]:
@@ -62,7 +38,9 @@ def run_ours(action_seconds: float) -> dict[str, Any]:
     operator = KernelInvokeOperator(task_id="kernel_invoke", app_name="demo", action_name="sleep",
                                     payload={"seconds": action_seconds, "result": {"ok": True}},
                                     deferrable=True, stream_logs=False)
-    context: dict[str, Any] = {"ti": _FakeTI(), "task_state_store": _DictStateStore()}
+    ti = FakeTI("kernel_invoke", dag_id="bench")
+    ti.start_date = datetime.now(timezone.utc)
+    context: dict[str, Any] = {"ti": ti, "task_state_store": DictStateStore()}
     started = time.perf_counter()
     try:
         operator.execute(context)

@@ -31,29 +31,15 @@ from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.sensors.kernel import KernelInvocationSensor
 from kernel_provider.triggers.kernel import KernelInvocationTrigger
 from tests.helpers import FAST_RETRY, conn_json
+from tests.standins import DictStateStore, FakeTI
 
 GET_ONE = "GET /invocations/{id}"
 EVENTS = "GET /invocations/{id}/events"
 CREATE = "POST /invocations"
 
 
-class FakeTI:
-    dag_id, task_id, run_id, map_index, try_number, start_date = "bad_input", "t", "run", -1, 1, None
-
-    def __init__(self) -> None:
-        self.xcom: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any, **_: Any) -> None:
-        self.xcom[key] = value
-
-
-class DictStore(dict):  # type: ignore[type-arg]
-    def set(self, key: str, value: Any) -> None:
-        self[key] = value
-
-
 def context() -> dict[str, Any]:
-    return {"ti": FakeTI(), "task_state_store": DictStore()}
+    return {"ti": FakeTI(dag_id="bad_input"), "task_state_store": DictStateStore()}
 
 
 def kernel_requests(emulator: Any) -> list[dict[str, Any]]:

@@ -15,29 +15,18 @@ from typing import Any
 
 import pytest
 
-from bench.chaos import thread_ready_for_execute
 from kernel_provider.exceptions import KernelInvocationFailed
 from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.triggers.kernel import KernelInvocationTrigger
 from tests.airflow_helpers import make_dag, run_dag, states, ti_map, wait_until
+from tests.chaos.harness import thread_ready_for_execute
+from tests.standins import DictStateStore, FakeTI
 
 BROWSE = {"count": 2, "seconds": 3600}  # two browsers, held for an hour unless the run is stopped
 
 
-class FakeTI:
-    dag_id, task_id, run_id, map_index, try_number, start_date = "audit", "invoke", "run", -1, 1, None
-
-    def xcom_push(self, key: str, value: Any, **_: Any) -> None:
-        pass
-
-
-class DictStore(dict):  # type: ignore[type-arg]
-    def set(self, key: str, value: Any) -> None:
-        self[key] = value
-
-
 def context() -> dict[str, Any]:
-    return {"ti": FakeTI(), "task_state_store": DictStore()}
+    return {"ti": FakeTI(dag_id="audit"), "task_state_store": DictStateStore()}
 
 
 def browsing(emulator: Any) -> list[dict[str, Any]]:

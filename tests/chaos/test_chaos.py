@@ -1,7 +1,7 @@
-"""A reduced chaos run (``bench/chaos.py``) in the test suite: under injected faults nothing is lost, nothing
+"""A reduced chaos run (``tests/chaos/harness.py``) in the test suite: under injected faults nothing is lost, nothing
 runs twice, and every final state the client reports is the emulator's.
 
-The full run is ``python -m bench.chaos`` (1,000 invocations); this one drives 240 through the same code.
+The full run is ``python -m tests.chaos.harness`` (1,000 invocations); this one drives 240 through the same code.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.chaos
 
 
 def test_reduced_chaos_run_has_no_duplicates_no_losses_no_wrong_states() -> None:
-    from bench.chaos import format_table, run
+    from tests.chaos.harness import format_table, run
 
     result = run(invocations=240, seed=11, concurrency=24)
     table = format_table(result.rows)

@@ -1,6 +1,6 @@
 """Chaos run: N async invocations through the provider's real code paths while the emulator misbehaves.
 
-Run: ``python -m bench.chaos [--invocations 1000] [--seed 7] [--concurrency 32] [--json]``.
+Run: ``python -m tests.chaos.harness [--invocations 1000] [--seed 7] [--concurrency 32] [--json]``.
 
 What it does (seeded: the workload - actions, payloads, how each invocation is waited for - and the fault
 plan's random draws come from ``--seed``):
@@ -161,6 +161,7 @@ _current_job: contextvars.ContextVar[Job | None] = contextvars.ContextVar("chaos
 LOG_CLASSES: tuple[tuple[str, str], ...] = (
     (r"may have been created", "ambiguous create reported"),
     (r"created by the failed request; using it", "ambiguous create reconciled"),
+    (r"create of .* got no answer; looking for what it may have started", "pending create: looked up on retry"),
     (r"create started invocation .*; continuing it", "pending create reconciled on retry"),
     (r"create started nothing; invoking now", "pending create: none found, invoked on retry"),
     (r"previous try's invocation .* failed", "re-invoked after a failed run"),
@@ -580,7 +581,7 @@ def run(invocations: int = 1000, seed: int = 7, concurrency: int = 32) -> Result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos.harness", description=__doc__.split("\n")[0])
     parser.add_argument("--invocations", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--concurrency", type=int, default=32, help="worker threads for submits and pokes")
