@@ -46,6 +46,7 @@ browser-deps:
 lint: $(VENV)/.installed
 	@echo "==> ruff"
 	@$(VENV)/bin/ruff check kernel_provider tests example_dags bench
+	@$(VENV)/bin/ruff format --check kernel_provider tests example_dags bench
 	@echo "==> mypy"
 	@$(VENV)/bin/mypy
 

@@ -54,6 +54,7 @@ def run_one(module_name: str, argv: list[str]) -> dict[str, Any]:
     captured: list[Any] = []
     original_run = getattr(module, "run", None)
     if callable(original_run):  # keep the structured result of modules that only print it
+
         def recording_run(*args: Any, **kwargs: Any) -> Any:
             value = original_run(*args, **kwargs)
             captured.append(value)
@@ -95,8 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmarks: {sorted(unknown)}")
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     report: dict[str, Any] = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick, "python": sys.version.split()[0],
-        "platform": platform.platform(), "cpus": os.cpu_count(), "benchmarks": {},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": args.quick,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "benchmarks": {},
     }
     failures = 0
     for name, module_name, default_argv, quick_argv in BENCHES:

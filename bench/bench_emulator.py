@@ -188,9 +188,7 @@ async def bench_streams(url: str, ids: list[str], count: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of the creates/s phase")
     parser.add_argument("--concurrency", type=int, default=32, help="client concurrency for creates")
     parser.add_argument("--clients", type=int, default=4, help="AsyncClients sharing that concurrency")
@@ -245,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += [
             (
                 "RSS MiB start / creates / live",
-                f"{results['rss_mb_start']} / {results['rss_mb_after_creates']} / "
-                f"{results['rss_mb_with_live']}",
+                f"{results['rss_mb_start']} / {results['rss_mb_after_creates']} / {results['rss_mb_with_live']}",
             ),
         ]
         if "rss_mb_with_streams" in results:

@@ -42,14 +42,23 @@ def run(calls: int = 1000) -> dict[str, float]:
             for _ in range(20):
                 fn()
         seconds = timed_rounds(subjects, calls)
-    bare, hook_t, sdk_t = (seconds["requests.Session (bare)"], seconds["KernelHook.get_invocation"],
-                           seconds["kernel SDK invocations.retrieve"])
+    bare, hook_t, sdk_t = (
+        seconds["requests.Session (bare)"],
+        seconds["KernelHook.get_invocation"],
+        seconds["kernel SDK invocations.retrieve"],
+    )
     return {
         "calls": calls,
-        "bare_ms": bare[0] * 1000, "hook_ms": hook_t[0] * 1000, "sdk_ms": sdk_t[0] * 1000,
-        "bare_cpu_ms": bare[1] * 1000, "hook_cpu_ms": hook_t[1] * 1000, "sdk_cpu_ms": sdk_t[1] * 1000,
-        "hook_vs_bare": bare[0] / hook_t[0], "hook_vs_sdk": sdk_t[0] / hook_t[0],
-        "hook_vs_sdk_cpu": sdk_t[1] / hook_t[1], "hook_vs_bare_cpu": bare[1] / hook_t[1],
+        "bare_ms": bare[0] * 1000,
+        "hook_ms": hook_t[0] * 1000,
+        "sdk_ms": sdk_t[0] * 1000,
+        "bare_cpu_ms": bare[1] * 1000,
+        "hook_cpu_ms": hook_t[1] * 1000,
+        "sdk_cpu_ms": sdk_t[1] * 1000,
+        "hook_vs_bare": bare[0] / hook_t[0],
+        "hook_vs_sdk": sdk_t[0] / hook_t[0],
+        "hook_vs_sdk_cpu": sdk_t[1] / hook_t[1],
+        "hook_vs_bare_cpu": bare[1] / hook_t[1],
     }
 
 
@@ -63,14 +72,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
     print(f"get_invocation x {args.calls} against the emulator (median of 5 interleaved rounds)")
-    print(table(["client", "wall ms/call", "client CPU ms/call"], [
-        ["requests.Session (bare)", result["bare_ms"], result["bare_cpu_ms"]],
-        ["KernelHook", result["hook_ms"], result["hook_cpu_ms"]],
-        ["kernel SDK (sync)", result["sdk_ms"], result["sdk_cpu_ms"]],
-    ]))
-    print(f"hook throughput = {result['hook_vs_bare']:.2f}x bare session (goal >= 0.9), "
-          f"{result['hook_vs_sdk']:.2f}x SDK (goal >= 2); client CPU per call: SDK/hook = "
-          f"{result['hook_vs_sdk_cpu']:.2f}x, bare/hook = {result['hook_vs_bare_cpu']:.2f}x")
+    print(
+        table(
+            ["client", "wall ms/call", "client CPU ms/call"],
+            [
+                ["requests.Session (bare)", result["bare_ms"], result["bare_cpu_ms"]],
+                ["KernelHook", result["hook_ms"], result["hook_cpu_ms"]],
+                ["kernel SDK (sync)", result["sdk_ms"], result["sdk_cpu_ms"]],
+            ],
+        )
+    )
+    print(
+        f"hook throughput = {result['hook_vs_bare']:.2f}x bare session (goal >= 0.9), "
+        f"{result['hook_vs_sdk']:.2f}x SDK (goal >= 2); client CPU per call: SDK/hook = "
+        f"{result['hook_vs_sdk_cpu']:.2f}x, bare/hook = {result['hook_vs_bare_cpu']:.2f}x"
+    )
     return 0
 
 

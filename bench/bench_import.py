@@ -32,8 +32,9 @@ print(elapsed, len(set(sys.modules) - before))
 
 
 def measure(module: str) -> tuple[float, int]:
-    out = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(module=module)], capture_output=True, text=True, check=True
+    ).stdout.split()
     return float(out[-2]), int(out[-1])
 
 
@@ -43,8 +44,10 @@ def run(runs: int = 7) -> dict[str, dict[str, float]]:
         order = list(SUBJECTS) if index % 2 == 0 else list(reversed(SUBJECTS))
         for name in order:
             samples[name].append(measure(SUBJECTS[name]))
-    return {name: {"ms": statistics.median(s[0] for s in values) * 1000, "modules": values[-1][1]}
-            for name, values in samples.items()}
+    return {
+        name: {"ms": statistics.median(s[0] for s in values) * 1000, "modules": values[-1][1]}
+        for name, values in samples.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,6 +62,7 @@ GOALS = {
 
 # --------------------------------------------------------------------------------------------- helpers
 
+
 def raise_nofile() -> int:
     """Raise the soft file-descriptor limit to the hard limit (N sockets on each side)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -101,6 +102,7 @@ def percentile(values: list[float], q: float) -> float:
 
 # --------------------------------------------------------------------------------------------- subjects (child)
 
+
 def make_subject(name: str, poll_interval: float, url: str, token: str, dbt_client: str) -> Any:
     """An ``async wait_one(invocation_id) -> status`` for the subject."""
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
@@ -111,8 +113,9 @@ def make_subject(name: str, poll_interval: float, url: str, token: str, dbt_clie
         mode = "stream" if name == "ours-stream" else "poll"
 
         async def ours(invocation_id: str) -> str:
-            event = await KernelInvocationTrigger(invocation_id, mode=mode, poll_interval=poll_interval,
-                                                  stream_logs=False).wait()
+            event = await KernelInvocationTrigger(
+                invocation_id, mode=mode, poll_interval=poll_interval, stream_logs=False
+            ).wait()
             return str(event.get("status"))
 
         return ours
@@ -124,8 +127,10 @@ def make_subject(name: str, poll_interval: float, url: str, token: str, dbt_clie
             # airflow.providers.dbt.cloud: DbtCloudRunJobTrigger.is_still_running -> hook.get_job_status ->
             # ``async with aiohttp.ClientSession(headers=...) as session: async with session.get(...)``.
             while True:
-                async with aiohttp.ClientSession(headers=headers) as session, \
-                        session.get(f"{url}/invocations/{invocation_id}") as response:
+                async with (
+                    aiohttp.ClientSession(headers=headers) as session,
+                    session.get(f"{url}/invocations/{invocation_id}") as response,
+                ):
                     response.raise_for_status()
                     data = await response.json()
                 if data["status"] in TERMINAL:
@@ -152,6 +157,7 @@ def make_subject(name: str, poll_interval: float, url: str, token: str, dbt_clie
     from kernel import AsyncKernel
 
     if name == "sdk-poll":
+
         async def sdk_poll(invocation_id: str) -> str:
             async with AsyncKernel(api_key=token, base_url=url) as client:
                 while True:
@@ -163,6 +169,7 @@ def make_subject(name: str, poll_interval: float, url: str, token: str, dbt_clie
         return sdk_poll
 
     if name == "sdk-follow":
+
         async def sdk_follow(invocation_id: str) -> str:
             async with AsyncKernel(api_key=token, base_url=url) as client:
                 while True:
@@ -249,9 +256,16 @@ def child_main(args: argparse.Namespace) -> int:
         await ticking
         peak_kb = max(sampled_peak_kb[0], _status_kb("VmHWM") if hwm_reset else 0)
         return {
-            "started": started_wall, "returned": returned, "statuses": dict(statuses), "wall_s": wall,
-            "cpu_s": cpu, "baseline_kb": baseline_kb, "peak_kb": peak_kb, "sampled_peak_kb": sampled_peak_kb[0],
-            "hwm_used": hwm_reset, "lags": lags,
+            "started": started_wall,
+            "returned": returned,
+            "statuses": dict(statuses),
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "baseline_kb": baseline_kb,
+            "peak_kb": peak_kb,
+            "sampled_peak_kb": sampled_peak_kb[0],
+            "hwm_used": hwm_reset,
+            "lags": lags,
         }
 
     if args.profile:
@@ -268,6 +282,7 @@ def child_main(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- parent
 
+
 def _last_seq(emu: Any) -> int:
     entries = emu.client.requests()
     return int(entries[-1]["seq"]) if entries else 0
@@ -282,7 +297,7 @@ def _read_marked(proc: subprocess.Popen[str], kind: str, deadline: float) -> Any
         if not line:
             raise RuntimeError(f"client process ended before {kind} (exit code {proc.wait()})")
         if line.startswith(f"{MARK}{kind} "):
-            return json.loads(line[len(MARK) + len(kind) + 1:])
+            return json.loads(line[len(MARK) + len(kind) + 1 :])
 
 
 def create_staggered(hook: Any, n: int, per_create_s: float, lead: float, spread: float) -> list[str]:
@@ -293,8 +308,11 @@ def create_staggered(hook: Any, n: int, per_create_s: float, lead: float, spread
     for i in range(n):
         target = start + budget + lead + spread * i / max(1, n - 1)
         seconds = max(0.5, target - time.time())
-        ids.append(hook.invoke("demo", "sleep", payload={"seconds": round(seconds, 4), "result": {"i": i}},
-                               invoke_async=True).id)
+        ids.append(
+            hook.invoke(
+                "demo", "sleep", payload={"seconds": round(seconds, 4), "result": {"i": i}}, invoke_async=True
+            ).id
+        )
     return ids
 
 
@@ -307,10 +325,25 @@ def run_subject(emu: Any, hook: Any, name: str, args: argparse.Namespace) -> dic
         hook.invoke("demo", "echo", payload={"calibrate": True}, invoke_async=True)
     per_create = (time.perf_counter() - calibrate) / 10
     child_timeout = args.lead + args.spread + max(60.0, 20 * args.poll_interval)
-    cmd = [sys.executable, "-m", "bench.bench_trigger", "--child", name, "--warm-id", warm_id,
-           "--poll-interval", str(args.poll_interval), "--dbt-client", args.dbt_client,
-           "--child-timeout", str(child_timeout)] + (["--profile", args.profile] if args.profile else []) + (
-        ["--pool-shards", str(args.pool_shards)] if args.pool_shards else [])
+    cmd = (
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_trigger",
+            "--child",
+            name,
+            "--warm-id",
+            warm_id,
+            "--poll-interval",
+            str(args.poll_interval),
+            "--dbt-client",
+            args.dbt_client,
+            "--child-timeout",
+            str(child_timeout),
+        ]
+        + (["--profile", args.profile] if args.profile else [])
+        + (["--pool-shards", str(args.pool_shards)] if args.pool_shards else [])
+    )
     with tempfile.TemporaryFile("w+") as stderr:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
         try:
@@ -380,18 +413,38 @@ def run_subject(emu: Any, hook: Any, name: str, args: argparse.Namespace) -> dic
     }
 
 
-def run(waits: int = 1000, poll_interval: float = 1.0, lead: float = 6.0, spread: float = 4.0,
-        subjects: tuple[str, ...] = SUBJECTS, dbt_client: str = "aiohttp", profile: str | None = None,
-        pool_shards: int = 0) -> dict[str, Any]:
+def run(
+    waits: int = 1000,
+    poll_interval: float = 1.0,
+    lead: float = 6.0,
+    spread: float = 4.0,
+    subjects: tuple[str, ...] = SUBJECTS,
+    dbt_client: str = "aiohttp",
+    profile: str | None = None,
+    pool_shards: int = 0,
+) -> dict[str, Any]:
     from kernel_provider.hooks.kernel import KernelHook
 
-    args = argparse.Namespace(waits=waits, poll_interval=poll_interval, lead=lead, spread=spread,
-                              dbt_client=dbt_client, profile=profile,
-                              pool_shards=pool_shards)
+    args = argparse.Namespace(
+        waits=waits,
+        poll_interval=poll_interval,
+        lead=lead,
+        spread=spread,
+        dbt_client=dbt_client,
+        profile=profile,
+        pool_shards=pool_shards,
+    )
     nofile = raise_nofile()  # inherited by the emulator and the client processes
-    results: dict[str, Any] = {"waits": waits, "poll_interval": poll_interval, "lead_s": lead,
-                               "spread_s": spread, "nofile": nofile, "dbt_client": dbt_client,
-                               "goals": GOALS, "subjects": {}}
+    results: dict[str, Any] = {
+        "waits": waits,
+        "poll_interval": poll_interval,
+        "lead_s": lead,
+        "spread_s": spread,
+        "nofile": nofile,
+        "dbt_client": dbt_client,
+        "goals": GOALS,
+        "subjects": {},
+    }
     with emulator(heartbeat=5.0) as emu:
         hook = KernelHook()
         for name in subjects:
@@ -432,22 +485,50 @@ def report(results: dict[str, Any]) -> str:
     for name, r in subjects.items():
         ratio = r["added_rss_mb"] / sdk_rss if sdk_rss else float("nan")
         ok = r["statuses"].get("succeeded", 0)
-        rows.append([name, r["requests_per_wait"], r["detect_p50_s"], r["detect_p99_s"], r["added_rss_mb"],
-                     ratio, r["lag_p99_ms"], r["lag_p99_steady_ms"], r["wall_s"], r["client_cpu_s"],
-                     f"{ok}/{r['waits']}"])
+        rows.append(
+            [
+                name,
+                r["requests_per_wait"],
+                r["detect_p50_s"],
+                r["detect_p99_s"],
+                r["added_rss_mb"],
+                ratio,
+                r["lag_p99_ms"],
+                r["lag_p99_steady_ms"],
+                r["wall_s"],
+                r["client_cpu_s"],
+                f"{ok}/{r['waits']}",
+            ]
+        )
     lines = [
         f"{results['waits']} concurrent waits in one event loop against the emulator (subprocess, heartbeat 5 s); "
         f"poll interval {results['poll_interval']} s; ends staggered over {results['spread_s']} s, "
         f"{results['lead_s']} s after creation; dbt-style client: {results['dbt_client']}",
-        table(["subject", "req/wait", "detect p50 s", "detect p99 s", "added RSS MB", "RSS/sdk-poll",
-               "lag p99 ms", "lag p99 ms (ends)", "wall s", "client CPU s", "succeeded"], rows),
+        table(
+            [
+                "subject",
+                "req/wait",
+                "detect p50 s",
+                "detect p99 s",
+                "added RSS MB",
+                "RSS/sdk-poll",
+                "lag p99 ms",
+                "lag p99 ms (ends)",
+                "wall s",
+                "client CPU s",
+                "succeeded",
+            ],
+            rows,
+        ),
         "lag p99 (ends): loop lag from the first invocation end on, i.e. without the start-up burst of "
-        "N waits created at once; load average (1 min) after each subject: " + ", ".join(
-            f"{name} {r['loadavg_after']:.1f}" for name, r in subjects.items()),
-        "requests by route per wait: " + "; ".join(
-            f"{name}: " + ", ".join(f"{route} {count / r['waits']:.2f}"
-                                    for route, count in sorted(r["requests_by_route"].items()))
-            for name, r in subjects.items()),
+        "N waits created at once; load average (1 min) after each subject: "
+        + ", ".join(f"{name} {r['loadavg_after']:.1f}" for name, r in subjects.items()),
+        "requests by route per wait: "
+        + "; ".join(
+            f"{name}: "
+            + ", ".join(f"{route} {count / r['waits']:.2f}" for route, count in sorted(r["requests_by_route"].items()))
+            for name, r in subjects.items()
+        ),
         f"goals (ours): stream <= {GOALS['stream_requests_per_wait']:g} req/wait; stream detection p50 <= "
         f"{GOALS['p50_detection_s']:g} s, p99 <= {GOALS['p99_detection_s']:g} s; added RSS <= "
         f"{GOALS['rss_mb_per_1000']:g} MB per 1,000 waits and <= {GOALS['rss_vs_sdk']:g}x sdk-poll; "
@@ -455,12 +536,21 @@ def report(results: dict[str, Any]) -> str:
     ]
     for name, checks in results["verdicts"].items():
         lines.append(f"  {name}: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in checks.items()))
-    notes = [f"{name}: request log incomplete (count from sequence numbers)"
-             for name, r in subjects.items() if not r["request_log_complete"]]
-    notes += [f"{name}: lead before the first end was only {r['lead_s']:.2f} s"
-              for name, r in subjects.items() if r["lead_s"] is not None and r["lead_s"] < 1.0]
-    notes += [f"{name}: {r['warnings_logged']} warnings / {r['errors_logged']} errors in its log"
-              for name, r in subjects.items() if r["warnings_logged"] or r["errors_logged"]]
+    notes = [
+        f"{name}: request log incomplete (count from sequence numbers)"
+        for name, r in subjects.items()
+        if not r["request_log_complete"]
+    ]
+    notes += [
+        f"{name}: lead before the first end was only {r['lead_s']:.2f} s"
+        for name, r in subjects.items()
+        if r["lead_s"] is not None and r["lead_s"] < 1.0
+    ]
+    notes += [
+        f"{name}: {r['warnings_logged']} warnings / {r['errors_logged']} errors in its log"
+        for name, r in subjects.items()
+        if r["warnings_logged"] or r["errors_logged"]
+    ]
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 
@@ -477,8 +567,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lead", type=float, default=6.0, help="seconds from creation to the first end")
     parser.add_argument("--spread", type=float, default=4.0, help="seconds over which the ends are spread")
     parser.add_argument("--subjects", default=",".join(SUBJECTS), help=f"comma-separated subset of {SUBJECTS}")
-    parser.add_argument("--dbt-client", choices=("aiohttp", "httpx"), default=None,
-                        help="session type of the dbt-style poller (default aiohttp when installed)")
+    parser.add_argument(
+        "--dbt-client",
+        choices=("aiohttp", "httpx"),
+        default=None,
+        help="session type of the dbt-style poller (default aiohttp when installed)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--profile", metavar="DIR", help="cProfile each client process into DIR/<subject>.prof")
     parser.add_argument("--pool-shards", type=int, default=0, help=argparse.SUPPRESS)
@@ -489,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dbt_client is None:
         try:
             import aiohttp  # noqa: F401
+
             args.dbt_client = "aiohttp"
         except ImportError:
             args.dbt_client = "httpx"
@@ -499,8 +594,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(subjects) - set(SUBJECTS)
     if unknown:
         parser.error(f"unknown subjects: {sorted(unknown)}")
-    result = run(waits, args.poll_interval, args.lead, args.spread, subjects, args.dbt_client,
-                 os.path.abspath(args.profile) if args.profile else None, args.pool_shards)
+    result = run(
+        waits,
+        args.poll_interval,
+        args.lead,
+        args.spread,
+        subjects,
+        args.dbt_client,
+        os.path.abspath(args.profile) if args.profile else None,
+        args.pool_shards,
+    )
     LAST_RESULT = result
     if args.json:
         print(json.dumps(result))

@@ -35,9 +35,14 @@ def run_ours(action_seconds: float) -> dict[str, Any]:
 
     from kernel_provider.operators.kernel import KernelInvokeOperator
 
-    operator = KernelInvokeOperator(task_id="kernel_invoke", app_name="demo", action_name="sleep",
-                                    payload={"seconds": action_seconds, "result": {"ok": True}},
-                                    deferrable=True, stream_logs=False)
+    operator = KernelInvokeOperator(
+        task_id="kernel_invoke",
+        app_name="demo",
+        action_name="sleep",
+        payload={"seconds": action_seconds, "result": {"ok": True}},
+        deferrable=True,
+        stream_logs=False,
+    )
     ti = FakeTI("kernel_invoke", dag_id="bench")
     ti.start_date = datetime.now(timezone.utc)
     context: dict[str, Any] = {"ti": ti, "task_state_store": DictStateStore()}
@@ -55,8 +60,14 @@ def run_ours(action_seconds: float) -> dict[str, Any]:
     started = time.perf_counter()
     output = getattr(operator, method)(context, event)
     worker_2 = time.perf_counter() - started
-    return {"worker_s": worker_1 + worker_2, "worker_execute_s": worker_1, "worker_resume_s": worker_2,
-            "triggerer_s": triggerer, "status": event.get("status"), "output": output}
+    return {
+        "worker_s": worker_1 + worker_2,
+        "worker_execute_s": worker_1,
+        "worker_resume_s": worker_2,
+        "triggerer_s": triggerer,
+        "status": event.get("status"),
+        "output": output,
+    }
 
 
 def run_sdk_function(url: str, token: str, action_seconds: float, poll_every: float = 5.0) -> dict[str, Any]:
@@ -65,8 +76,13 @@ def run_sdk_function(url: str, token: str, action_seconds: float, poll_every: fl
     from kernel import Kernel
 
     client = Kernel(api_key=token, base_url=url)
-    invocation = client.invocations.create(app_name="demo", action_name="sleep", version="latest", async_=True,
-                                           payload=json.dumps({"seconds": action_seconds, "result": {"ok": True}}))
+    invocation = client.invocations.create(
+        app_name="demo",
+        action_name="sleep",
+        version="latest",
+        async_=True,
+        payload=json.dumps({"seconds": action_seconds, "result": {"ok": True}}),
+    )
     while True:
         current = client.invocations.retrieve(invocation.id)
         if current.status in TERMINAL:
@@ -107,18 +123,35 @@ def run(action_seconds: float = 60.0) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> str:
     ours, base = result["ours"], result["baseline"]
-    return "\n".join([
-        f"Worker-slot seconds for one {result['action_seconds']:g} s Kernel action (both run side by side)",
-        table(["subject", "worker-slot s", "  execute s", "  resume s", "triggerer s", "status"], [
-            ["KernelInvokeOperator (deferrable)", ours["worker_s"], ours["worker_execute_s"],
-             ours["worker_resume_s"], ours["triggerer_s"], ours["status"]],
-            ["SDK + poll every 5 s (PythonOperator)", base["worker_s"], base["worker_s"], 0.0, 0.0,
-             base["status"]],
-        ]),
-        f"ours / baseline worker-slot seconds = {result['worker_ratio']:.3f}x; goal ours <= {GOAL_WORKER_S:g} s: "
-        f"{'met' if result['goal_met'] else 'MISSED'} ({result['ours_worker_s']:.2f} s vs "
-        f"{result['baseline_worker_s']:.1f} s). Task-process start-up is not counted (a deferred task has two).",
-    ])
+    return "\n".join(
+        [
+            f"Worker-slot seconds for one {result['action_seconds']:g} s Kernel action (both run side by side)",
+            table(
+                ["subject", "worker-slot s", "  execute s", "  resume s", "triggerer s", "status"],
+                [
+                    [
+                        "KernelInvokeOperator (deferrable)",
+                        ours["worker_s"],
+                        ours["worker_execute_s"],
+                        ours["worker_resume_s"],
+                        ours["triggerer_s"],
+                        ours["status"],
+                    ],
+                    [
+                        "SDK + poll every 5 s (PythonOperator)",
+                        base["worker_s"],
+                        base["worker_s"],
+                        0.0,
+                        0.0,
+                        base["status"],
+                    ],
+                ],
+            ),
+            f"ours / baseline worker-slot seconds = {result['worker_ratio']:.3f}x; goal ours <= {GOAL_WORKER_S:g} s: "
+            f"{'met' if result['goal_met'] else 'MISSED'} ({result['ours_worker_s']:.2f} s vs "
+            f"{result['baseline_worker_s']:.1f} s). Task-process start-up is not counted (a deferred task has two).",
+        ]
+    )
 
 
 LAST_RESULT: dict[str, Any] | None = None

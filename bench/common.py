@@ -19,14 +19,16 @@ def emulator(**kwargs: Any) -> Iterator[EmulatorProcess]:
     proc = spawn_emulator(**kwargs)
     try:
         os.environ["AIRFLOW_CONN_KERNEL_DEFAULT"] = json.dumps(
-            {"conn_type": "kernel", "host": proc.url, "password": proc.token})
+            {"conn_type": "kernel", "host": proc.url, "password": proc.token}
+        )
         yield proc
     finally:
         proc.stop()
 
 
-def timed_rounds(subjects: dict[str, Callable[[], None]], calls: int,
-                 rounds: int = 5) -> dict[str, tuple[float, float]]:
+def timed_rounds(
+    subjects: dict[str, Callable[[], None]], calls: int, rounds: int = 5
+) -> dict[str, tuple[float, float]]:
     """Run each subject ``calls`` times in total, interleaved over ``rounds`` so drift hits all alike.
 
     Returns (wall seconds, client CPU seconds) per call, each the median of the rounds. Client CPU is this
@@ -41,10 +43,11 @@ def timed_rounds(subjects: dict[str, Callable[[], None]], calls: int,
             wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(per_round):
                 fn()
-            samples[name].append(((time.perf_counter() - wall) / per_round,
-                                  (time.process_time() - cpu) / per_round))
-    return {name: (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
-            for name, values in samples.items()}
+            samples[name].append(((time.perf_counter() - wall) / per_round, (time.process_time() - cpu) / per_round))
+    return {
+        name: (statistics.median(v[0] for v in values), statistics.median(v[1] for v in values))
+        for name, values in samples.items()
+    }
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

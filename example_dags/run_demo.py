@@ -68,8 +68,9 @@ class Processes:
 
     def start(self, args: Sequence[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
         # A new session: Ctrl-C reaches only this script, which then stops the children itself.
-        proc = subprocess.Popen(list(args), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            list(args), env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         self.started.append(proc)
         return proc
 
@@ -115,14 +116,16 @@ def _last_exception(path: Path) -> str | None:
 
 def _child_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(HERE),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", ""),
-        "PYTHONDONTWRITEBYTECODE": "1",
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(HERE),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", ""),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
     return env
 
 
@@ -135,8 +138,9 @@ def _fresh_home(home: Path) -> None:
     (home / MARKER).write_text("Created by example_dags/run_demo.py; deleted at its next start.\n")
 
 
-def _run_step(procs: Processes, name: str, args: Sequence[str], env: dict[str, str], logs: Path,
-              timeout: float = 120.0) -> None:
+def _run_step(
+    procs: Processes, name: str, args: Sequence[str], env: dict[str, str], logs: Path, timeout: float = 120.0
+) -> None:
     log_path = logs / f"{name}.log"
     with log_path.open("wb") as log:
         proc = procs.start(args, env, log)
@@ -153,8 +157,20 @@ def _start_emulator(procs: Processes, env: dict[str, str], token: str, home: Pat
     url_file = home / "emulator.url"
     exe = BIN / "kernel-emulator"
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "kernel_provider.testing"]
-    command += ["--host", "127.0.0.1", "--port", "0", "--token", token, "--app", str(APP_FILE),
-                "--url-file", str(url_file), "--heartbeat", "5"]
+    command += [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--token",
+        token,
+        "--app",
+        str(APP_FILE),
+        "--url-file",
+        str(url_file),
+        "--heartbeat",
+        "5",
+    ]
     log_path = logs / "emulator.log"
     log = log_path.open("wb")
     try:
@@ -183,7 +199,7 @@ def _collect(dag_ids: Sequence[str], env: dict[str, str], logs: Path, procs: Pro
             rc = -1
     for line in log_path.read_text(errors="replace").splitlines():
         if line.startswith(RESULT_PREFIX):
-            result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX):])
+            result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
             return result
     raise DemoError(f"reading the DAG runs back failed (exit status {rc}):\n{_tail(log_path)}")
 
@@ -216,11 +232,14 @@ def collect_main(dag_ids: Sequence[str]) -> int:
             if run is None:
                 runs[dag_id] = None
                 continue
-            xcoms = session.scalars(select(XCom).where(
-                XCom.dag_id == dag_id, XCom.run_id == run.run_id, XCom.key == "return_value")).all()
+            xcoms = session.scalars(
+                select(XCom).where(XCom.dag_id == dag_id, XCom.run_id == run.run_id, XCom.key == "return_value")
+            ).all()
             values = {(x.task_id, x.map_index): decode(x) for x in xcoms}
-            tis = session.scalars(select(TaskInstance).where(
-                TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id)).all()
+            tis = session.scalars(
+                select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id)
+            ).all()
+
             def finished(ti: Any) -> str:  # run order: `dags test` does not always record start_date
                 when = ti.end_date or ti.start_date
                 return when.isoformat() if when else "9999"
@@ -233,13 +252,16 @@ def collect_main(dag_ids: Sequence[str]) -> int:
                 "run_id": run.run_id,
                 "state": plain(run.state),
                 "tasks": [
-                    {"task_id": ti.task_id, "map_index": ti.map_index, "state": plain(ti.state),
-                     "output": values.get((ti.task_id, ti.map_index))}
+                    {
+                        "task_id": ti.task_id,
+                        "map_index": ti.map_index,
+                        "state": plain(ti.state),
+                        "output": values.get((ti.task_id, ti.map_index)),
+                    }
                     for ti in tis
                 ],
             }
-    print(RESULT_PREFIX + json.dumps({"airflow_version": airflow_version, "runs": runs}, default=str),
-          flush=True)
+    print(RESULT_PREFIX + json.dumps({"airflow_version": airflow_version, "runs": runs}, default=str), flush=True)
     return 0
 
 
@@ -263,10 +285,15 @@ def _print_summary(results: dict[str, Any], outcomes: dict[str, tuple[int, float
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, default=DEFAULT_HOME,
-                        help=f"the demo's AIRFLOW_HOME, wiped at start (default {DEFAULT_HOME})")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=DEFAULT_HOME,
+        help=f"the demo's AIRFLOW_HOME, wiped at start (default {DEFAULT_HOME})",
+    )
     parser.add_argument("--dag", action="append", choices=DAG_IDS, help="run only this DAG (repeatable)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds allowed per DAG (default 180)")
     parser.add_argument("--collect", nargs="+", help=argparse.SUPPRESS)
@@ -275,8 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return collect_main(args.collect)
 
     if not (BIN / "airflow").exists():
-        print(f"error: no 'airflow' next to {sys.executable}; run this script with the Python of the virtualenv "
-              "where Airflow and the provider are installed.", file=sys.stderr)
+        print(
+            f"error: no 'airflow' next to {sys.executable}; run this script with the Python of the virtualenv "
+            "where Airflow and the provider are installed.",
+            file=sys.stderr,
+        )
         return 2
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -304,13 +334,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  metadata DB migrated, pool '{POOL[0]}' created")
         # dashboard_url: the emulator serves each invocation's JSON at /_emulator/invocations/{id}, so the task's
         # "Kernel invocation" link leads somewhere in the demo too.
-        env["AIRFLOW_CONN_KERNEL_DEFAULT"] = json.dumps({"conn_type": "kernel", "host": url, "password": token,
-                                                         "extra": {"dashboard_url": f"{url}/_emulator"}})
+        env["AIRFLOW_CONN_KERNEL_DEFAULT"] = json.dumps(
+            {"conn_type": "kernel", "host": url, "password": token, "extra": {"dashboard_url": f"{url}/_emulator"}}
+        )
         emulator = procs.started[0]
         for dag_id in dag_ids:
             if emulator.poll() is not None:
-                print(f"\nerror: the Kernel emulator stopped (status {emulator.returncode}); skipping the rest. "
-                      f"Last lines of its log:\n{_tail(logs / 'emulator.log')}", file=sys.stderr)
+                print(
+                    f"\nerror: the Kernel emulator stopped (status {emulator.returncode}); skipping the rest. "
+                    f"Last lines of its log:\n{_tail(logs / 'emulator.log')}",
+                    file=sys.stderr,
+                )
                 break
             print(f"  airflow dags test {dag_id} ...", end=" ", flush=True)
             t0 = time.monotonic()

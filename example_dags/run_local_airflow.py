@@ -37,8 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     url_file = home / "emulator.url"
     url_file.unlink(missing_ok=True)
     emulator = subprocess.Popen(
-        [str(BIN / "kernel-emulator"), "--port", "0", "--token", token, "--app", str(HERE / "demo_app" / "app.py"),
-         "--url-file", str(url_file), "--quiet"],
+        [
+            str(BIN / "kernel-emulator"),
+            "--port",
+            "0",
+            "--token",
+            token,
+            "--app",
+            str(HERE / "demo_app" / "app.py"),
+            "--url-file",
+            str(url_file),
+            "--quiet",
+        ],
         start_new_session=True,
     )
     try:
@@ -51,27 +61,39 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.1)
         url = url_file.read_text().strip()
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        env.update({
-            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(HERE),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            "AIRFLOW__API__PORT": str(args.port),
-            "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(args.port),
-            "AIRFLOW_CONN_KERNEL_DEFAULT": json.dumps({
-                "conn_type": "kernel", "host": url, "password": token,
-                "extra": {"dashboard_url": f"{url}/_emulator"},
-            }),
-        })
+        env.update(
+            {
+                "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+                "AIRFLOW_HOME": str(home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(HERE),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__API__PORT": str(args.port),
+                "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(args.port),
+                "AIRFLOW_CONN_KERNEL_DEFAULT": json.dumps(
+                    {
+                        "conn_type": "kernel",
+                        "host": url,
+                        "password": token,
+                        "extra": {"dashboard_url": f"{url}/_emulator"},
+                    }
+                ),
+            }
+        )
         subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
-        subprocess.run([str(BIN / "airflow"), "pools", "set", "kernel", "4", "Kernel concurrency"], env=env,
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [str(BIN / "airflow"), "pools", "set", "kernel", "4", "Kernel concurrency"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         print(f"Kernel emulator: {url} (token {token})")
         print(f"Airflow UI:      http://127.0.0.1:{args.port}  (no login needed; Ctrl-C stops everything)")
-        print("Try: unpause and trigger example_kernel_async_sensor, watch the sensor defer and stream logs, "
-              "open the 'Kernel invocation' link, or add a Kernel connection under Admin > Connections.")
+        print(
+            "Try: unpause and trigger example_kernel_async_sensor, watch the sensor defer and stream logs, "
+            "open the 'Kernel invocation' link, or add a Kernel connection under Admin > Connections."
+        )
         standalone = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, start_new_session=True)
         try:
             return standalone.wait()

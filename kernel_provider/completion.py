@@ -24,8 +24,9 @@ WAIT_MODES = ("stream", "poll")
 EVENT_STATUSES = frozenset({SUCCEEDED, FAILED, TIMEOUT, ERROR})
 
 
-def make_event(status: str, invocation_id: str, *, status_reason: str | None = None,
-               message: str = "", cancelled: bool = False) -> dict[str, Any]:
+def make_event(
+    status: str, invocation_id: str, *, status_reason: str | None = None, message: str = "", cancelled: bool = False
+) -> dict[str, Any]:
     """The payload of a trigger event (small: Airflow stores it in its metadata DB).
 
     :param status: one of :data:`EVENT_STATUSES`.
@@ -35,15 +36,21 @@ def make_event(status: str, invocation_id: str, *, status_reason: str | None = N
     :param cancelled: the trigger itself cancelled the invocation (at the deadline, ``cancel_on_timeout``), so the
         task need not; False says nothing was cancelled by the trigger, not that the run is still going.
     """
-    return {"status": status, "invocation_id": invocation_id, "status_reason": status_reason,
-            "message": message[:2000], "cancelled": bool(cancelled)}
+    return {
+        "status": status,
+        "invocation_id": invocation_id,
+        "status_reason": status_reason,
+        "message": message[:2000],
+        "cancelled": bool(cancelled),
+    }
 
 
 def event_for_invocation(invocation: Invocation) -> dict[str, Any]:
     """The event of a finished invocation."""
     status = SUCCEEDED if invocation.status is InvocationStatus.SUCCEEDED else FAILED
-    return make_event(status, invocation.id, status_reason=invocation.status_reason,
-                      message=f"Invocation {invocation.id} {status}.")
+    return make_event(
+        status, invocation.id, status_reason=invocation.status_reason, message=f"Invocation {invocation.id} {status}."
+    )
 
 
 def validate_event(event: Any) -> dict[str, Any]:
@@ -70,8 +77,12 @@ def finish(invocation: Invocation, *, fail_on_failure: bool = True, url: str | N
         return invocation.result
     if fail_on_failure:
         raise KernelInvocationFailed(invocation, url)
-    return {"id": invocation.id, "status": invocation.raw_status, "status_reason": invocation.status_reason,
-            "output": invocation.result}
+    return {
+        "id": invocation.id,
+        "status": invocation.raw_status,
+        "status_reason": invocation.status_reason,
+        "output": invocation.result,
+    }
 
 
 #: Airflow 2 fails a deferred task at ``start_date + execution_timeout`` from its scheduler (without resuming it):
@@ -80,8 +91,9 @@ def finish(invocation: Invocation, *, fail_on_failure: bool = True, url: str | N
 AIRFLOW2_DEFERRAL_LEAD = 30.0
 
 
-def wait_deadline(context: Any, execution_timeout: timedelta | None, timeout: float | None, *,
-                  deferred: bool) -> float | None:
+def wait_deadline(
+    context: Any, execution_timeout: timedelta | None, timeout: float | None, *, deferred: bool
+) -> float | None:
     """The absolute deadline (epoch seconds) of a wait: the sooner of ``now + timeout`` and the task's
     ``start_date + execution_timeout``; None when neither is set.
 

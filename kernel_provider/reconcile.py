@@ -108,11 +108,16 @@ def add_token(payload: str | None, token: str) -> str:
         data = None
     if not isinstance(data, dict):
         raise KernelInputError(
-            "reconcile_token", "needs a JSON-object payload (the token is added to it as "
-            f"{TOKEN_KEY!r}).", "Pass the payload as a dict, or set reconcile_token=False.")
+            "reconcile_token",
+            f"needs a JSON-object payload (the token is added to it as {TOKEN_KEY!r}).",
+            "Pass the payload as a dict, or set reconcile_token=False.",
+        )
     if TOKEN_KEY in data:
-        raise KernelInputError("payload", f"already has the key {TOKEN_KEY!r}, which reconcile_token sets.",
-                               "Rename that key in the payload.")
+        raise KernelInputError(
+            "payload",
+            f"already has the key {TOKEN_KEY!r}, which reconcile_token sets.",
+            "Rename that key in the payload.",
+        )
     data[TOKEN_KEY] = token
     return json.dumps(data, separators=(",", ":"))
 
@@ -160,13 +165,22 @@ def reconcile(
     ``list_invocations`` and ``get_invocation`` are the hook's methods (kept as parameters so the rules stay
     free of I/O). The listing is filtered by app, action and version and starts at the window's beginning.
     """
-    listed = list_invocations(app_name=request["app_name"], action_name=request["action_name"],
-                              version=request.get("version"), since=window.since, limit=MAX_SCAN + 1)
+    listed = list_invocations(
+        app_name=request["app_name"],
+        action_name=request["action_name"],
+        version=request.get("version"),
+        since=window.since,
+        limit=MAX_SCAN + 1,
+    )
     # An invocation created while paging shifts the offsets: the same one can come back on two pages.
     unique = list({i.id: i for i in listed}.values())
     if len(listed) > MAX_SCAN:
-        return Outcome(None, (), f"more than {MAX_SCAN} invocations of this action started since "
-                                 f"{window.since.isoformat()}, too many to settle by listing")
+        return Outcome(
+            None,
+            (),
+            f"more than {MAX_SCAN} invocations of this action started since "
+            f"{window.since.isoformat()}, too many to settle by listing",
+        )
     ours: list[Invocation] = []
     undecided: list[Invocation] = []
     for invocation in unique:
@@ -193,7 +207,10 @@ def reconcile(
         return Outcome(ours[0])  # the token is proof; the rest merely could not be read in full
     if not undecided:
         return Outcome(None)
-    why = ("their records lack the fields that could rule them out" if token is not None else
-           "they match the app, action, version and payload, and without reconcile_token a twin run "
-           "(another task with an equal payload) cannot be told from this task's")
+    why = (
+        "their records lack the fields that could rule them out"
+        if token is not None
+        else "they match the app, action, version and payload, and without reconcile_token a twin run "
+        "(another task with an equal payload) cannot be told from this task's"
+    )
     return Outcome(None, tuple(undecided), why)

@@ -128,21 +128,36 @@ class RunRecordStore:
                 value = self._state_store.get(STATE_KEY)
             else:
                 variable = _variable()
-                value = (variable.get(self.variable_key, default_var=None) if _is_af2()
-                         else variable.get(self.variable_key, default=None))
+                value = (
+                    variable.get(self.variable_key, default_var=None)
+                    if _is_af2()
+                    else variable.get(self.variable_key, default=None)
+                )
             return RunRecord.from_stored(value)
         except Exception as exc:
             raise KernelStateStoreError(
                 f"Could not read this task instance's Kernel run record from the {self.where} "
                 f"({type(exc).__name__}: {exc}). Nothing was invoked: without it a retry could start a second "
-                "run. Fix the metadata DB / state store access and retry the task.") from exc
+                "run. Fix the metadata DB / state store access and retry the task."
+            ) from exc
 
-    def new(self, *, invocation_id: str | None = None, sent_at: float | None = None,
-            window_end: float | None = None, token: str | None = None) -> RunRecord:
+    def new(
+        self,
+        *,
+        invocation_id: str | None = None,
+        sent_at: float | None = None,
+        window_end: float | None = None,
+        token: str | None = None,
+    ) -> RunRecord:
         """A record of this try."""
-        return RunRecord(invocation_id=invocation_id, try_number=self.try_number,
-                         max_tries=self.max_tries if self.max_tries is not None else -1,
-                         sent_at=sent_at, window_end=window_end, token=token)
+        return RunRecord(
+            invocation_id=invocation_id,
+            try_number=self.try_number,
+            max_tries=self.max_tries if self.max_tries is not None else -1,
+            sent_at=sent_at,
+            window_end=window_end,
+            token=token,
+        )
 
     def put(self, record: RunRecord) -> None:
         """Write the record; raises :class:`KernelStateStoreError` when it cannot."""
@@ -150,14 +165,20 @@ class RunRecordStore:
             if self._state_store is not None:
                 self._state_store.set(STATE_KEY, record.to_json())
             else:
-                _variable().set(self.variable_key, record.to_json(), description=(
-                    "airflow-provider-kernel: the Kernel invocation this task instance started; removed when "
-                    "it has an outcome (used so a retry never starts a second run)"))
+                _variable().set(
+                    self.variable_key,
+                    record.to_json(),
+                    description=(
+                        "airflow-provider-kernel: the Kernel invocation this task instance started; removed when "
+                        "it has an outcome (used so a retry never starts a second run)"
+                    ),
+                )
         except Exception as exc:
             raise KernelStateStoreError(
                 f"Could not write this task instance's Kernel run record to the {self.where} "
                 f"({type(exc).__name__}: {exc}). The task fails before invoking: without the record a retry "
-                "could start a second run. Fix the metadata DB / state store access and retry the task.") from exc
+                "could start a second run. Fix the metadata DB / state store access and retry the task."
+            ) from exc
 
     def forget(self) -> None:
         """Remove the record (the run has an outcome or was handed off). Best effort: a leftover record only
@@ -184,7 +205,7 @@ def forget_airflow2_record(dag_id: str, task_id: str, run_id: str, map_index: in
     """
     key = VARIABLE_PREFIX + ".".join(str(part) for part in (dag_id, task_id, run_id, map_index))
     variable = _variable()
-    value = (variable.get(key, default_var=None) if _is_af2() else variable.get(key, default=None))
+    value = variable.get(key, default_var=None) if _is_af2() else variable.get(key, default=None)
     try:
         record = RunRecord.from_stored(value)
     except (TypeError, ValueError, KeyError):

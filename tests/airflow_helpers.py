@@ -29,8 +29,20 @@ else:
 
 START = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 
-__all__ = ["AF2", "AF3", "DAG", "START", "kernel_lines", "make_dag", "requests_for", "run_dag", "task",
-           "ti_map", "wait_until", "xcom"]
+__all__ = [
+    "AF2",
+    "AF3",
+    "DAG",
+    "START",
+    "kernel_lines",
+    "make_dag",
+    "requests_for",
+    "run_dag",
+    "task",
+    "ti_map",
+    "wait_until",
+    "xcom",
+]
 
 
 def make_dag(prefix: str, **kwargs: Any) -> Any:
@@ -48,8 +60,9 @@ def _serialize_af3(dag: Any) -> None:
 
     session = settings.Session()
     try:
-        update_dag_parsing_results_in_db("dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None,
-                                         set(), session=session)
+        update_dag_parsing_results_in_db(
+            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
+        )
         session.commit()
     finally:
         session.close()
@@ -84,13 +97,17 @@ def xcom(dr: Any, task_id: str, key: str = "return_value", map_index: int = -1) 
         if AF3:
             from airflow.models.xcom import XComModel
 
-            row = session.scalars(XComModel.get_many(run_id=dr.run_id, key=key, dag_ids=dr.dag_id,
-                                                     task_ids=task_id, map_indexes=map_index)).first()
+            row = session.scalars(
+                XComModel.get_many(
+                    run_id=dr.run_id, key=key, dag_ids=dr.dag_id, task_ids=task_id, map_indexes=map_index
+                )
+            ).first()
             return None if row is None else XComModel.deserialize_value(row)
         from airflow.models.xcom import XCom
 
-        return XCom.get_one(run_id=dr.run_id, key=key, dag_id=dr.dag_id, task_id=task_id,
-                            map_index=map_index, session=session)
+        return XCom.get_one(
+            run_id=dr.run_id, key=key, dag_id=dr.dag_id, task_id=task_id, map_index=map_index, session=session
+        )
     finally:
         session.close()
 
@@ -180,8 +197,10 @@ def gated_kernel(kernel_emulator_factory: Any, monkeypatch: Any, tmp_path: Any) 
     ``.gate(name)`` makes a closed :class:`Gate`. Import this fixture into a test module to use it.
     """
     emulator = kernel_emulator_factory(apps=[GATED_APP])
-    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", json.dumps(
-        {"conn_type": "kernel", "host": emulator.url, "password": emulator.token}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KERNEL_DEFAULT",
+        json.dumps({"conn_type": "kernel", "host": emulator.url, "password": emulator.token}),
+    )
     emulator.gate = lambda name="gate": Gate(tmp_path, name)
     return emulator
 

@@ -36,8 +36,12 @@ def airflow_db() -> Path:
 
     stamp = home / f".migrated-{airflow_version}"
     if not stamp.exists():
-        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=os.environ.copy(),
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            check=True,
+            env=os.environ.copy(),
+            stdout=subprocess.DEVNULL,
+        )
         if not airflow_version.startswith("2."):
             # DAGs written to the DB by tests belong to the "dags-folder" bundle, whose row a fresh DB lacks
             # until a DAG processor has run.

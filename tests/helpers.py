@@ -8,8 +8,9 @@ from typing import Any
 from kernel_provider.client.retry import RetryPolicy
 
 #: Retry bounds that keep tests quick while still exercising every retry path.
-FAST_RETRY = RetryPolicy(max_attempts=4, max_elapsed=30, backoff_initial=0.05, backoff_max=0.2,
-                         retry_after_cap=5, rate_limit_budget=30)
+FAST_RETRY = RetryPolicy(
+    max_attempts=4, max_elapsed=30, backoff_initial=0.05, backoff_max=0.2, retry_after_cap=5, rate_limit_budget=30
+)
 
 
 def conn_json(url: str, token: str, **extra: Any) -> str:
@@ -18,4 +19,3 @@ def conn_json(url: str, token: str, **extra: Any) -> str:
     if extra:
         conn["extra"] = extra
     return json.dumps(conn)
-

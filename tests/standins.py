@@ -8,8 +8,16 @@ from typing import Any
 class FakeTI:
     """The task-instance attributes the operator and the run record read (and the XComs it pushes)."""
 
-    def __init__(self, task_id: str = "invoke", *, try_number: int = 1, max_tries: int = 0,
-                 dag_id: str = "standin", run_id: str = "standin_run", map_index: int = -1) -> None:
+    def __init__(
+        self,
+        task_id: str = "invoke",
+        *,
+        try_number: int = 1,
+        max_tries: int = 0,
+        dag_id: str = "standin",
+        run_id: str = "standin_run",
+        map_index: int = -1,
+    ) -> None:
         self.dag_id = dag_id
         self.task_id = task_id
         self.run_id = run_id

@@ -90,22 +90,46 @@ CLIENT_CASES: list[tuple[str, Callable[[KernelHook], Any], type[BaseException], 
     ("hook-version-empty", _invoke(version=""), KernelInputError, ("version", "empty")),
     ("hook-version-float", _invoke(version=1.0), KernelInputError, ("version", "string", "float")),
     ("hook-payload-bad-json-text", _invoke(payload='{"url": '), KernelInputError, ("payload", "not valid JSON")),
-    ("hook-payload-datetime", _invoke(payload={"when": datetime.date(2024, 1, 1)}), KernelInputError,
-     ("payload['when']", "date", "not JSON-serializable")),
+    (
+        "hook-payload-datetime",
+        _invoke(payload={"when": datetime.date(2024, 1, 1)}),
+        KernelInputError,
+        ("payload['when']", "date", "not JSON-serializable"),
+    ),
     ("hook-payload-set", _invoke(payload={"tags": {"a"}}), KernelInputError, ("payload['tags']", "set")),
     ("hook-payload-int-key", _invoke(payload={1: "x"}), KernelInputError, ("payload[1]", "key")),
     ("hook-payload-nan", _invoke(payload={"x": float("nan")}), KernelInputError, ("payload['x']", "nan")),
     ("hook-payload-bytes", _invoke(payload=b"{}"), KernelInputError, ("payload", "bytes")),
-    ("hook-payload-too-big", _invoke(payload={"blob": "x" * 4_600_000}), KernelInputError,
-     ("payload", "bytes", "4500000")),
-    ("hook-async-timeout-low", _invoke(invoke_async=True, async_timeout_seconds=5), KernelInputError,
-     ("async_timeout_seconds", "10..3600")),
-    ("hook-async-timeout-high", _invoke(invoke_async=True, async_timeout_seconds=3601), KernelInputError,
-     ("async_timeout_seconds", "3601")),
-    ("hook-async-timeout-without-async", _invoke(async_timeout_seconds=60), KernelInputError,
-     ("async_timeout_seconds", "asynchronous")),
-    ("hook-async-timeout-str", _invoke(invoke_async=True, async_timeout_seconds="60"), KernelInputError,
-     ("async_timeout_seconds", "whole number")),
+    (
+        "hook-payload-too-big",
+        _invoke(payload={"blob": "x" * 4_600_000}),
+        KernelInputError,
+        ("payload", "bytes", "4500000"),
+    ),
+    (
+        "hook-async-timeout-low",
+        _invoke(invoke_async=True, async_timeout_seconds=5),
+        KernelInputError,
+        ("async_timeout_seconds", "10..3600"),
+    ),
+    (
+        "hook-async-timeout-high",
+        _invoke(invoke_async=True, async_timeout_seconds=3601),
+        KernelInputError,
+        ("async_timeout_seconds", "3601"),
+    ),
+    (
+        "hook-async-timeout-without-async",
+        _invoke(async_timeout_seconds=60),
+        KernelInputError,
+        ("async_timeout_seconds", "asynchronous"),
+    ),
+    (
+        "hook-async-timeout-str",
+        _invoke(invoke_async=True, async_timeout_seconds="60"),
+        KernelInputError,
+        ("async_timeout_seconds", "whole number"),
+    ),
     ("hook-invoke-async-str", _invoke(invoke_async="yes"), KernelInputError, ("invoke_async", "True or False")),
     ("hook-get-empty-id", lambda h: h.get_invocation(""), KernelInputError, ("invocation_id", "empty")),
     ("hook-get-none-id", lambda h: h.get_invocation(None), KernelInputError, ("invocation_id", "required")),
@@ -118,10 +142,18 @@ CLIENT_CASES: list[tuple[str, Callable[[KernelHook], Any], type[BaseException], 
     ("op-wait-mode", _operator(wait_mode="push"), KernelError, ("wait_mode", "stream", "poll", "push")),
     ("op-app-missing", _operator(app_name=""), KernelInputError, ("app_name", "empty")),
     ("op-payload-bad-json-text", _operator(payload="{not json}"), KernelInputError, ("payload", "JSON")),
-    ("op-async-timeout-range", _operator(async_timeout_seconds=4000), KernelInputError,
-     ("async_timeout_seconds", "4000")),
-    ("op-async-timeout-sync", _operator(invoke_async=False, async_timeout_seconds=60), KernelInputError,
-     ("async_timeout_seconds", "invoke_async=True")),
+    (
+        "op-async-timeout-range",
+        _operator(async_timeout_seconds=4000),
+        KernelInputError,
+        ("async_timeout_seconds", "4000"),
+    ),
+    (
+        "op-async-timeout-sync",
+        _operator(invoke_async=False, async_timeout_seconds=60),
+        KernelInputError,
+        ("async_timeout_seconds", "invoke_async=True"),
+    ),
     ("sensor-id-empty", _sensor(invocation_id=""), KernelError, ("invocation_id", "non-empty")),
     ("sensor-id-none", _sensor(invocation_id=None), KernelError, ("invocation_id", "None")),
     ("sensor-id-int", _sensor(invocation_id=42), KernelError, ("invocation_id", "42")),
@@ -130,8 +162,9 @@ CLIENT_CASES: list[tuple[str, Callable[[KernelHook], Any], type[BaseException], 
 
 
 @pytest.mark.parametrize(("call", "error", "words"), [c[1:] for c in CLIENT_CASES], ids=[c[0] for c in CLIENT_CASES])
-def test_client_side_mistakes_fail_before_any_request(hook: KernelHook, kernel_conn_env: Any, call: Any,
-                                                      error: type[BaseException], words: tuple[str, ...]) -> None:
+def test_client_side_mistakes_fail_before_any_request(
+    hook: KernelHook, kernel_conn_env: Any, call: Any, error: type[BaseException], words: tuple[str, ...]
+) -> None:
     with pytest.raises(error) as raised:
         call(hook)
     message = str(raised.value)
@@ -151,20 +184,33 @@ CONNECTION_CASES = [
     ("no-key", {"conn_type": "kernel", "host": "{url}", "password": ""}, ("has no API key", "password")),
     ("blank-key", {"conn_type": "kernel", "host": "{url}", "password": "   "}, ("has no API key",)),
     ("bad-url", {"conn_type": "kernel", "host": "http://[::1", "password": "k"}, ("host", "not a valid URL")),
-    ("bad-scheme", {"conn_type": "kernel", "host": "ftp://example.com", "password": "k"},
-     ("host", "not a valid base URL", "ftp://")),
-    ("bad-max-retries", {"conn_type": "kernel", "host": "{url}", "password": "k", "extra": {"max_retries": "lots"}},
-     ("extra.max_retries", "whole number", "lots")),
-    ("zero-timeout", {"conn_type": "kernel", "host": "{url}", "password": "k", "extra": {"request_timeout": 0}},
-     ("extra.request_timeout", "> 0")),
-    ("project-id-number", {"conn_type": "kernel", "host": "{url}", "password": "k", "extra": {"project_id": 7}},
-     ("extra.project_id", "string")),
+    (
+        "bad-scheme",
+        {"conn_type": "kernel", "host": "ftp://example.com", "password": "k"},
+        ("host", "not a valid base URL", "ftp://"),
+    ),
+    (
+        "bad-max-retries",
+        {"conn_type": "kernel", "host": "{url}", "password": "k", "extra": {"max_retries": "lots"}},
+        ("extra.max_retries", "whole number", "lots"),
+    ),
+    (
+        "zero-timeout",
+        {"conn_type": "kernel", "host": "{url}", "password": "k", "extra": {"request_timeout": 0}},
+        ("extra.request_timeout", "> 0"),
+    ),
+    (
+        "project-id-number",
+        {"conn_type": "kernel", "host": "{url}", "password": "k", "extra": {"project_id": 7}},
+        ("extra.project_id", "string"),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("conn", "words"), [c[1:] for c in CONNECTION_CASES], ids=[c[0] for c in CONNECTION_CASES])
-def test_bad_connection_is_named_and_costs_no_request(kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch,
-                                                      conn: dict[str, Any], words: tuple[str, ...]) -> None:
+def test_bad_connection_is_named_and_costs_no_request(
+    kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch, conn: dict[str, Any], words: tuple[str, ...]
+) -> None:
     conn = {k: (v.replace("{url}", kernel_emulator.url) if isinstance(v, str) else v) for k, v in conn.items()}
     monkeypatch.setenv("AIRFLOW_CONN_KERNEL_BAD", json.dumps(conn))
     with pytest.raises(KernelConnectionConfigError) as raised:
@@ -186,8 +232,9 @@ async def test_trigger_with_unknown_connection_returns_an_error_event(kernel_emu
     assert kernel_requests(kernel_emulator) == []
 
 
-async def test_trigger_with_a_rejected_key_returns_an_error_event(kernel_emulator: Any,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_trigger_with_a_rejected_key_returns_an_error_event(
+    kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_KERNEL_WRONG", conn_json(kernel_emulator.url, "not-the-key"))
     trigger = KernelInvocationTrigger("abc", kernel_conn_id="kernel_wrong", poll_interval=0.1)
     event = await trigger.wait()
@@ -209,8 +256,9 @@ STATUS_CASES = [
 
 
 @pytest.mark.parametrize(("status", "code", "message"), STATUS_CASES, ids=[str(c[0]) for c in STATUS_CASES])
-def test_create_refused_with_a_4xx_names_status_code_and_message(hook: KernelHook, kernel_conn_env: Any,
-                                                                 status: int, code: str, message: str) -> None:
+def test_create_refused_with_a_4xx_names_status_code_and_message(
+    hook: KernelHook, kernel_conn_env: Any, status: int, code: str, message: str
+) -> None:
     kernel_conn_env.set_faults([{"route": CREATE, "fault": {"status": status, "code": code, "message": message}}])
     with pytest.raises(KernelApiError) as raised:
         hook.invoke("demo", "echo", payload={"x": 1}, invoke_async=True)
@@ -223,8 +271,9 @@ def test_create_refused_with_a_4xx_names_status_code_and_message(hook: KernelHoo
 
 
 @pytest.mark.parametrize(("status", "code", "message"), STATUS_CASES, ids=[str(c[0]) for c in STATUS_CASES])
-async def test_trigger_survives_a_4xx_on_every_check(kernel_conn_env: Any, status: int, code: str,
-                                                     message: str) -> None:
+async def test_trigger_survives_a_4xx_on_every_check(
+    kernel_conn_env: Any, status: int, code: str, message: str
+) -> None:
     inv_id = KernelHook().invoke("demo", "sleep", payload={"seconds": 30}, invoke_async=True).id
     kernel_conn_env.set_faults([{"route": "GET *", "fault": {"status": status, "code": code, "message": message}}])
     trigger = KernelInvocationTrigger(inv_id, poll_interval=0.05, mode="poll", max_consecutive_failures=2)
@@ -236,8 +285,9 @@ async def test_trigger_survives_a_4xx_on_every_check(kernel_conn_env: Any, statu
 
 def test_non_json_200_body_is_a_clear_response_error(hook: KernelHook, kernel_conn_env: Any) -> None:
     inv_id = hook.invoke("demo", "echo", payload={"x": 1}, invoke_async=True).id
-    kernel_conn_env.set_faults([{"route": GET_ONE, "times": 1,
-                                 "fault": {"body": "<html><body>502 Bad Gateway</body></html>"}}])
+    kernel_conn_env.set_faults(
+        [{"route": GET_ONE, "times": 1, "fault": {"body": "<html><body>502 Bad Gateway</body></html>"}}]
+    )
     with pytest.raises(KernelResponseError, match=r"not JSON \(HTTP 200\): <html><body>502 Bad Gateway"):
         hook.get_invocation(inv_id)
 
@@ -250,8 +300,15 @@ def test_non_json_error_body_still_names_the_status(hook: KernelHook, kernel_con
 
 def test_json_that_is_not_an_invocation_is_rejected(hook: KernelHook, kernel_conn_env: Any) -> None:
     inv_id = hook.invoke("demo", "echo", payload={"x": 1}, invoke_async=True).id
-    kernel_conn_env.set_faults([{"route": GET_ONE, "times": 1, "fault": {
-        "body": "[1, 2, 3]", "headers": {"content-type": "application/json"}}}])
+    kernel_conn_env.set_faults(
+        [
+            {
+                "route": GET_ONE,
+                "times": 1,
+                "fault": {"body": "[1, 2, 3]", "headers": {"content-type": "application/json"}},
+            }
+        ]
+    )
     with pytest.raises(KernelError):
         hook.get_invocation(inv_id)
 
@@ -277,10 +334,19 @@ def test_truncated_create_answer_is_ambiguous_never_reposted(hook: KernelHook, k
 async def test_unknown_status_is_waited_through(kernel_conn_env: Any, caplog: pytest.LogCaptureFixture) -> None:
     hook = KernelHook()
     inv = hook.invoke("demo", "sleep", payload={"seconds": 0.3, "result": "ok"}, invoke_async=True)
-    weird = json.dumps({"id": inv.id, "app_name": "demo", "version": "latest", "action_name": "sleep",
-                        "status": "hibernating", "started_at": "2024-01-01T00:00:00Z"})
-    kernel_conn_env.set_faults([{"route": GET_ONE, "times": 3,
-                                 "fault": {"body": weird, "headers": {"content-type": "application/json"}}}])
+    weird = json.dumps(
+        {
+            "id": inv.id,
+            "app_name": "demo",
+            "version": "latest",
+            "action_name": "sleep",
+            "status": "hibernating",
+            "started_at": "2024-01-01T00:00:00Z",
+        }
+    )
+    kernel_conn_env.set_faults(
+        [{"route": GET_ONE, "times": 3, "fault": {"body": weird, "headers": {"content-type": "application/json"}}}]
+    )
     unknown = hook.get_invocation(inv.id)
     assert unknown.raw_status == "hibernating" and not unknown.is_terminal
     event = await KernelInvocationTrigger(inv.id, mode="poll", poll_interval=0.05).wait()

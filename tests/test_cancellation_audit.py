@@ -50,8 +50,15 @@ def assert_nothing_left(emulator: Any, invocation_id: str) -> None:
 @pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferred"])
 def test_timeout_cancels_the_run_and_its_browsers(kernel_conn_env: Any, deferrable: bool) -> None:
     with make_dag("audit_timeout") as dag:
-        KernelInvokeOperator(task_id="invoke", app_name="demo", action_name="browse", payload=BROWSE,
-                             timeout=1.5, deferrable=deferrable, poll_interval=0.1)
+        KernelInvokeOperator(
+            task_id="invoke",
+            app_name="demo",
+            action_name="browse",
+            payload=BROWSE,
+            timeout=1.5,
+            deferrable=deferrable,
+            poll_interval=0.1,
+        )
     dr = run_dag(dag)
     assert states(dr) == {"invoke": "failed"}
     (inv,) = kernel_conn_env.invocations()
@@ -62,8 +69,9 @@ def test_timeout_cancels_the_run_and_its_browsers(kernel_conn_env: Any, deferrab
 
 # --------------------------------------------------------------------------------------------- worker kill
 def test_on_kill_while_execute_waits_cancels_everything(kernel_conn_env: Any) -> None:
-    op = KernelInvokeOperator(task_id="invoke", app_name="demo", action_name="browse", payload=BROWSE,
-                              deferrable=False, poll_interval=0.1)
+    op = KernelInvokeOperator(
+        task_id="invoke", app_name="demo", action_name="browse", payload=BROWSE, deferrable=False, poll_interval=0.1
+    )
     outcome: list[BaseException | Any] = []
 
     def run() -> None:
@@ -85,8 +93,9 @@ def test_on_kill_while_execute_waits_cancels_everything(kernel_conn_env: Any) ->
 
 
 def test_on_kill_after_a_submit_only_execute_cancels_everything(kernel_conn_env: Any) -> None:
-    op = KernelInvokeOperator(task_id="invoke", app_name="demo", action_name="browse", payload=BROWSE,
-                              wait_for_completion=False)
+    op = KernelInvokeOperator(
+        task_id="invoke", app_name="demo", action_name="browse", payload=BROWSE, wait_for_completion=False
+    )
     invocation_id = op.execute(context())
     wait_until(lambda: browsing(kernel_conn_env), "the action to hold its browsers")
     op.on_kill()
@@ -94,8 +103,14 @@ def test_on_kill_after_a_submit_only_execute_cancels_everything(kernel_conn_env:
 
 
 def test_control_without_cancel_on_kill_leaves_the_run_going(kernel_conn_env: Any) -> None:
-    op = KernelInvokeOperator(task_id="invoke", app_name="demo", action_name="browse", payload=BROWSE,
-                              wait_for_completion=False, cancel_on_kill=False)
+    op = KernelInvokeOperator(
+        task_id="invoke",
+        app_name="demo",
+        action_name="browse",
+        payload=BROWSE,
+        wait_for_completion=False,
+        cancel_on_kill=False,
+    )
     invocation_id = op.execute(context())
     wait_until(lambda: browsing(kernel_conn_env), "the action to hold its browsers")
     op.on_kill()

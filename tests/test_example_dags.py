@@ -131,8 +131,9 @@ def _return_values(dag_id: str, run_id: str) -> dict[tuple[str, int], Any]:
         decode = operator.attrgetter("value")
 
     with create_session() as session:
-        rows = session.scalars(select(XCom).where(
-            XCom.dag_id == dag_id, XCom.run_id == run_id, XCom.key == "return_value")).all()
+        rows = session.scalars(
+            select(XCom).where(XCom.dag_id == dag_id, XCom.run_id == run_id, XCom.key == "return_value")
+        ).all()
         return {(row.task_id, row.map_index): decode(row) for row in rows}
 
 
@@ -158,8 +159,14 @@ def _check_chain(out: dict[tuple[str, int], Any], ds: str, invocations: list[dic
     scraped = out[("scrape_prices", -1)]
     prices = [p["price"] for p in scraped["prices"]]
     summary = out[("summarize", -1)]
-    assert summary == {"date": ds, "store": "south", "items": 6, "min": min(prices), "max": max(prices),
-                       "average": round(sum(prices) / len(prices), 2)}
+    assert summary == {
+        "date": ds,
+        "store": "south",
+        "items": 6,
+        "min": min(prices),
+        "max": max(prices),
+        "average": round(sum(prices) / len(prices), 2),
+    }
     by_action = {i["action_name"]: i for i in invocations}
     assert json.loads(by_action["summarize"]["payload"]) == scraped  # the first output, passed as is
 
@@ -184,8 +191,7 @@ def test_example_dag_runs_against_the_emulator(dag_id: str, example_dagbag: Any,
     run = dag.test()
 
     assert run is not None
-    states = {(ti.task_id, ti.map_index): str(getattr(ti.state, "value", ti.state))
-              for ti in run.get_task_instances()}
+    states = {(ti.task_id, ti.map_index): str(getattr(ti.state, "value", ti.state)) for ti in run.get_task_instances()}
     assert str(getattr(run.state, "value", run.state)) == "success", states
     assert set(states.values()) == {"success"}, states
 

@@ -35,8 +35,11 @@ def where(path: Path, node: ast.AST) -> str:
 def _status_literals(node: ast.expr) -> list[int]:
     """HTTP error statuses (400..599) written as int literals in ``node``, or in a tuple/list/set literal of them."""
     items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
-    return [item.value for item in items
-            if isinstance(item, ast.Constant) and type(item.value) is int and 400 <= item.value <= 599]
+    return [
+        item.value
+        for item in items
+        if isinstance(item, ast.Constant) and type(item.value) is int and 400 <= item.value <= 599
+    ]
 
 
 def status_comparisons(path: Path) -> list[str]:
@@ -54,21 +57,29 @@ def status_comparisons(path: Path) -> list[str]:
 
 def test_no_status_literal_outside_errors_and_retry() -> None:
     offenders = [hit for path in provider_files() if path not in STATUS_HOMES for hit in status_comparisons(path)]
-    assert not offenders, ("HTTP statuses are interpreted only in kernel_provider/client/errors.py (and retry.py); "
-                           "catch the error classes instead:\n" + "\n".join(offenders))
+    assert not offenders, (
+        "HTTP statuses are interpreted only in kernel_provider/client/errors.py (and retry.py); "
+        "catch the error classes instead:\n" + "\n".join(offenders)
+    )
 
 
 def test_the_status_scan_sees_what_it_must(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
-    sample.write_text("def f(r):\n    a = r.status == 404\n    b = r.status in (401, 403)\n    c = r.status >= 500\n"
-                      "    d = r.status < 400\n    e = r.status == 200 or r.count > 1000\n    return a, b, c, d, e\n")
+    sample.write_text(
+        "def f(r):\n    a = r.status == 404\n    b = r.status in (401, 403)\n    c = r.status >= 500\n"
+        "    d = r.status < 400\n    e = r.status == 200 or r.count > 1000\n    return a, b, c, d, e\n"
+    )
     assert [hit.split(": ", 1)[1] for hit in status_comparisons(sample)] == [
-        "r.status == 404", "r.status in (401, 403)", "r.status >= 500", "r.status < 400"]
+        "r.status == 404",
+        "r.status in (401, 403)",
+        "r.status >= 500",
+        "r.status < 400",
+    ]
 
 
 # --- (b) the client needs no Airflow ------------------------------------------------------------------------
 
-NO_AIRFLOW = r'''
+NO_AIRFLOW = r"""
 import asyncio, importlib, importlib.abc, json, pkgutil, sys
 
 class BlockAirflow(importlib.abc.MetaPathFinder):
@@ -111,12 +122,11 @@ print(json.dumps({
     "user_agent": agent,
     "airflow_loaded": sorted(m for m in sys.modules if m == "airflow" or m.startswith("airflow.")),
 }))
-'''
+"""
 
 
 def test_the_client_imports_and_works_without_airflow() -> None:
-    done = subprocess.run([sys.executable, "-c", NO_AIRFLOW], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", NO_AIRFLOW], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     expected = {f"kernel_provider.client.{p.stem}" for p in (PACKAGE / "client").glob("*.py") if p.stem != "__init__"}
@@ -166,16 +176,24 @@ def imported_names(path: Path) -> Iterator[tuple[ast.AST, str]]:
         if isinstance(node, ast.Import):
             yield from ((node, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = ".".join([*package[:len(package) - node.level + 1], node.module or ""] if node.level
-                            else [node.module or ""]).strip(".")
+            base = ".".join(
+                [*package[: len(package) - node.level + 1], node.module or ""] if node.level else [node.module or ""]
+            ).strip(".")
             yield node, base
             yield from ((node, f"{base}.{alias.name}") for alias in node.names)
 
 
 def test_only_the_client_and_the_hook_import_the_operations_module() -> None:
     allowed = {PACKAGE / "hooks" / "kernel.py"}
-    offenders = sorted({where(path, node) for path in provider_files()
-                        if PACKAGE / "client" not in path.parents and path not in allowed
-                        for node, name in imported_names(path) if name == OPERATIONS})
-    assert not offenders, "only kernel_provider/client/ and hooks/kernel.py may import the operations module: " + \
-        ", ".join(offenders)
+    offenders = sorted(
+        {
+            where(path, node)
+            for path in provider_files()
+            if PACKAGE / "client" not in path.parents and path not in allowed
+            for node, name in imported_names(path)
+            if name == OPERATIONS
+        }
+    )
+    assert not offenders, (
+        "only kernel_provider/client/ and hooks/kernel.py may import the operations module: " + ", ".join(offenders)
+    )

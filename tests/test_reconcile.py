@@ -32,8 +32,15 @@ REQUEST = {"app_name": "shop", "action_name": "scrape", "version": "v1", "payloa
 
 
 def inv(id: str, *, started: float = 1.0, payload: Any = '{"url":"a"}', **fields: Any) -> Invocation:
-    data = {"id": id, "status": "running", "app_name": "shop", "action_name": "scrape", "version": "v1",
-            "started_at": (SENT + timedelta(seconds=started)).isoformat().replace("+00:00", "Z"), **fields}
+    data = {
+        "id": id,
+        "status": "running",
+        "app_name": "shop",
+        "action_name": "scrape",
+        "version": "v1",
+        "started_at": (SENT + timedelta(seconds=started)).isoformat().replace("+00:00", "Z"),
+        **fields,
+    }
     if payload is not None:
         data["payload"] = payload
     return Invocation.from_api(data)
@@ -58,8 +65,9 @@ class Kernel:
 
 
 def run(kernel: Kernel, token: str | None = None, request: dict[str, Any] = REQUEST) -> Any:
-    return reconcile(request, WINDOW, token, list_invocations=kernel.list_invocations,
-                     get_invocation=kernel.get_invocation)
+    return reconcile(
+        request, WINDOW, token, list_invocations=kernel.list_invocations, get_invocation=kernel.get_invocation
+    )
 
 
 def test_the_listing_is_filtered_bounded_and_starts_at_the_window() -> None:

@@ -30,8 +30,7 @@ def test_round_trip_of_a_pending_and_a_created_record() -> None:
         (2, None, TryKind.RETRY),  # unknown: the safe side, never a second run
     ],
 )
-def test_retry_or_clear_from_max_tries(recorded_max_tries: int, current_max_tries: int | None,
-                                       kind: TryKind) -> None:
+def test_retry_or_clear_from_max_tries(recorded_max_tries: int, current_max_tries: int | None, kind: TryKind) -> None:
     record = RunRecord("inv", try_number=1, max_tries=recorded_max_tries)
     assert classify(record, current_max_tries) is kind
     assert classify(None, current_max_tries) is TryKind.FIRST

@@ -44,27 +44,49 @@ def canary_kernel(kernel_emulator_factory: Any, monkeypatch: pytest.MonkeyPatch)
 
 
 def _dags(prefix: str) -> list[tuple[Any, dict[str, str]]]:
-    common = {"app_name": "demo", "poll_interval": 0.1, "on_failure_callback": _remember_failure,
-              "on_retry_callback": _remember_failure}
+    common = {
+        "app_name": "demo",
+        "poll_interval": 0.1,
+        "on_failure_callback": _remember_failure,
+        "on_retry_callback": _remember_failure,
+    }
     runs = []
     with make_dag(f"{prefix}_ok") as ok:
-        start = KernelInvokeOperator(task_id="start", action_name="sleep", wait_for_completion=False,
-                                     payload={"seconds": 0.3, "result": {"note": "templated {{ ds }}"}}, **common)
+        start = KernelInvokeOperator(
+            task_id="start",
+            action_name="sleep",
+            wait_for_completion=False,
+            payload={"seconds": 0.3, "result": {"note": "templated {{ ds }}"}},
+            **common,
+        )
         KernelInvokeOperator(task_id="invoke", action_name="logs", payload={"lines": 2}, deferrable=True, **common)
-        start >> KernelInvocationSensor(task_id="wait", invocation_id=start.output, deferrable=True,
-                                        poke_interval=0.1, on_failure_callback=_remember_failure)
+        start >> KernelInvocationSensor(
+            task_id="wait",
+            invocation_id=start.output,
+            deferrable=True,
+            poke_interval=0.1,
+            on_failure_callback=_remember_failure,
+        )
     runs.append((ok, {"start": "success", "invoke": "success", "wait": "success"}))
     with make_dag(f"{prefix}_fail") as fail:
-        KernelInvokeOperator(task_id="invoke", action_name="fail", payload={"message": "form missing"},
-                             deferrable=True, **common)
+        KernelInvokeOperator(
+            task_id="invoke", action_name="fail", payload={"message": "form missing"}, deferrable=True, **common
+        )
     runs.append((fail, {"invoke": "failed"}))
     with make_dag(f"{prefix}_retry") as retry:
-        KernelInvokeOperator(task_id="invoke", action_name="echo", payload={"try": "again"}, retries=1,
-                             retry_delay=datetime.timedelta(0), **common)
+        KernelInvokeOperator(
+            task_id="invoke",
+            action_name="echo",
+            payload={"try": "again"},
+            retries=1,
+            retry_delay=datetime.timedelta(0),
+            **common,
+        )
     runs.append((retry, {"invoke": "success"}))
     with make_dag(f"{prefix}_trigger_error") as trigger_error:
-        KernelInvokeOperator(task_id="invoke", action_name="slow", payload={"seconds": 60}, deferrable=True,
-                             wait_mode="poll", **common)
+        KernelInvokeOperator(
+            task_id="invoke", action_name="slow", payload={"seconds": 60}, deferrable=True, wait_mode="poll", **common
+        )
     runs.append((trigger_error, {"invoke": "failed"}))
     return runs
 
@@ -98,14 +120,19 @@ def _log_files_text(since: float) -> str:
     home = Path(os.environ["AIRFLOW_HOME"])
     texts = []
     for path in home.rglob("*"):
-        if (path.is_file() and path.suffix in (".log", ".json", "") and "logs" in path.parts
-                and path.stat().st_mtime >= since):
+        if (
+            path.is_file()
+            and path.suffix in (".log", ".json", "")
+            and "logs" in path.parts
+            and path.stat().st_mtime >= since
+        ):
             texts.append(path.read_text(errors="replace"))
     return "\n".join(texts)
 
 
-def test_the_api_key_leaks_nowhere(canary_kernel: Any, caplog: pytest.LogCaptureFixture,
-                                   capfd: pytest.CaptureFixture[str]) -> None:
+def test_the_api_key_leaks_nowhere(
+    canary_kernel: Any, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     started = time.time() - 1
     FAILURES.clear()
     prefix = f"canary_{uuid.uuid4().hex[:6]}"
@@ -114,11 +141,18 @@ def test_the_api_key_leaks_nowhere(canary_kernel: Any, caplog: pytest.LogCapture
         if "_trigger_error_" in dag.dag_id:
             # the worker's own check passes, then every status check of the trigger gets a 503 until the
             # trigger's failure budget is spent and it fires an error event
-            canary_kernel.set_faults([{"route": "GET /invocations/{id}",
-                                       "sequence": [None, *([{"status": 503}] * 30)]}])
+            canary_kernel.set_faults(
+                [{"route": "GET /invocations/{id}", "sequence": [None, *([{"status": 503}] * 30)]}]
+            )
         elif "_retry_" in dag.dag_id:  # try 1's create is refused, try 2 succeeds
-            canary_kernel.set_faults([{"route": "POST /invocations", "sequence": [
-                {"status": 403, "code": "forbidden", "message": "key not allowed here"}]}])
+            canary_kernel.set_faults(
+                [
+                    {
+                        "route": "POST /invocations",
+                        "sequence": [{"status": 403, "code": "forbidden", "message": "key not allowed here"}],
+                    }
+                ]
+            )
         else:
             canary_kernel.set_faults(None)
         dr = run_dag(dag)
@@ -133,8 +167,13 @@ def test_the_api_key_leaks_nowhere(canary_kernel: Any, caplog: pytest.LogCapture
     files = _log_files_text(started)
     requests = json.dumps(canary_kernel.requests())
     exceptions = "\n".join(FAILURES)
-    sources = {"task logs (captured)": logs, "log files": files, "metadata DB": db, "exceptions": exceptions,
-               "emulator request log": requests}
+    sources = {
+        "task logs (captured)": logs,
+        "log files": files,
+        "metadata DB": db,
+        "exceptions": exceptions,
+        "emulator request log": requests,
+    }
 
     # The search reads real material: the runs' traces are there to be searched.
     invocation_ids = [i["id"] for i in canary_kernel.invocations()]
@@ -145,6 +184,10 @@ def test_the_api_key_leaks_nowhere(canary_kernel: Any, caplog: pytest.LogCapture
     assert "form missing" in exceptions and "Gave up after" in exceptions and "forbidden" in exceptions
     assert all(r["auth"] == "valid" for r in canary_kernel.requests())  # the canary really was the key
 
-    hits = {(source, name): text.count(needle) for source, text in sources.items()
-            for name, needle in NEEDLES.items() if needle in text}
+    hits = {
+        (source, name): text.count(needle)
+        for source, text in sources.items()
+        for name, needle in NEEDLES.items()
+        if needle in text
+    }
     assert hits == {}, f"the API key leaked: {hits}"

@@ -63,8 +63,13 @@ class KernelClient:
         never on the sync side (a worker reads its connection afresh on every task). None: a refusal is final.
     """
 
-    def __init__(self, settings: KernelSettings, *, retry: RetryPolicy | None = None,
-                 refresh: Callable[[], Awaitable[KernelSettings]] | None = None) -> None:
+    def __init__(
+        self,
+        settings: KernelSettings,
+        *,
+        retry: RetryPolicy | None = None,
+        refresh: Callable[[], Awaitable[KernelSettings]] | None = None,
+    ) -> None:
         self.settings = settings
         self._retry = retry
         self._refresh = refresh
@@ -109,8 +114,16 @@ class KernelClient:
 
     # --- invocations ------------------------------------------------------------------------------------------
 
-    def invoke(self, app_name: str, action_name: str, *, version: str = "latest", payload: Any = None,
-               invoke_async: bool = False, async_timeout_seconds: int | None = None) -> Invocation:
+    def invoke(
+        self,
+        app_name: str,
+        action_name: str,
+        *,
+        version: str = "latest",
+        payload: Any = None,
+        invoke_async: bool = False,
+        async_timeout_seconds: int | None = None,
+    ) -> Invocation:
         """Start one run of ``app_name``/``action_name`` (``POST /invocations``).
 
         :param version: the app version label.
@@ -122,16 +135,38 @@ class KernelClient:
         :raises KernelInputError: before any request, when a parameter is wrong.
         :raises KernelAmbiguousCreateError: the request failed after it may have reached Kernel; not re-sent.
         """
-        return self.create_invocation(build_invoke_request(
-            app_name=app_name, action_name=action_name, version=version, payload=payload,
-            invoke_async=invoke_async, async_timeout_seconds=async_timeout_seconds))
+        return self.create_invocation(
+            build_invoke_request(
+                app_name=app_name,
+                action_name=action_name,
+                version=version,
+                payload=payload,
+                invoke_async=invoke_async,
+                async_timeout_seconds=async_timeout_seconds,
+            )
+        )
 
-    async def ainvoke(self, app_name: str, action_name: str, *, version: str = "latest", payload: Any = None,
-                      invoke_async: bool = False, async_timeout_seconds: int | None = None) -> Invocation:
+    async def ainvoke(
+        self,
+        app_name: str,
+        action_name: str,
+        *,
+        version: str = "latest",
+        payload: Any = None,
+        invoke_async: bool = False,
+        async_timeout_seconds: int | None = None,
+    ) -> Invocation:
         """:meth:`invoke` without blocking the event loop."""
-        return await self.acreate_invocation(build_invoke_request(
-            app_name=app_name, action_name=action_name, version=version, payload=payload,
-            invoke_async=invoke_async, async_timeout_seconds=async_timeout_seconds))
+        return await self.acreate_invocation(
+            build_invoke_request(
+                app_name=app_name,
+                action_name=action_name,
+                version=version,
+                payload=payload,
+                invoke_async=invoke_async,
+                async_timeout_seconds=async_timeout_seconds,
+            )
+        )
 
     def create_invocation(self, request: Mapping[str, Any]) -> Invocation:
         """``POST /invocations`` with a body from :func:`~kernel_provider.client.validation.build_invoke_request`
@@ -180,8 +215,9 @@ class KernelClient:
         """:meth:`list_invocations` without blocking the event loop."""
         return await self.aexecute(operations.list_invocations(**filters))
 
-    def cancel_invocation(self, invocation_id: str, reason: str | None = None, *,
-                          budget: float | None = None) -> Invocation | None:
+    def cancel_invocation(
+        self, invocation_id: str, reason: str | None = None, *, budget: float | None = None
+    ) -> Invocation | None:
         """Stop a run: PATCH the invocation ``failed`` and DELETE its browsers, both at once.
 
         The two requests go out concurrently (the DELETE on a helper thread), so a slow or failing PATCH never
@@ -213,9 +249,12 @@ class KernelClient:
                 outcomes[name] = (False, exc)
 
         patch, delete = operations.cancel_steps(invocation_id, reason)
-        threads = [threading.Thread(target=step, args=(name, operation), daemon=True,
-                                    name=f"kernel-cancel-{name}-{invocation_id}")
-                   for name, operation in (("delete", delete), ("patch", patch))]
+        threads = [
+            threading.Thread(
+                target=step, args=(name, operation), daemon=True, name=f"kernel-cancel-{name}-{invocation_id}"
+            )
+            for name, operation in (("delete", delete), ("patch", patch))
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -223,8 +262,9 @@ class KernelClient:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return operations.cancel_result(invocation_id, budget, outcomes.get("patch"), outcomes.get("delete"))
 
-    async def acancel_invocation(self, invocation_id: str, reason: str | None = None, *,
-                                 budget: float | None = None) -> Invocation | None:
+    async def acancel_invocation(
+        self, invocation_id: str, reason: str | None = None, *, budget: float | None = None
+    ) -> Invocation | None:
         """:meth:`cancel_invocation` without blocking the event loop: the PATCH and the DELETE run as two tasks at
         once, with the same parameters, result and errors. A request still out when the budget is spent is
         cancelled; when this coroutine is cancelled, both requests are cancelled with it."""
@@ -239,11 +279,13 @@ class KernelClient:
                 return False, exc
 
         patch, delete = operations.cancel_steps(invocation_id, reason)
-        tasks = {name: asyncio.ensure_future(step(operation)) for name, operation in
-                 (("delete", delete), ("patch", patch))}
+        tasks = {
+            name: asyncio.ensure_future(step(operation)) for name, operation in (("delete", delete), ("patch", patch))
+        }
         try:
-            await asyncio.wait(tasks.values(),
-                               timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            await asyncio.wait(
+                tasks.values(), timeout=None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
         finally:
             for task in tasks.values():
                 task.cancel()  # no-op for the finished ones; a request still out ends with the budget
@@ -254,8 +296,9 @@ class KernelClient:
         """The browsers the invocation holds, as Kernel describes them (empty once they are deleted)."""
         return self.execute(operations.list_browsers(require_name("invocation_id", invocation_id)))
 
-    async def stream_events(self, invocation_id: str, *, since: str | None = None,
-                            silence_timeout: float = 60.0) -> AsyncGenerator[dict[str, Any], None]:
+    async def stream_events(
+        self, invocation_id: str, *, since: str | None = None, silence_timeout: float = 60.0
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Follow ``GET /invocations/{id}/events``: yields each event's JSON object as it arrives.
 
         Ends when the server closes the stream (normally right after the terminal ``invocation_state``). Events
@@ -274,7 +317,8 @@ class KernelClient:
         async with contextlib.AsyncExitStack() as stack:
             data = await self._with_fresh_settings(
                 lambda settings: self.async_transport.open_events(stack, call, settings, silence_timeout),
-                f"Opening the event stream of {invocation_id} again")
+                f"Opening the event stream of {invocation_id} again",
+            )
             async for text in data:
                 try:
                     event = json.loads(text)
@@ -310,16 +354,23 @@ class KernelClient:
         versions = self.list_apps(app_name=app_name)
         if not versions:
             known = sorted({a.app_name for a in self.list_apps(limit=100)})
-            raise KernelInputError("app_name", f"no app {app_name!r} is deployed.",
-                                   f"Deployed apps: {', '.join(known) or 'none'}.")
+            raise KernelInputError(
+                "app_name", f"no app {app_name!r} is deployed.", f"Deployed apps: {', '.join(known) or 'none'}."
+            )
         match = next((v for v in versions if v.version == version), None)
         if match is None:
-            raise KernelInputError("version", f"app {app_name!r} has no version {version!r}.",
-                                   f"Versions: {', '.join(sorted(v.version for v in versions))}.")
+            raise KernelInputError(
+                "version",
+                f"app {app_name!r} has no version {version!r}.",
+                f"Versions: {', '.join(sorted(v.version for v in versions))}.",
+            )
         action = next((a for a in match.actions if a.name == action_name), None)
         if action is None:
-            raise KernelInputError("action_name", f"{app_name}@{version} has no action {action_name!r}.",
-                                   f"Actions: {', '.join(sorted(match.action_names)) or 'none'}.")
+            raise KernelInputError(
+                "action_name",
+                f"{app_name}@{version} has no action {action_name!r}.",
+                f"Actions: {', '.join(sorted(match.action_names)) or 'none'}.",
+            )
         return action
 
     def check_connection(self) -> tuple[bool, str]:
@@ -330,8 +381,10 @@ class KernelClient:
         try:
             operations.drive(operations.check_connection(), lambda call: self._send(call, None, CHECK_POLICY))
         except KernelAuthError as exc:
-            return False, (f"Kernel at {url} rejected the API key (HTTP {exc.status_code}: {exc.message}). "
-                           "Check the connection's API key (password) and project.")
+            return False, (
+                f"Kernel at {url} rejected the API key (HTTP {exc.status_code}: {exc.message}). "
+                "Check the connection's API key (password) and project."
+            )
         except KernelApiError as exc:
             return False, f"Kernel at {url} answered with an error: {exc}"
         except KernelTransportError as exc:
@@ -349,7 +402,8 @@ class KernelClient:
         if deadline is None:
             return policy.tenacity_kwargs(idempotent=call.endpoint.idempotent, describe=describe)
         retrying = policy.within(deadline - time.monotonic()).tenacity_kwargs(
-            idempotent=call.endpoint.idempotent, describe=describe)
+            idempotent=call.endpoint.idempotent, describe=describe
+        )
         stop, wait = retrying["stop"], retrying["wait"]
         # No new attempt once the time is spent, and no backoff that would outlast it.
         retrying["stop"] = lambda state: stop(state) or deadline - time.monotonic() <= 0
@@ -365,8 +419,10 @@ class KernelClient:
         return call.parse(response)
 
     async def _asend(self, call: ApiCall[T], deadline: float | None) -> T:
-        return await self._with_fresh_settings(lambda settings: self._asend_with(call, settings, deadline),
-                                                f"Sending {call.endpoint.method} {call.path} again")
+        return await self._with_fresh_settings(
+            lambda settings: self._asend_with(call, settings, deadline),
+            f"Sending {call.endpoint.method} {call.path} again",
+        )
 
     async def _asend_with(self, call: ApiCall[T], settings: KernelSettings, deadline: float | None) -> T:
         async for attempt in tenacity.AsyncRetrying(**self._retrying(call, deadline, None)):
@@ -398,8 +454,7 @@ class KernelClient:
             return None
         async with self._refresh_lock:
             if self.settings is rejected:
-                log.info("Kernel refused the API key of connection %r; reading the connection again.",
-                         rejected.conn_id)
+                log.info("Kernel refused the API key of connection %r; reading the connection again.", rejected.conn_id)
                 try:
                     self.settings = await self._refresh()
                 except KernelError as exc:
@@ -422,6 +477,7 @@ def _fitted(call: ApiCall[T], settings: KernelSettings, deadline: float | None) 
         return call, settings
     left = deadline - time.monotonic()
     if left <= 0:
-        raise KernelTransportError("no time left in the call's budget", request_sent=False,
-                                   method=call.endpoint.method, path=call.path)
+        raise KernelTransportError(
+            "no time left in the call's budget", request_sent=False, method=call.endpoint.method, path=call.path
+        )
     return call.within(left), settings.within(left)

@@ -93,8 +93,11 @@ class KernelApiError(KernelError):
         self.method = method
         self.path = path
         # Only the headers that drive retries are kept; nothing that could carry a credential.
-        self.headers = {k.lower(): v for k, v in (headers or {}).items()
-                        if k.lower() in {"retry-after", "retry-after-ms", "x-should-retry"}}
+        self.headers = {
+            k.lower(): v
+            for k, v in (headers or {}).items()
+            if k.lower() in {"retry-after", "retry-after-ms", "x-should-retry"}
+        }
         where = f" ({method} {path})" if method else ""
         text = f"Kernel API error {status_code}{where}: {code + ': ' if code else ''}{message}"
         if self.details:
@@ -187,8 +190,16 @@ class KernelAmbiguousCreateError(KernelError):
     ``app_name``/``action_name`` started between ``window_start`` and ``window_end`` with the same payload.
     """
 
-    def __init__(self, *, app_name: str, action_name: str, payload: str | None, window_start: datetime,
-                 window_end: datetime, cause: BaseException) -> None:
+    def __init__(
+        self,
+        *,
+        app_name: str,
+        action_name: str,
+        payload: str | None,
+        window_start: datetime,
+        window_end: datetime,
+        cause: BaseException,
+    ) -> None:
         self.app_name = app_name
         self.action_name = action_name
         self.payload = payload

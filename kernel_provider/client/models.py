@@ -67,7 +67,7 @@ def parse_timestamp(value: object) -> datetime | None:
     date_part, dot, rest = text.partition(".")
     if dot:
         digits = len(rest) - len(rest.lstrip("0123456789"))
-        text = f"{date_part}.{rest[:min(digits, 6)].ljust(6, '0')}{rest[digits:]}"
+        text = f"{date_part}.{rest[: min(digits, 6)].ljust(6, '0')}{rest[digits:]}"
     try:
         return datetime.fromisoformat(text)
     except ValueError:
@@ -96,8 +96,18 @@ class Invocation:
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     _KNOWN = frozenset(
-        {"id", "status", "action_name", "app_name", "version", "payload", "output", "status_reason",
-         "started_at", "finished_at"}
+        {
+            "id",
+            "status",
+            "action_name",
+            "app_name",
+            "version",
+            "payload",
+            "output",
+            "status_reason",
+            "started_at",
+            "finished_at",
+        }
     )
 
     @classmethod
@@ -173,8 +183,9 @@ class AppVersion:
     def from_api(cls, data: Mapping[str, Any]) -> AppVersion:
         """Parse an item of ``GET /apps``; missing fields become empty strings, unknown ones go to ``extra``."""
         actions = tuple(
-            AppAction(name=str(a.get("name", "")), input_schema=a.get("input_schema"),
-                      output_schema=a.get("output_schema"))
+            AppAction(
+                name=str(a.get("name", "")), input_schema=a.get("input_schema"), output_schema=a.get("output_schema")
+            )
             for a in data.get("actions") or ()
             if isinstance(a, Mapping)
         )

@@ -293,8 +293,9 @@ def event_stream(invocation_id: str, since: str | None = None) -> ApiCall[None]:
 
     :param since: RFC 3339 timestamp; Kernel sends only events from then on. None: from the start.
     """
-    return ApiCall(INVOCATION_EVENTS, {"id": invocation_id}, params={"since": since} if since else {},
-                   parse=lambda r: None)
+    return ApiCall(
+        INVOCATION_EVENTS, {"id": invocation_id}, params={"since": since} if since else {}, parse=lambda r: None
+    )
 
 
 def cancel_output(reason: str | None = None) -> str:
@@ -302,8 +303,7 @@ def cancel_output(reason: str | None = None) -> str:
     return json.dumps({"error": reason}) if reason else CANCEL_OUTPUT
 
 
-def cancel_steps(invocation_id: str,
-                 reason: str | None = None) -> tuple[Operation[Invocation | None], Operation[None]]:
+def cancel_steps(invocation_id: str, reason: str | None = None) -> tuple[Operation[Invocation | None], Operation[None]]:
     """The two independent halves of a cancel, for a caller that runs them concurrently.
 
     :param invocation_id: the invocation to stop (not checked here; the client validates it).
@@ -312,8 +312,10 @@ def cancel_steps(invocation_id: str,
         when Kernel no longer knows it) and :func:`delete_browsers`. Each tolerates a 404 (already gone); any
         other error is raised by that half alone. Combine the outcomes with :func:`cancel_result`.
     """
-    return (_unless_gone(update_invocation(invocation_id, "failed", cancel_output(reason))),
-            _unless_gone(delete_browsers(invocation_id)))
+    return (
+        _unless_gone(update_invocation(invocation_id, "failed", cancel_output(reason))),
+        _unless_gone(delete_browsers(invocation_id)),
+    )
 
 
 def cancel_invocation(invocation_id: str, reason: str | None = None) -> Operation[Invocation | None]:
@@ -338,8 +340,9 @@ def cancel_invocation(invocation_id: str, reason: str | None = None) -> Operatio
     return result
 
 
-def cancel_result(invocation_id: str, budget: float | None, patch: tuple[bool, Any] | None,
-                  delete: tuple[bool, Any] | None) -> Invocation | None:
+def cancel_result(
+    invocation_id: str, budget: float | None, patch: tuple[bool, Any] | None, delete: tuple[bool, Any] | None
+) -> Invocation | None:
     """The outcome of a cancel whose halves ran concurrently.
 
     :param invocation_id: the cancelled invocation (named in the error of a half that did not end).
@@ -352,8 +355,12 @@ def cancel_result(invocation_id: str, budget: float | None, patch: tuple[bool, A
     for endpoint, outcome in ((UPDATE_INVOCATION, patch), (DELETE_BROWSERS, delete)):
         if outcome is None:
             path = ApiCall(endpoint, {"id": invocation_id}).path
-            raise KernelTransportError(f"no answer within the cancel budget ({budget or 0:g}s)", request_sent=True,
-                                       method=endpoint.method, path=path)
+            raise KernelTransportError(
+                f"no answer within the cancel budget ({budget or 0:g}s)",
+                request_sent=True,
+                method=endpoint.method,
+                path=path,
+            )
         if not outcome[0]:
             raise outcome[1]
     assert patch is not None
@@ -386,16 +393,25 @@ def list_invocations(
     :param page_size: invocations asked for per request, at most 100.
     """
     filters = {
-        "app_name": app_name, "version": version, "action_name": action_name, "deployment_id": deployment_id,
-        "status": status, "since": since, "query": query,
+        "app_name": app_name,
+        "version": version,
+        "action_name": action_name,
+        "deployment_id": deployment_id,
+        "status": status,
+        "since": since,
+        "query": query,
     }
     items = yield from paginate(LIST_INVOCATIONS, filters, limit, page_size)
     return [Invocation.from_api(i) for i in items]
 
 
 def list_apps(
-    *, app_name: str | None = None, version: str | None = None, query: str | None = None,
-    limit: int | None = None, page_size: int = MAX_PAGE_SIZE,
+    *,
+    app_name: str | None = None,
+    version: str | None = None,
+    query: str | None = None,
+    limit: int | None = None,
+    page_size: int = MAX_PAGE_SIZE,
 ) -> Operation[list[AppVersion]]:
     """``GET /apps`` across pages: the deployed app versions and their actions.
 
@@ -405,13 +421,11 @@ def list_apps(
     :param limit: the most versions returned; None follows every page.
     :param page_size: versions asked for per request, at most 100.
     """
-    items = yield from paginate(LIST_APPS, {"app_name": app_name, "version": version, "query": query},
-                                limit, page_size)
+    items = yield from paginate(LIST_APPS, {"app_name": app_name, "version": version, "query": query}, limit, page_size)
     return [AppVersion.from_api(i) for i in items if isinstance(i, Mapping)]
 
 
-def paginate(endpoint: Endpoint, filters: Mapping[str, Any], limit: int | None,
-             page_size: int) -> Operation[list[Any]]:
+def paginate(endpoint: Endpoint, filters: Mapping[str, Any], limit: int | None, page_size: int) -> Operation[list[Any]]:
     """Every item of a listing, page by page (``limit`` / ``offset`` query, ``x-has-more`` / ``x-next-offset``).
 
     It stops on an empty page, on ``x-has-more`` other than ``true``, on a missing or zero ``x-next-offset``, or on
@@ -423,8 +437,9 @@ def paginate(endpoint: Endpoint, filters: Mapping[str, Any], limit: int | None,
     offset = 0
     while limit is None or len(items) < limit:
         want = page_size if limit is None else min(page_size, limit - len(items))
-        response: ApiResponse = yield ApiCall(endpoint, params={**filters, "limit": want, "offset": offset},
-                                              parse=lambda r: r)
+        response: ApiResponse = yield ApiCall(
+            endpoint, params={**filters, "limit": want, "offset": offset}, parse=lambda r: r
+        )
         page = response.json()
         if not isinstance(page, list):
             raise KernelResponseError(f"{endpoint.path} returned {type(page).__name__}, expected a JSON array")

@@ -130,8 +130,9 @@ class RetryPolicy:
         def _before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
-            log.warning("Kernel %s failed (attempt %d): %s; retrying in %.1fs", describe, state.attempt_number,
-                        exc, wait)
+            log.warning(
+                "Kernel %s failed (attempt %d): %s; retrying in %.1fs", describe, state.attempt_number, exc, wait
+            )
 
         return {"retry": _retry, "stop": _stop, "wait": _wait, "before_sleep": _before_sleep, "reraise": True}
 

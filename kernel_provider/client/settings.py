@@ -81,14 +81,19 @@ class KernelSettings:
         conn_id = str(given.get("conn_id") or DEFAULT_CONN_ID)
         unknown = sorted(set(given) - FIELDS)
         if unknown:
-            raise KernelConnectionConfigError(f"settings {conn_id!r}", f"have unknown fields {', '.join(unknown)}.",
-                                              f"Use only {', '.join(sorted(FIELDS))}.")
+            raise KernelConnectionConfigError(
+                f"settings {conn_id!r}",
+                f"have unknown fields {', '.join(unknown)}.",
+                f"Use only {', '.join(sorted(FIELDS))}.",
+            )
         extra = _extra(conn_id, given.get("extra"))
         api_key = str(given.get("password") or given.get("api_key") or "").strip()
         if not api_key:
             raise KernelConnectionConfigError(
-                f"connection {conn_id!r}", "has no API key.",
-                "Put your Kernel API key in the connection's password field (API key in the UI).")
+                f"connection {conn_id!r}",
+                "has no API key.",
+                "Put your Kernel API key in the connection's password field (API key in the UI).",
+            )
         retry_defaults = RetryPolicy()
         retry = RetryPolicy(
             max_attempts=1 + int(_number(conn_id, extra, "max_retries", retry_defaults.max_attempts - 1, integer=True)),
@@ -97,8 +102,11 @@ class KernelSettings:
         )
         project_id = extra.get("project_id") or None
         if project_id is not None and not isinstance(project_id, str):
-            raise KernelConnectionConfigError(f"connection {conn_id!r} extra.project_id",
-                                              f"must be a string, got {project_id!r}.", "Use the project's ID.")
+            raise KernelConnectionConfigError(
+                f"connection {conn_id!r} extra.project_id",
+                f"must be a string, got {project_id!r}.",
+                "Use the project's ID.",
+            )
         ca_bundle = extra.get("ca_bundle")
         return cls(
             conn_id=conn_id,
@@ -139,15 +147,20 @@ class KernelSettings:
     def same_credentials(self, other: KernelSettings) -> bool:
         """Whether Kernel would judge a request sent with ``other`` as one sent with these settings (same URL, key,
         project and CA bundle): settings read again that differ here are worth one more try after a 401/403."""
-        return ((self.base_url, self.api_key, self.project_id, self.verify)
-                == (other.base_url, other.api_key, other.project_id, other.verify))
+        return (self.base_url, self.api_key, self.project_id, self.verify) == (
+            other.base_url,
+            other.api_key,
+            other.project_id,
+            other.verify,
+        )
 
     def within(self, seconds: float) -> KernelSettings:
         """These settings with the connect and read timeouts cut to ``seconds`` (at least
         :data:`~kernel_provider.client.retry.MIN_BUDGET`), for one request of a call that has a time budget."""
         seconds = max(MIN_BUDGET, seconds)
-        return replace(self, request_timeout=min(self.request_timeout, seconds),
-                       connect_timeout=min(self.connect_timeout, seconds))
+        return replace(
+            self, request_timeout=min(self.request_timeout, seconds), connect_timeout=min(self.connect_timeout, seconds)
+        )
 
 
 @lru_cache(maxsize=32)
@@ -184,12 +197,15 @@ def _extra(conn_id: str, extra: Any) -> Mapping[str, Any]:
         try:
             extra = json.loads(extra)
         except ValueError:
-            raise KernelConnectionConfigError(f"connection {conn_id!r} extra", "is not valid JSON.",
-                                              "Write the extra as a JSON object.") from None
+            raise KernelConnectionConfigError(
+                f"connection {conn_id!r} extra", "is not valid JSON.", "Write the extra as a JSON object."
+            ) from None
     if not isinstance(extra, Mapping):
-        raise KernelConnectionConfigError(f"connection {conn_id!r} extra",
-                                          f"must be a JSON object, got {type(extra).__name__}.",
-                                          "Write the extra as a JSON object.")
+        raise KernelConnectionConfigError(
+            f"connection {conn_id!r} extra",
+            f"must be a JSON object, got {type(extra).__name__}.",
+            "Write the extra as a JSON object.",
+        )
     return extra
 
 
@@ -201,18 +217,21 @@ def _base_url(conn_id: str, host: str | None, port: int | None) -> str:
         parts = urlsplit(text)
         parsed_port = parts.port
     except ValueError as exc:
-        raise KernelConnectionConfigError(f"connection {conn_id!r} host", f"is not a valid URL: {exc}.",
-                                          "Use e.g. https://api.onkernel.com") from None
+        raise KernelConnectionConfigError(
+            f"connection {conn_id!r} host", f"is not a valid URL: {exc}.", "Use e.g. https://api.onkernel.com"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise KernelConnectionConfigError(f"connection {conn_id!r} host", f"is not a valid base URL: {text!r}.",
-                                          "Use e.g. https://api.onkernel.com")
+        raise KernelConnectionConfigError(
+            f"connection {conn_id!r} host", f"is not a valid base URL: {text!r}.", "Use e.g. https://api.onkernel.com"
+        )
     if port and not parsed_port:
         text = f"{parts.scheme}://{parts.netloc}:{int(port)}{parts.path}"
     return text.rstrip("/")
 
 
-def _number(conn_id: str, extra: Mapping[str, Any], key: str, default: float, *, integer: bool = False,
-            positive: bool = False) -> float:
+def _number(
+    conn_id: str, extra: Mapping[str, Any], key: str, default: float, *, integer: bool = False, positive: bool = False
+) -> float:
     value = extra.get(key)
     if value is None or value == "":
         return default
@@ -221,10 +240,15 @@ def _number(conn_id: str, extra: Mapping[str, Any], key: str, default: float, *,
         if integer and number != int(number):
             raise ValueError
     except (TypeError, ValueError, OverflowError):
-        raise KernelConnectionConfigError(f"connection {conn_id!r} extra.{key}",
-                                          f"must be a {'whole ' if integer else ''}number, got {value!r}.",
-                                          "Fix or remove it in the connection's extra.") from None
+        raise KernelConnectionConfigError(
+            f"connection {conn_id!r} extra.{key}",
+            f"must be a {'whole ' if integer else ''}number, got {value!r}.",
+            "Fix or remove it in the connection's extra.",
+        ) from None
     if number < 0 or (positive and number == 0):
-        raise KernelConnectionConfigError(f"connection {conn_id!r} extra.{key}", f"is {value}; it must be > 0.",
-                                          "Fix or remove it in the connection's extra.")
+        raise KernelConnectionConfigError(
+            f"connection {conn_id!r} extra.{key}",
+            f"is {value}; it must be > 0.",
+            "Fix or remove it in the connection's extra.",
+        )
     return number

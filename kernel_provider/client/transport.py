@@ -142,15 +142,18 @@ class SyncTransport:
         method, path = call.endpoint.method, call.path
         try:
             r = self.session.request(
-                method, settings.base_url + path, params=call.query,
+                method,
+                settings.base_url + path,
+                params=call.query,
                 data=None if call.body is None else json.dumps(call.body),
                 headers=_headers(settings, call),
                 timeout=(settings.connect_timeout, call.read_timeout or settings.request_timeout),
                 verify=settings.verify,
             )
         except requests.exceptions.RequestException as exc:
-            raise KernelTransportError(describe_requests_error(exc), request_sent=requests_error_sent(exc),
-                                       method=method, path=path) from None
+            raise KernelTransportError(
+                describe_requests_error(exc), request_sent=requests_error_sent(exc), method=method, path=path
+            ) from None
         return ApiResponse(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
 
     def close(self) -> None:
@@ -174,19 +177,24 @@ class AsyncTransport:
         async with resources.slots:
             try:
                 r = await client.request(
-                    method, settings.base_url + path, params=call.query,
+                    method,
+                    settings.base_url + path,
+                    params=call.query,
                     content=None if call.body is None else json.dumps(call.body),
                     headers=_headers(settings, call),
-                    timeout=httpx.Timeout(call.read_timeout or settings.request_timeout,
-                                          connect=settings.connect_timeout),
+                    timeout=httpx.Timeout(
+                        call.read_timeout or settings.request_timeout, connect=settings.connect_timeout
+                    ),
                 )
             except httpx.HTTPError as exc:
-                raise KernelTransportError(describe_httpx_error(exc), request_sent=httpx_error_sent(exc),
-                                           method=method, path=path) from None
+                raise KernelTransportError(
+                    describe_httpx_error(exc), request_sent=httpx_error_sent(exc), method=method, path=path
+                ) from None
         return ApiResponse(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
 
-    async def open_events(self, stack: contextlib.AsyncExitStack, call: ApiCall[Any], settings: KernelSettings,
-                          silence_timeout: float) -> AsyncIterator[str]:
+    async def open_events(
+        self, stack: contextlib.AsyncExitStack, call: ApiCall[Any], settings: KernelSettings, silence_timeout: float
+    ) -> AsyncIterator[str]:
         """Open the server-sent event stream of ``call`` and return an iterator over each event's ``data``.
 
         :param stack: closes the stream's response (and the iterator) when it exits; nothing is left open when
@@ -204,18 +212,28 @@ class AsyncTransport:
         try:
             async with contextlib.AsyncExitStack() as attempt:
                 async with resources.slots:  # only while opening: an open stream holds no slot
-                    source = await attempt.enter_async_context(aconnect_sse(
-                        client, "GET", settings.base_url + call.path, params=call.query, headers=headers,
-                        timeout=httpx.Timeout(silence_timeout, connect=settings.connect_timeout)))
+                    source = await attempt.enter_async_context(
+                        aconnect_sse(
+                            client,
+                            "GET",
+                            settings.base_url + call.path,
+                            params=call.query,
+                            headers=headers,
+                            timeout=httpx.Timeout(silence_timeout, connect=settings.connect_timeout),
+                        )
+                    )
                 response = source.response
                 if is_error_status(response.status_code):
                     body = await response.aread()
-                    raise_for_status(call, ApiResponse(response.status_code,
-                                                       {k.lower(): v for k, v in response.headers.items()}, body))
+                    raise_for_status(
+                        call,
+                        ApiResponse(response.status_code, {k.lower(): v for k, v in response.headers.items()}, body),
+                    )
                 stack.push_async_exit(attempt.pop_all())  # opened: the caller's stack closes it from now on
         except httpx.HTTPError as exc:
-            raise KernelTransportError(describe_httpx_error(exc), request_sent=httpx_error_sent(exc),
-                                       method="GET", path=call.path) from None
+            raise KernelTransportError(
+                describe_httpx_error(exc), request_sent=httpx_error_sent(exc), method="GET", path=call.path
+            ) from None
         data = _event_data(source, call)
         stack.push_async_callback(data.aclose)  # runs before the response closes (the stack is LIFO)
         return data
@@ -229,8 +247,7 @@ async def _event_data(source: Any, call: ApiCall[Any]) -> AsyncGenerator[str, No
             if message.data:
                 yield message.data
     except (httpx.HTTPError, SSEError) as exc:
-        raise KernelTransportError(describe_httpx_error(exc), request_sent=True, method="GET",
-                                   path=call.path) from None
+        raise KernelTransportError(describe_httpx_error(exc), request_sent=True, method="GET", path=call.path) from None
 
 
 def _headers(settings: KernelSettings, call: ApiCall[Any]) -> dict[str, str]:
@@ -242,8 +259,15 @@ def _headers(settings: KernelSettings, call: ApiCall[Any]) -> dict[str, str]:
 
 def requests_error_sent(exc: requests.exceptions.RequestException) -> bool:
     """Whether Kernel may have seen the request that failed with ``exc`` (False: certainly not, e.g. refused)."""
-    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError,
-                        requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.ConnectTimeout,
+            requests.exceptions.SSLError,
+            requests.exceptions.InvalidURL,
+            requests.exceptions.MissingSchema,
+        ),
+    ):
         return False
     if isinstance(exc, requests.exceptions.ConnectionError):
         import urllib3.exceptions as u3
@@ -264,8 +288,9 @@ def requests_error_sent(exc: requests.exceptions.RequestException) -> bool:
 
 def httpx_error_sent(exc: httpx.HTTPError) -> bool:
     """Whether Kernel may have seen the request that failed with ``exc`` (False: the connection never opened)."""
-    return not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
-                                httpx.UnsupportedProtocol, httpx.InvalidURL))
+    return not isinstance(
+        exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol, httpx.InvalidURL)
+    )
 
 
 def describe_requests_error(exc: requests.exceptions.RequestException) -> str:

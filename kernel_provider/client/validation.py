@@ -29,8 +29,9 @@ def require_name(field: str, value: object) -> str:
     if value is None:
         raise KernelInputError(field, "is required.", f"Pass the {field.replace('_', ' ')} as a string.")
     if not isinstance(value, str):
-        raise KernelInputError(field, f"must be a string, got {type(value).__name__}.",
-                               f"Pass the {field.replace('_', ' ')} as a string.")
+        raise KernelInputError(
+            field, f"must be a string, got {type(value).__name__}.", f"Pass the {field.replace('_', ' ')} as a string."
+        )
     if not value.strip():
         raise KernelInputError(field, "must not be empty.", f"Pass the {field.replace('_', ' ')}.")
     if value != value.strip():
@@ -57,8 +58,9 @@ def encode_payload(payload: Any, field: str = "payload") -> str | None:
             json.loads(payload)
         except json.JSONDecodeError as exc:
             raise KernelInputError(
-                field, f"is a string but not valid JSON ({exc.msg} at position {exc.pos}).",
-                "Pass a dict/list (it is JSON-encoded for you) or valid JSON text such as '{\"url\": \"...\"}'.",
+                field,
+                f"is a string but not valid JSON ({exc.msg} at position {exc.pos}).",
+                'Pass a dict/list (it is JSON-encoded for you) or valid JSON text such as \'{"url": "..."}\'.',
             ) from None
         text = payload
     else:
@@ -66,8 +68,11 @@ def encode_payload(payload: Any, field: str = "payload") -> str | None:
         text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
     size = len(text.encode("utf-8"))
     if size > PAYLOAD_MAX_BYTES:
-        raise KernelInputError(field, f"is {size} bytes of JSON; Kernel accepts at most {PAYLOAD_MAX_BYTES}.",
-                               "Send a reference (e.g. a URL) to the data instead of the data itself.")
+        raise KernelInputError(
+            field,
+            f"is {size} bytes of JSON; Kernel accepts at most {PAYLOAD_MAX_BYTES}.",
+            "Send a reference (e.g. a URL) to the data instead of the data itself.",
+        )
     if size > PAYLOAD_WARN_BYTES:
         log.warning("Payload is %d bytes; some Kernel documentation gives a 64 KB limit.", size)
     return text
@@ -83,16 +88,22 @@ def _check_serializable(value: Any, path: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise KernelInputError(f"{path}[{key!r}]", f"has a {type(key).__name__} key; JSON keys are strings.",
-                                       "Convert the key to str.")
+                raise KernelInputError(
+                    f"{path}[{key!r}]",
+                    f"has a {type(key).__name__} key; JSON keys are strings.",
+                    "Convert the key to str.",
+                )
             _check_serializable(item, f"{path}[{key!r}]")
         return
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             _check_serializable(item, f"{path}[{index}]")
         return
-    raise KernelInputError(path, f"holds a {type(value).__name__}, which is not JSON-serializable.",
-                           "Convert it to str, number, bool, list or dict first (e.g. a date with .isoformat()).")
+    raise KernelInputError(
+        path,
+        f"holds a {type(value).__name__}, which is not JSON-serializable.",
+        "Convert it to str, number, bool, list or dict first (e.g. a date with .isoformat()).",
+    )
 
 
 def check_async_timeout(async_timeout_seconds: Any, invoke_async: bool) -> int | None:
@@ -104,21 +115,30 @@ def check_async_timeout(async_timeout_seconds: Any, invoke_async: bool) -> int |
     if async_timeout_seconds is None:
         return None
     if not invoke_async:
-        raise KernelInputError("async_timeout_seconds", "only applies to asynchronous invocations.",
-                               "Set invoke_async=True, or drop async_timeout_seconds.")
+        raise KernelInputError(
+            "async_timeout_seconds",
+            "only applies to asynchronous invocations.",
+            "Set invoke_async=True, or drop async_timeout_seconds.",
+        )
     if isinstance(async_timeout_seconds, bool) or not isinstance(async_timeout_seconds, int):
-        raise KernelInputError("async_timeout_seconds",
-                               f"must be a whole number of seconds, got {async_timeout_seconds!r}.",
-                               "Pass an int between 10 and 3600.")
+        raise KernelInputError(
+            "async_timeout_seconds",
+            f"must be a whole number of seconds, got {async_timeout_seconds!r}.",
+            "Pass an int between 10 and 3600.",
+        )
     low, high = ASYNC_TIMEOUT_RANGE
     if not low <= async_timeout_seconds <= high:
-        raise KernelInputError("async_timeout_seconds", f"is {async_timeout_seconds}; Kernel accepts {low}..{high}.",
-                               f"Pass a value between {low} and {high} seconds.")
+        raise KernelInputError(
+            "async_timeout_seconds",
+            f"is {async_timeout_seconds}; Kernel accepts {low}..{high}.",
+            f"Pass a value between {low} and {high} seconds.",
+        )
     return async_timeout_seconds
 
 
-def check_seconds(field: str, value: Any, *, allow_none: bool = True, minimum: float = 0.0,
-                  exclusive: bool = False) -> float | None:
+def check_seconds(
+    field: str, value: Any, *, allow_none: bool = True, minimum: float = 0.0, exclusive: bool = False
+) -> float | None:
     """A non-negative (or positive, when ``exclusive``) number of seconds, as a float.
 
     :param field: the parameter's name, used in the message.
@@ -160,8 +180,7 @@ def build_invoke_request(
     :param async_timeout_seconds: see :func:`check_async_timeout`.
     """
     if not isinstance(invoke_async, bool):
-        raise KernelInputError("invoke_async", f"must be True or False, got {invoke_async!r}.",
-                               "Pass a bool.")
+        raise KernelInputError("invoke_async", f"must be True or False, got {invoke_async!r}.", "Pass a bool.")
     body: dict[str, Any] = {
         "app_name": require_name("app_name", app_name),
         "version": require_name("version", version),

@@ -45,8 +45,13 @@ class KernelHook(BaseHook):
     conn_type = "kernel"
     hook_name = "Kernel"
 
-    def __init__(self, kernel_conn_id: str = default_conn_name, retry_policy: RetryPolicy | None = None,
-                 component: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        kernel_conn_id: str = default_conn_name,
+        retry_policy: RetryPolicy | None = None,
+        component: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.kernel_conn_id = kernel_conn_id
         self.component = component
@@ -108,8 +113,14 @@ class KernelHook(BaseHook):
 
     def _settings_from(self, conn: Any, extra: Mapping[str, Any]) -> KernelSettings:
         settings = KernelSettings.from_mapping(
-            conn_id=getattr(conn, "conn_id", None) or self.default_conn_name, host=conn.host, port=conn.port,
-            password=conn.password, extra=extra, airflow_version=AIRFLOW_VERSION, component=self.component)
+            conn_id=getattr(conn, "conn_id", None) or self.default_conn_name,
+            host=conn.host,
+            port=conn.port,
+            password=conn.password,
+            extra=extra,
+            airflow_version=AIRFLOW_VERSION,
+            component=self.component,
+        )
         try:
             mask_secret(settings.api_key)
         except Exception:  # masking is defence in depth; the key is never logged anyway
@@ -120,8 +131,10 @@ class KernelHook(BaseHook):
 
     def _not_found(self, exc: Exception) -> KernelConnectionConfigError:
         return KernelConnectionConfigError(
-            f"kernel_conn_id={self.kernel_conn_id!r}", f"could not be loaded ({type(exc).__name__}).",
-            f"Create the connection (type Kernel) or set AIRFLOW_CONN_{self.kernel_conn_id.upper()}.")
+            f"kernel_conn_id={self.kernel_conn_id!r}",
+            f"could not be loaded ({type(exc).__name__}).",
+            f"Create the connection (type Kernel) or set AIRFLOW_CONN_{self.kernel_conn_id.upper()}.",
+        )
 
     @property
     def client(self) -> KernelClient:
@@ -174,21 +187,24 @@ class KernelHook(BaseHook):
         """:meth:`list_invocations` without blocking the event loop."""
         return await (await self.aget_client()).alist_invocations(**filters)
 
-    def cancel_invocation(self, invocation_id: str, reason: str | None = None, *,
-                          budget: float | None = None) -> Invocation | None:
+    def cancel_invocation(
+        self, invocation_id: str, reason: str | None = None, *, budget: float | None = None
+    ) -> Invocation | None:
         """PATCH ``failed`` and DELETE the browsers at once, within ``budget`` seconds (None: unbounded)."""
         return self.client.cancel_invocation(invocation_id, reason, budget=budget)
 
-    async def acancel_invocation(self, invocation_id: str, reason: str | None = None, *,
-                                 budget: float | None = None) -> Invocation | None:
+    async def acancel_invocation(
+        self, invocation_id: str, reason: str | None = None, *, budget: float | None = None
+    ) -> Invocation | None:
         """:meth:`cancel_invocation` without blocking the loop; ``budget`` also bounds the connection lookup."""
         budget = check_seconds("budget", budget, exclusive=True)
         started = time.monotonic()
         try:
             client = await asyncio.wait_for(self.aget_client(), budget)
         except asyncio.TimeoutError:
-            raise KernelTransportError(f"the connection lookup took longer than the cancel budget ({budget:g}s)",
-                                       request_sent=False) from None
+            raise KernelTransportError(
+                f"the connection lookup took longer than the cancel budget ({budget:g}s)", request_sent=False
+            ) from None
         left = None if budget is None else max(MIN_BUDGET, budget - (time.monotonic() - started))
         return await client.acancel_invocation(invocation_id, reason, budget=left)
 
@@ -240,9 +256,13 @@ class KernelHook(BaseHook):
 
         text = {"project_id": "Project ID", "dashboard_url": "Dashboard URL"}
         whole = {"request_timeout": "Request timeout (s)", "max_retries": "Max retries"}
-        return {**{key: StringField(lazy_gettext(label), widget=BS3TextFieldWidget()) for key, label in text.items()},
-                **{key: IntegerField(lazy_gettext(label), validators=[Optional()], widget=BS3TextFieldWidget())
-                   for key, label in whole.items()}}
+        return {
+            **{key: StringField(lazy_gettext(label), widget=BS3TextFieldWidget()) for key, label in text.items()},
+            **{
+                key: IntegerField(lazy_gettext(label), validators=[Optional()], widget=BS3TextFieldWidget())
+                for key, label in whole.items()
+            },
+        }
 
 
 async def close_shared_clients() -> None:

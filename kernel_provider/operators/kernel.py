@@ -171,8 +171,12 @@ class KernelInvokeOperator(BaseOperator):
     def _validated_request(self) -> dict[str, Any]:
         """Every argument checked before any request; errors name the field and the fix."""
         request = build_invoke_request(
-            app_name=self.app_name, action_name=self.action_name, version=self.version, payload=self.payload,
-            invoke_async=self.invoke_async, async_timeout_seconds=self.async_timeout_seconds,
+            app_name=self.app_name,
+            action_name=self.action_name,
+            version=self.version,
+            payload=self.payload,
+            invoke_async=self.invoke_async,
+            async_timeout_seconds=self.async_timeout_seconds,
         )
         check_seconds("poll_interval", self.poll_interval, allow_none=False, exclusive=True)
         check_seconds("timeout", self.timeout, exclusive=True)
@@ -235,8 +239,7 @@ class KernelInvokeOperator(BaseOperator):
             if not event.get("cancelled"):
                 self._cancel(invocation_id, "the Airflow task's timeout passed")
             records.forget()  # cancelled: a retry starts a new run
-            raise KernelWaitTimeout(f"{event['message']} It was cancelled. "
-                                    f"{self.hook.invocation_url(invocation_id)}")
+            raise KernelWaitTimeout(f"{event['message']} It was cancelled. {self.hook.invocation_url(invocation_id)}")
         if event["status"] == ERROR:
             # The record stays: a retry re-attaches to the invocation, which may still be running.
             raise KernelError(f"Waiting for invocation {invocation_id} failed: {event['message']}")
@@ -280,8 +283,13 @@ class KernelInvokeOperator(BaseOperator):
         if record is None or kind is TryKind.FIRST:
             return None
         if kind is TryKind.CLEARED:
-            self.log.info("This task instance was cleared since try %d recorded its Kernel run (max_tries %d -> "
-                          "%s): starting a new run.", record.try_number, record.max_tries, records.max_tries)
+            self.log.info(
+                "This task instance was cleared since try %d recorded its Kernel run (max_tries %d -> "
+                "%s): starting a new run.",
+                record.try_number,
+                record.max_tries,
+                records.max_tries,
+            )
             self._retire(record, request)
             records.forget()
             return None
@@ -304,12 +312,18 @@ class KernelInvokeOperator(BaseOperator):
             self.log.info("The previous try's invocation %s no longer exists; invoking again.", record.invocation_id)
             return None
         if invocation.failed:
-            self.log.info("The previous try's invocation %s failed (%s); invoking again.", invocation.id,
-                          invocation.status_reason)
+            self.log.info(
+                "The previous try's invocation %s failed (%s); invoking again.", invocation.id, invocation.status_reason
+            )
             return None
         verb = "returning its output" if invocation.is_terminal else "re-attaching to it"
-        self.log.info("Try %d started invocation %s (%s); %s instead of invoking again.", record.try_number,
-                      invocation.id, invocation.raw_status, verb)
+        self.log.info(
+            "Try %d started invocation %s (%s); %s instead of invoking again.",
+            record.try_number,
+            invocation.id,
+            invocation.raw_status,
+            verb,
+        )
         return invocation
 
     def _settle(self, record: RunRecord, request: dict[str, Any], records: RunRecordStore) -> Invocation | None:
@@ -318,14 +332,18 @@ class KernelInvokeOperator(BaseOperator):
 
         assert record.sent_at is not None and record.window_end is not None
         window = CreateWindow.from_epoch(record.sent_at, record.window_end)
-        self.log.warning("Try %d's create of %s/%s got no answer; looking for what it may have started (%s).",
-                         record.try_number, request["app_name"], request["action_name"], window.describe())
+        self.log.warning(
+            "Try %d's create of %s/%s got no answer; looking for what it may have started (%s).",
+            record.try_number,
+            request["app_name"],
+            request["action_name"],
+            window.describe(),
+        )
         outcome = self._reconcile(self._with_token(request, record.token), window, record.token)
         if outcome.ours is None:
             self.log.info("Try %d's create started nothing; invoking now.", record.try_number)
             return None
-        self.log.warning("Try %d's create started invocation %s; continuing it.", record.try_number,
-                         outcome.ours.id)
+        self.log.warning("Try %d's create started invocation %s; continuing it.", record.try_number, outcome.ours.id)
         records.put(records.new(invocation_id=outcome.ours.id))
         return outcome.ours
 
@@ -336,16 +354,20 @@ class KernelInvokeOperator(BaseOperator):
             invocation_id = record.invocation_id
             if record.pending:
                 if record.token is None or record.sent_at is None or record.window_end is None:
-                    self.log.warning("Try %d's create got no answer and carried no reconcile token: if it started a "
-                                     "run, that run is not stopped. Check Kernel for invocations of %s/%s started "
-                                     "around %s.", record.try_number, request["app_name"], request["action_name"],
-                                     datetime.fromtimestamp(record.sent_at or 0, timezone.utc).isoformat())
+                    self.log.warning(
+                        "Try %d's create got no answer and carried no reconcile token: if it started a "
+                        "run, that run is not stopped. Check Kernel for invocations of %s/%s started "
+                        "around %s.",
+                        record.try_number,
+                        request["app_name"],
+                        request["action_name"],
+                        datetime.fromtimestamp(record.sent_at or 0, timezone.utc).isoformat(),
+                    )
                     return
                 from kernel_provider.reconcile import CreateWindow
 
                 window = CreateWindow.from_epoch(record.sent_at, record.window_end)
-                outcome = self._reconcile(self._with_token(request, record.token), window, record.token,
-                                          loudly=False)
+                outcome = self._reconcile(self._with_token(request, record.token), window, record.token, loudly=False)
                 invocation_id = outcome.ours.id if outcome.ours is not None else None
             if invocation_id is None:
                 return
@@ -368,8 +390,13 @@ class KernelInvokeOperator(BaseOperator):
 
         token = new_token() if self.reconcile_token else None
         body = self._with_token(request, token)
-        self.log.info("Invoking %s/%s@%s (%s).", request["app_name"], request["action_name"], request["version"],
-                      "async" if request.get("async") else "sync")
+        self.log.info(
+            "Invoking %s/%s@%s (%s).",
+            request["app_name"],
+            request["action_name"],
+            request["version"],
+            "async" if request.get("async") else "sync",
+        )
         sent = time.time()
         # Recorded before the request (and the task fails here if it cannot be): if this worker dies
         # mid-request, the retry looks for what the request started before it invokes again.
@@ -387,8 +414,9 @@ class KernelInvokeOperator(BaseOperator):
         self.log.info("Created invocation %s (%s).", invocation.id, invocation.raw_status)
         return invocation
 
-    def _reconcile_now(self, exc: KernelAmbiguousCreateError, body: dict[str, Any], window: CreateWindow,
-                       token: str | None) -> Invocation:
+    def _reconcile_now(
+        self, exc: KernelAmbiguousCreateError, body: dict[str, Any], window: CreateWindow, token: str | None
+    ) -> Invocation:
         """Right after an ambiguous create: Kernel's listing may lag its writes, so look a few times."""
         for attempt in range(3):
             outcome = self._reconcile(body, window, token)
@@ -396,30 +424,42 @@ class KernelInvokeOperator(BaseOperator):
                 self.log.warning("Found invocation %s created by the failed request; using it.", outcome.ours.id)
                 return outcome.ours
             time.sleep(1.0 + attempt)
-        raise KernelError(f"{exc} No invocation from it was found, so it was probably not created; the task fails "
-                          "rather than risk a duplicate (a retry of the task looks again before invoking).") from exc
+        raise KernelError(
+            f"{exc} No invocation from it was found, so it was probably not created; the task fails "
+            "rather than risk a duplicate (a retry of the task looks again before invoking)."
+        ) from exc
 
-    def _reconcile(self, body: dict[str, Any], window: CreateWindow, token: str | None, *,
-                   loudly: bool = True) -> Outcome:
+    def _reconcile(
+        self, body: dict[str, Any], window: CreateWindow, token: str | None, *, loudly: bool = True
+    ) -> Outcome:
         """List and judge (see :mod:`kernel_provider.reconcile`); unsettled answers fail loudly, naming the
         candidates and what a person should check."""
         from kernel_provider.client.errors import KernelReconcileError
         from kernel_provider.reconcile import reconcile
 
-        outcome = reconcile(body, window, token, list_invocations=self.hook.list_invocations,
-                            get_invocation=self.hook.get_invocation)
+        outcome = reconcile(
+            body, window, token, list_invocations=self.hook.list_invocations, get_invocation=self.hook.get_invocation
+        )
         if outcome.settled or not loudly:
             return outcome
         ids = [i.id for i in outcome.candidates]
-        listed = "; ".join(f"{i.id} ({i.raw_status or 'status unknown'}, started "
-                           f"{i.started_at.isoformat() if i.started_at else 'unknown'}) "
-                           f"{self.hook.invocation_url(i.id)}" for i in outcome.candidates) or "none listed"
+        listed = (
+            "; ".join(
+                f"{i.id} ({i.raw_status or 'status unknown'}, started "
+                f"{i.started_at.isoformat() if i.started_at else 'unknown'}) "
+                f"{self.hook.invocation_url(i.id)}"
+                for i in outcome.candidates
+            )
+            or "none listed"
+        )
         raise KernelReconcileError(
             f"A create of {body['app_name']}/{body['action_name']}@{body['version']} got no answer, and Kernel's "
             f"records cannot settle whether it started a run: {outcome.reason}. Candidates in the request's window "
             f"{window.describe()}: {listed}. Nothing was adopted and nothing was invoked. Check these invocations "
             "in Kernel: if one is this task's, stop it or use its result; then clear this task to start a new run "
-            "(a clear always starts afresh). reconcile_token=True makes this check exact.", ids)
+            "(a clear always starts afresh). reconcile_token=True makes this check exact.",
+            ids,
+        )
 
     def _finish(self, invocation: Invocation, records: RunRecordStore) -> Any:
         url = self.hook.invocation_url(invocation.id)
@@ -441,8 +481,12 @@ class KernelInvokeOperator(BaseOperator):
             ti.xcom_push(key=link_key, value=url)
 
     def _deadline(self, context: Any) -> float | None:
-        return wait_deadline(context, self.execution_timeout, check_seconds("timeout", self.timeout, exclusive=True),
-                             deferred=self.deferrable)
+        return wait_deadline(
+            context,
+            self.execution_timeout,
+            check_seconds("timeout", self.timeout, exclusive=True),
+            deferred=self.deferrable,
+        )
 
     def _cancel(self, invocation_id: str, why: str, budget: float | None = None) -> None:
         try:

@@ -83,8 +83,10 @@ class KernelInvocationSensor(BaseSensorOperator):
 
     def _check_arguments(self) -> str:
         if not isinstance(self.invocation_id, str) or not self.invocation_id.strip():
-            raise KernelError(f"invocation_id: must be a non-empty string, got {self.invocation_id!r}. Pass the "
-                              "id returned by KernelInvokeOperator (e.g. invoke_task.output).")
+            raise KernelError(
+                f"invocation_id: must be a non-empty string, got {self.invocation_id!r}. Pass the "
+                "id returned by KernelInvokeOperator (e.g. invoke_task.output)."
+            )
         if self.wait_mode not in WAIT_MODES:
             raise KernelError(f"wait_mode: must be one of {', '.join(WAIT_MODES)}, got {self.wait_mode!r}.")
         check_seconds("poke_interval", self.poke_interval, allow_none=False, exclusive=True)

@@ -112,9 +112,7 @@ class AppRegistry:
         env_vars: dict[str, str] | None = None,
     ) -> None:
         for version in versions:
-            self.versions[(app_name, version)] = AppVersion(
-                app_name, version, dict(actions), dict(env_vars or {})
-            )
+            self.versions[(app_name, version)] = AppVersion(app_name, version, dict(actions), dict(env_vars or {}))
 
     def resolve(self, app_name: str, version: str, action_name: str) -> ActionSpec | str:
         """The action, or a human-readable reason why it does not exist."""
@@ -283,9 +281,7 @@ def demo_actions() -> dict[str, ActionSpec]:
 
 
 # --------------------------------------------------------------------------------------------- user apps
-def _adapt_handler(
-    handler: Callable[..., Any], make_ctx: Callable[[str], Any] | None, source: str
-) -> ActionFn:
+def _adapt_handler(handler: Callable[..., Any], make_ctx: Callable[[str], Any] | None, source: str) -> ActionFn:
     """Turn a Kernel-style handler ``(ctx)``/``(ctx, payload)``, sync or async, into an :data:`ActionFn`."""
     original = inspect.unwrap(handler)
     is_async = inspect.iscoroutinefunction(original) or inspect.iscoroutinefunction(handler)
@@ -344,9 +340,7 @@ def load_app_file(path: str | Path) -> dict[str, dict[str, ActionSpec]]:
             if before.get(name) is app:
                 continue
             apps[name] = {
-                action_name: ActionSpec(
-                    action_name, _adapt_handler(action.handler, make_ctx, "kernel"), "kernel"
-                )
+                action_name: ActionSpec(action_name, _adapt_handler(action.handler, make_ctx, "kernel"), "kernel")
                 for action_name, action in app.actions.items()
             }
     table = getattr(module, "ACTIONS", None)

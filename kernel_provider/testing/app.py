@@ -97,9 +97,7 @@ class EmulatorMiddleware:
             auth_state = "missing"
         else:
             scheme, _, token = auth.partition(" ")
-            auth_state = (
-                "valid" if scheme.lower() == "bearer" and token.strip() in store.config.tokens else "invalid"
-            )
+            auth_state = "valid" if scheme.lower() == "bearer" and token.strip() in store.config.tokens else "invalid"
         started = time.perf_counter()
         entry: dict[str, Any] = {
             "time": format_ns(now_ns()),
@@ -193,8 +191,9 @@ class EmulatorMiddleware:
         response = json_response(fault.error_body(), status, fault.response_headers())
         await response(scope, receive, send)
 
-    async def _truncated(self, keep: int, entry: dict[str, Any], scope: Scope, receive: Receive, send: Send,
-                         recording_send: Send) -> None:
+    async def _truncated(
+        self, keep: int, entry: dict[str, Any], scope: Scope, receive: Receive, send: Send, recording_send: Send
+    ) -> None:
         """Act, then send the real headers (full Content-Length) but only ``keep`` body bytes, and close."""
         cut = False
 
@@ -204,8 +203,7 @@ class EmulatorMiddleware:
                 await recording_send(message)
             elif message["type"] == "http.response.body" and not cut:
                 cut = True
-                await send({"type": "http.response.body", "body": message.get("body", b"")[:keep],
-                            "more_body": True})
+                await send({"type": "http.response.body", "body": message.get("body", b"")[:keep], "more_body": True})
 
         await self.app(scope, receive, cutting_send)
         entry["dropped"] = "truncated"
@@ -406,9 +404,7 @@ async def list_invocations(request: Request) -> Response:
         offset=offset,
     )
     legacy = store.legacy
-    return json_response(
-        [inv.to_dict(legacy) for inv in page], 200, _page_headers(limit, offset, len(page), has_more)
-    )
+    return json_response([inv.to_dict(legacy) for inv in page], 200, _page_headers(limit, offset, len(page), has_more))
 
 
 async def list_browsers(request: Request) -> Response:
@@ -496,9 +492,7 @@ async def _event_stream(
         if fault is not None and fault.raw_sse_data is not None:
             yield b"data: " + fault.raw_sse_data.encode("utf-8", "surrogateescape") + b"\n\n"
         if fault is not None and fault.error_event is not None:
-            yield _frame(
-                dumps({"event": "error", "timestamp": format_ns(now_ns()), "error": fault.error_event})
-            )
+            yield _frame(dumps({"event": "error", "timestamp": format_ns(now_ns()), "error": fault.error_event}))
             if spend() or fault.error_then_close:
                 return
         if fault is not None and fault.silent:
@@ -621,9 +615,7 @@ def build_app(store: Store) -> ASGIApp:
         return error_response(404, "not_found", f"no route for {request.method} {request.url.path}")
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        return error_response(
-            405, "method_not_allowed", f"{request.method} not allowed on {request.url.path}"
-        )
+        return error_response(405, "method_not_allowed", f"{request.method} not allowed on {request.url.path}")
 
     async def server_error(request: Request, exc: Exception) -> Response:
         return error_response(500, "internal_error", f"emulator error: {type(exc).__name__}: {exc}")

@@ -18,9 +18,7 @@ from typing import Any, TextIO
 
 MAX_LINE = 64 * 1024
 
-current_sink: contextvars.ContextVar[LogSink | None] = contextvars.ContextVar(
-    "kernel_emulator_sink", default=None
-)
+current_sink: contextvars.ContextVar[LogSink | None] = contextvars.ContextVar("kernel_emulator_sink", default=None)
 
 
 class LogSink:

@@ -45,18 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--faults", metavar="FILE", help="fault plan JSON file")
     parser.add_argument("--seed", type=int, help="seed for fault rates when the plan has none")
-    parser.add_argument(
-        "--heartbeat", type=float, default=15.0, help="SSE heartbeat interval in seconds (<60)"
-    )
-    parser.add_argument(
-        "--sync-timeout", type=float, default=100.0, help="cap for synchronous invocations (s)"
-    )
-    parser.add_argument(
-        "--org-concurrency", type=int, help="max live invocations per org (default unlimited)"
-    )
-    parser.add_argument(
-        "--app-concurrency", type=int, help="max live invocations per app (default unlimited)"
-    )
+    parser.add_argument("--heartbeat", type=float, default=15.0, help="SSE heartbeat interval in seconds (<60)")
+    parser.add_argument("--sync-timeout", type=float, default=100.0, help="cap for synchronous invocations (s)")
+    parser.add_argument("--org-concurrency", type=int, help="max live invocations per org (default unlimited)")
+    parser.add_argument("--app-concurrency", type=int, help="max live invocations per app (default unlimited)")
     parser.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds on concurrency 429s")
     parser.add_argument(
         "--unknown-project",

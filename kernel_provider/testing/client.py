@@ -114,8 +114,11 @@ class EmulatorClient:
 
 
 def wait_for_status(
-    lookup: Callable[[str], dict[str, Any] | None], invocation_id: str, statuses: tuple[str, ...],
-    timeout: float, interval: float,
+    lookup: Callable[[str], dict[str, Any] | None],
+    invocation_id: str,
+    statuses: tuple[str, ...],
+    timeout: float,
+    interval: float,
 ) -> dict[str, Any]:
     """Poll ``lookup(invocation_id)`` until its ``status`` is one of ``statuses``; raises ``TimeoutError``."""
     deadline = time.monotonic() + timeout

@@ -185,8 +185,12 @@ class Fault:
     @property
     def is_sse(self) -> bool:
         """Whether this fault only makes sense on the events stream."""
-        return (self.cut_after_events is not None or self.silent or self.error_event is not None
-                or self.raw_sse_data is not None)
+        return (
+            self.cut_after_events is not None
+            or self.silent
+            or self.error_event is not None
+            or self.raw_sse_data is not None
+        )
 
     def encoded_body(self) -> bytes:
         """The ``body`` fault's bytes (``\\udcXX`` escapes become raw bytes)."""

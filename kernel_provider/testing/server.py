@@ -276,9 +276,7 @@ class KernelEmulator:
 class EmulatorProcess:
     """A running ``kernel-emulator`` subprocess: ``.url``, ``.token``, ``.client``, ``.pid``, ``.stop()``."""
 
-    def __init__(
-        self, proc: subprocess.Popen[bytes], url: str, token: str, workdir: tempfile.TemporaryDirectory[str]
-    ):
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, token: str, workdir: tempfile.TemporaryDirectory[str]):
         self.proc = proc
         self.url = url
         self.token = token

@@ -174,9 +174,7 @@ class _Context:
 class Store:
     """The emulator's state and the invocation state machine."""
 
-    def __init__(
-        self, config: EmulatorConfig, registry: AppRegistry, faults: FaultPlan | None = None
-    ) -> None:
+    def __init__(self, config: EmulatorConfig, registry: AppRegistry, faults: FaultPlan | None = None) -> None:
         self.config = config
         self.registry = registry
         self.faults = faults or FaultPlan(seed=config.seed)
@@ -481,9 +479,7 @@ class Store:
                 continue
             if since_ns is not None and inv.started_ns < since_ns:
                 continue
-            if needle and not (
-                needle in inv.id or needle in inv.app_name.lower() or needle in inv.action_name.lower()
-            ):
+            if needle and not (needle in inv.id or needle in inv.app_name.lower() or needle in inv.action_name.lower()):
                 continue
             if skipped < offset:
                 skipped += 1

@@ -210,8 +210,11 @@ class KernelInvocationTrigger(BaseTrigger):
         if not self.cancel_on_kill:
             return
         budget = _on_kill_budget()
-        self.log.info("Task was stopped while waiting; cancelling Kernel invocation %s (within %.1fs).",
-                      self.invocation_id, budget)
+        self.log.info(
+            "Task was stopped while waiting; cancelling Kernel invocation %s (within %.1fs).",
+            self.invocation_id,
+            budget,
+        )
         await self._cancel("the Airflow task was stopped", budget)
 
     async def cleanup(self) -> None:
@@ -229,8 +232,7 @@ class KernelInvocationTrigger(BaseTrigger):
             try:
                 await self._cancel_if_task_was_stopped()
             except Exception as exc:
-                self.log.warning("Could not decide whether to cancel Kernel invocation %s: %s",
-                                 self.invocation_id, exc)
+                self.log.warning("Could not decide whether to cancel Kernel invocation %s: %s", self.invocation_id, exc)
 
     async def _cancel_if_task_was_stopped(self) -> None:
         key = _ti_key(getattr(self, "task_instance", None))
@@ -239,13 +241,22 @@ class KernelInvocationTrigger(BaseTrigger):
         try:
             row = await _in_db_thread(_ti_state_airflow2, key)
         except Exception as exc:
-            self.log.warning("Could not read the state of task instance %s, so Kernel invocation %s is left "
-                             "running: %s", key.label, self.invocation_id, exc)
+            self.log.warning(
+                "Could not read the state of task instance %s, so Kernel invocation %s is left running: %s",
+                key.label,
+                self.invocation_id,
+                exc,
+            )
             return
         state = None if row is None else row[0]
         if not _task_was_stopped(row):
-            self.log.info("Task instance %s is still %s (the triggerer is stopping or handing the trigger over); "
-                          "Kernel invocation %s keeps running.", key.label, state, self.invocation_id)
+            self.log.info(
+                "Task instance %s is still %s (the triggerer is stopping or handing the trigger over); "
+                "Kernel invocation %s keeps running.",
+                key.label,
+                state,
+                self.invocation_id,
+            )
             return
         why = "was removed" if row is None else f"is {state or 'cleared'}"
         self.log.info("Task instance %s %s; cancelling Kernel invocation %s.", key.label, why, self.invocation_id)
@@ -254,8 +265,9 @@ class KernelInvocationTrigger(BaseTrigger):
             from kernel_provider.run_record import forget_airflow2_record
 
             try:
-                await _in_db_thread(forget_airflow2_record, key.dag_id, key.task_id, key.run_id, key.map_index,
-                                    self.invocation_id)
+                await _in_db_thread(
+                    forget_airflow2_record, key.dag_id, key.task_id, key.run_id, key.map_index, self.invocation_id
+                )
             except Exception as exc:
                 self.log.warning("Could not remove the run record of task instance %s: %s", key.label, exc)
 
@@ -313,8 +325,11 @@ class _Waiter:
             done = await self.follow_stream()
             if done is not None:
                 return done
-            self.log.warning("The event stream of %s kept breaking; polling every %.1fs instead.",
-                             self.t.invocation_id, self.t.poll_interval)
+            self.log.warning(
+                "The event stream of %s kept breaking; polling every %.1fs instead.",
+                self.t.invocation_id,
+                self.t.poll_interval,
+            )
         while True:
             await asyncio.sleep(_jitter(self.t.poll_interval))
             done = await self.check()
@@ -343,17 +358,28 @@ class _Waiter:
     def count_failure(self, exc: BaseException) -> dict[str, Any] | None:
         self.failures += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
-        self.log.warning("Checking Kernel invocation %s failed (%d/%d): %s", self.t.invocation_id,
-                         self.failures, self.t.max_consecutive_failures, exc)
+        self.log.warning(
+            "Checking Kernel invocation %s failed (%d/%d): %s",
+            self.t.invocation_id,
+            self.failures,
+            self.t.max_consecutive_failures,
+            exc,
+        )
         if self.failures >= self.t.max_consecutive_failures:
-            return make_event(ERROR, self.t.invocation_id,
-                              message=f"Gave up after {self.failures} failed checks in a row: {self.last_error}")
+            return make_event(
+                ERROR,
+                self.t.invocation_id,
+                message=f"Gave up after {self.failures} failed checks in a row: {self.last_error}",
+            )
         return None
 
     def final(self, invocation: Invocation) -> dict[str, Any] | None:
         if invocation.status is InvocationStatus.UNKNOWN:
-            self.log.info("Invocation %s has status %r (unknown to this provider); still waiting.",
-                          invocation.id, invocation.raw_status)
+            self.log.info(
+                "Invocation %s has status %r (unknown to this provider); still waiting.",
+                invocation.id,
+                invocation.raw_status,
+            )
         return event_for_invocation(invocation) if invocation.is_terminal else None
 
     async def follow_stream(self) -> dict[str, Any] | None:
@@ -363,20 +389,24 @@ class _Waiter:
             if done is not None:
                 return done
             broken = 0 if progressed else broken + 1
-            self.log.info("Event stream of %s ended before the invocation finished (%s); checking and resuming.",
-                          self.t.invocation_id, problem)
+            self.log.info(
+                "Event stream of %s ended before the invocation finished (%s); checking and resuming.",
+                self.t.invocation_id,
+                problem,
+            )
             done = await self.check()
             if done is not None:
                 return done
-            await asyncio.sleep(_jitter(min(self.t.poll_interval, 0.5 * 2 ** broken)))
+            await asyncio.sleep(_jitter(min(self.t.poll_interval, 0.5 * 2**broken)))
         return None
 
     async def read_stream_once(self) -> tuple[bool, dict[str, Any] | None, str]:
         """Read one connection of the stream. Returns (delivered new log lines?, final event, why it ended)."""
         progressed = False
         self.replay = Counter(self.seen_at_last)
-        events = self.t.hook.stream_events(self.t.invocation_id, since=self.last_ts,
-                                           silence_timeout=self.t.silence_timeout)
+        events = self.t.hook.stream_events(
+            self.t.invocation_id, since=self.last_ts, silence_timeout=self.t.silence_timeout
+        )
         try:
             # aclosing: leaving the loop early (terminal state) must close the stream's response now, not
             # whenever the generator is garbage-collected (possibly after its event loop is gone).
@@ -426,8 +456,11 @@ class _Waiter:
 
     def position(self) -> dict[str, Any]:
         """The cursor to save: where to resume and which lines at that instant are already logged."""
-        return {"invocation_id": self.t.invocation_id, "since": self.last_ts,
-                "seen": dict(self.seen_at_last.most_common(CURSOR_MAX_DIGESTS))}
+        return {
+            "invocation_id": self.t.invocation_id,
+            "since": self.last_ts,
+            "seen": dict(self.seen_at_last.most_common(CURSOR_MAX_DIGESTS)),
+        }
 
     def restore(self, cursor: Mapping[str, Any] | None) -> None:
         """Resume after a saved position (see :meth:`position`); anything unusable is ignored."""
@@ -437,10 +470,19 @@ class _Waiter:
         if not isinstance(since, str) or not since:
             return
         self.last_ts, self.last_key = since, _timestamp_key(since)
-        self.seen_at_last = Counter({str(k): v for k, v in (seen if isinstance(seen, Mapping) else {}).items()
-                                     if isinstance(v, int) and not isinstance(v, bool) and v > 0})
-        self.log.info("Resuming the log of Kernel invocation %s after %s (lines before were logged by an earlier "
-                      "run of this trigger).", self.t.invocation_id, since)
+        self.seen_at_last = Counter(
+            {
+                str(k): v
+                for k, v in (seen if isinstance(seen, Mapping) else {}).items()
+                if isinstance(v, int) and not isinstance(v, bool) and v > 0
+            }
+        )
+        self.log.info(
+            "Resuming the log of Kernel invocation %s after %s (lines before were logged by an earlier "
+            "run of this trigger).",
+            self.t.invocation_id,
+            since,
+        )
 
 
 def seed_log_cursor(ti: Any, invocation_id: str) -> None:
@@ -450,8 +492,15 @@ def seed_log_cursor(ti: Any, invocation_id: str) -> None:
     "XCom not found" error in the task log on every first start. Best effort: the trigger copes without it.
     """
     try:
-        ti.xcom_push(key=LOG_CURSOR_XCOM_KEY, value={"invocation_id": invocation_id, "since": None, "seen": {},
-                                                     "try_number": int(getattr(ti, "try_number", 0) or 0)})
+        ti.xcom_push(
+            key=LOG_CURSOR_XCOM_KEY,
+            value={
+                "invocation_id": invocation_id,
+                "since": None,
+                "seen": {},
+                "try_number": int(getattr(ti, "try_number", 0) or 0),
+            },
+        )
     except Exception as exc:
         log.debug("Could not seed the log position of Kernel invocation %s: %s", invocation_id, exc)
 
@@ -507,8 +556,13 @@ def _ti_key(ti: Any) -> _TiKey | None:
         return None
     try:
         map_index = getattr(ti, "map_index", -1)
-        return _TiKey(str(ti.dag_id), str(ti.task_id), str(ti.run_id), -1 if map_index is None else int(map_index),
-                      int(getattr(ti, "try_number", 0) or 0))
+        return _TiKey(
+            str(ti.dag_id),
+            str(ti.task_id),
+            str(ti.run_id),
+            -1 if map_index is None else int(map_index),
+            int(getattr(ti, "try_number", 0) or 0),
+        )
     except Exception:  # e.g. a detached ORM object whose attributes expired
         return None
 
@@ -562,8 +616,11 @@ def _ti_state_airflow2(key: _TiKey) -> tuple[Any, str | None] | None:
     with create_session() as session:
         row = session.execute(
             select(TaskInstance.state, TaskInstance.next_method).where(
-                TaskInstance.dag_id == key.dag_id, TaskInstance.task_id == key.task_id,
-                TaskInstance.run_id == key.run_id, TaskInstance.map_index == key.map_index)
+                TaskInstance.dag_id == key.dag_id,
+                TaskInstance.task_id == key.task_id,
+                TaskInstance.run_id == key.run_id,
+                TaskInstance.map_index == key.map_index,
+            )
         ).first()
     return None if row is None else (row[0], row[1])
 
@@ -598,13 +655,15 @@ def _xcom_class() -> Any:
 
 
 def _read_cursor(key: _TiKey) -> Any:
-    return _xcom_class().get_one(key=LOG_CURSOR_XCOM_KEY, dag_id=key.dag_id, task_id=key.task_id,
-                                 run_id=key.run_id, map_index=key.map_index)
+    return _xcom_class().get_one(
+        key=LOG_CURSOR_XCOM_KEY, dag_id=key.dag_id, task_id=key.task_id, run_id=key.run_id, map_index=key.map_index
+    )
 
 
 def _write_cursor(key: _TiKey, value: dict[str, Any]) -> None:
-    _xcom_class().set(LOG_CURSOR_XCOM_KEY, value, dag_id=key.dag_id, task_id=key.task_id, run_id=key.run_id,
-                      map_index=key.map_index)
+    _xcom_class().set(
+        LOG_CURSOR_XCOM_KEY, value, dag_id=key.dag_id, task_id=key.task_id, run_id=key.run_id, map_index=key.map_index
+    )
 
 
 class _LogCursor:
@@ -640,8 +699,11 @@ class _LogCursor:
             return None
         key = _ti_key(ti)
         if key is None:
-            trigger.log.warning("Cannot read the trigger's task instance; the log position of Kernel invocation %s "
-                                "is not kept across restarts.", trigger.invocation_id)
+            trigger.log.warning(
+                "Cannot read the trigger's task instance; the log position of Kernel invocation %s "
+                "is not kept across restarts.",
+                trigger.invocation_id,
+            )
         return None if key is None else cls(trigger, key)
 
     async def load(self) -> Mapping[str, Any] | None:
@@ -649,9 +711,13 @@ class _LogCursor:
         try:
             value = await _in_db_thread(_read_cursor, self.key)
         except Exception as exc:
-            self.log.warning("Could not read the saved log position of Kernel invocation %s (%s: %s); lines "
-                             "already in the task log may appear again.", self.t.invocation_id,
-                             type(exc).__name__, exc)
+            self.log.warning(
+                "Could not read the saved log position of Kernel invocation %s (%s: %s); lines "
+                "already in the task log may appear again.",
+                self.t.invocation_id,
+                type(exc).__name__,
+                exc,
+            )
             return None
         if not isinstance(value, Mapping) or value.get("try_number") != self.key.try_number:
             return None  # nothing saved yet, or a previous try's (a new try has a log file of its own)
@@ -675,8 +741,7 @@ class _LogCursor:
             elif self._dirty:
                 await self._write_now()
         except Exception as exc:
-            self.log.warning("Could not save the log position of Kernel invocation %s: %s", self.t.invocation_id,
-                             exc)
+            self.log.warning("Could not save the log position of Kernel invocation %s: %s", self.t.invocation_id, exc)
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -703,9 +768,13 @@ class _LogCursor:
                 self._next_write = loop.time() + CURSOR_RETRY_AFTER_FAILURE
             if not self._failing:
                 self._failing = True
-                self.log.warning("Could not save the log position of Kernel invocation %s (%s: %s); if the trigger "
-                                 "restarts, lines already in the task log may appear again.", self.t.invocation_id,
-                                 type(exc).__name__, exc)
+                self.log.warning(
+                    "Could not save the log position of Kernel invocation %s (%s: %s); if the trigger "
+                    "restarts, lines already in the task log may appear again.",
+                    self.t.invocation_id,
+                    type(exc).__name__,
+                    exc,
+                )
             return
         if self._failing:
             self._failing = False

@@ -35,8 +35,14 @@ EXAMPLE_DAG_ID = "example_kernel_async_sensor"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 #: Flags for a closed network: no first-run UI, no background fetches (component updates, sync, safe browsing...).
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 CHROMIUM_INSTALL_HINT = "install it as root with: apt-get update && apt-get install -y chromium"
 
@@ -107,16 +113,21 @@ def browser_airflow_class() -> type:
         def start_emulator(self) -> None:
             from kernel_provider.testing.server import spawn_emulator
 
-            self.emulator = spawn_emulator(apps=[GATED_DEMO_APP], env={"KERNEL_E2E_GATE_DIR": str(self.gates)},
-                                           timeout=60)
+            self.emulator = spawn_emulator(
+                apps=[GATED_DEMO_APP], env={"KERNEL_E2E_GATE_DIR": str(self.gates)}, timeout=60
+            )
 
         def build_env(self) -> None:
             super().build_env()
             self.env["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
-            self.env["AIRFLOW_CONN_KERNEL_DEFAULT"] = json.dumps({
-                "conn_type": "kernel", "host": self.emulator.url, "password": self.emulator.token,
-                "extra": {"dashboard_url": f"{self.emulator.url}/_emulator"},
-            })
+            self.env["AIRFLOW_CONN_KERNEL_DEFAULT"] = json.dumps(
+                {
+                    "conn_type": "kernel",
+                    "host": self.emulator.url,
+                    "password": self.emulator.token,
+                    "extra": {"dashboard_url": f"{self.emulator.url}/_emulator"},
+                }
+            )
 
     return BrowserAirflow
 
@@ -177,8 +188,11 @@ def browser_context(chromium_executable: str, tmp_path_factory: pytest.TempPathF
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("the browser tests need Playwright for Python: pip install playwright (in the test extras); "
-                    "never 'playwright install': the system Chromium is used", pytrace=False)
+        pytest.fail(
+            "the browser tests need Playwright for Python: pip install playwright (in the test extras); "
+            "never 'playwright install': the system Chromium is used",
+            pytrace=False,
+        )
     if ARTIFACTS.is_dir():  # stale screenshots of an earlier run would mislead
         for old in ARTIFACTS.iterdir():
             if old.is_file() and old.suffix in (".png", ".html", ".txt"):
@@ -186,8 +200,13 @@ def browser_context(chromium_executable: str, tmp_path_factory: pytest.TempPathF
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1440, "height": 1000}, locale="en-US", timezone_id="UTC",
+            str(profile),
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1440, "height": 1000},
+            locale="en-US",
+            timezone_id="UTC",
         )
         context.set_default_timeout(30_000)
         context.set_default_navigation_timeout(60_000)

@@ -33,9 +33,13 @@ AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2]
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.timeout(240),
-    pytest.mark.skipif(AIRFLOW_VERSION < (3, 3), reason=(
-        "browser tests need the Airflow 3.3 UI (React SPA served by the api-server, REST API v2); "
-        f"installed {version('apache-airflow')}")),
+    pytest.mark.skipif(
+        AIRFLOW_VERSION < (3, 3),
+        reason=(
+            "browser tests need the Airflow 3.3 UI (React SPA served by the api-server, REST API v2); "
+            f"installed {version('apache-airflow')}"
+        ),
+    ),
 ]
 
 EXAMPLE_DAG_ID = "example_kernel_async_sensor"
@@ -71,8 +75,7 @@ def _row(page: Any, conn_id: str) -> Any:
 
 def _click_test(page: Any, conn_id: str) -> dict[str, Any]:
     """Click the row's Test button; returns the api-server's answer to the request the UI sent."""
-    with page.expect_response(lambda r: r.url.endswith("/api/v2/connections/test"),
-                              timeout=UI_TIMEOUT) as answer:
+    with page.expect_response(lambda r: r.url.endswith("/api/v2/connections/test"), timeout=UI_TIMEOUT) as answer:
         _row(page, conn_id).get_by_role("button", name="Test Connection").click()
     response = answer.value
     body = response.json()
@@ -81,8 +84,9 @@ def _click_test(page: Any, conn_id: str) -> dict[str, Any]:
 
 def _save_dialog(page: Any, method: str) -> None:
     expect = _expect()
-    with page.expect_response(lambda r: "/api/v2/connections" in r.url and r.request.method == method,
-                              timeout=UI_TIMEOUT) as answer:
+    with page.expect_response(
+        lambda r: "/api/v2/connections" in r.url and r.request.method == method, timeout=UI_TIMEOUT
+    ) as answer:
         page.get_by_role("dialog").get_by_role("button", name="Save").click()
     assert answer.value.status < 300, f"saving the connection: HTTP {answer.value.status} {answer.value.text()}"
     expect(page.get_by_role("dialog")).to_be_hidden()
@@ -172,11 +176,17 @@ def test_kernel_connection_form(airflow_ui: Any, page: Any, screenshot: Any) -> 
         # Airflow 3.3.2: the Test button cannot test a connection without a port. Give the stored connection
         # port 0 (which the hook ignores), the value the UI sends, so the button reaches KernelHook.test_connection.
         screenshot(page, "06a-test-airflow-port-bug", full_page=False)
-        print(f"\n[browser] Airflow {'.'.join(map(str, AIRFLOW_VERSION))}: the Test button answered 400 "
-              f"({result.get('detail')!r}) for a connection without a port (apache/airflow#73298); "
-              "retesting with port 0 stored.")
-        af.api("PATCH", f"/connections/{CONN_ID}", params={"update_mask": "port"},
-               json={"connection_id": CONN_ID, "conn_type": "kernel", "port": 0})
+        print(
+            f"\n[browser] Airflow {'.'.join(map(str, AIRFLOW_VERSION))}: the Test button answered 400 "
+            f"({result.get('detail')!r}) for a connection without a port (apache/airflow#73298); "
+            "retesting with port 0 stored."
+        )
+        af.api(
+            "PATCH",
+            f"/connections/{CONN_ID}",
+            params={"update_mask": "port"},
+            json={"connection_id": CONN_ID, "conn_type": "kernel", "port": 0},
+        )
         page.reload()
         result = _click_test(page, CONN_ID)
     success = f"Connected to Kernel at {emulator_url}; the API key is valid."
@@ -211,18 +221,27 @@ def test_example_dag_extra_link_and_streamed_log(airflow_ui: Any, page: Any, scr
     run_id = af.example_run_id
     # The run was triggered when the services came up. crawl_catalog waits behind a gate until the sensor is
     # deferred and its trigger follows the invocation's event stream; then the action runs and prints.
-    invocation_id = str(af.wait_until(
-        "start_crawl's invocation id",
-        lambda: af.xcom(EXAMPLE_DAG_ID, run_id, "start_crawl", key="invocation_id"), timeout=120))
+    invocation_id = str(
+        af.wait_until(
+            "start_crawl's invocation id",
+            lambda: af.xcom(EXAMPLE_DAG_ID, run_id, "start_crawl", key="invocation_id"),
+            timeout=120,
+        )
+    )
 
     def sensor_streaming() -> bool:
         deferred = af.states(EXAMPLE_DAG_ID, run_id, "wait_for_crawl").get(("wait_for_crawl", -1)) == "deferred"
         return deferred and any(
             r["route"] == "/invocations/{id}/events" and "(triggerer)" in (r.get("user_agent") or "")
-            for r in af.kernel_requests(invocation_id))
+            for r in af.kernel_requests(invocation_id)
+        )
 
-    af.wait_until("wait_for_crawl to defer and its trigger to follow the event stream", sensor_streaming,
-                  timeout=120, interval=1.0)
+    af.wait_until(
+        "wait_for_crawl to defer and its trigger to follow the event stream",
+        sensor_streaming,
+        timeout=120,
+        interval=1.0,
+    )
     af.open_gate(DEMO_GATE)
     assert af.wait_run_done(EXAMPLE_DAG_ID, run_id, timeout=150) == "success", af.states(EXAMPLE_DAG_ID, run_id)
     expected_url = f"{af.emulator.url}/_emulator/invocations/{invocation_id}"
@@ -248,7 +267,10 @@ def test_example_dag_extra_link_and_streamed_log(airflow_ui: Any, page: Any, scr
     invocation = json.loads(tab.locator("body").inner_text())
     assert invocation["id"] == invocation_id
     assert (invocation["app_name"], invocation["action_name"], invocation["status"]) == (
-        "demo-shop", "crawl_catalog", "succeeded")
+        "demo-shop",
+        "crawl_catalog",
+        "succeeded",
+    )
     assert json.loads(invocation["output"])["products"] == ["B-300", "B-400"]
     screenshot(tab, "09-kernel-invocation-page", full_page=False)
     tab.close()

@@ -70,31 +70,61 @@ def fault_plan(seed: int) -> dict[str, Any]:
         "seed": seed,
         "rules": [
             # creates: refusals, drops before/after the server acted, 5xx after the invocation was recorded
-            {"name": "create-429", "route": "POST /invocations", "rate": 0.04,
-             "fault": {"status": 429, "retry_after": 1}},
-            {"name": "create-429-ms", "route": "POST /invocations", "rate": 0.02,
-             "fault": {"status": 429, "retry_after": 1, "retry_after_ms": 150}},
+            {
+                "name": "create-429",
+                "route": "POST /invocations",
+                "rate": 0.04,
+                "fault": {"status": 429, "retry_after": 1},
+            },
+            {
+                "name": "create-429-ms",
+                "route": "POST /invocations",
+                "rate": 0.02,
+                "fault": {"status": 429, "retry_after": 1, "retry_after_ms": 150},
+            },
             {"name": "create-drop-before", "route": "POST /invocations", "rate": 0.02, "fault": {"drop": "before"}},
             {"name": "create-drop-after", "route": "POST /invocations", "rate": 0.02, "fault": {"drop": "after"}},
-            {"name": "create-5xx-after", "route": "POST /invocations", "rate": 0.03,
-             "fault": {"status": 503, "after": True}},
-            {"name": "create-5xx-no-retry", "route": "POST /invocations", "rate": 0.01,
-             "fault": {"status": 500, "after": True, "should_retry": False}},
+            {
+                "name": "create-5xx-after",
+                "route": "POST /invocations",
+                "rate": 0.03,
+                "fault": {"status": 503, "after": True},
+            },
+            {
+                "name": "create-5xx-no-retry",
+                "route": "POST /invocations",
+                "rate": 0.01,
+                "fault": {"status": 500, "after": True, "should_retry": False},
+            },
             {"name": "create-slow", "route": "POST /invocations", "rate": 0.03, "fault": {"delay": 0.4}},
             # event streams: cut before the terminal state, silent, an error event, slow to open
             {"name": "sse-cut-0", "route": events, "rate": 0.05, "fault": {"cut_after_events": 0}},
             {"name": "sse-cut-1", "route": events, "rate": 0.10, "fault": {"cut_after_events": 1}},
             {"name": "sse-silent", "route": events, "rate": 0.04, "fault": {"silent": True}},
-            {"name": "sse-error-event", "route": events, "rate": 0.03,
-             "fault": {"error_event": {"code": "internal_error", "message": "stream hiccup"},
-                       "error_then_close": True}},
+            {
+                "name": "sse-error-event",
+                "route": events,
+                "rate": 0.03,
+                "fault": {
+                    "error_event": {"code": "internal_error", "message": "stream hiccup"},
+                    "error_then_close": True,
+                },
+            },
             # every read (GET one, list, events open): 10% 5xx, 5% 429, 2% drops, some slow
             {"name": "read-5xx", "route": "GET *", "rate": 0.08, "fault": {"status": 503}},
-            {"name": "read-5xx-no-retry", "route": "GET *", "rate": 0.02,
-             "fault": {"status": 500, "should_retry": False}},
+            {
+                "name": "read-5xx-no-retry",
+                "route": "GET *",
+                "rate": 0.02,
+                "fault": {"status": 500, "should_retry": False},
+            },
             {"name": "read-429", "route": "GET *", "rate": 0.03, "fault": {"status": 429, "retry_after": 1}},
-            {"name": "read-429-ms", "route": "GET *", "rate": 0.02,
-             "fault": {"status": 429, "retry_after": 1, "retry_after_ms": 100}},
+            {
+                "name": "read-429-ms",
+                "route": "GET *",
+                "rate": 0.02,
+                "fault": {"status": 429, "retry_after": 1, "retry_after_ms": 100},
+            },
             {"name": "read-drop-before", "route": "GET *", "rate": 0.01, "fault": {"drop": "before"}},
             {"name": "read-drop-after", "route": get_one, "rate": 0.01, "fault": {"drop": "after"}},
             {"name": "read-slow", "route": "GET *", "rate": 0.03, "fault": {"delay": 0.3}},
@@ -176,8 +206,13 @@ LOG_CLASSES: tuple[tuple[str, str], ...] = (
     (r"Event stream of .* ended before the invocation finished", "stream ended early: checked, resumed"),
     (r"unknown invocation status", "unknown status"),
 )
-INFO_CLASSES = frozenset({"pending create: none found, invoked on retry", "re-invoked after a failed run",
-                          "stream ended early: checked, resumed"})
+INFO_CLASSES = frozenset(
+    {
+        "pending create: none found, invoked on retry",
+        "re-invoked after a failed run",
+        "stream ended early: checked, resumed",
+    }
+)
 _COMPILED = tuple((re.compile(p), label) for p, label in LOG_CLASSES)
 
 
@@ -273,8 +308,9 @@ from tests.standins import DictStateStore, FakeTI  # noqa: E402  (the shared sta
 def chaos_retry_policy() -> Any:
     from kernel_provider.client.retry import RetryPolicy
 
-    return RetryPolicy(max_attempts=6, max_elapsed=60, backoff_initial=0.1, backoff_max=1.0,
-                       retry_after_cap=5, rate_limit_budget=120)
+    return RetryPolicy(
+        max_attempts=6, max_elapsed=60, backoff_initial=0.1, backoff_max=1.0, retry_after_cap=5, rate_limit_budget=120
+    )
 
 
 def _hook() -> Any:
@@ -297,8 +333,14 @@ def submit(job: Job) -> None:
         job.submit_tries = attempt
         ti.try_number = attempt
         operator = KernelInvokeOperator(
-            task_id=job.task_id, app_name="demo", action_name=job.action, payload=job.payload,
-            invoke_async=True, async_timeout_seconds=300, wait_for_completion=False, kernel_conn_id=CONN_ID,
+            task_id=job.task_id,
+            app_name="demo",
+            action_name=job.action,
+            payload=job.payload,
+            invoke_async=True,
+            async_timeout_seconds=300,
+            wait_for_completion=False,
+            kernel_conn_id=CONN_ID,
             reconcile_token=True,
         )
         operator.__dict__["hook"] = _hook()  # the cached_property, with the chaos backoff
@@ -345,8 +387,14 @@ async def wait_trigger(job: Job) -> None:
     for attempt in range(1, WAIT_TRIES + 1):
         job.wait_tries = attempt
         trigger = KernelInvocationTrigger(
-            invocation_id=job.invocation_id, kernel_conn_id=CONN_ID, end_time=time.time() + WAIT_DEADLINE,
-            poll_interval=0.5, mode=job.mode, stream_logs=True, silence_timeout=2.0, max_stream_failures=5,
+            invocation_id=job.invocation_id,
+            kernel_conn_id=CONN_ID,
+            end_time=time.time() + WAIT_DEADLINE,
+            poll_interval=0.5,
+            mode=job.mode,
+            stream_logs=True,
+            silence_timeout=2.0,
+            max_stream_failures=5,
         )
         trigger._hook = _hook()  # type: ignore[attr-defined]
         event = await trigger.wait()
@@ -372,8 +420,13 @@ def wait_sensor(job: Job) -> None:
     deadline = time.monotonic() + WAIT_DEADLINE
     for attempt in range(1, WAIT_TRIES + 1):
         job.wait_tries = attempt
-        sensor = KernelInvocationSensor(task_id=f"wait_{job.index}", invocation_id=job.invocation_id,
-                                        kernel_conn_id=CONN_ID, poke_interval=POKE_INTERVAL, timeout=WAIT_DEADLINE)
+        sensor = KernelInvocationSensor(
+            task_id=f"wait_{job.index}",
+            invocation_id=job.invocation_id,
+            kernel_conn_id=CONN_ID,
+            poke_interval=POKE_INTERVAL,
+            timeout=WAIT_DEADLINE,
+        )
         sensor.__dict__["hook"] = _hook()
         try:
             while time.monotonic() < deadline:
@@ -432,8 +485,14 @@ class Result:
         return self.duplicates == 0 and self.lost == 0 and self.wrong == 0 and self.unfinished == 0
 
 
-def verdict(jobs: list[Job], stats: dict[str, Any], truth: list[dict[str, Any]], tally: LogTally,
-            wall: float, faults: dict[str, Any] | None = None) -> Result:
+def verdict(
+    jobs: list[Job],
+    stats: dict[str, Any],
+    truth: list[dict[str, Any]],
+    tally: LogTally,
+    wall: float,
+    faults: dict[str, Any] | None = None,
+) -> Result:
     created_by_payload: Counter[str] = Counter()
     for entry in stats["created_by_key"]:
         if entry["app_name"] == "demo" and entry["payload"] is not None:
@@ -460,8 +519,9 @@ def verdict(jobs: list[Job], stats: dict[str, Any], truth: list[dict[str, Any]],
             details["lost"].append(f"{tag}: created, but the submit gave up: {job.submit_error}")
             continue
         if job.client_status is None:
-            details["lost"].append(f"{tag}: {job.invocation_id} never reached a final state on the client: "
-                                   f"{job.wait_error}")
+            details["lost"].append(
+                f"{tag}: {job.invocation_id} never reached a final state on the client: {job.wait_error}"
+            )
             continue
         emulated = {i["id"]: i for i in by_payload.get(text, [])}
         real = emulated.get(job.invocation_id)
@@ -475,8 +535,11 @@ def verdict(jobs: list[Job], stats: dict[str, Any], truth: list[dict[str, Any]],
                 problems.append(f"client says {job.client_status}, emulator says {real['status']}")
             if real["status"] != job.expected_status:
                 problems.append(f"emulator says {real['status']}, the action should have {job.expected_status}")
-        if job.mode == "sensor" and job.client_status == "succeeded" and _untokened(job.client_result) != \
-                job.expected_result:
+        if (
+            job.mode == "sensor"
+            and job.client_status == "succeeded"
+            and _untokened(job.client_result) != job.expected_result
+        ):
             problems.append(f"sensor returned {job.client_result!r:.80}, expected {job.expected_result!r:.80}")
         if problems:
             details["wrong"].append(f"{tag}: " + "; ".join(problems))
@@ -485,24 +548,29 @@ def verdict(jobs: list[Job], stats: dict[str, Any], truth: list[dict[str, Any]],
     duplicates, lost, wrong = (len(details[k]) for k in ("duplicates", "lost", "wrong"))
     modes = Counter(job.mode for job in jobs)
     rows: list[tuple[str, Any]] = [
-        ("invocations attempted", f"{len(jobs)} (stream {modes['stream']}, poll {modes['poll']}, "
-                                  f"sensor {modes['sensor']})"),
+        (
+            "invocations attempted",
+            f"{len(jobs)} (stream {modes['stream']}, poll {modes['poll']}, sensor {modes['sensor']})",
+        ),
         ("created (emulator count)", stats["created"]),
         ("duplicates (a payload created > 1)", duplicates),
         ("lost", lost),
         ("wrong final state", wrong),
         ("ambiguous creates: reported", notes["ambiguous create reported"]),
-        ("ambiguous creates: reconciled by listing",
-         notes["ambiguous create reconciled"] + notes["pending create reconciled on retry"]),
+        (
+            "ambiguous creates: reconciled by listing",
+            notes["ambiguous create reconciled"] + notes["pending create reconciled on retry"],
+        ),
         ("ambiguous creates: failed loudly (then retried)", sum(j.failed_loudly for j in jobs)),
-        ("ambiguous creates: none found on retry, invoked then",
-         notes["pending create: none found, invoked on retry"]),
+        ("ambiguous creates: none found on retry, invoked then", notes["pending create: none found, invoked on retry"]),
         ("re-invoked after a failed run", notes["re-invoked after a failed run"]),
         ("submits failed loudly, nothing created", loud_nothing),
         ("submit task retries", sum(max(0, j.submit_tries - 1) for j in jobs)),
         ("wait task retries", sum(max(0, j.wait_tries - 1) for j in jobs)),
-        ("final states (succeeded/failed)",
-         f"{sum(j.client_status == 'succeeded' for j in jobs)}/{sum(j.client_status == 'failed' for j in jobs)}"),
+        (
+            "final states (succeeded/failed)",
+            f"{sum(j.client_status == 'succeeded' for j in jobs)}/{sum(j.client_status == 'failed' for j in jobs)}",
+        ),
     ]
     fired = [(rule.get("name") or rule["route"], rule.get("fired", 0)) for rule in (faults or {}).get("rules", [])]
     if fired:
@@ -557,7 +625,8 @@ def run(invocations: int = 1000, seed: int = 7, concurrency: int = 32) -> Result
     proc = spawn_emulator(seed=seed, heartbeat=0.5)
     saved_env = os.environ.get(f"AIRFLOW_CONN_{CONN_ID.upper()}")
     os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
-        {"conn_type": "kernel", "host": proc.url, "password": proc.token})
+        {"conn_type": "kernel", "host": proc.url, "password": proc.token}
+    )
     try:
         # Load the connection once on this thread first: Airflow 2 configures its ORM mappers (importing every
         # model) on the first Connection object, and doing that from 32 threads at once can deadlock on imports.
@@ -591,8 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the admin calls around the run
     result = run(args.invocations, args.seed, args.concurrency)
     if args.json:
-        print(json.dumps({"rows": result.rows, "details": result.details, "ok": result.ok}, indent=2,
-                         default=str))
+        print(json.dumps({"rows": result.rows, "details": result.details, "ok": result.ok}, indent=2, default=str))
     else:
         print(f"Chaos run: {args.invocations} invocations, seed {args.seed}")
         print(format_table(result.rows))

@@ -30,29 +30,42 @@ def test_reduced_chaos_run_has_no_duplicates_no_losses_no_wrong_states() -> None
     assert rows["faults injected (emulator)"] >= 50
     reported = rows["ambiguous creates: reported"]
     assert reported > 0
-    assert reported == rows["ambiguous creates: reconciled by listing"] - rows.get(
-        "warning: pending create reconciled on retry", 0) + rows["ambiguous creates: failed loudly (then retried)"]
+    assert (
+        reported
+        == rows["ambiguous creates: reconciled by listing"]
+        - rows.get("warning: pending create reconciled on retry", 0)
+        + rows["ambiguous creates: failed loudly (then retried)"]
+    )
     assert rows["final states (succeeded/failed)"].count("/") == 1
 
 
 @pytest.mark.parametrize(("action", "payload"), [("fail", {"message": "planned"}), ("echo", {"k": "v"})])
-def test_submit_retry_after_a_failed_reconcile_returns_the_same_id(kernel_conn_env: object, action: str,
-                                                                   payload: dict[str, str]) -> None:
+def test_submit_retry_after_a_failed_reconcile_returns_the_same_id(
+    kernel_conn_env: object, action: str, payload: dict[str, str]
+) -> None:
     """The two bugs the chaos run found, pinned down: try 1's create is ambiguous and its reconcile cannot list
     (a 500 that must not be retried), so try 1 fails loudly; the invocation then finishes. Try 2 must find it and
     return its id - not invoke a second time because it failed, nor return its output because it succeeded."""
     from kernel_provider.operators.kernel import KernelInvokeOperator
 
     emulator = kernel_conn_env
-    emulator.set_faults([  # type: ignore[attr-defined]
-        {"route": "POST /invocations", "sequence": [{"status": 503, "after": True}]},
-        {"route": "GET /invocations", "sequence": [{"status": 500, "should_retry": False}]},
-    ])
+    emulator.set_faults(
+        [  # type: ignore[attr-defined]
+            {"route": "POST /invocations", "sequence": [{"status": 503, "after": True}]},
+            {"route": "GET /invocations", "sequence": [{"status": 500, "should_retry": False}]},
+        ]
+    )
     context = {"ti": FakeTI("submit"), "task_state_store": DictStateStore()}
 
     def submit() -> object:
-        return KernelInvokeOperator(task_id="submit", app_name="demo", action_name=action, payload=payload,
-                                    wait_for_completion=False, reconcile_token=True).execute(context)
+        return KernelInvokeOperator(
+            task_id="submit",
+            app_name="demo",
+            action_name=action,
+            payload=payload,
+            wait_for_completion=False,
+            reconcile_token=True,
+        ).execute(context)
 
     with pytest.raises(Exception, match="500"):
         submit()

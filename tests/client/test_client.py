@@ -87,8 +87,10 @@ def test_a_budget_bounds_a_call_that_cannot_connect() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client = KernelClient(KernelSettings.from_mapping(host=f"http://127.0.0.1:{port}", password="k"),
-                          retry=RetryPolicy(max_attempts=100, max_elapsed=100, backoff_initial=0.2))
+    client = KernelClient(
+        KernelSettings.from_mapping(host=f"http://127.0.0.1:{port}", password="k"),
+        retry=RetryPolicy(max_attempts=100, max_elapsed=100, backoff_initial=0.2),
+    )
     started = time.monotonic()
     with pytest.raises(KernelTransportError) as raised:
         client.execute(operations.get_invocation("a" * 24), budget=0.5)
@@ -99,8 +101,9 @@ def test_a_budget_bounds_a_call_that_cannot_connect() -> None:
 
 def test_events_that_are_not_json_objects_are_skipped(kernel_emulator: Any, caplog: Any) -> None:
     done = client_for(kernel_emulator).invoke("demo", "echo")
-    kernel_emulator.set_faults([{"route": "GET /invocations/{id}/events", "times": 1,
-                                 "fault": {"raw_sse_data": "not json"}}])
+    kernel_emulator.set_faults(
+        [{"route": "GET /invocations/{id}/events", "times": 1, "fault": {"raw_sse_data": "not json"}}]
+    )
 
     async def follow() -> list[dict[str, Any]]:
         try:

@@ -18,12 +18,20 @@ from kernel_provider.exceptions import KernelResponseError
 
 
 def test_invocation_parses_every_field_and_keeps_unknown_ones() -> None:
-    inv = Invocation.from_api({
-        "id": "rr33xuugxj9h0bkf1rdt2bet", "app_name": "a", "version": "1", "action_name": "x",
-        "status": "succeeded", "payload": '{"a":1}', "output": '{"b": 2}',
-        "started_at": "2026-01-05T10:00:00.123456789Z", "finished_at": "2026-01-05T10:00:21Z",
-        "brand_new_field": 7,
-    })
+    inv = Invocation.from_api(
+        {
+            "id": "rr33xuugxj9h0bkf1rdt2bet",
+            "app_name": "a",
+            "version": "1",
+            "action_name": "x",
+            "status": "succeeded",
+            "payload": '{"a":1}',
+            "output": '{"b": 2}',
+            "started_at": "2026-01-05T10:00:00.123456789Z",
+            "finished_at": "2026-01-05T10:00:21Z",
+            "brand_new_field": 7,
+        }
+    )
     assert inv.status is InvocationStatus.SUCCEEDED and inv.is_terminal and inv.succeeded
     assert inv.result == {"b": 2}
     assert inv.started_at is not None and inv.started_at.microsecond == 123456
@@ -51,8 +59,14 @@ def test_invocation_without_id_is_a_response_error() -> None:
 
 @pytest.mark.parametrize(
     ("output", "expected"),
-    [('{"a": [1, 2]}', {"a": [1, 2]}), ("42", 42), ('"text"', "text"), ("Traceback: boom", "Traceback: boom"),
-     (None, None), ("", "")],
+    [
+        ('{"a": [1, 2]}', {"a": [1, 2]}),
+        ("42", 42),
+        ('"text"', "text"),
+        ("Traceback: boom", "Traceback: boom"),
+        (None, None),
+        ("", ""),
+    ],
 )
 def test_parse_output_falls_back_to_raw_text(output: str | None, expected: object) -> None:
     assert parse_output(output) == expected
@@ -67,7 +81,14 @@ def test_timestamps_with_nanoseconds_offsets_and_garbage() -> None:
 
 
 def test_app_version_lists_actions() -> None:
-    app = AppVersion.from_api({"id": "v1", "app_name": "shop", "version": "latest", "region": "aws.us-east-1a",
-                               "actions": [{"name": "scrape", "input_schema": None}, {"name": "buy"}]})
+    app = AppVersion.from_api(
+        {
+            "id": "v1",
+            "app_name": "shop",
+            "version": "latest",
+            "region": "aws.us-east-1a",
+            "actions": [{"name": "scrape", "input_schema": None}, {"name": "buy"}],
+        }
+    )
     assert app.action_names == ["scrape", "buy"]
     assert app.extra["region"] == "aws.us-east-1a"

@@ -74,23 +74,28 @@ def offsets(calls: list[ApiCall[Any]]) -> list[tuple[str, str]]:
 
 
 def test_pages_are_followed_while_kernel_says_there_are_more() -> None:
-    send, calls = canned(page([invocation("a"), invocation("b")], has_more="true", next_offset="2"),
-                         page([invocation("c"), invocation("d")], has_more="True", next_offset="4"),
-                         page([invocation("e")], has_more="false", next_offset="5"))
+    send, calls = canned(
+        page([invocation("a"), invocation("b")], has_more="true", next_offset="2"),
+        page([invocation("c"), invocation("d")], has_more="True", next_offset="4"),
+        page([invocation("e")], has_more="false", next_offset="5"),
+    )
     listed = drive(operations.list_invocations(app_name="demo", page_size=2), send)
     assert [i.id for i in listed] == ["a", "b", "c", "d", "e"]
     assert offsets(calls) == [("2", "0"), ("2", "2"), ("2", "4")]
     assert all(c.query["app_name"] == "demo" and "status" not in c.query for c in calls)
 
 
-@pytest.mark.parametrize(("has_more", "next_offset"), [
-    ("false", "2"),  # Kernel says there is nothing more
-    (None, "2"),  # ... or does not say there is more
-    ("true", "0"),  # the "no next page" sentinel
-    ("true", None),  # no next offset at all
-    ("true", ""),
-    ("true", "soon"),  # unreadable
-])
+@pytest.mark.parametrize(
+    ("has_more", "next_offset"),
+    [
+        ("false", "2"),  # Kernel says there is nothing more
+        (None, "2"),  # ... or does not say there is more
+        ("true", "0"),  # the "no next page" sentinel
+        ("true", None),  # no next offset at all
+        ("true", ""),
+        ("true", "soon"),  # unreadable
+    ],
+)
 def test_pagination_stops_when_there_is_no_next_page(has_more: str | None, next_offset: str | None) -> None:
     send, calls = canned(page([invocation("a"), invocation("b")], has_more=has_more, next_offset=next_offset))
     assert len(drive(operations.list_invocations(page_size=2), send)) == 2
@@ -98,12 +103,16 @@ def test_pagination_stops_when_there_is_no_next_page(has_more: str | None, next_
 
 
 def test_pagination_stops_when_the_next_offset_does_not_advance() -> None:
-    send, calls = canned(page([invocation("a")], has_more="true", next_offset="1"),
-                         page([invocation("b")], has_more="true", next_offset="1"))  # would loop forever
+    send, calls = canned(
+        page([invocation("a")], has_more="true", next_offset="1"),
+        page([invocation("b")], has_more="true", next_offset="1"),
+    )  # would loop forever
     assert [i.id for i in drive(operations.list_invocations(page_size=1), send)] == ["a", "b"]
     assert offsets(calls) == [("1", "0"), ("1", "1")]
-    send, calls = canned(page([invocation("a")], has_more="true", next_offset="5"),
-                         page([invocation("b")], has_more="true", next_offset="3"))  # going backwards
+    send, calls = canned(
+        page([invocation("a")], has_more="true", next_offset="5"),
+        page([invocation("b")], has_more="true", next_offset="3"),
+    )  # going backwards
     assert len(drive(operations.list_invocations(page_size=1), send)) == 2 and len(calls) == 2
 
 
@@ -113,10 +122,12 @@ def test_an_empty_page_ends_the_listing() -> None:
 
 
 def test_limit_caps_what_is_asked_for_and_what_is_returned() -> None:
-    send, calls = canned(page([invocation("a"), invocation("b")], has_more="true", next_offset="2"),
-                         page([invocation("c"), invocation("d")], has_more="true", next_offset="4"),
-                         # a server that ignores the smaller limit of the last page
-                         page([invocation("e"), invocation("f")], has_more="true", next_offset="6"))
+    send, calls = canned(
+        page([invocation("a"), invocation("b")], has_more="true", next_offset="2"),
+        page([invocation("c"), invocation("d")], has_more="true", next_offset="4"),
+        # a server that ignores the smaller limit of the last page
+        page([invocation("e"), invocation("f")], has_more="true", next_offset="6"),
+    )
     listed = drive(operations.list_invocations(limit=5, page_size=2), send)
     assert [i.id for i in listed] == ["a", "b", "c", "d", "e"]
     assert offsets(calls) == [("2", "0"), ("2", "2"), ("1", "4")]
@@ -139,13 +150,19 @@ def test_filters_are_written_as_kernel_reads_them() -> None:
     send, calls = canned(page([]))
     since = datetime(2026, 1, 2, 3, 4, 5)  # naive: UTC
     drive(operations.list_invocations(app_name="demo", status="failed", since=since, version=None), send)
-    assert calls[0].query == {"app_name": "demo", "status": "failed", "since": "2026-01-02T03:04:05Z",
-                              "limit": "100", "offset": "0"}
+    assert calls[0].query == {
+        "app_name": "demo",
+        "status": "failed",
+        "since": "2026-01-02T03:04:05Z",
+        "limit": "100",
+        "offset": "0",
+    }
 
 
 def test_list_apps_parses_versions_and_skips_items_that_are_not_objects() -> None:
-    send, _ = canned(page([{"id": "v1", "app_name": "demo", "version": "latest", "actions": [{"name": "echo"}]},
-                           "not an app"]))
+    send, _ = canned(
+        page([{"id": "v1", "app_name": "demo", "version": "latest", "actions": [{"name": "echo"}]}, "not an app"])
+    )
     [app] = drive(operations.list_apps(app_name="demo"), send)
     assert (app.app_name, app.version, app.action_names) == ("demo", "latest", ["echo"])
 
@@ -157,17 +174,22 @@ def test_cancel_patches_failed_with_the_reason_then_deletes_the_browsers() -> No
     send, calls = canned(answer(200, invocation(status="failed")), answer(204))
     result = drive(operations.cancel_invocation("inv/1", "stopped by Airflow"), send)
     assert result is not None and result.failed
-    assert [(c.endpoint.method, c.path) for c in calls] == [("PATCH", "/invocations/inv%2F1"),
-                                                            ("DELETE", "/invocations/inv%2F1/browsers")]
+    assert [(c.endpoint.method, c.path) for c in calls] == [
+        ("PATCH", "/invocations/inv%2F1"),
+        ("DELETE", "/invocations/inv%2F1/browsers"),
+    ]
     assert calls[0].body == {"status": "failed", "output": json.dumps({"error": "stopped by Airflow"})}
     assert json.loads(operations.cancel_output()) == {"error": "Invocation cancelled by user"}
 
 
-@pytest.mark.parametrize(("patch", "delete", "expected"), [
-    (answer(404, {"code": "not_found", "message": "gone"}), answer(204), None),
-    (answer(200, invocation(status="failed")), answer(404, {"code": "not_found", "message": "gone"}), "failed"),
-    (answer(404), answer(404), None),
-])
+@pytest.mark.parametrize(
+    ("patch", "delete", "expected"),
+    [
+        (answer(404, {"code": "not_found", "message": "gone"}), answer(204), None),
+        (answer(200, invocation(status="failed")), answer(404, {"code": "not_found", "message": "gone"}), "failed"),
+        (answer(404), answer(404), None),
+    ],
+)
 def test_cancel_tolerates_a_404_on_either_step(patch: Answer, delete: Answer, expected: str | None) -> None:
     send, calls = canned(patch, delete)
     result = drive(operations.cancel_invocation("inv-1"), send)
@@ -224,22 +246,25 @@ def api_error(status: int, **headers: str) -> KernelApiError:
     return api_error_for_status(status)(status, "code", "message", headers=headers)
 
 
-@pytest.mark.parametrize(("error", "maybe"), [
-    (KernelTransportError("read timeout", request_sent=True), True),
-    (KernelTransportError("connection refused", request_sent=False), False),
-    (api_error(500), True),
-    (api_error(502), True),
-    (api_error(503), True),
-    (api_error(408), True),  # Kernel's side timed out: it may have recorded the run first
-    (api_error(429), False),  # a limit refuses at once
-    (api_error(400), False),
-    (api_error(401), False),
-    (api_error(404), False),
-    (api_error(409), False),
-    (api_error(503, **{"x-should-retry": "true"}), False),  # Kernel says nothing was done
-    (api_error(503, **{"x-should-retry": "false"}), True),
-    (ValueError("not Kernel's"), False),
-])
+@pytest.mark.parametrize(
+    ("error", "maybe"),
+    [
+        (KernelTransportError("read timeout", request_sent=True), True),
+        (KernelTransportError("connection refused", request_sent=False), False),
+        (api_error(500), True),
+        (api_error(502), True),
+        (api_error(503), True),
+        (api_error(408), True),  # Kernel's side timed out: it may have recorded the run first
+        (api_error(429), False),  # a limit refuses at once
+        (api_error(400), False),
+        (api_error(401), False),
+        (api_error(404), False),
+        (api_error(409), False),
+        (api_error(503, **{"x-should-retry": "true"}), False),  # Kernel says nothing was done
+        (api_error(503, **{"x-should-retry": "false"}), True),
+        (ValueError("not Kernel's"), False),
+    ],
+)
 def test_create_may_have_happened(error: BaseException, maybe: bool) -> None:
     assert operations.create_may_have_happened(error) is maybe
 
@@ -247,8 +272,9 @@ def test_create_may_have_happened(error: BaseException, maybe: bool) -> None:
 BODY = {"app_name": "demo", "version": "latest", "action_name": "echo", "payload": '{"x":1}', "async": True}
 
 
-@pytest.mark.parametrize("failure", [KernelTransportError("dropped", request_sent=True), api_error(502),
-                                     api_error(408)])
+@pytest.mark.parametrize(
+    "failure", [KernelTransportError("dropped", request_sent=True), api_error(502), api_error(408)]
+)
 def test_an_ambiguous_create_failure_says_so_with_its_window(failure: BaseException) -> None:
     send, calls = canned(failure)
     with pytest.raises(KernelAmbiguousCreateError) as raised:
@@ -259,12 +285,15 @@ def test_an_ambiguous_create_failure_says_so_with_its_window(failure: BaseExcept
     assert len(calls) == 1 and calls[0].body == BODY
 
 
-@pytest.mark.parametrize(("failure", "kind"), [
-    (KernelTransportError("refused", request_sent=False), KernelTransportError),
-    (api_error(429, **{"retry-after": "3"}), KernelRateLimitError),
-    (api_error(404), KernelNotFoundError),
-    (api_error(503, **{"x-should-retry": "true"}), KernelServerError),
-])
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        (KernelTransportError("refused", request_sent=False), KernelTransportError),
+        (api_error(429, **{"retry-after": "3"}), KernelRateLimitError),
+        (api_error(404), KernelNotFoundError),
+        (api_error(503, **{"x-should-retry": "true"}), KernelServerError),
+    ],
+)
 def test_a_create_that_certainly_did_nothing_keeps_its_own_error(failure: BaseException, kind: type) -> None:
     with pytest.raises(kind) as raised:
         drive(operations.create_invocation(BODY), canned(failure)[0])
@@ -282,26 +311,34 @@ def test_a_sync_create_outlasts_kernels_cap_and_an_async_one_uses_the_default_ti
 # --- responses: errors and retry hints --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("headers", "seconds"), [
-    ({"retry_after": "3"}, 3.0),
-    ({"retry_after_ms": "250"}, 0.25),
-    ({"retry_after_ms": "100", "retry_after": "9"}, 0.1),  # the millisecond form wins, as in Kernel's SDK
-    ({"retry_after_ms": "soon", "retry_after": "2"}, 2.0),  # an unreadable one falls back to the other
-    ({"retry_after": "-4"}, 0.0),
-    ({"retry_after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past: no wait
-    ({"retry_after": "later"}, None),
-    ({}, None),
-])
-def test_retry_after_headers_of_a_response_reach_the_retry_policy(headers: dict[str, str],
-                                                                   seconds: float | None) -> None:
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry_after": "3"}, 3.0),
+        ({"retry_after_ms": "250"}, 0.25),
+        ({"retry_after_ms": "100", "retry_after": "9"}, 0.1),  # the millisecond form wins, as in Kernel's SDK
+        ({"retry_after_ms": "soon", "retry_after": "2"}, 2.0),  # an unreadable one falls back to the other
+        ({"retry_after": "-4"}, 0.0),
+        ({"retry_after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past: no wait
+        ({"retry_after": "later"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_headers_of_a_response_reach_the_retry_policy(
+    headers: dict[str, str], seconds: float | None
+) -> None:
     with pytest.raises(KernelRateLimitError) as raised:
         drive(operations.get_invocation("inv-1"), canned(answer(429, {"code": "rate_limited"}, **headers))[0])
     assert retry_after_seconds(raised.value) == seconds
 
 
 def test_kernels_error_object_is_read_into_the_error() -> None:
-    body = {"code": "bad_request", "message": "invalid payload", "details": [{"code": "field", "message": "url"}],
-            "inner_error": {"code": "schema", "message": "url is required"}}
+    body = {
+        "code": "bad_request",
+        "message": "invalid payload",
+        "details": [{"code": "field", "message": "url"}],
+        "inner_error": {"code": "schema", "message": "url is required"},
+    }
     response = answer(400, body, x_request_id="req-9", authorization="Bearer secret")
     with pytest.raises(KernelApiError) as raised:
         drive(operations.get_invocation("inv-1"), canned(response)[0])

@@ -71,14 +71,16 @@ def test_stop_bounds_attempts_time_and_gives_429_its_own_budget() -> None:
 
 
 def test_a_policy_fitted_into_a_budget_keeps_its_attempts_and_shrinks_its_waits() -> None:
-    policy = RetryPolicy(max_attempts=6, max_elapsed=120, backoff_initial=0.5, backoff_max=16, retry_after_cap=60,
-                         rate_limit_budget=900)
+    policy = RetryPolicy(
+        max_attempts=6, max_elapsed=120, backoff_initial=0.5, backoff_max=16, retry_after_cap=60, rate_limit_budget=900
+    )
     fitted = policy.within(8.0)
     assert fitted.max_attempts == 6
     assert (fitted.max_elapsed, fitted.rate_limit_budget) == (8.0, 8.0)
     assert (fitted.backoff_initial, fitted.backoff_max, fitted.retry_after_cap) == (0.5, 2.0, 2.0)
-    assert policy.within(1000) == RetryPolicy(max_attempts=6, max_elapsed=120, backoff_initial=0.5,
-                                              backoff_max=16, retry_after_cap=60, rate_limit_budget=900)
+    assert policy.within(1000) == RetryPolicy(
+        max_attempts=6, max_elapsed=120, backoff_initial=0.5, backoff_max=16, retry_after_cap=60, rate_limit_budget=900
+    )
     assert policy.within(-1).max_elapsed == 0.05  # never zero: zero means "no limit" to the clients
 
 

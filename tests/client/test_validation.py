@@ -15,11 +15,17 @@ GOOD = {"app_name": "shop", "action_name": "scrape"}
 
 
 def test_a_good_request_is_built_as_kernel_expects() -> None:
-    body = build_invoke_request(**GOOD, payload={"url": "https://example.com", "n": 1}, invoke_async=True,
-                                async_timeout_seconds=600)
-    assert body == {"app_name": "shop", "version": "latest", "action_name": "scrape",
-                    "payload": '{"url":"https://example.com","n":1}', "async": True,
-                    "async_timeout_seconds": 600}
+    body = build_invoke_request(
+        **GOOD, payload={"url": "https://example.com", "n": 1}, invoke_async=True, async_timeout_seconds=600
+    )
+    assert body == {
+        "app_name": "shop",
+        "version": "latest",
+        "action_name": "scrape",
+        "payload": '{"url":"https://example.com","n":1}',
+        "async": True,
+        "async_timeout_seconds": 600,
+    }
     assert "payload" not in build_invoke_request(**GOOD)
     assert "async" not in build_invoke_request(**GOOD)
 
@@ -75,8 +81,13 @@ def test_bad_input_names_the_field_and_the_fix(kwargs: dict[str, Any], field: st
 
 @pytest.mark.parametrize(
     ("value", "kwargs", "words"),
-    [(-1, {}, "at least 0"), (0, {"exclusive": True}, "greater than 0"), ("5", {}, "number of seconds"),
-     (float("inf"), {}, "number of seconds"), (None, {"allow_none": False}, "is required")],
+    [
+        (-1, {}, "at least 0"),
+        (0, {"exclusive": True}, "greater than 0"),
+        ("5", {}, "number of seconds"),
+        (float("inf"), {}, "number of seconds"),
+        (None, {"allow_none": False}, "is required"),
+    ],
 )
 def test_seconds_checks(value: Any, kwargs: dict[str, Any], words: str) -> None:
     with pytest.raises(KernelInputError) as info:

@@ -122,8 +122,12 @@ def _never_reuse_trigger_ids(db: Path) -> None:
         create = create.replace('CREATE TABLE "trigger"', 'CREATE TABLE "trigger_e2e_rebuilt"', 1)
         if "AUTOINCREMENT" not in create or "PRIMARY KEY (id)" in create or "trigger_e2e_rebuilt" not in create:
             raise RuntimeError(f"cannot rebuild Airflow's trigger table with AUTOINCREMENT from:\n{row[0]}")
-        indexes = [sql for (sql,) in conn.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'trigger' AND sql IS NOT NULL")]
+        indexes = [
+            sql
+            for (sql,) in conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'trigger' AND sql IS NOT NULL"
+            )
+        ]
         conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("BEGIN")
         conn.execute(create)
@@ -144,8 +148,9 @@ class Service:
         self.name = name
         self.log = log_dir / f"{name}.{generation}.log"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True, cwd=str(log_dir))
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=str(log_dir)
+            )
 
     @property
     def pid(self) -> int:
@@ -255,8 +260,11 @@ class HoldingProxy:
                         with self._lock:
                             if self._to_hold > 0:
                                 self._to_hold -= 1
-                                record = {"held_at": time.time(), "until": time.monotonic() + self._max_hold,
-                                          "outcome": None}
+                                record = {
+                                    "held_at": time.time(),
+                                    "until": time.monotonic() + self._max_hold,
+                                    "outcome": None,
+                                }
                                 self.held.append(record)
                                 state["hold"] = record
                     upstream.sendall(data)
@@ -339,10 +347,12 @@ class AirflowE2E:
         assert self.proxy is not None
         return {
             "AIRFLOW_CONN_KERNEL_DEFAULT": json.dumps(
-                {"conn_type": "kernel", "host": self.emulator.url, "password": self.emulator.token}),
+                {"conn_type": "kernel", "host": self.emulator.url, "password": self.emulator.token}
+            ),
             # The same emulator behind HoldingProxy (worker-crash-during-create tests).
             "AIRFLOW_CONN_KERNEL_SLOW": json.dumps(
-                {"conn_type": "kernel", "host": self.proxy.url, "password": self.emulator.token}),
+                {"conn_type": "kernel", "host": self.proxy.url, "password": self.emulator.token}
+            ),
         }
 
     def _base_env(self) -> dict[str, str]:
@@ -361,50 +371,58 @@ class AirflowE2E:
         from cryptography.fernet import Fernet
 
         env = self._base_env()
-        env.update({
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "32",
-            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "32",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
-            "AIRFLOW__API__BASE_URL": self.api_url,
-            "AIRFLOW__API__PORT": str(self.port),
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(24),
-            "AIRFLOW__API_AUTH__JWT_SECRET": urlsafe_b64encode(secrets.token_bytes(32)).decode(),
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "120",
-            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-            "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "2",
-            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-            # A SIGKILLed triggerer's triggers move to a new one once its heartbeat is this old.
-            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "8",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            # Free ports for the scheduler's and triggerer's log servers (defaults 8793/8794 may be taken).
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-            # A SIGKILLed worker (no supervisor left to report) is failed, and retried, within ~25 s.
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(TI_HEARTBEAT_TIMEOUT),
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
-            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "3",
-            **self._kernel_connections(),
-        })
+        env.update(
+            {
+                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "32",
+                "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "32",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+                "AIRFLOW__API__BASE_URL": self.api_url,
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(24),
+                "AIRFLOW__API_AUTH__JWT_SECRET": urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "120",
+                "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+                "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "2",
+                "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+                # A SIGKILLed triggerer's triggers move to a new one once its heartbeat is this old.
+                "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "8",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                # Free ports for the scheduler's and triggerer's log servers (defaults 8793/8794 may be taken).
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
+                # A SIGKILLed worker (no supervisor left to report) is failed, and retried, within ~25 s.
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(TI_HEARTBEAT_TIMEOUT),
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+                "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "3",
+                **self._kernel_connections(),
+            }
+        )
         self.env = env
 
     def migrate(self) -> None:
         out = self.logs / "db-migrate.log"
         with open(out, "wb") as log:
-            proc = subprocess.run([str(AIRFLOW), "db", "migrate"], env=self.env, stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=180, cwd=str(self.base))
+            proc = subprocess.run(
+                [str(AIRFLOW), "db", "migrate"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=180,
+                cwd=str(self.base),
+            )
         if proc.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed ({proc.returncode}):\n{_tail(out, 60)}")
         _never_reuse_trigger_ids(self.home / "airflow.db")
@@ -481,8 +499,7 @@ class AirflowE2E:
                 last_error = exc
             if time.monotonic() > deadline:
                 detail = f" (last error: {type(last_error).__name__}: {last_error})" if last_error else ""
-                raise AssertionError(f"Timed out after {timeout:.0f}s waiting for {what}{detail}\n"
-                                     f"{self.diagnostics()}")
+                raise AssertionError(f"Timed out after {timeout:.0f}s waiting for {what}{detail}\n{self.diagnostics()}")
             time.sleep(interval)
 
     # --- REST API ---------------------------------------------------------------------------------------
@@ -495,8 +512,10 @@ class AirflowE2E:
 
     def healthy(self) -> bool:
         health = self.api("GET", "/monitor/health")
-        return all((health.get(part) or {}).get("status") == "healthy"
-                   for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+        return all(
+            (health.get(part) or {}).get("status") == "healthy"
+            for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        )
 
     def wait_for_dag(self, dag_id: str, timeout: float = 90) -> None:
         self.wait_until(f"DAG {dag_id} to be parsed", lambda: self.api("GET", f"/dags/{dag_id}"), timeout)
@@ -514,17 +533,26 @@ class AirflowE2E:
         return list(body["task_instances"])
 
     def states(self, dag_id: str, run_id: str, task_id: str | None = None) -> dict[tuple[str, int], str | None]:
-        return {(ti["task_id"], ti["map_index"]): ti["state"] for ti in self.task_instances(dag_id, run_id)
-                if task_id is None or ti["task_id"] == task_id}
+        return {
+            (ti["task_id"], ti["map_index"]): ti["state"]
+            for ti in self.task_instances(dag_id, run_id)
+            if task_id is None or ti["task_id"] == task_id
+        }
 
     def wait_run_done(self, dag_id: str, run_id: str, timeout: float) -> str:
-        return self.wait_until(f"run {run_id} of {dag_id} to finish (task states: see logs)",
-                               lambda: (s if (s := self.run_state(dag_id, run_id)) in TERMINAL_RUN else None),
-                               timeout, interval=1.0)
+        return self.wait_until(
+            f"run {run_id} of {dag_id} to finish (task states: see logs)",
+            lambda: s if (s := self.run_state(dag_id, run_id)) in TERMINAL_RUN else None,
+            timeout,
+            interval=1.0,
+        )
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
-        entry = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
-                         params={"map_index": map_index, "deserialize": True, "stringify": False})
+        entry = self.api(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"map_index": map_index, "deserialize": True, "stringify": False},
+        )
         return entry["value"]
 
     def ti(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
@@ -538,9 +566,17 @@ class AirflowE2E:
 
     def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str]) -> None:
         """What "Clear" on task instances does in the UI (running ones included)."""
-        self.api("POST", f"/dags/{dag_id}/clearTaskInstances",
-                 json={"dry_run": False, "dag_run_id": run_id, "task_ids": task_ids, "only_failed": False,
-                       "reset_dag_runs": True})
+        self.api(
+            "POST",
+            f"/dags/{dag_id}/clearTaskInstances",
+            json={
+                "dry_run": False,
+                "dag_run_id": run_id,
+                "task_ids": task_ids,
+                "only_failed": False,
+                "reset_dag_runs": True,
+            },
+        )
 
     def mark(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
         """What "Mark success/failed" on a task instance does in the UI."""
@@ -571,15 +607,19 @@ class AirflowE2E:
                     pass
         return list(found.values())
 
-    def executor_reported(self, dag_id: str, run_id: str, task_id: str, try_number: int,
-                          map_index: int = -1) -> bool:
+    def executor_reported(self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> bool:
         """Whether the scheduler has processed the executor's report that a try's workload ended (for a deferring
         task: that it left the worker). Read from the scheduler's log, the only place it shows."""
-        key = (f"TaskInstanceKey(dag_id='{dag_id}', task_id='{task_id}', run_id='{run_id}', "
-               f"try_number={try_number}, map_index={map_index})")
+        key = (
+            f"TaskInstanceKey(dag_id='{dag_id}', task_id='{task_id}', run_id='{run_id}', "
+            f"try_number={try_number}, map_index={map_index})"
+        )
         logs = [s.log for s in [*self.retired, *self.services.values()] if s.name == "scheduler"]
-        return any(f"Received executor event with state success for task instance {key}" in
-                   log.read_text(errors="replace") for log in logs if log.exists())
+        return any(
+            f"Received executor event with state success for task instance {key}" in log.read_text(errors="replace")
+            for log in logs
+            if log.exists()
+        )
 
     def gate_invocations(self, gate: str) -> list[dict[str, Any]]:
         """The invocations the emulator created for a gate (oldest first): one per ``POST /invocations`` that
@@ -594,7 +634,9 @@ class AirflowE2E:
     def wait_invocation(self, invocation_id: str, statuses: tuple[str, ...], timeout: float) -> dict[str, Any]:
         return self.wait_until(
             f"invocation {invocation_id} to be {'/'.join(statuses)}",
-            lambda: (i if (i := self.invocation(invocation_id))["status"] in statuses else None), timeout)
+            lambda: i if (i := self.invocation(invocation_id))["status"] in statuses else None,
+            timeout,
+        )
 
     # --- metadata DB, read through Airflow's ORM in a subprocess with the same AIRFLOW_HOME ----------------
 
@@ -620,13 +662,20 @@ class AirflowE2E:
                        for task_id, map_index, state, trigger in rows]
             print("E2E-JSON " + json.dumps(out, default=str))
         """)
-        proc = subprocess.run([sys.executable, "-c", script, dag_id, run_id], env=self.env, capture_output=True,
-                              text=True, timeout=120, cwd=str(self.base))
+        proc = subprocess.run(
+            [sys.executable, "-c", script, dag_id, run_id],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=str(self.base),
+        )
         for line in proc.stdout.splitlines():
             if line.startswith("E2E-JSON "):
-                return list(json.loads(line[len("E2E-JSON "):]))
-        raise AssertionError(f"reading the trigger table failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}")
+                return list(json.loads(line[len("E2E-JSON ") :]))
+        raise AssertionError(
+            f"reading the trigger table failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
 
     # --- emulator ---------------------------------------------------------------------------------------
 
@@ -639,8 +688,7 @@ class AirflowE2E:
     def kernel_requests(self, invocation_id: str) -> list[dict[str, Any]]:
         """Every request the emulator received about one invocation (oldest first)."""
         prefix = f"/invocations/{invocation_id}"
-        return [r for r in self.emulator.client.requests()
-                if r["path"] == prefix or r["path"].startswith(prefix + "/")]
+        return [r for r in self.emulator.client.requests() if r["path"] == prefix or r["path"].startswith(prefix + "/")]
 
 
 #: The Airflow 2.11 helper: one process with Airflow's ORM loaded, answering JSON commands on stdin, so a test
@@ -750,9 +798,16 @@ class DbAgent:
 
         self.log = log
         self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-u", "-c", _DB_AGENT], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log_file, text=True, env=env,
-                                     cwd=str(cwd), start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-c", _DB_AGENT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            text=True,
+            env=env,
+            cwd=str(cwd),
+            start_new_session=True,
+        )
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
@@ -775,12 +830,13 @@ class DbAgent:
                 try:
                     line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
                 except queue.Empty:
-                    raise AssertionError(f"the DB helper did not answer {op} within {timeout:.0f}s:\n"
-                                         f"{_tail(self.log)}") from None
+                    raise AssertionError(
+                        f"the DB helper did not answer {op} within {timeout:.0f}s:\n{_tail(self.log)}"
+                    ) from None
                 if line is None:
                     raise AssertionError(f"the DB helper exited ({self.proc.poll()}):\n{_tail(self.log)}")
                 if line.startswith("E2E-JSON "):
-                    answer = json.loads(line[len("E2E-JSON "):])
+                    answer = json.loads(line[len("E2E-JSON ") :])
                     if "error" in answer:
                         raise AssertionError(f"DB helper {op}({args}) failed:\n{answer['error']}")
                     return answer["ok"]
@@ -813,28 +869,30 @@ class Airflow2E2E(AirflowE2E):
         from cryptography.fernet import Fernet
 
         env = self._base_env()
-        env.update({
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            # 2.11 refuses SQLite with the LocalExecutor ("cannot use SQLite with the LocalExecutor").
-            "AIRFLOW__CORE__EXECUTOR": "SequentialExecutor",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
-            "AIRFLOW__WEBSERVER__SECRET_KEY": secrets.token_urlsafe(24),
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-            "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "2",
-            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "120",
-            "AIRFLOW__SCHEDULER__PARSING_PROCESSES": "1",
-            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "8",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-            **self._kernel_connections(),
-        })
+        env.update(
+            {
+                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                # 2.11 refuses SQLite with the LocalExecutor ("cannot use SQLite with the LocalExecutor").
+                "AIRFLOW__CORE__EXECUTOR": "SequentialExecutor",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+                "AIRFLOW__WEBSERVER__SECRET_KEY": secrets.token_urlsafe(24),
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+                "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "2",
+                "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "120",
+                "AIRFLOW__SCHEDULER__PARSING_PROCESSES": "1",
+                "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+                "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "8",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
+                **self._kernel_connections(),
+            }
+        )
         self.env = env
 
     def start_agent(self) -> None:
@@ -860,12 +918,15 @@ class Airflow2E2E(AirflowE2E):
 
     def healthy(self) -> bool:
         jobs = self._agent().call("jobs")
-        return all((job := jobs.get(kind)) and job["state"] == "running" and (job["age"] or 99) < 20
-                   for kind in ("SchedulerJob", "TriggererJob"))
+        return all(
+            (job := jobs.get(kind)) and job["state"] == "running" and (job["age"] or 99) < 20
+            for kind in ("SchedulerJob", "TriggererJob")
+        )
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
-        self.wait_until(f"DAG {dag_id} to be parsed", lambda: self._agent().call("dag_ready", dag_id=dag_id),
-                        timeout, interval=1.0)
+        self.wait_until(
+            f"DAG {dag_id} to be parsed", lambda: self._agent().call("dag_ready", dag_id=dag_id), timeout, interval=1.0
+        )
         self._agent().call("unpause", dag_id=dag_id)
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
@@ -878,14 +939,14 @@ class Airflow2E2E(AirflowE2E):
         return list(self._agent().call("tis", dag_id=dag_id, run_id=run_id))
 
     def ti(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
-        found = [t for t in self.task_instances(dag_id, run_id)
-                 if t["task_id"] == task_id and t["map_index"] == map_index]
+        found = [
+            t for t in self.task_instances(dag_id, run_id) if t["task_id"] == task_id and t["map_index"] == map_index
+        ]
         assert found, f"no task instance {dag_id}.{task_id}[{map_index}] in {run_id}"
         return found[0]
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
-        return self._agent().call("xcom", dag_id=dag_id, run_id=run_id, task_id=task_id, key=key,
-                                  map_index=map_index)
+        return self._agent().call("xcom", dag_id=dag_id, run_id=run_id, task_id=task_id, key=key, map_index=map_index)
 
     def clear_run(self, dag_id: str, run_id: str) -> None:
         assert self._agent().call("clear", dag_id=dag_id, run_id=run_id, task_ids=None) > 0

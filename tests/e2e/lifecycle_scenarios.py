@@ -44,8 +44,16 @@ def last_seq(h: Harness) -> int:
     return max((r["seq"] for r in h.emulator.client.requests()), default=0)
 
 
-def wait_ti(h: Harness, dag_id: str, run_id: str, task_id: str, states: tuple[str, ...], timeout: float,
-            min_try: int = 1, what: str = "") -> dict[str, Any]:
+def wait_ti(
+    h: Harness,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    states: tuple[str, ...],
+    timeout: float,
+    min_try: int = 1,
+    what: str = "",
+) -> dict[str, Any]:
     """Wait until the task instance is in one of ``states`` with ``try_number >= min_try``."""
 
     def probe() -> dict[str, Any] | None:
@@ -58,13 +66,13 @@ def wait_ti(h: Harness, dag_id: str, run_id: str, task_id: str, states: tuple[st
     return dict(h.wait_until(label, probe, timeout, interval=1.0))
 
 
-def wait_deferred(h: Harness, dag_id: str, run_id: str, task_id: str, timeout: float = 120,
-                  min_try: int = 1) -> dict[str, Any]:
+def wait_deferred(
+    h: Harness, dag_id: str, run_id: str, task_id: str, timeout: float = 120, min_try: int = 1
+) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         ti = h.ti(dag_id, run_id, task_id)
         if (ti.get("try_number") or 0) >= min_try and ti.get("state") in ("success", "failed", "upstream_failed"):
-            raise AssertionError(f"{dag_id}.{task_id} ended ({ti['state']}) instead of deferring:\n"
-                                 f"{h.diagnostics()}")
+            raise AssertionError(f"{dag_id}.{task_id} ended ({ti['state']}) instead of deferring:\n{h.diagnostics()}")
         if (ti.get("try_number") or 0) >= min_try and ti.get("state") == "deferred":
             return ti
         return None
@@ -72,8 +80,9 @@ def wait_deferred(h: Harness, dag_id: str, run_id: str, task_id: str, timeout: f
     return dict(h.wait_until(f"{dag_id}.{task_id} try {min_try} to defer", probe, timeout, interval=1.0))
 
 
-def wait_deferral_reported(h: Harness, dag_id: str, run_id: str, task_id: str, try_number: int,
-                           timeout: float = 30) -> None:
+def wait_deferral_reported(
+    h: Harness, dag_id: str, run_id: str, task_id: str, try_number: int, timeout: float = 30
+) -> None:
     """Wait until the scheduler has processed the executor's report on the deferring workload of a try.
 
     Airflow (3.3, LocalExecutor) race, not the provider's: the worker's supervisor reports a deferred task's
@@ -82,30 +91,42 @@ def wait_deferral_reported(h: Harness, dag_id: str, run_id: str, task_id: str, t
     resumed try UP_FOR_RETRY (seen here: try 2 resumed 2 s after deferring, failed, try 3 returned the output).
     So a test lets that report land before it opens the gate.
     """
-    h.wait_until(f"the executor's report on {dag_id}.{task_id} try {try_number} deferring",
-                 lambda: h.executor_reported(dag_id, run_id, task_id, try_number), timeout)
+    h.wait_until(
+        f"the executor's report on {dag_id}.{task_id} try {try_number} deferring",
+        lambda: h.executor_reported(dag_id, run_id, task_id, try_number),
+        timeout,
+    )
 
 
 def wait_gate_invocations(h: Harness, gate: str, count: int, timeout: float) -> list[dict[str, Any]]:
-    return list(h.wait_until(f"{count} invocation(s) for gate {gate}",
-                             lambda: (found if len(found := h.gate_invocations(gate)) >= count else None),
-                             timeout))
+    return list(
+        h.wait_until(
+            f"{count} invocation(s) for gate {gate}",
+            lambda: found if len(found := h.gate_invocations(gate)) >= count else None,
+            timeout,
+        )
+    )
 
 
 def wait_browsers(h: Harness, invocation_id: str, count: int, timeout: float = 30) -> None:
-    h.wait_until(f"invocation {invocation_id} to hold {count} browsers",
-                 lambda: len(h.invocation(invocation_id)["_emulator"]["browsers"]) >= count, timeout)
+    h.wait_until(
+        f"invocation {invocation_id} to hold {count} browsers",
+        lambda: len(h.invocation(invocation_id)["_emulator"]["browsers"]) >= count,
+        timeout,
+    )
 
 
 def wait_triggerer_follows(h: Harness, invocation_id: str, timeout: float = 60) -> None:
     """Wait until the triggerer has started the trigger's wait (its requests carry the triggerer mark). Until
     then there is no running trigger for Airflow to stop (3.3 calls on_kill only on a running trigger)."""
-    h.wait_until(f"the triggerer to follow invocation {invocation_id}",
-                 lambda: any(marked(r) for r in h.kernel_requests(invocation_id)), timeout)
+    h.wait_until(
+        f"the triggerer to follow invocation {invocation_id}",
+        lambda: any(marked(r) for r in h.kernel_requests(invocation_id)),
+        timeout,
+    )
 
 
-def wait_rerun_done(h: Harness, dag_id: str, run_id: str, task_ids: list[str], min_try: int,
-                    timeout: float) -> str:
+def wait_rerun_done(h: Harness, dag_id: str, run_id: str, task_ids: list[str], min_try: int, timeout: float) -> str:
     """After a clear: wait until the run is finished again and every task ran try ``min_try`` (or later)."""
 
     def probe() -> str | None:
@@ -116,8 +137,9 @@ def wait_rerun_done(h: Harness, dag_id: str, run_id: str, task_ids: list[str], m
         ok = all((tis[t].get("try_number") or 0) >= min_try and tis[t].get("state") in TERMINAL for t in task_ids)
         return state if ok else None
 
-    return str(h.wait_until(f"run {run_id} of {dag_id} to finish again (tries >= {min_try})", probe, timeout,
-                            interval=1.0))
+    return str(
+        h.wait_until(f"run {run_id} of {dag_id} to finish again (tries >= {min_try})", probe, timeout, interval=1.0)
+    )
 
 
 def creates_summary(h: Harness, gate: str) -> str:
@@ -134,8 +156,9 @@ def cancelled(h: Harness, invocation_id: str, timeout: float) -> dict[str, Any]:
     return final
 
 
-def kernel_line_counts(h: Harness, dag_id: str, run_id: str, task_id: str,
-                       invocation_id: str) -> tuple[Counter[str], dict[str, int]]:
+def kernel_line_counts(
+    h: Harness, dag_id: str, run_id: str, task_id: str, invocation_id: str
+) -> tuple[Counter[str], dict[str, int]]:
     """How often each ``[kernel <id>] <line>`` occurs across all log files of the task instance (every attempt,
     every triggerer's ``.trigger.<job>.log``); and how many such lines each file holds."""
     pattern = re.compile(r"\[kernel " + re.escape(invocation_id) + r"\] ([^\"\n\\]*)")
@@ -176,7 +199,8 @@ def clear_finished_submit_only_run(h: Harness) -> None:
     assert h.xcom(dag_id, run_id, "wait") == {"id": first, "result": {"gate": gate}}
     assert retry_store(h, dag_id, run_id, "start") is None, (
         "the retry-safety record of 'start' outlived the hand-off (wait_for_completion=False returned the id): "
-        f"{retry_store(h, dag_id, run_id, 'start')}")
+        f"{retry_store(h, dag_id, run_id, 'start')}"
+    )
 
     h.clear_run(dag_id, run_id)
     state = wait_rerun_done(h, dag_id, run_id, ["start", "wait"], min_try=2, timeout=150)
@@ -185,11 +209,13 @@ def clear_finished_submit_only_run(h: Harness) -> None:
     invocations = h.gate_invocations(gate)
     assert len(invocations) == 2 and second != first, (
         f"clearing the run did not start a fresh invocation: 'start' returned {second} (first run: {first}); "
-        f"invocations for the gate: {creates_summary(h, gate)}")
+        f"invocations for the gate: {creates_summary(h, gate)}"
+    )
     assert second == invocations[1]["id"]
     reported = h.xcom(dag_id, run_id, "wait")
     assert reported == {"id": second, "result": {"gate": gate}}, (
-        f"the sensor reported {reported}, not the output of the new invocation {second}")
+        f"the sensor reported {reported}, not the output of the new invocation {second}"
+    )
     assert retry_store(h, dag_id, run_id, "start") is None
 
 
@@ -263,15 +289,25 @@ def execution_timeout_while_deferred(h: Harness) -> dict[str, Any]:
     wait_browsers(h, invocation["id"], 1)
     wait_triggerer_follows(h, invocation["id"])
 
-    ti = wait_ti(h, dag_id, run_id, task_id, ("failed",), timeout=EXEC_TIMEOUT_SECONDS + 90,
-                 what=f"{dag_id}.{task_id} to fail on its execution_timeout ({EXEC_TIMEOUT_SECONDS}s)")
+    ti = wait_ti(
+        h,
+        dag_id,
+        run_id,
+        task_id,
+        ("failed",),
+        timeout=EXEC_TIMEOUT_SECONDS + 90,
+        what=f"{dag_id}.{task_id} to fail on its execution_timeout ({EXEC_TIMEOUT_SECONDS}s)",
+    )
     final = cancelled(h, invocation["id"], timeout=30)
     patches = [r for r in h.kernel_requests(invocation["id"]) if r["method"] == "PATCH"]
     assert any(marked(r) for r in patches), (
-        f"the invocation was not cancelled by the trigger (triggerer User-Agent) at its deadline: {patches}")
+        f"the invocation was not cancelled by the trigger (triggerer User-Agent) at its deadline: {patches}"
+    )
     assert len(h.gate_invocations(gate)) == 1, creates_summary(h, gate)
     assert h.wait_run_done(dag_id, run_id, timeout=30) == "failed"
     logs = h.task_logs(dag_id, run_id, task_id)
-    print(f"\n[e2e] execution_timeout: {invocation['id']} cancelled; ti {ti.get('start_date')} -> "
-          f"{ti.get('end_date')}; finished at {final.get('finished_at')}")
+    print(
+        f"\n[e2e] execution_timeout: {invocation['id']} cancelled; ti {ti.get('start_date')} -> "
+        f"{ti.get('end_date')}; finished at {final.get('finished_at')}"
+    )
     return {"ti": ti, "invocation": final, "logs": logs, "run_id": run_id}

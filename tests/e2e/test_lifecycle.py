@@ -39,9 +39,13 @@ from lifecycle_scenarios import (
 AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(AIRFLOW_VERSION < (3, 3), reason=(
-        f"needs Airflow >= 3.3 (REST API v2, task_state_store, BaseTrigger.on_kill); installed "
-        f"{version('apache-airflow')}; the 2.11 rows are in test_lifecycle_af2.py")),
+    pytest.mark.skipif(
+        AIRFLOW_VERSION < (3, 3),
+        reason=(
+            f"needs Airflow >= 3.3 (REST API v2, task_state_store, BaseTrigger.on_kill); installed "
+            f"{version('apache-airflow')}; the 2.11 rows are in test_lifecycle_af2.py"
+        ),
+    ),
 ]
 AirflowE2E = Any  # the harness object of tests/e2e/conftest.py (fixture ``airflow_e2e``)
 #: A SIGKILLed worker is failed by the scheduler after [scheduler] task_instance_heartbeat_timeout (20 s in
@@ -55,8 +59,9 @@ def _kill_task(e2e: AirflowE2E, dag_id: str, run_id: str, task_id: str) -> list[
     import psutil
 
     ti_id = str(e2e.ti(dag_id, run_id, task_id)["id"])
-    procs = e2e.wait_until(f"the worker processes of {dag_id}.{task_id} ({ti_id})",
-                           lambda: e2e.processes_with(ti_id), timeout=30)
+    procs = e2e.wait_until(
+        f"the worker processes of {dag_id}.{task_id} ({ti_id})", lambda: e2e.processes_with(ti_id), timeout=30
+    )
     for proc in procs:
         try:
             proc.send_signal(signal.SIGKILL)
@@ -71,8 +76,7 @@ def _kill_task(e2e: AirflowE2E, dag_id: str, run_id: str, task_id: str) -> list[
 
 
 @pytest.mark.timeout(360)
-def test_clear_finished_submit_only_run_invokes_afresh_and_sensor_reports_the_new_run(
-        airflow_e2e: AirflowE2E) -> None:
+def test_clear_finished_submit_only_run_invokes_afresh_and_sensor_reports_the_new_run(airflow_e2e: AirflowE2E) -> None:
     """Row 1: wait_for_completion=False + KernelInvocationSensor, "Clear" on the finished run."""
     clear_finished_submit_only_run(airflow_e2e)
 
@@ -167,15 +171,17 @@ def _crash_during_create(e2e: AirflowE2E, dag_id: str, gate: str) -> tuple[str, 
     try:
         run_id = e2e.trigger(dag_id, {"gate": gate})
         [created] = wait_gate_invocations(e2e, gate, 1, timeout=120)
-        e2e.wait_until("the create's answer to be held back", lambda: e2e.proxy.held
-                       and e2e.proxy.held[-1]["outcome"] is None, timeout=10)
+        e2e.wait_until(
+            "the create's answer to be held back",
+            lambda: e2e.proxy.held and e2e.proxy.held[-1]["outcome"] is None,
+            timeout=10,
+        )
         ti = e2e.ti(dag_id, run_id, "invoke")
         assert (ti["state"], ti["try_number"]) == ("running", 1), ti
         pids = _kill_task(e2e, dag_id, run_id, "invoke")
     finally:
         e2e.proxy.stop_holding()
-    e2e.wait_until("the proxy to see the worker gone", lambda: e2e.proxy.held[-1]["outcome"] == "dropped",
-                   timeout=10)
+    e2e.wait_until("the proxy to see the worker gone", lambda: e2e.proxy.held[-1]["outcome"] == "dropped", timeout=10)
     print(f"\n[e2e] {dag_id}: killed pids {pids} while POST /invocations for {created['id']} was in flight")
     return run_id, created
 
@@ -188,8 +194,10 @@ def test_worker_killed_during_create_with_reconcile_token_retry_adopts_the_run(a
     dag_id = "lc_crash_create_token"
     e2e.wait_for_dag("lc_crash_create")  # same DAG file: once it is parsed, so is this one, if it exists
     if e2e.http.get(f"/api/v2/dags/{dag_id}").status_code == 404:
-        pytest.fail(f"DAG {dag_id} is not defined: the deployed KernelInvokeOperator has no reconcile_token "
-                    "parameter (see HAS_RECONCILE_TOKEN in dags/e2e_lifecycle_dags.py)")
+        pytest.fail(
+            f"DAG {dag_id} is not defined: the deployed KernelInvokeOperator has no reconcile_token "
+            "parameter (see HAS_RECONCILE_TOKEN in dags/e2e_lifecycle_dags.py)"
+        )
     e2e.wait_for_dag(dag_id)
     gate = e2e.new_gate()
     run_id, created = _crash_during_create(e2e, dag_id, gate)
@@ -206,8 +214,7 @@ def test_worker_killed_during_create_with_reconcile_token_retry_adopts_the_run(a
 
 
 @pytest.mark.timeout(360)
-def test_worker_killed_during_create_without_token_retry_fails_naming_the_candidate(
-        airflow_e2e: AirflowE2E) -> None:
+def test_worker_killed_during_create_without_token_retry_fails_naming_the_candidate(airflow_e2e: AirflowE2E) -> None:
     """Row 7a without a token: the retry cannot tell the dead try's run from an identical one, so it invokes
     nothing and fails with KernelReconcileError naming the candidate (a person checks, then clears): 1 create."""
     e2e = airflow_e2e
@@ -243,8 +250,11 @@ def test_worker_killed_while_waiting_retry_reattaches_to_its_run(airflow_e2e: Ai
     [created] = wait_gate_invocations(e2e, gate, 1, timeout=120)
 
     def worker_streams(after: int) -> Any:
-        return lambda: [r for r in e2e.kernel_requests(created["id"]) if r["seq"] > after
-                        and r["route"] == "/invocations/{id}/events" and not marked(r)]
+        return lambda: [
+            r
+            for r in e2e.kernel_requests(created["id"])
+            if r["seq"] > after and r["route"] == "/invocations/{id}/events" and not marked(r)
+        ]
 
     e2e.wait_until("the worker to follow the invocation's event stream", worker_streams(0), timeout=60)
     assert e2e.ti(dag_id, run_id, task_id)["state"] == "running"
@@ -284,13 +294,13 @@ def test_triggerer_restart_repeats_no_log_line_and_no_create(airflow_e2e: Airflo
     e2e.wait_until("the 'before' lines in the task log", logged(RESTART_LINES["say"]), timeout=60)
     e2e.kill("triggerer", signal.SIGTERM)  # a graceful restart: cleanup() runs, on_kill must not
     e2e.open_gate(gate)  # the action logs the 'between' lines while no triggerer is running
-    e2e.wait_until("the action to log its 'between' lines",
-                   lambda: e2e.invocation(inv)["_emulator"]["log_lines"] >= 9, timeout=30)
+    e2e.wait_until(
+        "the action to log its 'between' lines", lambda: e2e.invocation(inv)["_emulator"]["log_lines"] >= 9, timeout=30
+    )
     assert e2e.invocation(inv)["status"] == "running", "stopping the triggerer cancelled the invocation"
     restarted = last_seq(e2e)
     e2e.start("triggerer")
-    e2e.wait_until("the new triggerer to log the 'between' lines", logged(RESTART_LINES["say_between"]),
-                   timeout=90)
+    e2e.wait_until("the new triggerer to log the 'between' lines", logged(RESTART_LINES["say_between"]), timeout=90)
     e2e.open_gate(then_gate)
     assert e2e.wait_run_done(dag_id, run_id, timeout=120) == "success", e2e.task_instances(dag_id, run_id)
     assert e2e.xcom(dag_id, run_id, task_id) == {"id": inv, "result": {"gate": gate}}
@@ -302,6 +312,7 @@ def test_triggerer_restart_repeats_no_log_line_and_no_create(airflow_e2e: Airflo
     assert not repeated, f"log lines repeated across the task's log files {per_file}: {repeated}"
     assert not missing, f"log lines missing from the task's log files {per_file}: {missing}"
     assert len(e2e.gate_invocations(gate)) == 1, f"invoked again: {creates_summary(e2e, gate)}"
-    assert not [r for r in e2e.emulator.client.requests(path="/invocations", method="POST")
-                if r["seq"] > restarted], "a POST /invocations after the triggerer restart"
+    assert not [r for r in e2e.emulator.client.requests(path="/invocations", method="POST") if r["seq"] > restarted], (
+        "a POST /invocations after the triggerer restart"
+    )
     print(f"\n[e2e] triggerer restart: [kernel {inv}] lines per log file: {per_file}")

@@ -24,15 +24,16 @@ from lifecycle_scenarios import (
 AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 pytestmark = [
     pytest.mark.e2e_af2,
-    pytest.mark.skipif(AIRFLOW_VERSION[0] != 2 or AIRFLOW_VERSION < (2, 11), reason=(
-        f"needs Airflow 2.11 (run with .venv-af2); installed {version('apache-airflow')}")),
+    pytest.mark.skipif(
+        AIRFLOW_VERSION[0] != 2 or AIRFLOW_VERSION < (2, 11),
+        reason=(f"needs Airflow 2.11 (run with .venv-af2); installed {version('apache-airflow')}"),
+    ),
 ]
 Airflow2E2E = Any  # the harness object of tests/e2e/conftest.py (fixture ``airflow2_e2e``)
 
 
 @pytest.mark.timeout(360)
-def test_af2_clear_finished_submit_only_run_invokes_afresh_and_leaves_no_variable(
-        airflow2_e2e: Airflow2E2E) -> None:
+def test_af2_clear_finished_submit_only_run_invokes_afresh_and_leaves_no_variable(airflow2_e2e: Airflow2E2E) -> None:
     """Row 1 on 2.11: the Variable is removed at hand-off (wait_for_completion=False), so the clear starts a
     fresh invocation and the sensor reports it; no ``kernel_provider.invocation.*`` Variable remains."""
     clear_finished_submit_only_run(airflow2_e2e)
@@ -51,8 +52,7 @@ def test_af2_clear_deferred_task_cancels_its_run_and_invokes_once_more(airflow2_
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("state", ["success", "failed"])
-def test_af2_mark_deferred_task_cancels_its_run_and_invokes_nothing(airflow2_e2e: Airflow2E2E,
-                                                                     state: str) -> None:
+def test_af2_mark_deferred_task_cancels_its_run_and_invokes_nothing(airflow2_e2e: Airflow2E2E, state: str) -> None:
     """Row 4 on 2.11: marking a deferred task success/failed reaches no trigger on_kill; the trigger's cleanup()
     must cancel the invocation (browsers deleted), and nothing is invoked again."""
     mark_deferred_task(airflow2_e2e, state)

@@ -20,9 +20,13 @@ import pytest
 AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(AIRFLOW_VERSION < (3, 3), reason=(
-        f"needs Airflow >= 3.3 (separate dag-processor, REST API v2, BaseTrigger.on_kill); "
-        f"installed {version('apache-airflow')}")),
+    pytest.mark.skipif(
+        AIRFLOW_VERSION < (3, 3),
+        reason=(
+            f"needs Airflow >= 3.3 (separate dag-processor, REST API v2, BaseTrigger.on_kill); "
+            f"installed {version('apache-airflow')}"
+        ),
+    ),
 ]
 
 #: What ``KernelInvocationTrigger.run()`` appends to the provider's User-Agent.
@@ -36,8 +40,9 @@ def _marked(request: dict[str, Any]) -> bool:
     return TRIGGERER_MARK in (request.get("user_agent") or "")
 
 
-def _wait_deferred(e2e: AirflowE2E, dag_id: str, run_id: str, task_id: str, count: int = 1,
-                   timeout: float = 120) -> dict[tuple[str, int], str | None]:
+def _wait_deferred(
+    e2e: AirflowE2E, dag_id: str, run_id: str, task_id: str, count: int = 1, timeout: float = 120
+) -> dict[tuple[str, int], str | None]:
     def probe() -> dict[tuple[str, int], str | None] | None:
         states = e2e.states(dag_id, run_id, task_id)
         bad = {k: v for k, v in states.items() if v in ("failed", "upstream_failed", "success")}
@@ -54,9 +59,13 @@ def _last_seq(e2e: AirflowE2E) -> int:
 
 
 def _invocation_id(e2e: AirflowE2E, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
-    return str(e2e.wait_until(
-        f"the invocation id XCom of {dag_id}.{task_id}[{map_index}]",
-        lambda: e2e.xcom(dag_id, run_id, task_id, key="invocation_id", map_index=map_index), timeout=30))
+    return str(
+        e2e.wait_until(
+            f"the invocation id XCom of {dag_id}.{task_id}[{map_index}]",
+            lambda: e2e.xcom(dag_id, run_id, task_id, key="invocation_id", map_index=map_index),
+            timeout=30,
+        )
+    )
 
 
 @pytest.mark.timeout(330)
@@ -145,9 +154,13 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
 
     def followed_by_triggerer(after_seq: int) -> Any:
         def probe() -> bool:
-            seen = {r["path"].split("/")[2] for r in e2e.emulator.client.requests(method="GET")
-                    if r["seq"] > after_seq and _marked(r) and r["path"].startswith("/invocations/")}
+            seen = {
+                r["path"].split("/")[2]
+                for r in e2e.emulator.client.requests(method="GET")
+                if r["seq"] > after_seq and _marked(r) and r["path"].startswith("/invocations/")
+            }
             return set(ids.values()) <= seen
+
         return probe
 
     e2e.wait_until("the triggerer to follow all 20 invocations", followed_by_triggerer(0), timeout=60)
@@ -164,8 +177,11 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
     killed_mark = _last_seq(e2e)  # the old triggerer is dead: later requests come from the new one
     e2e.start("triggerer")
 
-    e2e.wait_until("a new triggerer to resume all 20 waits (first GET of each after the crash)",
-                   followed_by_triggerer(killed_mark), timeout=120)
+    e2e.wait_until(
+        "a new triggerer to resume all 20 waits (first GET of each after the crash)",
+        followed_by_triggerer(killed_mark),
+        timeout=120,
+    )
     after = {t["map_index"]: t for t in e2e.triggers(dag_id, run_id)}
     assert sorted(after) == list(range(CRASH_TASKS))
     for index, trigger in after.items():
@@ -185,10 +201,13 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
     created = e2e.emulator.client.created_count(app="e2e-gate", action="wait_gate") - created_before
     assert created == CRASH_TASKS, f"the emulator created {created} invocations for {CRASH_TASKS} tasks"
     assert {i["status"] for i in mine} == {"succeeded"}
-    assert not [r for r in e2e.emulator.client.requests(path="/invocations", method="POST")
-                if r["seq"] > deferred_mark], "an invocation was created again after the tasks deferred"
-    print(f"\n[e2e] {CRASH_TASKS} triggers moved from triggerer {old_triggerer} to "
-          f"{sorted({t['triggerer_id'] for t in after.values()})}; end_time unchanged; created {len(mine)}")
+    assert not [
+        r for r in e2e.emulator.client.requests(path="/invocations", method="POST") if r["seq"] > deferred_mark
+    ], "an invocation was created again after the tasks deferred"
+    print(
+        f"\n[e2e] {CRASH_TASKS} triggers moved from triggerer {old_triggerer} to "
+        f"{sorted({t['triggerer_id'] for t in after.values()})}; end_time unchanged; created {len(mine)}"
+    )
 
 
 @pytest.mark.timeout(240)
@@ -203,19 +222,25 @@ def test_marking_a_deferred_task_failed_cancels_the_invocation(airflow_e2e: Airf
     run_id = e2e.trigger(dag_id)
     _wait_deferred(e2e, dag_id, run_id, task_id)
     invocation_id = _invocation_id(e2e, dag_id, run_id, task_id)
-    e2e.wait_until("the triggerer to follow the invocation",
-                   lambda: any(_marked(r) for r in e2e.kernel_requests(invocation_id)), timeout=60)
-    e2e.wait_until("the action to create its 2 browsers",
-                   lambda: len(e2e.emulator.client.invocation(invocation_id)["_emulator"]["browsers"]) == 2,
-                   timeout=30)
+    e2e.wait_until(
+        "the triggerer to follow the invocation",
+        lambda: any(_marked(r) for r in e2e.kernel_requests(invocation_id)),
+        timeout=60,
+    )
+    e2e.wait_until(
+        "the action to create its 2 browsers",
+        lambda: len(e2e.emulator.client.invocation(invocation_id)["_emulator"]["browsers"]) == 2,
+        timeout=30,
+    )
     assert e2e.emulator.client.invocation(invocation_id)["status"] == "running"
 
     started = time.monotonic()
     e2e.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", json={"new_state": "failed"})
     invocation = e2e.wait_until(
         "the invocation to be cancelled",
-        lambda: (i if (i := e2e.emulator.client.invocation(invocation_id))["status"] == "failed" else None),
-        timeout=60)
+        lambda: i if (i := e2e.emulator.client.invocation(invocation_id))["status"] == "failed" else None,
+        timeout=60,
+    )
     assert time.monotonic() - started < 60
     assert invocation["_emulator"]["browsers"] == []
     assert e2e.emulator.client.stats()["browsers_live"] == 0
@@ -230,5 +255,7 @@ def test_marking_a_deferred_task_failed_cancels_the_invocation(airflow_e2e: Airf
     assert e2e.states(dag_id, run_id, task_id) == {(task_id, -1): "failed"}
     created = e2e.emulator.client.created_count(app="demo", action="browse") - created_before
     assert created == 1, f"marking the task failed was followed by {created - 1} more invocation(s)"
-    print(f"\n[e2e] {invocation_id} cancelled by the triggerer {time.monotonic() - started:.1f}s after the "
-          f"task was marked failed; browsers left: {len(invocation['_emulator']['browsers'])}")
+    print(
+        f"\n[e2e] {invocation_id} cancelled by the triggerer {time.monotonic() - started:.1f}s after the "
+        f"task was marked failed; browsers left: {len(invocation['_emulator']['browsers'])}"
+    )

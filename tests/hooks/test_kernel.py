@@ -46,8 +46,9 @@ def test_sync_invoke_returns_the_final_state_and_output(hook: KernelHook, kernel
 
 
 def test_async_invoke_then_get_until_finished(hook: KernelHook, kernel_emulator: Any) -> None:
-    inv = hook.invoke("demo", "sleep", payload={"seconds": 0.2, "result": [1, 2]}, invoke_async=True,
-                      async_timeout_seconds=60)
+    inv = hook.invoke(
+        "demo", "sleep", payload={"seconds": 0.2, "result": [1, 2]}, invoke_async=True, async_timeout_seconds=60
+    )
     assert inv.status is InvocationStatus.QUEUED
     assert len(inv.id) == 24
     kernel_emulator.wait_for(inv.id)
@@ -115,8 +116,7 @@ def test_get_unknown_invocation_surfaces_kernel_code_and_message(hook: KernelHoo
 def test_server_validation_error_surfaces_details(hook: KernelHook) -> None:
     # Bypass client-side validation to see how a 400 from Kernel reads.
     with pytest.raises(KernelApiError) as info:
-        hook.create_invocation({"app_name": "demo", "version": "latest", "action_name": "echo",
-                                "payload": "{not json"})
+        hook.create_invocation({"app_name": "demo", "version": "latest", "action_name": "echo", "payload": "{not json"})
     assert info.value.status_code == 400 and info.value.code == "bad_request"
     assert "payload" in str(info.value)
 
@@ -144,8 +144,9 @@ def test_list_apps_and_get_action(hook: KernelHook) -> None:
 
 
 def test_project_header_is_sent(kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT",
-                       conn_json(kernel_emulator.url, kernel_emulator.token, project_id="proj_123"))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(kernel_emulator.url, kernel_emulator.token, project_id="proj_123")
+    )
     KernelHook().invoke("demo", "echo")
     assert [r["project_id"] for r in posts(kernel_emulator)] == ["proj_123"]
 
@@ -162,8 +163,9 @@ def test_user_agent_and_no_key_in_repr(hook: KernelHook) -> None:
 
 def test_reads_retry_5xx_with_exact_attempts(hook: KernelHook, kernel_emulator: Any) -> None:
     inv = hook.invoke("demo", "echo")
-    kernel_emulator.set_faults({"rules": [{"route": "GET /invocations/{id}",
-                                           "sequence": [{"status": 503}, {"status": 502}, {"status": 500}]}]})
+    kernel_emulator.set_faults(
+        {"rules": [{"route": "GET /invocations/{id}", "sequence": [{"status": 503}, {"status": 502}, {"status": 500}]}]}
+    )
     assert hook.get_invocation(inv.id).succeeded
     statuses = [r["status"] for r in kernel_emulator.requests(path=f"/invocations/{inv.id}", method="GET")]
     assert statuses == [503, 502, 500, 200]
@@ -179,8 +181,9 @@ def test_reads_give_up_after_max_attempts(hook: KernelHook, kernel_emulator: Any
 
 
 def test_429_waits_for_retry_after(hook: KernelHook, kernel_emulator: Any) -> None:
-    kernel_emulator.set_faults({"rules": [{"route": "POST /invocations",
-                                           "sequence": [{"status": 429, "retry_after": 1}]}]})
+    kernel_emulator.set_faults(
+        {"rules": [{"route": "POST /invocations", "sequence": [{"status": 429, "retry_after": 1}]}]}
+    )
     started = time.monotonic()
     inv = hook.invoke("demo", "echo", payload={"n": 1})
     waited = time.monotonic() - started
@@ -191,16 +194,16 @@ def test_429_waits_for_retry_after(hook: KernelHook, kernel_emulator: Any) -> No
 
 
 def test_retry_after_ms_is_honoured(hook: KernelHook, kernel_emulator: Any) -> None:
-    kernel_emulator.set_faults({"rules": [{"route": "POST /invocations",
-                                           "sequence": [{"status": 429, "retry_after_ms": 400}]}]})
+    kernel_emulator.set_faults(
+        {"rules": [{"route": "POST /invocations", "sequence": [{"status": 429, "retry_after_ms": 400}]}]}
+    )
     started = time.monotonic()
     hook.invoke("demo", "echo")
     assert time.monotonic() - started >= 0.38
     assert [r["status"] for r in posts(kernel_emulator)] == [429, 200]
 
 
-def test_concurrency_limit_429s_are_waited_out(kernel_emulator_factory: Any,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrency_limit_429s_are_waited_out(kernel_emulator_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     emulator = kernel_emulator_factory(org_concurrency=1)
     monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(emulator.url, emulator.token))
     hook = KernelHook(retry_policy=FAST_RETRY)
@@ -233,8 +236,11 @@ def test_create_dropped_after_the_server_acted_is_ambiguous_and_not_replayed(
     assert len(posts(kernel_emulator)) == 1
     assert kernel_emulator.created_count("demo", "echo") == 1
     # The caller can reconcile: the run is found by listing the window with the same payload.
-    found = [i for i in hook.list_invocations(app_name="demo", action_name="echo", since=info.value.window_start)
-             if i.payload == info.value.payload]
+    found = [
+        i
+        for i in hook.list_invocations(app_name="demo", action_name="echo", since=info.value.window_start)
+        if i.payload == info.value.payload
+    ]
     assert len(found) == 1
 
 
@@ -247,8 +253,9 @@ def test_create_dropped_before_acting_is_still_not_replayed(hook: KernelHook, ke
 
 
 def test_create_is_retried_when_kernel_says_it_is_safe(hook: KernelHook, kernel_emulator: Any) -> None:
-    kernel_emulator.set_faults({"rules": [{"route": "POST /invocations",
-                                           "sequence": [{"status": 503, "should_retry": True}]}]})
+    kernel_emulator.set_faults(
+        {"rules": [{"route": "POST /invocations", "sequence": [{"status": 503, "should_retry": True}]}]}
+    )
     assert hook.invoke("demo", "echo", invoke_async=True).id
     assert [r["status"] for r in posts(kernel_emulator)] == [503, 202]
     assert kernel_emulator.created_count() == 1
@@ -256,16 +263,18 @@ def test_create_is_retried_when_kernel_says_it_is_safe(hook: KernelHook, kernel_
 
 def test_should_retry_false_stops_a_read_retry(hook: KernelHook, kernel_emulator: Any) -> None:
     inv = hook.invoke("demo", "echo")
-    kernel_emulator.set_faults({"rules": [{"route": "GET /invocations/{id}",
-                                           "sequence": [{"status": 503, "should_retry": False}]}]})
+    kernel_emulator.set_faults(
+        {"rules": [{"route": "GET /invocations/{id}", "sequence": [{"status": 503, "should_retry": False}]}]}
+    )
     with pytest.raises(KernelApiError):
         hook.get_invocation(inv.id)
     assert len(kernel_emulator.requests(path=f"/invocations/{inv.id}", method="GET")) == 1
 
 
 def test_read_timeout_on_a_read_is_retried(kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT",
-                       conn_json(kernel_emulator.url, kernel_emulator.token, request_timeout=0.3))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(kernel_emulator.url, kernel_emulator.token, request_timeout=0.3)
+    )
     hook = KernelHook(retry_policy=FAST_RETRY)
     inv = hook.invoke("demo", "echo", invoke_async=True)
     kernel_emulator.set_faults({"rules": [{"route": "GET /invocations/{id}", "sequence": [{"delay": 1.0}]}]})
@@ -274,8 +283,9 @@ def test_read_timeout_on_a_read_is_retried(kernel_emulator: Any, monkeypatch: py
 
 
 def test_read_timeout_on_create_is_ambiguous(kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT",
-                       conn_json(kernel_emulator.url, kernel_emulator.token, request_timeout=0.3))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(kernel_emulator.url, kernel_emulator.token, request_timeout=0.3)
+    )
     kernel_emulator.set_faults({"rules": [{"route": "POST /invocations", "sequence": [{"delay": 1.0}]}]})
     with pytest.raises(KernelAmbiguousCreateError):
         KernelHook(retry_policy=FAST_RETRY).invoke("demo", "echo", invoke_async=True)
@@ -311,8 +321,13 @@ def test_connection_refused_is_retried_even_for_create(monkeypatch: pytest.Monke
 
 async def test_async_transport_runs_the_same_operations_and_retries(hook: KernelHook, kernel_emulator: Any) -> None:
     inv = await asyncio.to_thread(hook.invoke, "demo", "echo", payload=[1])
-    kernel_emulator.set_faults({"rules": [{"route": "GET /invocations/{id}",
-                                           "sequence": [{"status": 502}, {"status": 429, "retry_after_ms": 50}]}]})
+    kernel_emulator.set_faults(
+        {
+            "rules": [
+                {"route": "GET /invocations/{id}", "sequence": [{"status": 502}, {"status": 429, "retry_after_ms": 50}]}
+            ]
+        }
+    )
     again = await KernelHook(retry_policy=FAST_RETRY).aget_invocation(inv.id)
     assert again.succeeded and again.result == [1]
     statuses = [r["status"] for r in kernel_emulator.requests(path=f"/invocations/{inv.id}", method="GET")]
@@ -330,8 +345,9 @@ async def test_async_create_ambiguity_matches_the_sync_side(hook: KernelHook, ke
 
 
 async def test_stream_events_yields_logs_then_terminal_state(hook: KernelHook, kernel_emulator: Any) -> None:
-    inv = await asyncio.to_thread(hook.invoke, "demo", "logs", payload={"lines": 3, "interval": 0.05},
-                                  invoke_async=True)
+    inv = await asyncio.to_thread(
+        hook.invoke, "demo", "logs", payload={"lines": 3, "interval": 0.05}, invoke_async=True
+    )
     events = [e async for e in KernelHook().stream_events(inv.id, silence_timeout=10)]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "invocation_state" and kinds[-1] == "invocation_state"
@@ -355,9 +371,11 @@ def _browsing(hook: KernelHook, emulator: Any, count: int = 2) -> str:
 
 
 def _cancel_requests(emulator: Any, inv_id: str) -> list[tuple[str, int | None]]:
-    return [(r["method"], r["status"]) for r in emulator.requests(path=f"/invocations/{inv_id}/browsers")
-            if r["method"] == "DELETE"] + [
-        (r["method"], r["status"]) for r in emulator.requests(path=f"/invocations/{inv_id}", method="PATCH")]
+    return [
+        (r["method"], r["status"])
+        for r in emulator.requests(path=f"/invocations/{inv_id}/browsers")
+        if r["method"] == "DELETE"
+    ] + [(r["method"], r["status"]) for r in emulator.requests(path=f"/invocations/{inv_id}", method="PATCH")]
 
 
 def test_cancel_within_budget_deletes_browsers_while_the_patch_hangs(hook: KernelHook, kernel_emulator: Any) -> None:
@@ -375,7 +393,8 @@ def test_cancel_within_budget_deletes_browsers_while_the_patch_hangs(hook: Kerne
 
 
 async def test_async_cancel_within_budget_deletes_browsers_while_the_patch_hangs(
-        hook: KernelHook, kernel_emulator: Any) -> None:
+    hook: KernelHook, kernel_emulator: Any
+) -> None:
     inv_id = await asyncio.to_thread(_browsing, hook, kernel_emulator)
     kernel_emulator.set_faults({"rules": [{"route": PATCH_ONE, "fault": {"delay": 10}}]})
     started = time.monotonic()
@@ -389,7 +408,8 @@ async def test_async_cancel_within_budget_deletes_browsers_while_the_patch_hangs
 
 @pytest.mark.parametrize("side", ["sync", "async"])
 async def test_cancel_with_a_failing_patch_still_deletes_and_raises_the_patch_error(
-        hook: KernelHook, kernel_emulator: Any, side: str) -> None:
+    hook: KernelHook, kernel_emulator: Any, side: str
+) -> None:
     inv_id = await asyncio.to_thread(_browsing, hook, kernel_emulator)
     kernel_emulator.set_faults({"rules": [{"route": PATCH_ONE, "fault": {"status": 500}}]})
     with pytest.raises(KernelApiError) as info:
@@ -404,8 +424,7 @@ async def test_cancel_with_a_failing_patch_still_deletes_and_raises_the_patch_er
 
 
 @pytest.mark.parametrize("side", ["sync", "async"])
-async def test_cancel_without_budget_keeps_the_full_retries(hook: KernelHook, kernel_emulator: Any,
-                                                            side: str) -> None:
+async def test_cancel_without_budget_keeps_the_full_retries(hook: KernelHook, kernel_emulator: Any, side: str) -> None:
     inv_id = await asyncio.to_thread(_browsing, hook, kernel_emulator)
     kernel_emulator.set_faults({"rules": [{"route": PATCH_ONE, "sequence": [{"status": 503}, {"status": 502}]}]})
     if side == "sync":
@@ -415,7 +434,10 @@ async def test_cancel_without_budget_keeps_the_full_retries(hook: KernelHook, ke
     assert cancelled is not None and cancelled.failed
     assert json.loads(kernel_emulator.invocation(inv_id)["output"]) == {"error": "no budget"}
     assert [r["status"] for r in kernel_emulator.requests(path=f"/invocations/{inv_id}", method="PATCH")] == [
-        503, 502, 200]
+        503,
+        502,
+        200,
+    ]
     assert kernel_emulator.invocation(inv_id)["_emulator"]["browsers"] == []
 
 
@@ -424,8 +446,7 @@ async def test_async_cancel_of_unknown_invocation_is_tolerated(hook: KernelHook)
 
 
 @pytest.mark.parametrize("budget", [0, -1, "5", float("nan"), True])
-async def test_cancel_budget_is_checked_before_any_request(hook: KernelHook, kernel_emulator: Any,
-                                                           budget: Any) -> None:
+async def test_cancel_budget_is_checked_before_any_request(hook: KernelHook, kernel_emulator: Any, budget: Any) -> None:
     with pytest.raises(KernelInputError, match="budget"):
         hook.cancel_invocation("a" * 24, budget=budget)
     with pytest.raises(KernelInputError, match="budget"):
@@ -445,7 +466,8 @@ def rotate_key(emulator: Any, monkeypatch: pytest.MonkeyPatch, new_key: str, *, 
 
 
 async def test_rotated_key_is_read_again_and_the_request_retried_once(
-        hook: KernelHook, kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    hook: KernelHook, kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     inv = await asyncio.to_thread(hook.invoke, "demo", "echo", payload=1)
     shared = KernelHook.shared("kernel_default")
     await shared.aget_settings()  # cached with the old key, as a long-running triggerer would have it
@@ -458,10 +480,12 @@ async def test_rotated_key_is_read_again_and_the_request_retried_once(
     assert events[-1]["invocation"]["status"] == "succeeded"
 
 
-async def test_rotated_key_on_opening_the_event_stream(hook: KernelHook, kernel_emulator: Any,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    inv = await asyncio.to_thread(hook.invoke, "demo", "logs", payload={"lines": 2, "interval": 0.01},
-                                  invoke_async=True)
+async def test_rotated_key_on_opening_the_event_stream(
+    hook: KernelHook, kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inv = await asyncio.to_thread(
+        hook.invoke, "demo", "logs", payload={"lines": 2, "interval": 0.01}, invoke_async=True
+    )
     shared = KernelHook.shared("kernel_default")
     await shared.aget_settings()
     rotate_key(kernel_emulator, monkeypatch, "rotated-key", connection_key="rotated-key")
@@ -473,8 +497,12 @@ async def test_rotated_key_on_opening_the_event_stream(hook: KernelHook, kernel_
 
 @pytest.mark.parametrize("connection_key", [None, "another-wrong-key"])
 async def test_refused_key_is_read_again_once_then_the_error_stands(
-        hook: KernelHook, kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        connection_key: str | None) -> None:
+    hook: KernelHook,
+    kernel_emulator: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    connection_key: str | None,
+) -> None:
     """Unchanged connection: one re-read, no second request. Changed but still wrong: one retry, then the 401."""
     inv = await asyncio.to_thread(hook.invoke, "demo", "echo", payload=1)
     shared = KernelHook.shared("kernel_default")
@@ -498,7 +526,8 @@ async def test_refused_key_is_read_again_once_then_the_error_stands(
 
 
 async def test_refused_key_with_a_connection_that_cannot_be_read_again_reports_the_refusal(
-        hook: KernelHook, kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    hook: KernelHook, kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     inv = await asyncio.to_thread(hook.invoke, "demo", "echo", payload=1)
     shared = KernelHook.shared("kernel_default")
     await shared.aget_settings()
@@ -561,8 +590,9 @@ def test_base_url_forms(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptu
 
 def test_uri_form_of_the_connection(kernel_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     host, port = kernel_emulator.url.removeprefix("http://").split(":")
-    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT",
-                       f"kernel://:{kernel_emulator.token}@{host}:{port}/?project_id=proj_uri")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KERNEL_DEFAULT", f"kernel://:{kernel_emulator.token}@{host}:{port}/?project_id=proj_uri"
+    )
     assert KernelHook().invoke("demo", "echo").succeeded
     assert posts(kernel_emulator)[0]["project_id"] == "proj_uri"
 
@@ -583,8 +613,9 @@ def test_test_connection_messages(kernel_emulator: Any, monkeypatch: pytest.Monk
 # --- the key never leaks ------------------------------------------------------------------------------------
 
 
-def test_canary_key_never_appears_in_logs_or_errors(kernel_emulator_factory: Any, monkeypatch: pytest.MonkeyPatch,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_canary_key_never_appears_in_logs_or_errors(
+    kernel_emulator_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     canary = "sk_canary_" + "7f3a9b2c4d5e6f708192a3b4c5d6e7f8"
     emulator = kernel_emulator_factory(token=canary)
     monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(emulator.url, canary))
@@ -614,16 +645,22 @@ def test_canary_key_never_appears_in_logs_or_errors(kernel_emulator_factory: Any
 def test_provider_is_registered_and_connections_test_works(kernel_emulator: Any, tmp_path: Any) -> None:
     import os
 
-    env = {**os.environ, "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-           "AIRFLOW_CONN_KERNEL_DEFAULT": conn_json(kernel_emulator.url, kernel_emulator.token),
-           "AIRFLOW_CONN_KERNEL_WRONG": conn_json(kernel_emulator.url, "wrong-key")}
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+        "AIRFLOW_CONN_KERNEL_DEFAULT": conn_json(kernel_emulator.url, kernel_emulator.token),
+        "AIRFLOW_CONN_KERNEL_WRONG": conn_json(kernel_emulator.url, "wrong-key"),
+    }
     airflow = [sys.executable, "-m", "airflow"]
-    listed = subprocess.run([*airflow, "providers", "list", "-o", "plain"], env=env, capture_output=True,
-                            text=True, timeout=120)
+    listed = subprocess.run(
+        [*airflow, "providers", "list", "-o", "plain"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert "airflow-provider-kernel" in listed.stdout, listed.stderr[-2000:]
-    good = subprocess.run([*airflow, "connections", "test", "kernel_default"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    good = subprocess.run(
+        [*airflow, "connections", "test", "kernel_default"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert "Connection success!" in good.stdout, good.stdout[-2000:] + good.stderr[-2000:]
-    bad = subprocess.run([*airflow, "connections", "test", "kernel_wrong"], env=env, capture_output=True,
-                         text=True, timeout=120)
+    bad = subprocess.run(
+        [*airflow, "connections", "test", "kernel_wrong"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert "rejected the API key" in bad.stdout + bad.stderr

@@ -143,8 +143,7 @@ def test_not_waiting_returns_the_id_at_once(kernel_conn_env):
 
 @pytest.mark.parametrize("deferrable", [False, True])
 def test_failed_invocation_fails_the_task_with_the_reason(kernel_conn_env, caplog, capfd, deferrable):
-    dr = run_dag(invoke_dag(action_name="fail", payload={"message": "selector #buy not found"},
-                            deferrable=deferrable))
+    dr = run_dag(invoke_dag(action_name="fail", payload={"message": "selector #buy not found"}, deferrable=deferrable))
     assert states(dr) == {"invoke": "failed"}
     inv = only_invocation(kernel_conn_env)
     assert inv["status"] == "failed"
@@ -166,8 +165,9 @@ def test_failed_invocation_with_fail_on_failure_false(kernel_conn_env):
 
 @pytest.mark.parametrize("deferrable", [False, True])
 def test_timeout_cancels_the_invocation(kernel_conn_env, caplog, capfd, deferrable):
-    dr = run_dag(invoke_dag(action_name="browse", payload={"count": 1, "seconds": 3600}, timeout=1.5,
-                            deferrable=deferrable))
+    dr = run_dag(
+        invoke_dag(action_name="browse", payload={"count": 1, "seconds": 3600}, timeout=1.5, deferrable=deferrable)
+    )
     assert states(dr) == {"invoke": "failed"}
     inv = only_invocation(kernel_conn_env)
     assert inv["status"] == "failed"  # cancelled on Kernel, not left running
@@ -179,8 +179,7 @@ def test_timeout_cancels_the_invocation(kernel_conn_env, caplog, capfd, deferrab
 
 def test_execution_timeout_is_a_deadline_for_a_deferred_wait(kernel_conn_env):
     """Airflow does not enforce execution_timeout while a task is deferred; the trigger's deadline does."""
-    dr = run_dag(invoke_dag(action_name="slow", deferrable=True,
-                            execution_timeout=datetime.timedelta(seconds=1.5)))
+    dr = run_dag(invoke_dag(action_name="slow", deferrable=True, execution_timeout=datetime.timedelta(seconds=1.5)))
     assert states(dr) == {"invoke": "failed"}
     assert only_invocation(kernel_conn_env)["status"] == "failed"
 
@@ -200,15 +199,20 @@ def test_retry_after_the_first_try_died_mid_wait_reattaches(gated_kernel, caplog
 
     Try 2 finds the id the first try recorded and re-joins that invocation: Kernel sees exactly one create.
     """
-    gated_kernel.set_faults({"rules": [
-        # the operator's own check passes; the wait's first check gets a 404 → the wait errors, try 1 fails
-        {"route": "GET /invocations/{id}", "sequence": [None, {"status": 404}]},
-    ]})
+    gated_kernel.set_faults(
+        {
+            "rules": [
+                # the operator's own check passes; the wait's first check gets a 404 → the wait errors, try 1 fails
+                {"route": "GET /invocations/{id}", "sequence": [None, {"status": 404}]},
+            ]
+        }
+    )
     gate = gated_kernel.gate()
     # still running when try 2 looks at it: the gate opens after try 2's first check
     opened = gate.open_when(seen(gated_kernel, GET_ONE, at_least=3), "the retry to look at the invocation")
-    dag = gated_dag(gate, payload=gate.payload(result="once"), deferrable=deferrable, retries=1,
-                    retry_delay=datetime.timedelta(0))
+    dag = gated_dag(
+        gate, payload=gate.payload(result="once"), deferrable=deferrable, retries=1, retry_delay=datetime.timedelta(0)
+    )
     dr = run_dag(dag)
     opened()
     assert states(dr) == {"invoke": "success"}
@@ -241,8 +245,7 @@ def test_retry_after_a_failed_invocation_invokes_again_exactly_once(gated_kernel
         return True
 
     opened = gate.open_when(cancel_first, "the first invocation to run")  # cancels it, then opens the gate
-    dag = gated_dag(gate, payload=gate.payload(result="second try"), retries=1,
-                    retry_delay=datetime.timedelta(0))
+    dag = gated_dag(gate, payload=gate.payload(result="second try"), retries=1, retry_delay=datetime.timedelta(0))
     dr = run_dag(dag)
     opened()
 
@@ -286,11 +289,15 @@ def test_mapped_fan_out_under_the_concurrency_limit(kernel_emulator_factory, mon
     releaser.start()
     with make_dag("kernel_fanout") as dag:
         invoke = KernelInvokeOperator.partial(
-            task_id="invoke", app_name="demo", action_name="sleep", wait_for_completion=False,
+            task_id="invoke",
+            app_name="demo",
+            action_name="sleep",
+            wait_for_completion=False,
             rate_limit_wait=300,
         ).expand(payload=[{"seconds": 0.5, "result": i} for i in range(FANOUT)])
         wait = KernelInvocationSensor.partial(task_id="wait", poke_interval=0.1, timeout=300).expand(
-            invocation_id=invoke.output)
+            invocation_id=invoke.output
+        )
 
         @task
         def collect(results: Any) -> list[int]:
@@ -318,8 +325,10 @@ def test_mapped_fan_out_under_the_concurrency_limit(kernel_emulator_factory, mon
 
 def test_templated_payload(kernel_conn_env):
     logical = START + datetime.timedelta(days=5)
-    dr = run_dag(invoke_dag(action_name="echo", payload={"day": "{{ ds }}", "run": "{{ run_id }}"},
-                            invoke_async=False), logical_date=logical)
+    dr = run_dag(
+        invoke_dag(action_name="echo", payload={"day": "{{ ds }}", "run": "{{ run_id }}"}, invoke_async=False),
+        logical_date=logical,
+    )
     assert states(dr) == {"invoke": "success"}
     assert xcom(dr, "invoke") == {"day": "2024-01-06", "run": dr.run_id}
     sent = json.loads(only_invocation(kernel_conn_env)["payload"])  # what Kernel received: rendered
@@ -343,8 +352,9 @@ def test_extra_link_and_url_xcom(kernel_conn_env):
 
 def test_output_chains_into_a_downstream_task(kernel_conn_env):
     with make_dag("kernel_chain") as dag:
-        scrape = KernelInvokeOperator(task_id="invoke", app_name="demo", action_name="echo",
-                                      payload={"prices": [3, 4, 5]}, poll_interval=0.1)
+        scrape = KernelInvokeOperator(
+            task_id="invoke", app_name="demo", action_name="echo", payload={"prices": [3, 4, 5]}, poll_interval=0.1
+        )
 
         @task
         def total(result: Any) -> int:
@@ -367,15 +377,18 @@ def test_bad_payload_fails_the_task_before_any_request(kernel_conn_env, caplog, 
     assert "KernelInputError" in logs and "payload" in logs
 
 
-@pytest.mark.parametrize(("kwargs", "field"), [
-    ({"app_name": ""}, "app_name"),
-    ({"action_name": "   "}, "action_name"),
-    ({"payload": "{not json"}, "payload"),
-    ({"payload": {1, 2}}, "payload"),
-    ({"async_timeout_seconds": 5}, "async_timeout_seconds"),
-    ({"poll_interval": 0}, "poll_interval"),
-    ({"timeout": -1}, "timeout"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"app_name": ""}, "app_name"),
+        ({"action_name": "   "}, "action_name"),
+        ({"payload": "{not json"}, "payload"),
+        ({"payload": {1, 2}}, "payload"),
+        ({"async_timeout_seconds": 5}, "async_timeout_seconds"),
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"timeout": -1}, "timeout"),
+    ],
+)
 def test_bad_input_raises_kernel_input_error_before_any_request(kernel_conn_env, kwargs, field):
     args: dict[str, Any] = {"app_name": "demo", "action_name": "echo", **kwargs}
     op = KernelInvokeOperator(task_id="t", **args)

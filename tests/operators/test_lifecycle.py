@@ -60,14 +60,24 @@ def test_a_retry_reattaches_but_a_clear_stops_the_old_run_and_starts_anew(kernel
     records.put(records.new(invocation_id=old["id"]))
 
     # The automatic retry (same max_tries) re-attaches; it would wait, so submit-only shows what it picked.
-    picked = execute(store, FakeTI(try_number=2, max_tries=1), action_name="slow", payload={"seconds": 600},
-                     wait_for_completion=False)
+    picked = execute(
+        store,
+        FakeTI(try_number=2, max_tries=1),
+        action_name="slow",
+        payload={"seconds": 600},
+        wait_for_completion=False,
+    )
     assert picked == old["id"] and kernel_conn_env.created_count() == 1
 
     records.put(records.new(invocation_id=old["id"]))
     # A clear (max_tries = 2 + 1): the old run is ours and still going, so it is stopped; a new one starts.
-    fresh = execute(store, FakeTI(try_number=3, max_tries=3), action_name="slow", payload={"seconds": 600},
-                    wait_for_completion=False)
+    fresh = execute(
+        store,
+        FakeTI(try_number=3, max_tries=3),
+        action_name="slow",
+        payload={"seconds": 600},
+        wait_for_completion=False,
+    )
     assert fresh != old["id"] and kernel_conn_env.created_count() == 2
     assert kernel_conn_env.invocation(old["id"])["status"] == "failed"
 

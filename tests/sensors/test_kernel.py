@@ -38,8 +38,9 @@ def sensor_dag(action: str, payload: Any, app: str = "demo", **sensor_kwargs: An
     sensor_kwargs.setdefault("poke_interval", 0.1)
     sensor_kwargs.setdefault("timeout", 120)
     with make_dag("kernel_sensor") as dag:
-        invoke = KernelInvokeOperator(task_id="invoke", app_name=app, action_name=action, payload=payload,
-                                      wait_for_completion=False)
+        invoke = KernelInvokeOperator(
+            task_id="invoke", app_name=app, action_name=action, payload=payload, wait_for_completion=False
+        )
         KernelInvocationSensor(task_id="wait", invocation_id=invoke.output, **sensor_kwargs)
     return dag
 
@@ -69,8 +70,7 @@ def test_waits_in_worker_modes_and_returns_the_output(gated_kernel, caplog, mode
 def test_deferrable_streams_the_action_log_into_the_task_log(gated_kernel, caplog, capfd):
     gate = gated_kernel.gate()
     opened = gate.open_when(seen(gated_kernel, EVENTS), "the deferred sensor's trigger to follow the stream")
-    dr = run_dag(sensor_dag("run", gate.payload(before=2, after=2, result={"lines": 4}), app="gated",
-                            deferrable=True))
+    dr = run_dag(sensor_dag("run", gate.payload(before=2, after=2, result={"lines": 4}), app="gated", deferrable=True))
     opened()
     assert states(dr) == {"invoke": "success", "wait": "success"}
     assert INLINE_TRIGGER in caplog.text  # really deferred; dag.test ran the trigger inline
@@ -93,11 +93,20 @@ def test_deferrable_poll_mode(gated_kernel, caplog):
 
 def test_already_finished_invocation_completes_without_deferring(kernel_conn_env):
     with make_dag("kernel_sensor_done") as dag:
-        invoke = KernelInvokeOperator(task_id="invoke", app_name="demo", action_name="echo",
-                                      payload={"x": 1}, invoke_async=False, wait_for_completion=False)
-        wait = KernelInvocationSensor(task_id="wait",
-                                      invocation_id="{{ ti.xcom_pull('invoke', key='invocation_id') }}",
-                                      deferrable=True, poke_interval=0.1)
+        invoke = KernelInvokeOperator(
+            task_id="invoke",
+            app_name="demo",
+            action_name="echo",
+            payload={"x": 1},
+            invoke_async=False,
+            wait_for_completion=False,
+        )
+        wait = KernelInvocationSensor(
+            task_id="wait",
+            invocation_id="{{ ti.xcom_pull('invoke', key='invocation_id') }}",
+            deferrable=True,
+            poke_interval=0.1,
+        )
         invoke >> wait
     dr = run_dag(dag)
     assert states(dr) == {"invoke": "success", "wait": "success"}
@@ -158,16 +167,25 @@ def test_deferred_wait_ends_at_execution_timeout(kernel_conn_env):
     """Airflow 3 does not enforce execution_timeout while a task is deferred: the sensor's own deadline does."""
     import datetime
 
-    dr = run_dag(sensor_dag("slow", None, deferrable=True, timeout=3600, poke_interval=0.2,
-                            execution_timeout=datetime.timedelta(seconds=3)))
+    dr = run_dag(
+        sensor_dag(
+            "slow",
+            None,
+            deferrable=True,
+            timeout=3600,
+            poke_interval=0.2,
+            execution_timeout=datetime.timedelta(seconds=3),
+        )
+    )
     assert states(dr) == {"invoke": "success", "wait": "failed"}
     assert kernel_conn_env.invocation(invocation_id(dr))["status"] == "running"  # a sensor never cancels
 
 
 def test_unknown_invocation_fails(kernel_conn_env):
     with make_dag("kernel_sensor_404") as dag:
-        KernelInvocationSensor(task_id="wait", invocation_id="nosuchinvocation00000000", poke_interval=0.1,
-                               deferrable=True)
+        KernelInvocationSensor(
+            task_id="wait", invocation_id="nosuchinvocation00000000", poke_interval=0.1, deferrable=True
+        )
     dr = run_dag(dag)
     assert states(dr) == {"wait": "failed"}
     assert [r["status"] for r in kernel_conn_env.requests(path="/invocations/nosuchinvocation00000000")] == [404]

@@ -23,9 +23,7 @@ def create(http: httpx.Client, action: str = "echo", payload: Any = None, **extr
 
 
 # ------------------------------------------------------------------------------------------ auth & errors
-@pytest.mark.parametrize(
-    "headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic test-token"}]
-)
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic test-token"}])
 def test_unauthorized(kernel_emulator: KernelEmulator, headers: dict[str, str]) -> None:
     response = httpx.get(f"{kernel_emulator.url}/apps", headers=headers)
     assert response.status_code == 401
@@ -82,9 +80,7 @@ def test_empty_payload_is_accepted(http: httpx.Client) -> None:
         ("demo", "latest", "nope", "action 'nope'"),
     ],
 )
-def test_unknown_app_version_action(
-    http: httpx.Client, app: str, version: str, action: str, words: str
-) -> None:
+def test_unknown_app_version_action(http: httpx.Client, app: str, version: str, action: str, words: str) -> None:
     response = http.post("/invocations", json={"app_name": app, "version": version, "action_name": action})
     assert response.status_code == 404
     assert response.json()["code"] == "not_found" and words in response.json()["message"]
@@ -178,9 +174,7 @@ def test_sync_cap(kernel_emulator_factory: Callable[..., KernelEmulator]) -> Non
     assert emu.stats()["live"] == 0 and emu.stats()["browsers_live"] == 0
 
 
-def test_patch_cancel_stops_action_and_destroys_browsers(
-    http: httpx.Client, kernel_emulator: KernelEmulator
-) -> None:
+def test_patch_cancel_stops_action_and_destroys_browsers(http: httpx.Client, kernel_emulator: KernelEmulator) -> None:
     inv_id = create(http, "browse", {"seconds": 60}, **{"async": True}).json()["id"]
     deadline = time.monotonic() + 5
     while not http.get(f"/invocations/{inv_id}/browsers").json()["browsers"]:
@@ -269,9 +263,7 @@ def test_apps_list_filters_and_versions(kernel_emulator_factory: Callable[..., K
 
 
 # ------------------------------------------------------------------------------------------ SSE
-def test_sse_late_subscriber_and_since(
-    sse_events: SSE, http: httpx.Client, kernel_emulator: KernelEmulator
-) -> None:
+def test_sse_late_subscriber_and_since(sse_events: SSE, http: httpx.Client, kernel_emulator: KernelEmulator) -> None:
     inv_id = create(http, "logs", {"lines": 3, "interval": 0.05}).json()["id"]
     events = sse_events(http.get(f"/invocations/{inv_id}/events"))
     assert [e["event"] for e in events] == ["log", "log", "log", "invocation_state"]
@@ -279,9 +271,7 @@ def test_sse_late_subscriber_and_since(
     second = events[1]["timestamp"]
     resumed = sse_events(http.get(f"/invocations/{inv_id}/events", params={"since": second}))
     assert [e.get("message") for e in resumed] == ["line 2\n", None]
-    assert [
-        e["event"] for e in sse_events(http.get(f"/invocations/{inv_id}/events", params={"since": "1h"}))
-    ] == [
+    assert [e["event"] for e in sse_events(http.get(f"/invocations/{inv_id}/events", params={"since": "1h"}))] == [
         "log",
         "log",
         "log",
@@ -301,9 +291,7 @@ def test_sse_heartbeats(sse_events: SSE, kernel_emulator_factory: Callable[..., 
     assert all(set(e) == {"event", "timestamp"} for e in events if e["event"] == "sse_heartbeat")
 
 
-def test_many_concurrent_streams(
-    sse_events: SSE, http: httpx.Client, kernel_emulator: KernelEmulator
-) -> None:
+def test_many_concurrent_streams(sse_events: SSE, http: httpx.Client, kernel_emulator: KernelEmulator) -> None:
     import asyncio
 
     inv_id = create(http, "sleep", {"seconds": 1.0}, **{"async": True}).json()["id"]
@@ -315,9 +303,7 @@ def test_many_concurrent_streams(
     async def main() -> list[str]:
         limits = httpx.Limits(max_connections=200)
         headers = {"Authorization": f"Bearer {kernel_emulator.token}"}
-        async with httpx.AsyncClient(
-            base_url=kernel_emulator.url, headers=headers, limits=limits, timeout=30
-        ) as c:
+        async with httpx.AsyncClient(base_url=kernel_emulator.url, headers=headers, limits=limits, timeout=30) as c:
             return await asyncio.gather(*(follow(c) for _ in range(150)))
 
     assert asyncio.run(main()) == ["succeeded"] * 150

@@ -80,9 +80,7 @@ def test_drop_before_with_requests_library(kernel_emulator: KernelEmulator) -> N
 
 
 def test_status_after_acts_then_fails(kernel_emulator: KernelEmulator) -> None:
-    kernel_emulator.set_faults(
-        [{"route": "POST /invocations", "times": 1, "fault": {"status": 502, "after": True}}]
-    )
+    kernel_emulator.set_faults([{"route": "POST /invocations", "times": 1, "fault": {"status": 502, "after": True}}])
     with client(kernel_emulator) as http:
         assert http.post("/invocations", json=ASYNC_ECHO).status_code == 502
     assert kernel_emulator.created_count() == 1
@@ -123,9 +121,7 @@ def test_sse_cut_after_events(kernel_emulator: KernelEmulator, sse_events: SSE) 
         ).json()["id"]
         cut = sse_events(http.get(f"/invocations/{inv_id}/events"))
         assert len(cut) == 2
-        assert not any(
-            e["event"] == "invocation_state" and e["invocation"]["status"] == "succeeded" for e in cut
-        )
+        assert not any(e["event"] == "invocation_state" and e["invocation"]["status"] == "succeeded" for e in cut)
         full = sse_events(http.get(f"/invocations/{inv_id}/events"))
         assert full[-1]["invocation"]["status"] == "succeeded"
 
@@ -141,9 +137,7 @@ def test_sse_silent_stream(kernel_emulator: KernelEmulator) -> None:
         chunks: list[bytes] = []
         with (
             pytest.raises(httpx.ReadTimeout),
-            http.stream(
-                "GET", f"/invocations/{inv_id}/events", timeout=httpx.Timeout(10, read=0.6)
-            ) as response,
+            http.stream("GET", f"/invocations/{inv_id}/events", timeout=httpx.Timeout(10, read=0.6)) as response,
         ):
             for chunk in response.iter_raw():
                 chunks.append(chunk)
@@ -185,9 +179,7 @@ def test_admin_fault_route_and_validation(kernel_emulator: KernelEmulator) -> No
         assert http.get("/apps").status_code == 500
         assert http.get("/apps").status_code == 200
     assert admin.faults()["rules"][0]["fired"] == 1
-    bad = httpx.post(
-        f"{kernel_emulator.url}/_emulator/faults", json={"rules": [{"route": "*", "fault": {"x": 1}}]}
-    )
+    bad = httpx.post(f"{kernel_emulator.url}/_emulator/faults", json={"rules": [{"route": "*", "fault": {"x": 1}}]})
     assert bad.status_code == 400
     with pytest.raises(ValueError):
         FaultPlan.from_json({"rules": [{"route": "*", "fault": {"drop": "sideways"}}]})
@@ -226,7 +218,10 @@ def test_body_fault_answers_raw_text_and_raw_bytes(kernel_emulator: KernelEmulat
         raw = http.get(f"/invocations/{inv_id}")
         ok = http.get(f"/invocations/{inv_id}")
     assert (html.status_code, html.text, html.headers["content-type"].split(";")[0]) == (
-        200, "<html>502</html>", "text/plain")
+        200,
+        "<html>502</html>",
+        "text/plain",
+    )
     assert (raw.status_code, raw.content) == (503, b"\xff\xfe")
     assert ok.status_code == 200 and ok.json()["id"] == inv_id
 
@@ -260,18 +255,20 @@ def test_raw_sse_data_is_sent_verbatim_then_the_stream_carries_on(kernel_emulato
         [{"route": "GET /invocations/{id}/events", "times": 1, "fault": {"raw_sse_data": "{not json \udcff"}}]
     )
     with client(kernel_emulator) as http:
-        inv_id = http.post("/invocations", json={**ASYNC_ECHO, "action_name": "sleep",
-                                                 "payload": '{"seconds": 0.2}'}).json()["id"]
+        inv_id = http.post(
+            "/invocations", json={**ASYNC_ECHO, "action_name": "sleep", "payload": '{"seconds": 0.2}'}
+        ).json()["id"]
         with http.stream("GET", f"/invocations/{inv_id}/events") as response:
             body = response.read()
     blocks = body.split(b"\n\n")
     assert b"data: {not json \xff" in blocks
-    last = json.loads(blocks[-2][len(b"data: "):])
+    last = json.loads(blocks[-2][len(b"data: ") :])
     assert last["event"] == "invocation_state" and last["invocation"]["status"] == "succeeded"
 
 
 @pytest.mark.parametrize(
-    "fault", [{"truncate": -1}, {"truncate": True}, {"body": 5}, {"raw_sse_data": ["x"]}],
+    "fault",
+    [{"truncate": -1}, {"truncate": True}, {"body": 5}, {"raw_sse_data": ["x"]}],
     ids=["truncate-negative", "truncate-bool", "body-not-text", "raw-sse-not-text"],
 )
 def test_malformed_answer_faults_are_validated(fault: dict[str, Any]) -> None:

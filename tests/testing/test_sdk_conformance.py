@@ -83,9 +83,7 @@ def test_follow_raw_events_validate_strictly(sdk: Kernel, kernel_emulator: Kerne
 
 
 def test_cancel_with_update(sdk: Kernel, kernel_emulator: KernelEmulator) -> None:
-    created = sdk.invocations.create(
-        app_name=DEMO_APP_NAME, version="latest", action_name="slow", async_=True
-    )
+    created = sdk.invocations.create(app_name=DEMO_APP_NAME, version="latest", action_name="slow", async_=True)
     kernel_emulator.wait_for(created.id, ("running",))
     updated = sdk.invocations.update(
         created.id, status="failed", output=json.dumps({"error": "Invocation cancelled by user"})
@@ -132,9 +130,7 @@ def test_apps_list(sdk: Kernel) -> None:
     assert [a.app_name for a in apps] == [DEMO_APP_NAME]
     demo = apps[0]
     assert demo.region == "aws.us-east-1a" and demo.version == "latest"
-    assert {"echo", "sleep", "logs", "fail", "slow", "browse", "big", "plain_fail"} <= {
-        a.name for a in demo.actions
-    }
+    assert {"echo", "sleep", "logs", "fail", "slow", "browse", "big", "plain_fail"} <= {a.name for a in demo.actions}
     raw = sdk.apps.with_raw_response.list().http_response.json()
     for item in raw:
         _strict(AppListResponse, item)

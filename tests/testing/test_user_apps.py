@@ -81,9 +81,7 @@ def app_emulator(tmp_path: Path, kernel_emulator_factory: Callable[..., KernelEm
     app_file.write_text(APP_SOURCE)
     fallback = tmp_path / "plain_app.py"
     fallback.write_text(FALLBACK_SOURCE)
-    emulator: KernelEmulator = kernel_emulator_factory(
-        apps=[app_file, fallback], app_versions=["latest", "2.0"]
-    )
+    emulator: KernelEmulator = kernel_emulator_factory(apps=[app_file, fallback], app_versions=["latest", "2.0"])
     return emulator
 
 
@@ -130,9 +128,7 @@ def test_async_handler_logging_and_none_payload(app_emulator: KernelEmulator, ss
     assert json.loads(final["output"]) == {"steps": 3, "payload_was_none": True}
 
 
-@pytest.mark.parametrize(
-    ("action", "text"), [("explode", "RuntimeError: kaboom"), ("sync-explode", "KeyError")]
-)
+@pytest.mark.parametrize(("action", "text"), [("explode", "RuntimeError: kaboom"), ("sync-explode", "KeyError")])
 def test_handler_exception_fails(app_emulator: KernelEmulator, action: str, text: str) -> None:
     with _http(app_emulator) as http:
         result = http.post("/invocations", json={"app_name": "my-app", "action_name": action}).json()

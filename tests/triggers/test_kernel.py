@@ -139,12 +139,17 @@ async def test_wrong_api_key_is_an_error_at_once(kernel_conn_env, monkeypatch):
 @pytest.mark.parametrize("mode", ["stream", "poll"])
 async def test_persistent_5xx_gives_up_after_the_failure_budget(kernel_conn_env, monkeypatch, mode):
     inv_id = start("slow")
-    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT",
-                       conn_json(kernel_conn_env.url, kernel_conn_env.token, max_retries=0))
-    kernel_conn_env.set_faults({"rules": [
-        {"route": "GET /invocations/{id}", "fault": {"status": 503}},
-        {"route": "GET /invocations/{id}/events", "fault": {"status": 503}},
-    ]})
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(kernel_conn_env.url, kernel_conn_env.token, max_retries=0)
+    )
+    kernel_conn_env.set_faults(
+        {
+            "rules": [
+                {"route": "GET /invocations/{id}", "fault": {"status": 503}},
+                {"route": "GET /invocations/{id}/events", "fault": {"status": 503}},
+            ]
+        }
+    )
     event = await run_to_event(trigger(inv_id, mode=mode, poll_interval=0.05, max_consecutive_failures=3))
     assert event["status"] == "error"
     assert "Gave up after 3 failed checks" in event["message"]
@@ -156,9 +161,13 @@ async def test_persistent_5xx_gives_up_after_the_failure_budget(kernel_conn_env,
 
 async def test_transient_5xx_is_retried_and_the_wait_succeeds(kernel_conn_env):
     inv_id = start("sleep", {"seconds": 0.3})
-    kernel_conn_env.set_faults({"rules": [
-        {"route": "GET /invocations/{id}", "sequence": [{"status": 503}, {"status": 502}]},
-    ]})
+    kernel_conn_env.set_faults(
+        {
+            "rules": [
+                {"route": "GET /invocations/{id}", "sequence": [{"status": 503}, {"status": 502}]},
+            ]
+        }
+    )
     event = await run_to_event(trigger(inv_id))
     assert event["status"] == "succeeded"
     statuses = [r["status"] for r in requests_for(kernel_conn_env, inv_id) if r["route"] == "/invocations/{id}"]
@@ -184,9 +193,14 @@ async def test_stream_cut_midway_resumes_without_lost_or_doubled_lines(gated_ker
     inv_id, gate = start_gated(gated_kernel, before=6, after=6, interval=0.05)
     # Three streams in a row break after 2 events each (the state on connect counts as one); the action only
     # finishes after that, so the lines after the gate come through a resumed stream.
-    gated_kernel.set_faults({"seed": 1, "rules": [
-        {"route": "GET /invocations/{id}/events", "times": 3, "fault": {"cut_after_events": 2}},
-    ]})
+    gated_kernel.set_faults(
+        {
+            "seed": 1,
+            "rules": [
+                {"route": "GET /invocations/{id}/events", "times": 3, "fault": {"cut_after_events": 2}},
+            ],
+        }
+    )
     opened = gate.open_when(seen(gated_kernel, EVENTS, at_least=3), "three cut streams")
     event = await run_to_event(trigger(inv_id))
     opened()
@@ -199,9 +213,13 @@ async def test_stream_cut_midway_resumes_without_lost_or_doubled_lines(gated_ker
 
 async def test_silent_stream_is_detected_and_the_wait_recovers(gated_kernel, caplog, capfd):
     inv_id, gate = start_gated(gated_kernel, before=2, after=2, interval=0.05)
-    gated_kernel.set_faults({"rules": [
-        {"route": "GET /invocations/{id}/events", "times": 1, "fault": {"silent": True}},
-    ]})
+    gated_kernel.set_faults(
+        {
+            "rules": [
+                {"route": "GET /invocations/{id}/events", "times": 1, "fault": {"silent": True}},
+            ]
+        }
+    )
     opened = gate.open_when(seen(gated_kernel, EVENTS, at_least=2), "a second stream after the silent one")
     event = await run_to_event(trigger(inv_id, silence_timeout=1.0))
     opened()
@@ -211,11 +229,20 @@ async def test_silent_stream_is_detected_and_the_wait_recovers(gated_kernel, cap
 
 async def test_error_event_in_stream_is_resumed(kernel_conn_env):
     inv_id = start("sleep", {"seconds": 0.5})
-    kernel_conn_env.set_faults({"rules": [
-        {"route": "GET /invocations/{id}/events", "times": 1,
-         "fault": {"error_event": {"code": "internal_error", "message": "log backend hiccup"},
-                   "error_then_close": True}},
-    ]})
+    kernel_conn_env.set_faults(
+        {
+            "rules": [
+                {
+                    "route": "GET /invocations/{id}/events",
+                    "times": 1,
+                    "fault": {
+                        "error_event": {"code": "internal_error", "message": "log backend hiccup"},
+                        "error_then_close": True,
+                    },
+                },
+            ]
+        }
+    )
     event = await run_to_event(trigger(inv_id))
     assert event["status"] == "succeeded"
     streams = [r for r in requests_for(kernel_conn_env, inv_id) if r["route"] == "/invocations/{id}/events"]
@@ -245,10 +272,19 @@ async def test_poll_mode_failed(kernel_conn_env):
 
 def test_serialize_is_primitives_only_and_deadline_is_absolute():
     end_time = time.time() + 600
-    t = KernelInvocationTrigger(invocation_id="abc", kernel_conn_id="my_kernel", end_time=end_time,
-                                poll_interval=2, mode="poll", stream_logs=False, max_consecutive_failures=7,
-                                silence_timeout=9, max_stream_failures=3, cancel_on_kill=False,
-                                cancel_on_timeout=True)
+    t = KernelInvocationTrigger(
+        invocation_id="abc",
+        kernel_conn_id="my_kernel",
+        end_time=end_time,
+        poll_interval=2,
+        mode="poll",
+        stream_logs=False,
+        max_consecutive_failures=7,
+        silence_timeout=9,
+        max_stream_failures=3,
+        cancel_on_kill=False,
+        cancel_on_timeout=True,
+    )
     classpath, kwargs = t.serialize()
     assert classpath == "kernel_provider.triggers.kernel.KernelInvocationTrigger"
     assert json.loads(json.dumps(kwargs)) == kwargs  # plain JSON, no objects
@@ -286,8 +322,9 @@ async def test_rebuilt_from_serialize_continues_the_same_wait(gated_kernel, capl
     classpath, kwargs = first.serialize()
     module, _, name = classpath.rpartition(".")
     second = getattr(importlib.import_module(module), name)(**json.loads(json.dumps(kwargs)))
-    opened = gate.open_when(lambda: len(requests_for(gated_kernel, inv_id)) > before_restart + 1,
-                            "the rebuilt trigger to check and follow")
+    opened = gate.open_when(
+        lambda: len(requests_for(gated_kernel, inv_id)) > before_restart + 1, "the rebuilt trigger to check and follow"
+    )
     event = await run_to_event(second)
     opened()
 
@@ -421,8 +458,9 @@ async def test_deadline_already_passed_cancels_without_waiting(kernel_conn_env):
 
 async def test_deadline_cancel_that_fails_is_reported_in_the_event(kernel_conn_env, monkeypatch):
     inv_id = start("slow")
-    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT",
-                       conn_json(kernel_conn_env.url, kernel_conn_env.token, max_retries=0))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(kernel_conn_env.url, kernel_conn_env.token, max_retries=0)
+    )
     kernel_conn_env.set_faults({"rules": [{"route": "PATCH /invocations/{id}", "fault": {"status": 500}}]})
     event = await run_to_event(trigger(inv_id, end_time=time.time() - 1, cancel_on_timeout=True))
     assert event["status"] == "timeout" and event["cancelled"] is False
@@ -443,6 +481,7 @@ def airflow_ti(airflow_db: Any) -> Iterator[tuple[Any, Any]]:
     """
     dag = make_dag("kernel_trigger_ti")
     with dag:
+
         @task
         def noop() -> None:
             return None
@@ -463,9 +502,13 @@ def airflow_ti(airflow_db: Any) -> Iterator[tuple[Any, Any]]:
     )
 
     dto = TaskInstanceDTO.model_validate(ti, from_attributes=True)
-    supervisor = InProcessTestSupervisor(id=dto.id, pid=os.getpid(), process=psutil.Process(),
-                                         process_log=structlog.get_logger(logger_name="task").bind(),
-                                         client=InProcessTestSupervisor._api_client())
+    supervisor = InProcessTestSupervisor(
+        id=dto.id,
+        pid=os.getpid(),
+        process=psutil.Process(),
+        process_log=structlog.get_logger(logger_name="task").bind(),
+        client=InProcessTestSupervisor._api_client(),
+    )
     supervisor.comms = InProcessSupervisorComms(supervisor=supervisor)
     with set_supervisor_comms(supervisor.comms):
         yield dto, dr
@@ -494,8 +537,7 @@ NOT_STOPPED = [("deferred", "execute_complete"), ("scheduled", "execute_complete
 
 @pytest.mark.skipif(AF3, reason="Airflow 3 cancels in on_kill; cleanup() never does")
 @pytest.mark.parametrize(("state", "next_method"), STOPPED + NOT_STOPPED)
-async def test_airflow2_cleanup_cancels_only_when_the_task_was_stopped(kernel_conn_env, airflow_ti, state,
-                                                                       next_method):
+async def test_airflow2_cleanup_cancels_only_when_the_task_was_stopped(kernel_conn_env, airflow_ti, state, next_method):
     """Marked success/failed, cleared, or failed by the deferral-timeout sweep: cancel. Still deferred (triggerer
     shutdown or handover) or resuming with an event: leave the run alone."""
     ti, dr = airflow_ti
@@ -582,8 +624,9 @@ def rotate_key(emulator: Any, monkeypatch: Any, new_key: str, *, connection_key:
         monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(emulator.url, connection_key))
 
 
-async def test_key_rotated_during_the_wait_is_read_again_and_the_wait_completes(gated_kernel, monkeypatch, caplog,
-                                                                               capfd):
+async def test_key_rotated_during_the_wait_is_read_again_and_the_wait_completes(
+    gated_kernel, monkeypatch, caplog, capfd
+):
     inv_id, gate = start_gated(gated_kernel, before=2, after=2, interval=0.02)
     # silence_timeout: the stream opened with the old key breaks while the action waits at its gate, so the
     # trigger must send new requests (GET, then a new stream) with settings cached under the old key.
@@ -592,9 +635,12 @@ async def test_key_rotated_during_the_wait_is_read_again_and_the_wait_completes(
     await asyncio.to_thread(wait_until, seen(gated_kernel, EVENTS), "the first stream")
     rotated_at = len(requests_for(gated_kernel, inv_id))
     rotate_key(gated_kernel, monkeypatch, "rotated-key", connection_key="rotated-key")
-    opened = gate.open_when(lambda: any(r["route"] == EVENTS and r["status"] == 200
-                                        for r in requests_for(gated_kernel, inv_id)[rotated_at:]),
-                            "a stream opened with the new key")
+    opened = gate.open_when(
+        lambda: any(
+            r["route"] == EVENTS and r["status"] == 200 for r in requests_for(gated_kernel, inv_id)[rotated_at:]
+        ),
+        "a stream opened with the new key",
+    )
     event = await asyncio.wait_for(waiting, timeout=60)
     opened()
     assert event["status"] == "succeeded"
@@ -655,7 +701,8 @@ async def test_restarted_trigger_logs_only_the_lines_the_first_did_not(gated_ker
     restarted_at = len(requests_for(gated_kernel, inv_id))
     opened = gate.open_when(
         lambda: any(r["route"] == EVENTS for r in requests_for(gated_kernel, inv_id)[restarted_at:]),
-        "the second trigger to follow the stream")
+        "the second trigger to follow the stream",
+    )
     event = await run_to_event(second)
     opened()
     await second.cleanup()
@@ -683,8 +730,9 @@ async def test_a_log_cursor_that_cannot_be_stored_never_fails_the_wait(gated_ker
     inv_id, gate = start_gated(gated_kernel, before=2, after=2, interval=0.02)
     gate.open()
     t = trigger(inv_id)
-    t.task_instance = SimpleNamespace(dag_id="no_such_dag", task_id="noop", run_id="no_such_run", map_index=-1,
-                                      try_number=1)
+    t.task_instance = SimpleNamespace(
+        dag_id="no_such_dag", task_id="noop", run_id="no_such_run", map_index=-1, try_number=1
+    )
     event = await run_to_event(t)
     await t.cleanup()
     assert event["status"] == "succeeded"

@@ -38,8 +38,14 @@ with DAG(dag_id="e2e_kernel_async_sensor", schedule=None, start_date=START, catc
     use(wait.output)
 
 # 2. Many deferred waits at once, for the triggerer crash test.
-with DAG(dag_id="e2e_kernel_crash", schedule=None, start_date=START, catchup=False, tags=["e2e"],
-         max_active_tasks=CRASH_TASKS + 4):
+with DAG(
+    dag_id="e2e_kernel_crash",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    tags=["e2e"],
+    max_active_tasks=CRASH_TASKS + 4,
+):
     KernelInvokeOperator.partial(
         task_id="invoke",
         app_name="e2e-gate",

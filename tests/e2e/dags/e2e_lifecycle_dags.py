@@ -50,53 +50,117 @@ def _payload(**extra: object) -> dict[str, object]:
 # Row 1: submit-only invoke + deferrable sensor; the run is cleared after it finished.
 with _dag("lc_clear_submit"):
     start = KernelInvokeOperator(
-        task_id="start", app_name="e2e-gate", action_name="wait_gate", payload=_payload(),
-        invoke_async=True, wait_for_completion=False, **RETRY,
+        task_id="start",
+        app_name="e2e-gate",
+        action_name="wait_gate",
+        payload=_payload(),
+        invoke_async=True,
+        wait_for_completion=False,
+        **RETRY,
     )
-    KernelInvocationSensor(task_id="wait", invocation_id=start.output, deferrable=True, timeout=300,
-                           poke_interval=2)
+    KernelInvocationSensor(task_id="wait", invocation_id=start.output, deferrable=True, timeout=300, poke_interval=2)
 
 # Row 2: a waiting (deferrable) invoke; the run is cleared after it finished.
 with _dag("lc_clear_wait"):
-    KernelInvokeOperator(task_id="invoke", app_name="e2e-gate", action_name="wait_gate", payload=_payload(),
-                         deferrable=True, timeout=300, **RETRY)
+    KernelInvokeOperator(
+        task_id="invoke",
+        app_name="e2e-gate",
+        action_name="wait_gate",
+        payload=_payload(),
+        deferrable=True,
+        timeout=300,
+        **RETRY,
+    )
 
 # Rows 3 and 4: a deferred task holding two browsers, cleared / marked success / marked failed while it waits.
 for _dag_id in ("lc_clear_deferred", "lc_mark"):
     with _dag(_dag_id):
-        KernelInvokeOperator(task_id="invoke", app_name="e2e-gate", action_name="wait_gate",
-                             payload=_payload(browsers=2), deferrable=True, timeout=600, **RETRY)
+        KernelInvokeOperator(
+            task_id="invoke",
+            app_name="e2e-gate",
+            action_name="wait_gate",
+            payload=_payload(browsers=2),
+            deferrable=True,
+            timeout=600,
+            **RETRY,
+        )
 
 # Row 5: execution_timeout while deferred (the gate is never opened).
 with _dag("lc_exec_timeout"):
-    KernelInvokeOperator(task_id="invoke", app_name="e2e-gate", action_name="wait_gate",
-                         payload=_payload(browsers=1), deferrable=True, retries=0,
-                         execution_timeout=timedelta(seconds=EXEC_TIMEOUT_SECONDS))
+    KernelInvokeOperator(
+        task_id="invoke",
+        app_name="e2e-gate",
+        action_name="wait_gate",
+        payload=_payload(browsers=1),
+        deferrable=True,
+        retries=0,
+        execution_timeout=timedelta(seconds=EXEC_TIMEOUT_SECONDS),
+    )
 
 # Row 6: the action fails on its first run; the automatic retry must invoke again (and succeed).
 with _dag("lc_action_fails"):
-    KernelInvokeOperator(task_id="invoke", app_name="e2e-gate", action_name="wait_gate",
-                         payload=_payload(fail_times=1), deferrable=True, timeout=300, **RETRY)
+    KernelInvokeOperator(
+        task_id="invoke",
+        app_name="e2e-gate",
+        action_name="wait_gate",
+        payload=_payload(fail_times=1),
+        deferrable=True,
+        timeout=300,
+        **RETRY,
+    )
 
 # Row 7a: the worker dies while POST /invocations is in flight. ``kernel_slow`` goes through the harness's
 # proxy, which forwards the request to the emulator at once but holds the answer back.
 with _dag("lc_crash_create"):
-    KernelInvokeOperator(task_id="invoke", app_name="e2e-gate", action_name="wait_gate", payload=_payload(),
-                         kernel_conn_id="kernel_slow", deferrable=True, timeout=600, **RETRY)
+    KernelInvokeOperator(
+        task_id="invoke",
+        app_name="e2e-gate",
+        action_name="wait_gate",
+        payload=_payload(),
+        kernel_conn_id="kernel_slow",
+        deferrable=True,
+        timeout=600,
+        **RETRY,
+    )
 
 if HAS_RECONCILE_TOKEN:
     with _dag("lc_crash_create_token"):
-        KernelInvokeOperator(task_id="invoke", app_name="e2e-gate", action_name="wait_gate", payload=_payload(),
-                             kernel_conn_id="kernel_slow", deferrable=True, timeout=600,
-                             reconcile_token=True, **RETRY)
+        KernelInvokeOperator(
+            task_id="invoke",
+            app_name="e2e-gate",
+            action_name="wait_gate",
+            payload=_payload(),
+            kernel_conn_id="kernel_slow",
+            deferrable=True,
+            timeout=600,
+            reconcile_token=True,
+            **RETRY,
+        )
 
 # Row 7b: the worker dies while it waits (not deferrable) for a created invocation.
 with _dag("lc_crash_wait"):
-    KernelInvokeOperator(task_id="invoke", app_name="e2e-gate", action_name="wait_gate", payload=_payload(),
-                         deferrable=False, wait_mode="stream", poll_interval=2, timeout=600, **RETRY)
+    KernelInvokeOperator(
+        task_id="invoke",
+        app_name="e2e-gate",
+        action_name="wait_gate",
+        payload=_payload(),
+        deferrable=False,
+        wait_mode="stream",
+        poll_interval=2,
+        timeout=600,
+        **RETRY,
+    )
 
 # Row 8: a streaming deferred wait whose action logs before, during and after a triggerer restart.
 with _dag("lc_triggerer_restart"):
-    KernelInvokeOperator(task_id="invoke", app_name="e2e-gate", action_name="wait_gate",
-                         payload=_payload(then_gate=THEN_GATE, **RESTART_LINES), deferrable=True,
-                         wait_mode="stream", stream_logs=True, timeout=600, retries=0)
+    KernelInvokeOperator(
+        task_id="invoke",
+        app_name="e2e-gate",
+        action_name="wait_gate",
+        payload=_payload(then_gate=THEN_GATE, **RESTART_LINES),
+        deferrable=True,
+        wait_mode="stream",
+        stream_logs=True,
+        timeout=600,
+        retries=0,
+    )
