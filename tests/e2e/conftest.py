@@ -344,16 +344,17 @@ class AirflowE2E:
         self.proxy = HoldingProxy(where.hostname or "127.0.0.1", int(where.port or 80))
 
     def _kernel_connections(self) -> dict[str, str]:
-        assert self.proxy is not None
-        return {
+        connections = {
             "AIRFLOW_CONN_KERNEL_DEFAULT": json.dumps(
                 {"conn_type": "kernel", "host": self.emulator.url, "password": self.emulator.token}
             ),
-            # The same emulator behind HoldingProxy (worker-crash-during-create tests).
-            "AIRFLOW_CONN_KERNEL_SLOW": json.dumps(
-                {"conn_type": "kernel", "host": self.proxy.url, "password": self.emulator.token}
-            ),
         }
+        if self.proxy is not None:  # subclasses (the browser tests) may start the emulator without it
+            # The same emulator behind HoldingProxy (worker-crash-during-create tests).
+            connections["AIRFLOW_CONN_KERNEL_SLOW"] = json.dumps(
+                {"conn_type": "kernel", "host": self.proxy.url, "password": self.emulator.token}
+            )
+        return connections
 
     def _base_env(self) -> dict[str, str]:
         """This process's environment minus Airflow's settings. ``KERNEL_E2E_PROVIDER_SRC`` (a directory holding
