@@ -150,11 +150,11 @@ def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> Any:
         time.sleep(0.02)
 
 
-GATED_APP = str(Path(__file__).with_name("gated_app.py"))
+GATED_APP = str(Path(__file__).parent / "apps" / "gate_app.py")
 
 
 class Gate:
-    """A closed gate for the ``gated`` app's ``run`` action; ``open()`` lets the invocation finish."""
+    """A closed gate for the ``gate`` app's ``wait`` action; ``open()`` lets the invocation finish."""
 
     def __init__(self, directory: Any, name: str = "gate") -> None:
         self.path = str(directory / name)
@@ -192,7 +192,7 @@ class Gate:
 
 @pytest.fixture
 def gated_kernel(kernel_emulator_factory: Any, monkeypatch: Any, tmp_path: Any) -> Any:
-    """An emulator that also serves the ``gated`` app (tests/gated_app.py), set as ``kernel_default``.
+    """An emulator that also serves the ``gate`` app (tests/apps/gate_app.py), set as ``kernel_default``.
 
     ``.gate(name)`` makes a closed :class:`Gate`. Import this fixture into a test module to use it.
     """

@@ -144,7 +144,7 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
     dag_id = "e2e_kernel_crash"
     e2e.wait_for_dag(dag_id)
     gate = e2e.new_gate()
-    created_before = e2e.emulator.client.created_count(app="e2e-gate", action="wait_gate")
+    created_before = e2e.emulator.client.created_count(app="gate", action="wait")
     run_id = e2e.trigger(dag_id, {"gate": gate})
 
     _wait_deferred(e2e, dag_id, run_id, "invoke", count=CRASH_TASKS, timeout=180)
@@ -198,7 +198,7 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
 
     mine = [i for i in e2e.emulator.client.invocations() if gate in json.dumps(i.get("payload"))]
     assert len(mine) == CRASH_TASKS, f"expected exactly {CRASH_TASKS} invocations, got {len(mine)}"
-    created = e2e.emulator.client.created_count(app="e2e-gate", action="wait_gate") - created_before
+    created = e2e.emulator.client.created_count(app="gate", action="wait") - created_before
     assert created == CRASH_TASKS, f"the emulator created {created} invocations for {CRASH_TASKS} tasks"
     assert {i["status"] for i in mine} == {"succeeded"}
     assert not [

@@ -86,7 +86,7 @@ def test_sync_invoke(kernel_conn_env, caplog):
 
 
 def gated_dag(gate: Any, **op_kwargs: Any) -> Any:
-    return invoke_dag(app_name="gated", action_name="run", **op_kwargs)
+    return invoke_dag(app_name="gate", action_name="wait", **op_kwargs)
 
 
 def test_async_wait_in_worker_streams_logs(gated_kernel, caplog, capfd):

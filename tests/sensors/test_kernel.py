@@ -55,7 +55,7 @@ def invocation_id(dr: Any) -> str:
 def test_waits_in_worker_modes_and_returns_the_output(gated_kernel, caplog, mode):
     gate = gated_kernel.gate()
     opened = gate.open_when(seen(gated_kernel, GET_ONE), "the sensor's first poke")  # still running then
-    dr = run_dag(sensor_dag("run", gate.payload(result={"rows": 7}), app="gated", mode=mode))
+    dr = run_dag(sensor_dag("wait", gate.payload(result={"rows": 7}), app="gate", mode=mode))
     opened()
     assert states(dr) == {"invoke": "success", "wait": "success"}
     assert INLINE_TRIGGER not in caplog.text
@@ -70,7 +70,7 @@ def test_waits_in_worker_modes_and_returns_the_output(gated_kernel, caplog, mode
 def test_deferrable_streams_the_action_log_into_the_task_log(gated_kernel, caplog, capfd):
     gate = gated_kernel.gate()
     opened = gate.open_when(seen(gated_kernel, EVENTS), "the deferred sensor's trigger to follow the stream")
-    dr = run_dag(sensor_dag("run", gate.payload(before=2, after=2, result={"lines": 4}), app="gated", deferrable=True))
+    dr = run_dag(sensor_dag("wait", gate.payload(before=2, after=2, result={"lines": 4}), app="gate", deferrable=True))
     opened()
     assert states(dr) == {"invoke": "success", "wait": "success"}
     assert INLINE_TRIGGER in caplog.text  # really deferred; dag.test ran the trigger inline
@@ -82,7 +82,7 @@ def test_deferrable_streams_the_action_log_into_the_task_log(gated_kernel, caplo
 def test_deferrable_poll_mode(gated_kernel, caplog):
     gate = gated_kernel.gate()
     opened = gate.open_when(seen(gated_kernel, GET_ONE, at_least=3), "the trigger to poll")
-    dr = run_dag(sensor_dag("run", gate.payload(result="done"), app="gated", deferrable=True, wait_mode="poll"))
+    dr = run_dag(sensor_dag("wait", gate.payload(result="done"), app="gate", deferrable=True, wait_mode="poll"))
     opened()
     assert states(dr) == {"invoke": "success", "wait": "success"}
     assert INLINE_TRIGGER in caplog.text

@@ -49,9 +49,9 @@ def start(action: str, payload: Any = None, app: str = "demo") -> str:
 
 
 def start_gated(emulator: Any, **payload: Any) -> tuple[str, Any]:
-    """Start the ``gated`` app's ``run`` action; returns its id and its (closed) gate."""
+    """Start the ``gate`` app's ``wait`` action; returns its id and its (closed) gate."""
     gate = emulator.gate()
-    return start("run", gate.payload(**payload), app="gated"), gate
+    return start("wait", gate.payload(**payload), app="gate"), gate
 
 
 def trigger(invocation_id: str, **kwargs: Any) -> KernelInvocationTrigger:

@@ -1,6 +1,6 @@
 """DAGs of the end-to-end tests (copied into the temporary DAGs folder of the test Airflow).
 
-Their Kernel actions wait on a gate the test opens (``e2e-gate``/``wait_gate``, see ``../apps/gate_app.py``),
+Their Kernel actions wait on a gate the test opens (``gate``/``wait``, see ``tests/apps/gate_app.py``),
 or run far longer than the test (``demo``/``browse``), so deferrals are observed without timing races.
 The gate name comes from the run's conf.
 """
@@ -23,8 +23,8 @@ CRASH_TASKS = 20
 with DAG(dag_id="e2e_kernel_async_sensor", schedule=None, start_date=START, catchup=False, tags=["e2e"]):
     start = KernelInvokeOperator(
         task_id="start",
-        app_name="e2e-gate",
-        action_name="wait_gate",
+        app_name="gate",
+        action_name="wait",
         payload={"gate": GATE, "result": {"gate": GATE, "answer": 42}},
         invoke_async=True,
         wait_for_completion=False,
@@ -48,8 +48,8 @@ with DAG(
 ):
     KernelInvokeOperator.partial(
         task_id="invoke",
-        app_name="e2e-gate",
-        action_name="wait_gate",
+        app_name="gate",
+        action_name="wait",
         deferrable=True,
         timeout=900,
     ).expand(payload=[{"gate": GATE, "result": {"index": i}} for i in range(CRASH_TASKS)])

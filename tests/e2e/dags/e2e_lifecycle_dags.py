@@ -2,7 +2,7 @@
 Kernel run per task instance through clears, marks, retries, worker crashes and triggerer restarts.
 
 Copied into the temporary DAGs folder of the test Airflow (3.3 and 2.11: the imports below work on both). Every
-action is ``e2e-gate``/``wait_gate`` (``../apps/gate_app.py``): it runs until the test opens the gate named in
+action is ``gate``/``wait`` (``tests/apps/gate_app.py``): it runs until the test opens the gate named in
 the run's conf, so no wait depends on how fast the machine is. ``with_id`` makes each run return its own id,
 so a test sees *which* invocation's output reached Airflow.
 """
@@ -51,8 +51,8 @@ def _payload(**extra: object) -> dict[str, object]:
 with _dag("lc_clear_submit"):
     start = KernelInvokeOperator(
         task_id="start",
-        app_name="e2e-gate",
-        action_name="wait_gate",
+        app_name="gate",
+        action_name="wait",
         payload=_payload(),
         invoke_async=True,
         wait_for_completion=False,
@@ -64,8 +64,8 @@ with _dag("lc_clear_submit"):
 with _dag("lc_clear_wait"):
     KernelInvokeOperator(
         task_id="invoke",
-        app_name="e2e-gate",
-        action_name="wait_gate",
+        app_name="gate",
+        action_name="wait",
         payload=_payload(),
         deferrable=True,
         timeout=300,
@@ -77,8 +77,8 @@ for _dag_id in ("lc_clear_deferred", "lc_mark"):
     with _dag(_dag_id):
         KernelInvokeOperator(
             task_id="invoke",
-            app_name="e2e-gate",
-            action_name="wait_gate",
+            app_name="gate",
+            action_name="wait",
             payload=_payload(browsers=2),
             deferrable=True,
             timeout=600,
@@ -89,8 +89,8 @@ for _dag_id in ("lc_clear_deferred", "lc_mark"):
 with _dag("lc_exec_timeout"):
     KernelInvokeOperator(
         task_id="invoke",
-        app_name="e2e-gate",
-        action_name="wait_gate",
+        app_name="gate",
+        action_name="wait",
         payload=_payload(browsers=1),
         deferrable=True,
         retries=0,
@@ -101,8 +101,8 @@ with _dag("lc_exec_timeout"):
 with _dag("lc_action_fails"):
     KernelInvokeOperator(
         task_id="invoke",
-        app_name="e2e-gate",
-        action_name="wait_gate",
+        app_name="gate",
+        action_name="wait",
         payload=_payload(fail_times=1),
         deferrable=True,
         timeout=300,
@@ -114,8 +114,8 @@ with _dag("lc_action_fails"):
 with _dag("lc_crash_create"):
     KernelInvokeOperator(
         task_id="invoke",
-        app_name="e2e-gate",
-        action_name="wait_gate",
+        app_name="gate",
+        action_name="wait",
         payload=_payload(),
         kernel_conn_id="kernel_slow",
         deferrable=True,
@@ -127,8 +127,8 @@ if HAS_RECONCILE_TOKEN:
     with _dag("lc_crash_create_token"):
         KernelInvokeOperator(
             task_id="invoke",
-            app_name="e2e-gate",
-            action_name="wait_gate",
+            app_name="gate",
+            action_name="wait",
             payload=_payload(),
             kernel_conn_id="kernel_slow",
             deferrable=True,
@@ -141,8 +141,8 @@ if HAS_RECONCILE_TOKEN:
 with _dag("lc_crash_wait"):
     KernelInvokeOperator(
         task_id="invoke",
-        app_name="e2e-gate",
-        action_name="wait_gate",
+        app_name="gate",
+        action_name="wait",
         payload=_payload(),
         deferrable=False,
         wait_mode="stream",
@@ -155,8 +155,8 @@ with _dag("lc_crash_wait"):
 with _dag("lc_triggerer_restart"):
     KernelInvokeOperator(
         task_id="invoke",
-        app_name="e2e-gate",
-        action_name="wait_gate",
+        app_name="gate",
+        action_name="wait",
         payload=_payload(then_gate=THEN_GATE, **RESTART_LINES),
         deferrable=True,
         wait_mode="stream",
