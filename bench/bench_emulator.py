@@ -6,9 +6,13 @@ a) creates/s - async ``POST /invocations`` (demo ``echo``) from ``httpx.AsyncCli
 b) live capacity - N ``slow`` async invocations held at once (``stats().live``), GET latency meanwhile;
 c) open streams - M concurrent ``GET /invocations/{id}/events`` streams that each received the initial state;
 
+d) retention - RSS across ``--retention`` (default 100,000) async ``echo`` invocations: finished ones are evicted
+   beyond ``retention_count`` (default 10,000), so RSS levels off instead of growing without bound;
+
 plus the emulator's RSS after each phase. Targets: >= 300 creates/s and >= 1,000 live invocations on 2 cores.
 
-    python bench/bench_emulator.py [--seconds 5] [--concurrency 32] [--live 1200] [--streams 1000] [--json]
+    python bench/bench_emulator.py [--seconds 5] [--concurrency 32] [--live 1200] [--streams 1000]
+                                   [--retention 100000] [--json]
 """
 
 from __future__ import annotations
@@ -187,6 +191,42 @@ async def bench_streams(url: str, ids: list[str], count: int) -> dict[str, Any]:
     }
 
 
+async def bench_retention(url: str, total: int, concurrency: int, clients: int, pid: int) -> dict[str, Any]:
+    """Create ``total`` async echo invocations; RSS at each quarter (flat once retention_count is reached)."""
+    body = {"app_name": "demo", "version": "latest", "action_name": "echo", "payload": '{"n": 1}', "async": True}
+    pool = [_client(url, max(1, concurrency // clients)) for _ in range(clients)]
+    checkpoints = [total * q // 4 for q in range(1, 5)]
+    rss: list[tuple[int, float]] = []
+    remaining = total
+    done = 0
+    started = time.perf_counter()
+    try:
+
+        async def worker(client: httpx.AsyncClient) -> None:
+            nonlocal remaining, done
+            while remaining > 0:
+                remaining -= 1
+                response = await client.post("/invocations", json=body)
+                response.raise_for_status()
+                done += 1
+                if checkpoints and done >= checkpoints[0]:
+                    rss.append((checkpoints.pop(0), round(rss_mb(pid), 1)))
+
+        await asyncio.gather(*(worker(pool[i % clients]) for i in range(concurrency)))
+        stats = (await pool[0].get("/_emulator/stats")).json()
+    finally:
+        for client in pool:
+            await client.aclose()
+    return {
+        "invocations": total,
+        "seconds": round(time.perf_counter() - started, 1),
+        "rss_mb_at": rss,
+        "retained": stats["retained"],
+        "evicted": stats["evicted"],
+        "created": stats["created"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of the creates/s phase")
@@ -194,10 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="AsyncClients sharing that concurrency")
     parser.add_argument("--live", type=int, default=1200, help="slow invocations to hold at once")
     parser.add_argument("--streams", type=int, default=1000, help="concurrent SSE streams to open (0 = skip)")
+    parser.add_argument("--retention", type=int, default=100_000, help="invocations for the RSS phase (0 = skip)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
-    proc = spawn_emulator(token=TOKEN, extra_args=["--heartbeat", "30"])
+    proc = spawn_emulator(token=TOKEN, heartbeat=30)
     results: dict[str, Any] = {"emulator_pid": proc.pid, "rss_mb_start": round(rss_mb(proc.pid), 1)}
     try:
         results["creates"] = asyncio.run(
@@ -211,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.streams:
             results["streams"] = asyncio.run(bench_streams(proc.url, ids, args.streams))
             results["rss_mb_with_streams"] = round(rss_mb(proc.pid), 1)
+        if args.retention:
+            proc.client.reset()
+            results["retention"] = asyncio.run(
+                bench_retention(proc.url, args.retention, args.concurrency, args.clients, proc.pid)
+            )
     finally:
         results["exit_code"] = proc.stop()
     results["targets"] = {
@@ -248,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if "rss_mb_with_streams" in results:
             rows.append(("RSS MiB with streams", results["rss_mb_with_streams"]))
+        if "retention" in results:
+            kept = results["retention"]
+            at = " / ".join(f"{n // 1000}k: {mb}" for n, mb in kept["rss_mb_at"])
+            rows += [
+                (f"RSS MiB across {kept['invocations']:,} invocations ({kept['seconds']} s)", at),
+                ("  retained / evicted", f"{kept['retained']} / {kept['evicted']}"),
+            ]
         rows.append(("targets met", ", ".join(f"{k}: {v}" for k, v in results["targets"].items())))
         width = max(len(r[0]) for r in rows)
         for name, value in rows:

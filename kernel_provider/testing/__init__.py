@@ -3,6 +3,7 @@
 It runs real HTTP (starlette + uvicorn + sse-starlette), needs no Airflow, and can inject faults reproducibly.
 Heavy imports are deferred: ``import kernel_provider.testing`` stays cheap.
 
+* :class:`EmulatorConfig` - every option in one dataclass (the CLI flags are derived from its fields).
 * :class:`KernelEmulator` - in-process server (context manager); ``KernelEmulator.spawn()`` for a subprocess.
 * :class:`EmulatorClient` - the admin/introspection routes over HTTP.
 * :class:`FaultPlan` - scripted, seeded fault injection.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kernel_provider.testing.config import DEFAULT_TOKEN, DEMO_APP_NAME
+from kernel_provider.testing.config import DEFAULT_TOKEN, DEMO_APP_NAME, EmulatorConfig
 
 if TYPE_CHECKING:
     from kernel_provider.testing.client import EmulatorClient
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_TOKEN",
     "DEMO_APP_NAME",
     "EmulatorClient",
+    "EmulatorConfig",
     "EmulatorProcess",
     "Fault",
     "FaultPlan",

@@ -69,8 +69,8 @@ def stable_id(*parts: str) -> str:
 
 
 @dataclass
-class AppVersion:
-    """One deployed version label of an app."""
+class DeployedVersion:
+    """One deployed version label of an app (the provider's model of its ``/apps`` item is ``AppVersion``)."""
 
     app_name: str
     version: str
@@ -102,7 +102,7 @@ class AppRegistry:
     """All app versions known to the emulator, in registration order."""
 
     def __init__(self) -> None:
-        self.versions: dict[tuple[str, str], AppVersion] = {}
+        self.versions: dict[tuple[str, str], DeployedVersion] = {}
 
     def add(
         self,
@@ -112,7 +112,7 @@ class AppRegistry:
         env_vars: dict[str, str] | None = None,
     ) -> None:
         for version in versions:
-            self.versions[(app_name, version)] = AppVersion(app_name, version, dict(actions), dict(env_vars or {}))
+            self.versions[(app_name, version)] = DeployedVersion(app_name, version, dict(actions), dict(env_vars or {}))
 
     def resolve(self, app_name: str, version: str, action_name: str) -> ActionSpec | str:
         """The action, or a human-readable reason why it does not exist."""
@@ -130,7 +130,7 @@ class AppRegistry:
         found = self.versions.get((app_name, version))
         return found.deployment_id if found else stable_id("deployment", app_name, version)
 
-    def search(self, app_name: str | None, version: str | None, query: str | None) -> list[AppVersion]:
+    def search(self, app_name: str | None, version: str | None, query: str | None) -> list[DeployedVersion]:
         out = []
         for item in self.versions.values():
             if app_name and item.app_name != app_name:

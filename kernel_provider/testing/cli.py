@@ -1,8 +1,13 @@
-"""``kernel-emulator`` command line (also ``python -m kernel_provider.testing``)."""
+"""``kernel-emulator`` command line (also ``python -m kernel_provider.testing``).
+
+The flags are derived from :class:`~kernel_provider.testing.config.EmulatorConfig`'s fields; only ``--url-file``
+and ``--quiet`` (about this process, not the emulator) are declared here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -11,60 +16,45 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from kernel_provider.testing.config import EmulatorConfig, build_config_parser
+
+#: The modules of the ``[emulator]`` extra the server needs.
+EXTRA_MODULES = ("starlette", "uvicorn", "sse_starlette")
+MISSING_EXTRA_MESSAGE = (
+    "kernel-emulator: error: the emulator needs the optional dependencies starlette, uvicorn and sse-starlette "
+    "(missing: {missing}).\n  install airflow-provider-kernel[emulator]"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernel-emulator",
         description="Local emulator of the Kernel (onkernel.com) invocation API, with fault injection.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default)")
-    parser.add_argument(
-        "--token", action="append", default=[], help="accepted API token (repeatable; default test-token)"
-    )
-    parser.add_argument(
-        "--app",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="Python file defining Kernel apps (kernel.App / @app.action); repeatable",
-    )
-    parser.add_argument(
-        "--app-version",
-        action="append",
-        default=[],
-        metavar="LABEL",
-        help="version label(s) the --app apps are deployed under (default latest)",
-    )
-    parser.add_argument(
-        "--demo-version",
-        action="append",
-        default=[],
-        metavar="LABEL",
-        help="version label(s) of the built-in demo app (default latest)",
-    )
-    parser.add_argument("--faults", metavar="FILE", help="fault plan JSON file")
-    parser.add_argument("--seed", type=int, help="seed for fault rates when the plan has none")
-    parser.add_argument("--heartbeat", type=float, default=15.0, help="SSE heartbeat interval in seconds (<60)")
-    parser.add_argument("--sync-timeout", type=float, default=100.0, help="cap for synchronous invocations (s)")
-    parser.add_argument("--org-concurrency", type=int, help="max live invocations per org (default unlimited)")
-    parser.add_argument("--app-concurrency", type=int, help="max live invocations per app (default unlimited)")
-    parser.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds on concurrency 429s")
-    parser.add_argument(
-        "--unknown-project",
-        action="append",
-        default=[],
-        metavar="ID",
-        help="project id answered with 404 project_not_found (repeatable)",
-    )
+    build_config_parser(parser)
     parser.add_argument("--url-file", metavar="PATH", help="write the base URL to this file once listening")
     parser.add_argument("--quiet", action="store_true", help="only print the listening line")
     return parser
 
 
+def missing_extra() -> list[str]:
+    """The ``[emulator]`` extra's modules that cannot be imported."""
+    missing = []
+    for name in EXTRA_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the emulator until SIGTERM/SIGINT; exit 0 on a clean shutdown."""
+    """Run the emulator until SIGTERM/SIGINT; exit 0 on a clean shutdown, 2 on bad options or a missing extra."""
     args = build_parser().parse_args(argv)
+    missing = missing_extra()
+    if missing:
+        print(MISSING_EXTRA_MESSAGE.format(missing=", ".join(missing)), file=sys.stderr, flush=True)
+        return 2
     from kernel_provider.testing.server import KernelEmulator
 
     stop = threading.Event()
@@ -75,22 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        emulator = KernelEmulator(
-            host=args.host,
-            port=args.port,
-            tokens=args.token or None,
-            apps=args.app,
-            app_versions=args.app_version or ("latest",),
-            demo_versions=args.demo_version or ("latest",),
-            faults=Path(args.faults) if args.faults else None,
-            seed=args.seed,
-            heartbeat=args.heartbeat,
-            sync_timeout=args.sync_timeout,
-            org_concurrency=args.org_concurrency,
-            app_concurrency=args.app_concurrency,
-            retry_after=args.retry_after,
-            unknown_projects=args.unknown_project,
-        )
+        emulator = KernelEmulator(EmulatorConfig.from_namespace(args))
         emulator.start()
     except (ValueError, OSError) as exc:
         print(f"kernel-emulator: error: {exc}", file=sys.stderr, flush=True)

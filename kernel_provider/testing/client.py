@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from kernel_provider.testing.config import DEFAULT_TOKEN
-from kernel_provider.testing.state import count_created
+from kernel_provider.testing.store import count_created
 
 
 class EmulatorClient:
@@ -106,7 +106,7 @@ class EmulatorClient:
         return wait_for_status(self.invocation, invocation_id, statuses, timeout, interval=0.02)
 
     def configure(self, **values: Any) -> dict[str, Any]:
-        """Change settings at run time: heartbeat, sync_timeout, org/app_concurrency, retry_after."""
+        """Change run-time settings (see ``EmulatorConfig``'s ``runtime`` fields); no values: just read them."""
         return dict(self._post("/_emulator/config", values))
 
     def apps(self) -> list[dict[str, Any]]:

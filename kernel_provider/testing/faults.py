@@ -12,6 +12,13 @@ wildcards are allowed in the path) and decides, per matching request, whether a 
 
 Rules are evaluated in order; the first rule that fires supplies the fault for the request.
 
+A :class:`Fault` has two typed parts: an :class:`HttpFault` (status, raw body, drop, truncate, delay), applied by
+the middleware, and a :class:`StreamFault` (cut, silent, error event, raw data), applied by the event stream.
+
+A ``status`` fault answers Kernel's ``Error`` body ``{code, message}`` (``code``/``message`` override the
+defaults) plus the optional ``details`` (a list of ``{code, message}``) and ``inner_error`` (``{code, message}``)
+when given.
+
 Malformed answers (for clients' error handling): ``body`` answers this raw text instead (with ``status``,
 default 200, and ``headers``; non-UTF-8 bytes as ``\\udcXX`` escapes, i.e. surrogateescape); ``truncate``
 (an int) lets the request act, announces the full ``Content-Length`` but sends only that many body bytes
@@ -47,6 +54,8 @@ _FAULT_KEYS = {
     "body",
     "truncate",
     "raw_sse_data",
+    "details",
+    "inner_error",
 }
 _RULE_KEYS = {"route", "sequence", "rate", "times", "fault", "name"}
 _PLAN_KEYS = {"seed", "rules", "legacy_status_reason", "plain_text_failure_output"}
@@ -72,13 +81,19 @@ def default_error_code(status: int) -> str:
     return _DEFAULT_CODES.get(status, "internal_error" if status >= 500 else "error")
 
 
+_STREAM_KEYS = {"cut_after_events", "silent", "error_event", "error_then_close", "raw_sse_data"}
+_HTTP_KEYS = _FAULT_KEYS - _STREAM_KEYS
+
+
 @dataclass
-class Fault:
-    """One injected misbehaviour. Several kinds may be combined (e.g. ``delay`` + ``status``)."""
+class HttpFault:
+    """What the middleware does to a request: delay, answer with a status or a raw body, drop, truncate."""
 
     status: int | None = None
     code: str | None = None
     message: str | None = None
+    details: list[dict[str, Any]] | None = None
+    inner_error: dict[str, Any] | None = None
     retry_after: float | None = None
     retry_after_ms: int | None = None
     should_retry: bool | None = None
@@ -86,24 +101,15 @@ class Fault:
     after: bool = False
     drop: str | None = None
     delay: float = 0.0
-    cut_after_events: int | None = None
-    silent: bool = False
-    error_event: dict[str, Any] | None = None
-    error_then_close: bool = False
     body: str | None = None
     truncate: int | None = None
-    raw_sse_data: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Fault:
-        """Build and validate a fault from its JSON form."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a fault must be a JSON object, got {data!r}")
-        unknown = set(data) - _FAULT_KEYS
-        if unknown:
-            raise ValueError(f"unknown fault keys: {sorted(unknown)}")
-        fault = cls(raw=dict(data))
+    def from_json(cls, data: dict[str, Any]) -> HttpFault | None:
+        """The HTTP part of a fault's JSON form (None when it has none)."""
+        if not set(data) & _HTTP_KEYS:
+            return None
+        fault = cls()
         if "status" in data:
             status = data["status"]
             if not isinstance(status, int) or not 100 <= status <= 599:
@@ -111,6 +117,14 @@ class Fault:
             fault.status = status
         fault.code = data.get("code")
         fault.message = data.get("message")
+        details = data.get("details")
+        if details is not None and not (isinstance(details, list) and all(isinstance(d, dict) for d in details)):
+            raise ValueError("details must be a list of objects {code?, message?}")
+        fault.details = details
+        inner = data.get("inner_error")
+        if inner is not None and not isinstance(inner, dict):
+            raise ValueError("inner_error must be an object {code?, message?}")
+        fault.inner_error = inner
         fault.retry_after = data.get("retry_after")
         fault.retry_after_ms = data.get("retry_after_ms")
         fault.should_retry = data.get("should_retry")
@@ -123,6 +137,66 @@ class Fault:
         fault.delay = float(data.get("delay", 0.0))
         if fault.delay < 0:
             raise ValueError("fault delay must be >= 0")
+        if data.get("body") is not None and not isinstance(data["body"], str):
+            raise ValueError("body must be a string")
+        fault.body = data.get("body")
+        truncate = data.get("truncate")
+        if truncate is not None and (not isinstance(truncate, int) or isinstance(truncate, bool) or truncate < 0):
+            raise ValueError("truncate must be an integer >= 0 (body bytes to send)")
+        fault.truncate = truncate
+        return fault
+
+    @property
+    def acts(self) -> bool:
+        """Whether this part does anything on its own (``code`` alone, say, does not)."""
+        return bool(self.status or self.drop or self.delay or self.body is not None or self.truncate is not None)
+
+    def error_body(self) -> dict[str, Any]:
+        """The ``Error`` JSON body for a status fault (with the optional ``details`` / ``inner_error``)."""
+        status = self.status or 500
+        body: dict[str, Any] = {
+            "code": self.code or default_error_code(status),
+            "message": self.message or f"injected fault: HTTP {status}",
+        }
+        if self.details is not None:
+            body["details"] = self.details
+        if self.inner_error is not None:
+            body["inner_error"] = self.inner_error
+        return body
+
+    def response_headers(self) -> dict[str, str]:
+        """Extra headers for a status fault (``Retry-After``, ``retry-after-ms``, ``x-should-retry``...)."""
+        headers = dict(self.headers)
+        if self.retry_after is not None:
+            value = self.retry_after
+            headers["Retry-After"] = str(int(value)) if float(value).is_integer() else str(value)
+        if self.retry_after_ms is not None:
+            headers["retry-after-ms"] = str(self.retry_after_ms)
+        if self.should_retry is not None:
+            headers["x-should-retry"] = "true" if self.should_retry else "false"
+        return headers
+
+    def encoded_body(self) -> bytes:
+        """The ``body`` fault's bytes (``\\udcXX`` escapes become raw bytes)."""
+        return (self.body or "").encode("utf-8", "surrogateescape")
+
+
+@dataclass
+class StreamFault:
+    """What the event stream does: cut after N events, fall silent, send an ``error`` event or raw data."""
+
+    cut_after_events: int | None = None
+    silent: bool = False
+    error_event: dict[str, Any] | None = None
+    error_then_close: bool = False
+    raw_sse_data: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StreamFault | None:
+        """The stream part of a fault's JSON form (None when it has none)."""
+        if not set(data) & _STREAM_KEYS:
+            return None
+        fault = cls()
         cut = data.get("cut_after_events")
         if cut is not None and (not isinstance(cut, int) or cut < 0):
             raise ValueError("cut_after_events must be an integer >= 0")
@@ -137,64 +211,42 @@ class Fault:
             err = {"code": err.get("code", "internal_error"), "message": err.get("message", "injected error")}
         fault.error_event = err
         fault.error_then_close = bool(data.get("error_then_close", False))
-        for key in ("body", "raw_sse_data"):
-            if data.get(key) is not None and not isinstance(data[key], str):
-                raise ValueError(f"{key} must be a string")
-        fault.body = data.get("body")
+        if data.get("raw_sse_data") is not None and not isinstance(data["raw_sse_data"], str):
+            raise ValueError("raw_sse_data must be a string")
         fault.raw_sse_data = data.get("raw_sse_data")
-        truncate = data.get("truncate")
-        if truncate is not None and (not isinstance(truncate, int) or isinstance(truncate, bool) or truncate < 0):
-            raise ValueError("truncate must be an integer >= 0 (body bytes to send)")
-        fault.truncate = truncate
-        if not any(
-            (
-                fault.status,
-                fault.drop,
-                fault.delay,
-                fault.cut_after_events is not None,
-                fault.silent,
-                fault.error_event,
-                fault.body is not None,
-                fault.truncate is not None,
-                fault.raw_sse_data is not None,
-            )
-        ):
-            raise ValueError(f"fault {data!r} does nothing")
         return fault
 
-    def error_body(self) -> dict[str, Any]:
-        """The ``Error`` JSON body for a status fault."""
-        status = self.status or 500
-        return {
-            "code": self.code or default_error_code(status),
-            "message": self.message or f"injected fault: HTTP {status}",
-        }
-
-    def response_headers(self) -> dict[str, str]:
-        """Extra headers for a status fault (``Retry-After``, ``retry-after-ms``, ``x-should-retry``...)."""
-        headers = dict(self.headers)
-        if self.retry_after is not None:
-            value = self.retry_after
-            headers["Retry-After"] = str(int(value)) if float(value).is_integer() else str(value)
-        if self.retry_after_ms is not None:
-            headers["retry-after-ms"] = str(self.retry_after_ms)
-        if self.should_retry is not None:
-            headers["x-should-retry"] = "true" if self.should_retry else "false"
-        return headers
-
     @property
-    def is_sse(self) -> bool:
-        """Whether this fault only makes sense on the events stream."""
-        return (
-            self.cut_after_events is not None
-            or self.silent
-            or self.error_event is not None
-            or self.raw_sse_data is not None
+    def acts(self) -> bool:
+        return bool(
+            self.cut_after_events is not None or self.silent or self.error_event or self.raw_sse_data is not None
         )
 
-    def encoded_body(self) -> bytes:
-        """The ``body`` fault's bytes (``\\udcXX`` escapes become raw bytes)."""
-        return (self.body or "").encode("utf-8", "surrogateescape")
+
+@dataclass
+class Fault:
+    """One injected misbehaviour, as one JSON object of a plan: an HTTP part, a stream part, or both.
+
+    Several kinds may be combined (e.g. ``delay`` + ``status``, or ``delay`` + ``cut_after_events``). The
+    middleware applies :attr:`http`; the event stream applies :attr:`stream`.
+    """
+
+    http: HttpFault | None = None
+    stream: StreamFault | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Fault:
+        """Build and validate a fault from its JSON form."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a fault must be a JSON object, got {data!r}")
+        unknown = set(data) - _FAULT_KEYS
+        if unknown:
+            raise ValueError(f"unknown fault keys: {sorted(unknown)}")
+        fault = cls(HttpFault.from_json(data), StreamFault.from_json(data), dict(data))
+        if not any(part is not None and part.acts for part in (fault.http, fault.stream)):
+            raise ValueError(f"fault {data!r} does nothing")
+        return fault
 
 
 @dataclass
@@ -341,6 +393,12 @@ class FaultPlan:
                 if fault is not None:
                     return fault
         return None
+
+    def spec(self) -> dict[str, Any]:
+        """The plan as written (no counters or positions): ``FaultPlan.from_json(plan.spec())`` starts afresh."""
+        data = self.to_json()
+        data["rules"] = [{k: v for k, v in rule.items() if k in _RULE_KEYS} for rule in data["rules"]]
+        return data
 
     def to_json(self) -> dict[str, Any]:
         """A JSON view of the plan, with per-rule progress counters."""

@@ -1,8 +1,9 @@
 """pytest plugin (entry point ``kernel_emulator``): fixtures that start a Kernel API emulator.
 
 * ``kernel_emulator`` - a fresh, started :class:`~kernel_provider.testing.KernelEmulator` per test.
-* ``kernel_emulator_factory`` - ``factory(**KernelEmulator kwargs)`` → started emulator; ``spawn=True``
-  runs it in a subprocess instead (returns an ``EmulatorProcess``). Everything is stopped at teardown.
+* ``kernel_emulator_factory`` - ``factory(config=None, **EmulatorConfig fields)`` → started emulator;
+  ``spawn=True`` runs it in a subprocess instead (returns an ``EmulatorProcess``; ``env=``/``timeout=`` go to
+  :func:`~kernel_provider.testing.spawn_emulator`). Everything is stopped at teardown.
 * ``kernel_conn_env`` - sets ``AIRFLOW_CONN_KERNEL_DEFAULT`` to the JSON connection
   ``{"conn_type": "kernel", "host": <url>, "password": <token>}`` and returns the emulator.
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from kernel_provider.testing.config import EmulatorConfig
     from kernel_provider.testing.server import EmulatorProcess, KernelEmulator
 
 
@@ -26,14 +28,14 @@ def kernel_emulator_factory() -> Iterator[Callable[..., Any]]:
     """Start emulators with custom options; all are stopped after the test."""
     started: list[KernelEmulator | EmulatorProcess] = []
 
-    def factory(*, spawn: bool = False, **kwargs: Any) -> Any:
+    def factory(config: EmulatorConfig | None = None, /, *, spawn: bool = False, **kwargs: Any) -> Any:
         from kernel_provider.testing.server import KernelEmulator, spawn_emulator
 
         if spawn:
-            proc = spawn_emulator(**kwargs)
+            proc = spawn_emulator(config, **kwargs)
             started.append(proc)
             return proc
-        emulator = KernelEmulator(**kwargs).start()
+        emulator = KernelEmulator(config, **kwargs).start()
         started.append(emulator)
         return emulator
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -18,15 +17,17 @@ from typing import Any, TypeVar
 
 from kernel_provider.testing.actions import build_registry
 from kernel_provider.testing.client import EmulatorClient, wait_for_status
-from kernel_provider.testing.config import DEFAULT_TOKEN, EmulatorConfig
+from kernel_provider.testing.config import EmulatorConfig
 from kernel_provider.testing.faults import FaultPlan
-from kernel_provider.testing.state import TERMINAL, Store, count_created
+from kernel_provider.testing.store import TERMINAL, Store, count_created
 
 T = TypeVar("T")
 FaultsArg = FaultPlan | dict[str, Any] | list[Any] | str | Path | None
 
 
 def _load_faults(faults: FaultsArg, seed: int | None) -> FaultPlan:
+    if isinstance(faults, FaultPlan):
+        return faults
     if isinstance(faults, (str, Path)) and not str(faults).lstrip().startswith(("{", "[")):
         return FaultPlan.load(faults, default_seed=seed)
     return FaultPlan.from_json(faults, default_seed=seed)
@@ -39,52 +40,14 @@ class KernelEmulator:
     ...     Kernel(api_key=emu.token, base_url=emu.url).invocations.create(...)
     """
 
-    def __init__(
-        self,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        token: str | None = None,
-        tokens: Sequence[str] | None = None,
-        apps: Sequence[str | Path] = (),
-        app_versions: Sequence[str] = ("latest",),
-        demo_versions: Sequence[str] = ("latest",),
-        faults: FaultsArg = None,
-        seed: int | None = None,
-        heartbeat: float = 15.0,
-        sync_timeout: float = 100.0,
-        org_concurrency: int | None = None,
-        app_concurrency: int | None = None,
-        retry_after: int = 1,
-        unknown_projects: Sequence[str] = (),
-        request_log_size: int = 10_000,
-        env_vars: dict[str, dict[str, str]] | None = None,
-    ) -> None:
-        all_tokens = list(tokens or [])
-        if token is not None:
-            all_tokens.insert(0, token)
-        self.config = EmulatorConfig(
-            tokens=tuple(all_tokens or [DEFAULT_TOKEN]),
-            app_files=tuple(str(p) for p in apps),
-            app_versions=tuple(app_versions),
-            demo_versions=tuple(demo_versions),
-            heartbeat=heartbeat,
-            sync_timeout=sync_timeout,
-            org_concurrency=org_concurrency,
-            app_concurrency=app_concurrency,
-            retry_after=retry_after,
-            seed=seed,
-            unknown_projects=tuple(unknown_projects),
-            request_log_size=request_log_size,
-            env_vars=dict(env_vars or {}),
-        )
+    def __init__(self, config: EmulatorConfig | None = None, /, **overrides: Any) -> None:
+        """Take an :class:`EmulatorConfig` and/or its fields as keywords (``token=`` adds one token)."""
+        self.config = EmulatorConfig.build(config, **overrides)
         self.config.validate()
-        self.host = host
-        self._requested_port = port
         registry = build_registry(
-            self.config.app_files, self.config.app_versions, self.config.demo_versions, self.config.env_vars
+            self.config.apps, self.config.app_versions, self.config.demo_versions, self.config.env_vars
         )
-        self.store = Store(self.config, registry, _load_faults(faults, seed))
+        self.store = Store(self.config, registry, _load_faults(self.config.faults, self.config.seed))
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -92,6 +55,10 @@ class KernelEmulator:
         self.port = 0
 
     # ------------------------------------------------------------------ properties
+    @property
+    def host(self) -> str:
+        return self.config.host
+
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:54321`` (no trailing slash)."""
@@ -133,7 +100,7 @@ class KernelEmulator:
         # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets whose proto says TCP (else +40 ms)
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._requested_port))
+        sock.bind((self.host, self.config.port))
         sock.set_inheritable(True)
         self._sock = sock
         self.port = sock.getsockname()[1]
@@ -262,15 +229,15 @@ class KernelEmulator:
         return wait_for_status(self.invocation, invocation_id, statuses, timeout, interval=0.01)
 
     def configure(self, **values: Any) -> dict[str, Any]:
-        """Change settings at run time: heartbeat, sync_timeout, org/app_concurrency, retry_after."""
+        """Change run-time settings (the config fields marked ``runtime``: heartbeat, concurrency, retention...)."""
         self._call(self.config.update, values)
         return self.config.public()
 
     # ------------------------------------------------------------------ subprocess
     @classmethod
-    def spawn(cls, **kwargs: Any) -> EmulatorProcess:
+    def spawn(cls, config: EmulatorConfig | None = None, /, **kwargs: Any) -> EmulatorProcess:
         """Start ``python -m kernel_provider.testing`` in a subprocess; see :func:`spawn_emulator`."""
-        return spawn_emulator(**kwargs)
+        return spawn_emulator(config, **kwargs)
 
 
 class EmulatorProcess:
@@ -308,57 +275,26 @@ class EmulatorProcess:
 
 
 def spawn_emulator(
+    config: EmulatorConfig | None = None,
+    /,
     *,
-    token: str | None = None,
-    tokens: Sequence[str] = (),
-    apps: Sequence[str | Path] = (),
-    faults: dict[str, Any] | list[Any] | str | Path | None = None,
-    seed: int | None = None,
-    heartbeat: float | None = None,
-    sync_timeout: float | None = None,
-    org_concurrency: int | None = None,
-    app_concurrency: int | None = None,
-    retry_after: int | None = None,
-    demo_versions: Sequence[str] = (),
-    app_versions: Sequence[str] = (),
-    host: str = "127.0.0.1",
     python: str | None = None,
     extra_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
+    **overrides: Any,
 ) -> EmulatorProcess:
-    """Run the emulator CLI in a subprocess (port 0) and wait until it is listening."""
+    """Run the emulator CLI in a subprocess and wait until it is listening.
+
+    ``config`` and/or keyword ``overrides`` (its fields, ``token=``) become CLI flags; ``extra_args`` are added
+    as they are. The port is 0 (a free one) unless the config says otherwise.
+    """
+    config = EmulatorConfig.build(config, **overrides)
+    config.validate()  # fail here, with a traceback, rather than in the child
     workdir = tempfile.TemporaryDirectory(prefix="kernel-emulator-")
     url_file = Path(workdir.name) / "url"
-    all_tokens = ([token] if token else []) + list(tokens)
-    args = [python or sys.executable, "-m", "kernel_provider.testing", "--host", host, "--port", "0"]
-    args += ["--url-file", str(url_file), "--quiet"]
-    for tok in all_tokens:
-        args += ["--token", tok]
-    for app in apps:
-        args += ["--app", str(app)]
-    if faults is not None:
-        if isinstance(faults, (dict, list)):
-            faults_file = Path(workdir.name) / "faults.json"
-            faults_file.write_text(json.dumps(faults))
-            faults = faults_file
-        args += ["--faults", str(faults)]
-    options = {
-        "--seed": seed,
-        "--heartbeat": heartbeat,
-        "--sync-timeout": sync_timeout,
-        "--org-concurrency": org_concurrency,
-        "--app-concurrency": app_concurrency,
-        "--retry-after": retry_after,
-    }
-    for flag, value in options.items():
-        if value is not None:
-            args += [flag, str(value)]
-    for version in demo_versions:
-        args += ["--demo-version", version]
-    for version in app_versions:
-        args += ["--app-version", version]
-    args += list(extra_args)
+    args = [python or sys.executable, "-m", "kernel_provider.testing", *config.to_args()]
+    args += ["--url-file", str(url_file), "--quiet", *extra_args]
     proc_env = dict(os.environ)
     proc_env.update(env or {})
     log_path = Path(workdir.name) / "stderr.log"
@@ -376,4 +312,4 @@ def spawn_emulator(
             raise TimeoutError("kernel-emulator did not start in time")
         time.sleep(0.02)
     url = url_file.read_text().strip()
-    return EmulatorProcess(proc, url, all_tokens[0] if all_tokens else DEFAULT_TOKEN, workdir)
+    return EmulatorProcess(proc, url, config.tokens[0], workdir)

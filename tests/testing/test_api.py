@@ -39,19 +39,31 @@ def test_several_tokens(kernel_emulator_factory: Callable[..., KernelEmulator]) 
         assert httpx.get(f"{emu.url}/apps", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
+V = {"version": "latest"}
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"version": "latest", "action_name": "echo"}, "app_name"),
-        ({"app_name": "", "action_name": "echo"}, "app_name"),
-        ({"app_name": "demo"}, "action_name"),
-        ({"app_name": 3, "action_name": "echo"}, "app_name"),
-        ({"app_name": "demo", "action_name": "echo", "payload": {"a": 1}}, "payload"),
-        ({"app_name": "demo", "action_name": "echo", "payload": "{not json"}, "payload"),
-        ({"app_name": "demo", "action_name": "echo", "async": "yes"}, "async"),
-        ({"app_name": "demo", "action_name": "echo", "async_timeout_seconds": 9}, "async_timeout_seconds"),
-        ({"app_name": "demo", "action_name": "echo", "async_timeout_seconds": 3601}, "async_timeout_seconds"),
-        ({"app_name": "demo", "action_name": "echo", "async_timeout_seconds": "60"}, "async_timeout_seconds"),
+        ({"app_name": "", **V, "action_name": "echo"}, "app_name"),
+        ({"app_name": "demo", **V}, "action_name"),
+        ({"app_name": 3, **V, "action_name": "echo"}, "app_name"),
+        ({"app_name": "demo", "action_name": "echo"}, "version"),  # required by the spec
+        ({"app_name": "demo", "version": "", "action_name": "echo"}, "version"),
+        ({"app_name": "demo", "version": None, "action_name": "echo"}, "version"),
+        ({"app_name": "demo", **V, "action_name": "echo", "payload": {"a": 1}}, "payload"),
+        ({"app_name": "demo", **V, "action_name": "echo", "payload": "{not json"}, "payload"),
+        ({"app_name": "demo", **V, "action_name": "echo", "payload": "\u001d"}, "payload"),  # raw control char
+        ({"app_name": "demo", **V, "action_name": "echo", "payload": '"a\u001db"'}, "payload"),
+        ({"app_name": "demo", **V, "action_name": "echo", "payload": "NaN"}, "payload"),
+        ({"app_name": "demo", **V, "action_name": "echo", "payload": "  "}, "payload"),
+        ({"app_name": "demo", **V, "action_name": "echo", "async": "yes"}, "async"),
+        ({"app_name": "demo", **V, "action_name": "echo", "async": None}, "async"),
+        ({"app_name": "demo", **V, "action_name": "echo", "async_timeout_seconds": None}, "async_timeout_seconds"),
+        ({"app_name": "demo", **V, "action_name": "echo", "async_timeout_seconds": 9}, "async_timeout_seconds"),
+        ({"app_name": "demo", **V, "action_name": "echo", "async_timeout_seconds": 3601}, "async_timeout_seconds"),
+        ({"app_name": "demo", **V, "action_name": "echo", "async_timeout_seconds": "60"}, "async_timeout_seconds"),
     ],
 )
 def test_create_validation(http: httpx.Client, body: dict[str, Any], field: str) -> None:
@@ -197,7 +209,9 @@ def test_patch_cancel_stops_action_and_destroys_browsers(http: httpx.Client, ker
     assert again.status_code == 200 and again.json() == body
 
 
-@pytest.mark.parametrize("body", [{}, {"status": "running"}, {"status": "failed", "output": 3}])
+@pytest.mark.parametrize(
+    "body", [{}, {"status": "running"}, {"status": "failed", "output": 3}, {"status": "failed", "output": None}]
+)
 def test_patch_validation(http: httpx.Client, body: dict[str, Any]) -> None:
     inv_id = create(http, "echo").json()["id"]
     response = http.patch(f"/invocations/{inv_id}", json=body)
@@ -344,3 +358,41 @@ def test_client_disconnect_releases_stream(http: httpx.Client, kernel_emulator: 
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert kernel_emulator.invocation(inv_id)["_emulator"]["subscribers"] == 0  # type: ignore[index]
+
+
+# ------------------------------------------------------------------------------------------ retention
+def test_retention_evicts_finished_invocations_and_keeps_the_counters(
+    kernel_emulator_factory: Callable[..., KernelEmulator],
+) -> None:
+    emu = kernel_emulator_factory(retention_count=3, retention_seconds=0)
+    headers = {"Authorization": f"Bearer {emu.token}"}
+    body = {"app_name": "demo", "version": "latest", "action_name": "echo", "payload": '{"n":1}'}
+    ids = [httpx.post(f"{emu.url}/invocations", json=body, headers=headers).json()["id"] for _ in range(5)]
+    failing = {**body, "action_name": "fail", "payload": "{}"}
+    ids.append(httpx.post(f"{emu.url}/invocations", json=failing, headers=headers).json()["id"])
+    live = httpx.post(f"{emu.url}/invocations", json={**body, "action_name": "slow", "async": True}, headers=headers)
+    stats = emu.stats()
+    assert stats["created"] == 7 and stats["live"] == 1
+    assert stats["by_status"] == {"queued": 0, "running": 1, "succeeded": 5, "failed": 1}
+    assert stats["retained"] == 4 and stats["evicted"] == 3  # 3 finished kept + the live one
+    assert emu.created_count(action="echo", payload={"n": 1}) == 5
+    for gone in ids[:3]:
+        assert httpx.get(f"{emu.url}/invocations/{gone}", headers=headers).status_code == 404
+    for kept in [*ids[3:], live.json()["id"]]:
+        assert httpx.get(f"{emu.url}/invocations/{kept}", headers=headers).status_code == 200
+    listed = httpx.get(f"{emu.url}/invocations", headers=headers, params={"limit": 100}).json()
+    assert len(listed) == 4
+    # a live invocation is never evicted, whatever its age; by age, finished ones go
+    emu.configure(retention_count=0, retention_seconds=0.2)
+    time.sleep(0.3)
+    httpx.post(f"{emu.url}/invocations", json=body, headers=headers)
+    stats = emu.stats()
+    assert stats["retained"] == 2 and stats["evicted"] == 6  # the live slow one + the newest echo
+    assert stats["created"] == 8 and stats["by_status"]["succeeded"] == 6 and stats["by_status"]["failed"] == 1
+
+
+def test_retention_defaults_keep_a_suite_worth() -> None:
+    from kernel_provider.testing import EmulatorConfig
+
+    config = EmulatorConfig()
+    assert config.retention_count == 10_000 and config.retention_seconds == 3600

@@ -105,3 +105,117 @@ def test_plugin_and_emulator_do_not_import_airflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------------------------ one config object
+def _flags(parser: Any) -> set[str]:
+    return {opt for action in parser._actions for opt in action.option_strings}
+
+
+def test_every_config_field_is_a_cli_flag() -> None:
+    import dataclasses
+
+    from kernel_provider.testing.cli import build_parser
+    from kernel_provider.testing.config import EmulatorConfig, _flag
+
+    parser = build_parser()
+    for f in dataclasses.fields(EmulatorConfig):
+        assert _flag(f) in _flags(parser), f.name
+        assert f.metadata.get("help"), f"{f.name} has no help text"
+    assert "--payload-limit" in parser.format_help() and "(default: 4500000)" in parser.format_help()
+
+
+def test_a_new_field_becomes_a_flag_without_other_edits() -> None:
+    import dataclasses
+
+    from kernel_provider.testing.config import EmulatorConfig, build_config_parser
+
+    @dataclasses.dataclass
+    class Extended(EmulatorConfig):
+        frobnicate: int = dataclasses.field(default=3, metadata={"help": "frobs per second"})
+        colours: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "x", "flag": "--colour"})
+
+    parser = build_config_parser(cls=Extended)
+    assert {"--frobnicate", "--colour", "--org-concurrency"} <= _flags(parser)
+    assert "frobs per second (default: 3)" in " ".join(parser.format_help().split())
+    config = Extended.from_args(["--frobnicate", "7", "--colour", "red", "--colour", "blue"])
+    assert isinstance(config, Extended)
+    assert config.frobnicate == 7 and config.colours == ("red", "blue")
+    assert config.to_args() == ["--frobnicate", "7", "--colour", "red", "--colour", "blue"]
+
+
+def test_cli_to_config_round_trip() -> None:
+    from kernel_provider.testing.config import EmulatorConfig
+
+    assert EmulatorConfig.from_args([]) == EmulatorConfig()
+    config = EmulatorConfig(
+        host="127.0.0.2",
+        port=0,
+        tokens=("t1", "t2"),
+        app_versions=("latest", "2.0"),
+        demo_versions=("1.0",),
+        faults='{"seed": 7, "rules": []}',
+        seed=3,
+        heartbeat=2.5,
+        sync_timeout=7.0,
+        org_concurrency=4,
+        app_concurrency=2,
+        retry_after=3,
+        unknown_projects=("gone",),
+        request_log_size=50,
+        env_vars={"demo": {"K": "v"}},
+        payload_limit=1000,
+        retention_seconds=60.0,
+        retention_count=5,
+    )
+    assert EmulatorConfig.from_args(config.to_args()) == config
+    assert EmulatorConfig.from_args(["--org-concurrency", "none"]).org_concurrency is None
+    with pytest.raises(SystemExit):
+        EmulatorConfig.from_args(["--payload-limit", "lots"])
+
+
+def test_config_reaches_the_spawned_server() -> None:
+    from kernel_provider.testing import EmulatorConfig, spawn_emulator
+
+    config = EmulatorConfig(
+        tokens=("tok",), heartbeat=3.0, org_concurrency=4, payload_limit=1234, retention_count=7, seed=11
+    )
+    with spawn_emulator(config, app_concurrency=2) as proc:
+        public = proc.client.configure()  # no values: just the current settings
+    expected = {**EmulatorConfig.build(config, app_concurrency=2).public(), "port": public["port"]}
+    assert public == expected
+    assert public["payload_limit"] == 1234 and public["app_concurrency"] == 2 and proc.token == "tok"
+
+
+def test_missing_extra_message_and_exit_code_2() -> None:
+    blocker = (
+        "import sys, runpy\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('starlette', 'uvicorn', 'sse_starlette'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.argv = ['kernel-emulator', '--port', '0']\n"
+        "runpy.run_module('kernel_provider.testing', run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "install airflow-provider-kernel[emulator]" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "starlette, uvicorn, sse_starlette" in result.stderr
+
+
+def test_runtime_config_update_is_typed_and_all_or_nothing() -> None:
+    from kernel_provider.testing.config import EmulatorConfig
+
+    config = EmulatorConfig()
+    config.update({"org_concurrency": 3, "retention_seconds": 5, "heartbeat": 1})
+    assert (config.org_concurrency, config.retention_seconds, config.heartbeat) == (3, 5, 1)
+    config.update({"org_concurrency": None})
+    assert config.org_concurrency is None
+    for bad in ({"org_concurrency": "5"}, {"payload_limit": True}, {"heartbeat": None}, {"heartbeat": 90}):
+        with pytest.raises(ValueError):
+            config.update({"retry_after": 9, **bad})
+        assert config.retry_after == 1
+    with pytest.raises(ValueError, match="read-only"):
+        config.update({"tokens": ["x"]})

@@ -197,9 +197,9 @@ def test_route_matching() -> None:
         }
     )
     pick = plan.pick
-    assert pick("GET", "/invocations/{id}/events").status == 500  # type: ignore[union-attr]
+    assert pick("GET", "/invocations/{id}/events").http.status == 500  # type: ignore[union-attr]
     assert pick("POST", "/invocations") is None
-    assert pick("DELETE", "/apps").status == 502  # type: ignore[union-attr]
+    assert pick("DELETE", "/apps").http.status == 502  # type: ignore[union-attr]
 
 
 # --- malformed answers: raw bodies, truncated bodies, raw SSE data lines ----------------------------------
@@ -274,3 +274,21 @@ def test_raw_sse_data_is_sent_verbatim_then_the_stream_carries_on(kernel_emulato
 def test_malformed_answer_faults_are_validated(fault: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         FaultPlan.from_json([{"route": "*", "fault": fault}])
+
+
+def test_http_and_stream_faults_are_distinct_parts() -> None:
+    from kernel_provider.testing.faults import Fault, HttpFault, StreamFault
+
+    status = Fault.from_json({"status": 503, "retry_after": 2})
+    assert isinstance(status.http, HttpFault) and status.stream is None
+    assert status.http.response_headers() == {"Retry-After": "2"}
+    cut = Fault.from_json({"cut_after_events": 1})
+    assert cut.http is None and isinstance(cut.stream, StreamFault) and cut.stream.cut_after_events == 1
+    both = Fault.from_json({"delay": 0.01, "error_event": True})
+    assert both.http is not None and both.http.delay == 0.01
+    assert both.stream is not None and both.stream.error_event == {
+        "code": "internal_error",
+        "message": "injected error",
+    }
+    with pytest.raises(ValueError, match="does nothing"):
+        Fault.from_json({"code": "only_a_code"})

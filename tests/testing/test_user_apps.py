@@ -116,7 +116,7 @@ def test_one_param_handler_and_versions(app_emulator: KernelEmulator) -> None:
 
 def test_async_handler_logging_and_none_payload(app_emulator: KernelEmulator, sse_events: SSE) -> None:
     with _http(app_emulator) as http:
-        body = {"app_name": "my-app", "action_name": "async-work", "async": True}
+        body = {"app_name": "my-app", "version": "latest", "action_name": "async-work", "async": True}
         inv_id = http.post("/invocations", json=body).json()["id"]
         events = sse_events(http.get(f"/invocations/{inv_id}/events"))
     logs = [e["message"] for e in events if e["event"] == "log"]
@@ -131,7 +131,9 @@ def test_async_handler_logging_and_none_payload(app_emulator: KernelEmulator, ss
 @pytest.mark.parametrize(("action", "text"), [("explode", "RuntimeError: kaboom"), ("sync-explode", "KeyError")])
 def test_handler_exception_fails(app_emulator: KernelEmulator, action: str, text: str) -> None:
     with _http(app_emulator) as http:
-        result = http.post("/invocations", json={"app_name": "my-app", "action_name": action}).json()
+        result = http.post(
+            "/invocations", json={"app_name": "my-app", "version": "latest", "action_name": action}
+        ).json()
     assert result["status"] == "failed"
     assert result["output"].startswith(text)
     assert result["status_reason"]
@@ -140,9 +142,12 @@ def test_handler_exception_fails(app_emulator: KernelEmulator, action: str, text
 def test_module_actions_fallback(app_emulator: KernelEmulator) -> None:
     with _http(app_emulator) as http:
         doubled = http.post(
-            "/invocations", json={"app_name": "plain-app", "action_name": "double", "payload": "21"}
+            "/invocations",
+            json={"app_name": "plain-app", "version": "latest", "action_name": "double", "payload": "21"},
         ).json()
-        me = http.post("/invocations", json={"app_name": "plain-app", "action_name": "whoami"}).json()
+        me = http.post(
+            "/invocations", json={"app_name": "plain-app", "version": "latest", "action_name": "whoami"}
+        ).json()
     assert doubled["output"] == "42"
     assert json.loads(me["output"]) == me["id"]
 

@@ -1,4 +1,5 @@
-"""In-memory state of the emulator: invocations, their lifecycle and logs, browsers, counters, request log.
+"""The emulator's store: invocation records, their state machine and logs, browsers, counters, retention, the request
+log. Running the actions is :mod:`~kernel_provider.testing.runner`'s job.
 
 Everything here is touched only from the emulator's event-loop thread (action worker threads hand their log
 lines over with ``call_soon_threadsafe``), so no locking is needed. In-process callers on other threads go
@@ -12,14 +13,15 @@ import json
 import threading
 from collections import Counter, deque
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 from kernel_provider.testing import capture
-from kernel_provider.testing.actions import ActionSpec, AppRegistry, failure_text
+from kernel_provider.testing.actions import ActionSpec, AppRegistry
 from kernel_provider.testing.config import EmulatorConfig
 from kernel_provider.testing.faults import FaultPlan
+from kernel_provider.testing.runner import ActionRunner
 from kernel_provider.testing.timeutil import format_ns, new_id, now_ns
+from kernel_provider.testing.wire import dumps
 
 TERMINAL = frozenset({"succeeded", "failed"})
 STATUSES = ("queued", "running", "succeeded", "failed")
@@ -34,13 +36,8 @@ MAX_LOG_LINES = 20_000
 StreamItem = tuple[str, bool]
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON (what goes on the wire)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-class Invocation:
-    """One invocation and its run-time attachments."""
+class InvocationRecord:
+    """One invocation as the emulator keeps it, with its attachments (the provider's model is ``Invocation``)."""
 
     __slots__ = (
         "action_name",
@@ -113,7 +110,7 @@ class Invocation:
         return LEGACY_REASONS.get(self.status) if legacy else None
 
     def to_dict(self, legacy: bool = False) -> dict[str, Any]:
-        """The ``Invocation`` JSON object."""
+        """Kernel's ``Invocation`` JSON object."""
         out: dict[str, Any] = {
             "id": self.id,
             "app_name": self.app_name,
@@ -144,7 +141,7 @@ class Invocation:
         return out
 
     def admin_dict(self) -> dict[str, Any]:
-        """The Invocation plus emulator-only details (admin routes)."""
+        """Kernel's ``Invocation`` plus emulator-only details (admin routes)."""
         out = self.to_dict()
         out["_emulator"] = {
             "async": self.is_async,
@@ -159,18 +156,6 @@ class Invocation:
         return out
 
 
-class _Context:
-    """The ``ctx`` handed to the emulator's own action functions."""
-
-    def __init__(self, store: Store, inv: Invocation) -> None:
-        self.invocation_id = inv.id
-        self._store = store
-        self._inv = inv
-
-    def create_browser(self) -> dict[str, Any]:
-        return self._store.create_browser(self._inv)
-
-
 class Store:
     """The emulator's state and the invocation state machine."""
 
@@ -178,7 +163,12 @@ class Store:
         self.config = config
         self.registry = registry
         self.faults = faults or FaultPlan(seed=config.seed)
-        self.invocations: dict[str, Invocation] = {}
+        self.invocations: dict[str, InvocationRecord] = {}
+        #: Finished invocations, oldest finish first: what retention evicts (``retention_count``/``_seconds``).
+        self.finished: deque[InvocationRecord] = deque()
+        self.evicted_total = 0
+        #: Invocations per status, kept as counters so that they survive eviction.
+        self.by_status: Counter[str] = Counter({s: 0 for s in STATUSES})
         self.live_total = 0
         self.live_by_app: Counter[str] = Counter()
         self.created_total = 0
@@ -189,6 +179,7 @@ class Store:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = 0
         self.stopping: asyncio.Event | None = None
+        self.runner = ActionRunner(self)
 
     # ------------------------------------------------------------------ lifecycle of the store
     def bind_loop(self) -> None:
@@ -212,6 +203,9 @@ class Store:
             if not inv.terminal:
                 self.terminate(inv, "failed", "emulator reset", None, destroy_browsers=True)
         self.invocations.clear()
+        self.finished.clear()
+        self.evicted_total = 0
+        self.by_status = Counter({s: 0 for s in STATUSES})
         self.live_total = 0
         self.live_by_app.clear()
         self.created_total = 0
@@ -266,9 +260,9 @@ class Store:
         is_async: bool,
         timeout_seconds: int,
         project_id: str | None,
-    ) -> Invocation:
+    ) -> InvocationRecord:
         """Record a new queued invocation and schedule its run."""
-        inv = Invocation(
+        inv = InvocationRecord(
             app_name,
             version,
             spec.name,
@@ -281,83 +275,41 @@ class Store:
         while inv.id in self.invocations:  # astronomically unlikely
             inv.id = new_id()
         self.invocations[inv.id] = inv
+        self.by_status["queued"] += 1
         self.live_total += 1
         self.live_by_app[app_name] += 1
         self.created_total += 1
         self.created_by_key[(app_name, spec.name, payload)] += 1
-        assert self.loop is not None
-        inv.task = self.loop.create_task(self._run(inv, spec, payload_value))
-        if is_async:
-            inv.timer = self.loop.call_later(timeout_seconds, self._on_timeout, inv)
+        self.runner.start(inv, spec, payload_value)
+        if self.finished:
+            self.evict()
         return inv
 
-    # ------------------------------------------------------------------ running
-    async def _run(self, inv: Invocation, spec: ActionSpec, payload: Any) -> None:
-        if inv.terminal:
-            return
-        self._set_status(inv, "running")
-        capture.install()
-        sink = capture.LogSink(partial(self._log_from_any_thread, inv))
-        inv.sink = sink
-        capture.current_sink.set(sink)
-        try:
-            result = await spec.fn(_Context(self, inv), payload)
-        except asyncio.CancelledError:
-            sink.flush()
-            if inv.terminal:
-                return
-            self.finish(inv, "failed", None, "Invocation cancelled")
-            raise
-        except Exception as exc:
-            sink.flush()
-            if not inv.terminal:
-                text = failure_text(exc, self.faults.plain_text_failure_output)
-                self.finish(inv, "failed", text, f"Action failed: {type(exc).__name__}")
-            return
-        sink.flush()
-        if inv.terminal:
-            return
-        try:
-            output = dumps(result)
-        except (TypeError, ValueError) as exc:
-            self.finish(
-                inv,
-                "failed",
-                f"TypeError: action result is not JSON serializable: {exc}",
-                "Action returned a value that is not JSON serializable",
-            )
-        else:
-            self.finish(inv, "succeeded", output, None)
+    # ------------------------------------------------------------------ retention
+    def evict(self) -> int:
+        """Forget the oldest finished invocations beyond ``retention_count`` or older than ``retention_seconds``.
 
-    def _on_timeout(self, inv: Invocation) -> None:
-        if inv.terminal:
-            return
-        reason = f"invocation timed out after {inv.timeout_seconds} seconds"
-        self.terminate(inv, "failed", reason, self._failure_output(reason), destroy_browsers=True)
+        Counters (``created``, ``by_status``, ``created_by_key``) are kept; an evicted invocation answers 404.
+        Returns how many were evicted now.
+        """
+        finished, before = self.finished, self.evicted_total
+        cap = self.config.retention_count
+        if cap:
+            while len(finished) > cap:
+                self._forget(finished.popleft())
+        age = self.config.retention_seconds
+        if age and finished:
+            cutoff = now_ns() - int(age * 1e9)
+            while finished and (finished[0].finished_ns or 0) < cutoff:
+                self._forget(finished.popleft())
+        return self.evicted_total - before
 
-    def sync_cap_exceeded(self, inv: Invocation) -> None:
-        """Fail a synchronous invocation that ran past ``config.sync_timeout``."""
-        if inv.terminal:
-            return
-        reason = f"synchronous invocation exceeded {self.config.sync_timeout:g}s"
-        self.terminate(inv, "failed", reason, self._failure_output(reason), destroy_browsers=True)
+    def _forget(self, inv: InvocationRecord) -> None:
+        if self.invocations.get(inv.id) is inv:
+            del self.invocations[inv.id]
+            self.evicted_total += 1
 
-    def _failure_output(self, reason: str) -> str:
-        return reason if self.faults.plain_text_failure_output else dumps({"error": reason})
-
-    def _log_from_any_thread(self, inv: Invocation, line: str) -> None:
-        if threading.get_ident() == self.loop_thread:
-            self.add_log(inv, line)
-            return
-        loop = self.loop
-        if loop is None:
-            return
-        try:
-            loop.call_soon_threadsafe(self.add_log, inv, line)
-        except RuntimeError:  # loop closed
-            pass
-
-    def add_log(self, inv: Invocation, line: str) -> None:
+    def add_log(self, inv: InvocationRecord, line: str) -> None:
         """Append one log line (ending with a newline) and push it to the followers."""
         if inv.terminal:
             return
@@ -366,7 +318,7 @@ class Store:
         inv.logs.append((ns, data))
         self._broadcast(inv, data, False)
 
-    def state_event(self, inv: Invocation) -> str:
+    def state_event(self, inv: InvocationRecord) -> str:
         return dumps(
             {
                 "event": "invocation_state",
@@ -375,19 +327,23 @@ class Store:
             }
         )
 
-    def _broadcast(self, inv: Invocation, data: str, terminal: bool) -> None:
+    def _broadcast(self, inv: InvocationRecord, data: str, terminal: bool) -> None:
         for queue in inv.subscribers:
             queue.put_nowait((data, terminal))
 
-    def _set_status(self, inv: Invocation, status: str) -> None:
+    def set_status(self, inv: InvocationRecord, status: str) -> None:
+        self.by_status[inv.status] -= 1
+        self.by_status[status] += 1
         inv.status = status
         if inv.subscribers:
             self._broadcast(inv, self.state_event(inv), False)
 
-    def finish(self, inv: Invocation, status: str, output: str | None, reason: str | None) -> None:
+    def finish(self, inv: InvocationRecord, status: str, output: str | None, reason: str | None) -> None:
         """Move a live invocation to a terminal state and notify everyone."""
         if inv.terminal:
             return
+        self.by_status[inv.status] -= 1
+        self.by_status[status] += 1
         inv.status = status
         if output is not None:
             inv.output = output
@@ -407,9 +363,11 @@ class Store:
         inv.done.set()
         if inv.subscribers:
             self._broadcast(inv, self.state_event(inv), True)
+        self.finished.append(inv)
+        self.evict()
 
     def terminate(
-        self, inv: Invocation, status: str, reason: str | None, output: str | None, destroy_browsers: bool
+        self, inv: InvocationRecord, status: str, reason: str | None, output: str | None, destroy_browsers: bool
     ) -> None:
         """End a live invocation from outside (PATCH, timeout, sync cap, reset) and cancel its run."""
         if inv.terminal:
@@ -424,7 +382,7 @@ class Store:
             task.cancel()
 
     # ------------------------------------------------------------------ browsers
-    def create_browser(self, inv: Invocation) -> dict[str, Any]:
+    def create_browser(self, inv: InvocationRecord) -> dict[str, Any]:
         session = new_id()
         host = f"browser-{session[:8]}.kernel-emulator.invalid"
         browser = {
@@ -446,7 +404,7 @@ class Store:
         return browser
 
     # ------------------------------------------------------------------ queries
-    def iter_newest_first(self) -> Iterator[Invocation]:
+    def iter_newest_first(self) -> Iterator[InvocationRecord]:
         return reversed(self.invocations.values())
 
     def search(
@@ -461,10 +419,10 @@ class Store:
         query: str | None = None,
         limit: int = 20,
         offset: int = 0,
-    ) -> tuple[list[Invocation], bool]:
+    ) -> tuple[list[InvocationRecord], bool]:
         """One page of invocations (newest first) and whether more exist."""
         needle = query.lower() if query else None
-        page: list[Invocation] = []
+        page: list[InvocationRecord] = []
         skipped = 0
         for inv in self.iter_newest_first():
             if app_name and inv.app_name != app_name:
@@ -490,11 +448,9 @@ class Store:
         return page, False
 
     def stats(self) -> dict[str, Any]:
-        by_status: Counter[str] = Counter({s: 0 for s in STATUSES})
-        browsers = 0
-        for inv in self.invocations.values():
-            by_status[inv.status] += 1
-            browsers += len(inv.browsers)
+        """Counters since start (or reset), evicted invocations included."""
+        self.evict()
+        browsers = sum(len(inv.browsers) for inv in self.invocations.values() if inv.browsers)
         return {
             "created": self.created_total,
             "created_by_key": [
@@ -503,7 +459,9 @@ class Store:
             ],
             "live": self.live_total,
             "live_by_app": dict(self.live_by_app),
-            "by_status": dict(by_status),
+            "by_status": dict(self.by_status),
+            "retained": len(self.invocations),
+            "evicted": self.evicted_total,
             "browsers_live": browsers,
             "open_streams": self.open_streams,
             "requests_recorded": len(self.request_log),

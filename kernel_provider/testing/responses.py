@@ -1,0 +1,47 @@
+"""What every part of the emulator's HTTP side shares: route templates, Kernel ``Error`` responses, the store."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from kernel_provider.testing.store import Store
+from kernel_provider.testing.wire import dumps
+
+ADMIN_PREFIX = "/_emulator/"
+_ROUTES = (
+    (re.compile(r"^/invocations$"), "/invocations"),
+    (re.compile(r"^/invocations/[^/]+/events$"), "/invocations/{id}/events"),
+    (re.compile(r"^/invocations/[^/]+/browsers$"), "/invocations/{id}/browsers"),
+    (re.compile(r"^/invocations/[^/]+$"), "/invocations/{id}"),
+    (re.compile(r"^/apps$"), "/apps"),
+)
+
+
+def route_template(path: str) -> str:
+    """The templated form of a request path (``/invocations/abc`` → ``/invocations/{id}``)."""
+    for pattern, template in _ROUTES:
+        if pattern.match(path):
+            return template
+    return path
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A Kernel ``Error`` body."""
+    return Response(dumps({"code": code, "message": message}), status, headers, "application/json")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(body), status, headers, "application/json")
+
+
+class BadRequest(Exception):
+    """Raised by validators; becomes a 400 ``bad_request``."""
+
+
+def store_of(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
