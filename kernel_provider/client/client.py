@@ -94,17 +94,18 @@ class KernelClient:
 
     # --- drivers ----------------------------------------------------------------------------------------------
 
-    def execute(self, operation: Operation[T], *, budget: float | None = None) -> T:
+    def execute(self, operation: Operation[T], *, budget: float | None = None, retry: RetryPolicy | None = None) -> T:
         """Run any operation of :mod:`kernel_provider.client.operations` on this thread.
 
         :param operation: e.g. ``operations.get_invocation("abc")``.
         :param budget: seconds the whole operation may take: each request's timeouts and retries are cut to the
             time left, and no request starts once it is spent (a :class:`KernelTransportError` then). None: the
             settings' full timeouts and retries.
+        :param retry: the retry bounds of this operation only (None: :attr:`retry`).
         :raises KernelError: what the operation raises once the retry policy gives up.
         """
         deadline = _deadline(budget)
-        return operations.drive(operation, lambda call: self._send(call, deadline))
+        return operations.drive(operation, lambda call: self._send(call, deadline, retry))
 
     async def aexecute(self, operation: Operation[T], *, budget: float | None = None) -> T:
         """:meth:`execute` without blocking the event loop, with the same retries; a refused key is read again
@@ -168,25 +169,30 @@ class KernelClient:
             )
         )
 
-    def create_invocation(self, request: Mapping[str, Any]) -> Invocation:
+    def create_invocation(self, request: Mapping[str, Any], *, retry: RetryPolicy | None = None) -> Invocation:
         """``POST /invocations`` with a body from :func:`~kernel_provider.client.validation.build_invoke_request`
         (not checked again here: a bad body is Kernel's to refuse).
 
         Never re-sent once it may have reached Kernel: such a failure raises
         :class:`~kernel_provider.client.errors.KernelAmbiguousCreateError` (429s and refused connections, which
         certainly created nothing, are retried within the retry budgets).
+
+        :param retry: the retry bounds of this create only (None: :attr:`retry`); e.g. a ``rate_limit_budget`` of 0
+            raises the first 429 at once, for a caller that waits it out elsewhere.
         """
-        return self.execute(operations.create_invocation(request))
+        return self.execute(operations.create_invocation(request), retry=retry)
 
     async def acreate_invocation(self, request: Mapping[str, Any]) -> Invocation:
         """:meth:`create_invocation` without blocking the event loop."""
         return await self.aexecute(operations.create_invocation(request))
 
-    def create_window_seconds(self, request: Mapping[str, Any]) -> float:
+    def create_window_seconds(self, request: Mapping[str, Any], *, retry: RetryPolicy | None = None) -> float:
         """The longest a create of ``request`` can take from its first send until it can no longer reach Kernel:
         the retry budgets (429s and refused connections are re-sent) plus the connect and read timeouts. No
-        request is made."""
-        settings, retry = self.settings, self.retry
+        request is made.
+
+        :param retry: the retry bounds the create will use (None: :attr:`retry`)."""
+        settings, retry = self.settings, retry or self.retry
         read = settings.request_timeout if request.get("async") else operations.SYNC_INVOKE_READ_TIMEOUT
         return max(retry.rate_limit_budget, retry.max_elapsed) + retry.retry_after_cap + settings.connect_timeout + read
 

@@ -159,17 +159,23 @@ class KernelHook(BaseHook):
         """:meth:`invoke` without blocking the event loop."""
         return await (await self.aget_client()).ainvoke(app_name, action_name, **options)
 
-    def create_invocation(self, request: Mapping[str, Any]) -> Invocation:
-        """``POST /invocations`` with a validated body; never re-sent once it may have reached Kernel."""
-        return self.client.create_invocation(request)
+    def create_invocation(self, request: Mapping[str, Any], *, retry: RetryPolicy | None = None) -> Invocation:
+        """``POST /invocations`` with a validated body; never re-sent once it may have reached Kernel.
+
+        :param retry: the retry bounds of this create only (None: the hook's).
+        """
+        return self.client.create_invocation(request, retry=retry)
 
     async def acreate_invocation(self, request: Mapping[str, Any]) -> Invocation:
         """:meth:`create_invocation` without blocking the event loop."""
         return await (await self.aget_client()).acreate_invocation(request)
 
-    def create_window_seconds(self, request: Mapping[str, Any]) -> float:
-        """The longest a create of ``request`` can take before it can no longer reach Kernel (no request)."""
-        return self.client.create_window_seconds(request)
+    def create_window_seconds(self, request: Mapping[str, Any], *, retry: RetryPolicy | None = None) -> float:
+        """The longest a create of ``request`` can take before it can no longer reach Kernel (no request).
+
+        :param retry: the retry bounds the create will use (None: the hook's).
+        """
+        return self.client.create_window_seconds(request, retry=retry)
 
     def get_invocation(self, invocation_id: str) -> Invocation:
         """The invocation's current state (``GET /invocations/{id}``)."""

@@ -5,6 +5,7 @@ Importing this module makes no network call and stays cheap: DAG files import it
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -13,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
 
-from kernel_provider.client.errors import KernelError, KernelWaitTimeout
+from kernel_provider.client.errors import KernelError, KernelRateLimitError, KernelWaitTimeout
 from kernel_provider.client.validation import build_invoke_request, check_seconds
 from kernel_provider.completion import ERROR, FAILED, TIMEOUT, WAIT_MODES, finish, validate_event, wait_deadline
 
 if TYPE_CHECKING:
     from kernel_provider.client.errors import KernelAmbiguousCreateError
     from kernel_provider.client.models import Invocation
+    from kernel_provider.client.retry import RetryPolicy
     from kernel_provider.hooks.kernel import KernelHook
     from kernel_provider.reconcile import CreateWindow, Outcome
     from kernel_provider.run_record import RunRecord, RunRecordStore
@@ -31,6 +33,12 @@ XCOM_INVOCATION_ID = "invocation_id"
 XCOM_INVOCATION_URL = "invocation_url"
 #: Seconds ``on_kill`` may spend cancelling: the worker is stopping the task and will not wait long.
 ON_KILL_BUDGET = 15.0
+#: Shortest and longest single deferral of a deferrable create that Kernel refused with 429 (before jitter). The
+#: floor is not Kernel's: on Airflow 3.3 a timer that fires before the deferring worker's process has exited (seconds
+#: on a busy machine) races the executor's report of that process, and the scheduler fails the resumed task ("state
+#: changed externally"). Seen in ``bench/bench_fanout.py`` with 1 s timers.
+RATE_LIMIT_MIN_DEFER = 5.0
+RATE_LIMIT_MAX_DEFER = 60.0
 _UNSET = object()
 
 
@@ -97,7 +105,9 @@ class KernelInvokeOperator(BaseOperator):
     :param fail_on_failure: a ``failed`` invocation fails the task (default). False returns
         ``{"id", "status", "status_reason", "output"}`` instead.
     :param rate_limit_wait: seconds the create may keep waiting out Kernel's 429 (concurrency or rate limit),
-        honouring ``Retry-After``, before failing (default: the connection's ``rate_limit_wait``, 900 s).
+        honouring ``Retry-After``, before failing (default: the connection's ``rate_limit_wait``, 900 s), counted
+        from the first attempt. Deferrable: no worker sleeps through a 429; the task defers on a timer (Airflow's
+        ``DateTimeTrigger``) until ``Retry-After`` (jittered, 5 to 60 s) has passed, then POSTs again.
         Pools are the other lever: a pool sized to your Kernel concurrency limit keeps tasks from queueing at
         Kernel at all.
     :param kernel_conn_id: Airflow connection of type ``kernel``.
@@ -201,7 +211,29 @@ class KernelInvokeOperator(BaseOperator):
         if invocation is None:
             if self.validate_action:
                 self.hook.get_action(request["app_name"], request["action_name"], request["version"])
-            invocation = self._create(request, records)
+            invocation = self._create_or_defer(request, records, deadline=None, attempt=0)
+        return self._proceed(context, request, records, invocation)
+
+    def execute_after_rate_limit(self, context: Any, event: Any = None) -> Any:
+        """Resumes a deferrable task whose create Kernel refused with 429, once the timer has fired: POSTs again
+        (the run record written before it, as on the first try), and defers again on another 429 until
+        ``rate_limit_wait`` (counted from the first attempt) is spent.
+
+        :param event: the timer's payload, ``{"rate_limit_deadline", "attempt"}``.
+        """
+        from kernel_provider.run_record import RunRecordStore
+
+        if not isinstance(event, dict) or not isinstance(event.get("rate_limit_deadline"), (int, float)):
+            raise KernelError(f"The rate-limit timer returned no usable event ({event!r}); the task did not invoke.")
+        request = self._validated_request()
+        records = RunRecordStore(context)
+        invocation = self._create_or_defer(
+            request, records, deadline=float(event["rate_limit_deadline"]), attempt=int(event.get("attempt") or 1)
+        )
+        return self._proceed(context, request, records, invocation)
+
+    def _proceed(self, context: Any, request: dict[str, Any], records: RunRecordStore, invocation: Invocation) -> Any:
+        """After the create (or re-attach): hand the id off, finish, or wait (deferred or on this worker)."""
         self._remember(context, invocation.id)
 
         if not self.wait_for_completion and (request.get("async") or not invocation.is_terminal):
@@ -212,16 +244,17 @@ class KernelInvokeOperator(BaseOperator):
             return invocation.id
         if invocation.is_terminal:
             return self._finish(invocation, records)
-        latest = self.hook.get_invocation(invocation.id)
-        if latest.is_terminal:
-            return self._finish(latest, records)
-
         trigger = self._trigger(invocation.id, context)
         if self.deferrable:
+            # No GET first: the create's (or the re-attach's) answer says it is not finished, and the trigger
+            # learns the current state from the first event of the stream (or its first GET in poll mode).
             from kernel_provider.triggers.kernel import seed_log_cursor
 
             seed_log_cursor(context["ti"], invocation.id)
             self.defer(trigger=trigger, method_name="execute_complete")
+        latest = self.hook.get_invocation(invocation.id)
+        if latest.is_terminal:
+            return self._finish(latest, records)
         from kernel_provider.wait import wait_in_worker
 
         self.log.info("Waiting on this worker for invocation %s.", invocation.id)
@@ -384,7 +417,58 @@ class KernelInvokeOperator(BaseOperator):
 
         return {**request, "payload": add_token(request.get("payload"), token)}
 
-    def _create(self, request: dict[str, Any], records: RunRecordStore) -> Invocation:
+    def _create_or_defer(
+        self, request: dict[str, Any], records: RunRecordStore, *, deadline: float | None, attempt: int
+    ) -> Invocation:
+        """Create the invocation. Not deferrable: 429s are waited out here by the hook's policy. Deferrable: the
+        first 429 is raised at once (no worker sleeps through it) and the task defers on a timer instead.
+
+        :param deadline: epoch seconds when the 429 budget ends (None: the first attempt, which sets it).
+        :param attempt: creates refused with 429 so far.
+        """
+        if not self.deferrable:
+            return self._create(request, records)
+        from dataclasses import replace
+
+        policy = self.hook.client.retry
+        if deadline is None:
+            deadline = time.time() + policy.rate_limit_budget
+        try:
+            return self._create(request, records, retry=replace(policy, rate_limit_budget=0.0))
+        except KernelRateLimitError as exc:
+            self._defer_for_rate_limit(exc, policy.wait_seconds(attempt + 1, exc), deadline, attempt + 1)
+            raise  # not reached: defer() raises
+
+    def _defer_for_rate_limit(self, exc: KernelRateLimitError, wait: float, deadline: float, attempt: int) -> None:
+        """Defer on a timer until Kernel's ``Retry-After`` (jittered, capped) has passed, within the budget; past
+        it, fail naming ``rate_limit_wait``. The run record was already forgotten: a 429 created nothing."""
+        from kernel_provider.triggers.kernel import KernelRateLimitTimer
+
+        left = deadline - time.time()
+        if left <= 0:
+            raise KernelError(
+                f"Kernel refused to start {self.app_name}/{self.action_name} with 429 ({exc}) {attempt} times, and "
+                f"the task's rate_limit_wait ({self.hook.client.retry.rate_limit_budget:g}s, counted from the first "
+                "attempt) is spent. Nothing was created. Raise rate_limit_wait (or the connection's), or size a "
+                "pool to your Kernel concurrency limit."
+            ) from exc
+        wait = min(max(RATE_LIMIT_MIN_DEFER, wait), RATE_LIMIT_MAX_DEFER) * random.uniform(1.0, 1.25)
+        wait = min(wait, left)
+        self.log.info(
+            "Kernel refused the create with 429 (%s); deferring %.1fs before trying again (attempt %d; "
+            "rate_limit_wait leaves %.0fs).",
+            exc,
+            wait,
+            attempt,
+            left,
+        )
+        moment = datetime.now(timezone.utc) + timedelta(seconds=wait)
+        self.defer(
+            trigger=KernelRateLimitTimer(moment=moment, rate_limit_deadline=deadline, attempt=attempt),
+            method_name="execute_after_rate_limit",
+        )
+
+    def _create(self, request: dict[str, Any], records: RunRecordStore, retry: RetryPolicy | None = None) -> Invocation:
         from kernel_provider.client.errors import KernelAmbiguousCreateError
         from kernel_provider.reconcile import CreateWindow, new_token
 
@@ -400,9 +484,10 @@ class KernelInvokeOperator(BaseOperator):
         sent = time.time()
         # Recorded before the request (and the task fails here if it cannot be): if this worker dies
         # mid-request, the retry looks for what the request started before it invokes again.
-        records.put(records.new(sent_at=sent, window_end=sent + self.hook.create_window_seconds(body), token=token))
+        window_end = sent + self.hook.create_window_seconds(body, retry=retry)
+        records.put(records.new(sent_at=sent, window_end=window_end, token=token))
         try:
-            invocation = self.hook.create_invocation(body)
+            invocation = self.hook.create_invocation(body, retry=retry)
         except KernelAmbiguousCreateError as exc:
             self.log.warning("%s Reconciling by listing recent invocations.", exc)
             window = CreateWindow(datetime.fromtimestamp(sent, timezone.utc), datetime.now(timezone.utc))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow import __version__ as AIRFLOW_VERSION
 from airflow.providers.common.compat.sdk import (
     AirflowSensorTimeout,
     AirflowSkipException,
@@ -29,6 +31,39 @@ if TYPE_CHECKING:
 
 # The hook and the trigger are imported when the task runs: DAG parsing imports this module (see the operator).
 
+#: The trigger a deferrable sensor waits with (its classpath, for ``start_trigger_args``).
+TRIGGER_CLASSPATH = "kernel_provider.triggers.kernel.KernelInvocationTrigger"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+#: Airflow 3.3+ renders a task's templated fields in the triggerer for a task that starts there.
+STARTS_FROM_TRIGGER = _version_tuple(AIRFLOW_VERSION) >= (3, 3)
+
+
+def _as_template(value: Any) -> str | None:
+    """``value`` as text the triggerer can render, or None (then the sensor starts on a worker).
+
+    A string as is, unless it pulls an XCom without ``map_indexes``: Airflow's triggerer cannot answer that
+    (pulling "every map index" is a request it does not serve). A plain ``task.output`` of an unmapped task becomes
+    the equivalent ``xcom_pull`` of map index -1, which it serves. Anything else (a mapped upstream, other XCom
+    arguments) starts on a worker.
+    """
+    if isinstance(value, str):
+        return None if "xcom_pull" in value and "map_indexes" not in value else value
+    operator, key = getattr(value, "operator", None), getattr(value, "key", None)
+    task_id = getattr(operator, "task_id", None)
+    plain = type(value).__name__ == "PlainXComArg" and type(operator).__name__ != "MappedOperator"
+    if plain and isinstance(task_id, str) and isinstance(key, str):
+        return f"{{{{ ti.xcom_pull(task_ids={task_id!r}, key={key!r}, map_indexes=-1) }}}}"
+    return None
+
 
 class KernelInvocationSensor(BaseSensorOperator):
     """Waits until a Kernel invocation is ``succeeded`` or ``failed``; returns its output as XCom.
@@ -49,6 +84,12 @@ class KernelInvocationSensor(BaseSensorOperator):
         ``start_date + execution_timeout``, which Airflow 3 does not enforce while a task is deferred.
     :param soft_fail: skip instead of failing when the wait times out or the invocation ``failed`` (the same
         in poke, reschedule and deferrable mode).
+    :param start_from_trigger: on Airflow 3.3+, a deferrable sensor starts in the triggerer without a worker
+        (default True): the triggerer renders ``invocation_id`` and opens the event stream at once; a worker runs
+        only ``execute_complete`` (one ``GET`` for the output). ``timeout`` and ``execution_timeout`` then bound
+        the wait through Airflow's trigger timeout. Ignored (the sensor starts on a worker, as before) on
+        Airflow < 3.3, when not deferrable, or when ``invocation_id`` is neither text nor a plain ``task.output``.
+        ``dag.test()`` runs no trigger for a task that starts there: pass False to test such a DAG with it.
     """
 
     template_fields: Sequence[str] = ("invocation_id",)
@@ -63,6 +104,7 @@ class KernelInvocationSensor(BaseSensorOperator):
         fail_on_failure: bool = True,
         wait_mode: str = "stream",
         stream_logs: bool = True,
+        start_from_trigger: bool = True,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("poke_interval", 5.0 if deferrable else 30.0)
@@ -73,6 +115,31 @@ class KernelInvocationSensor(BaseSensorOperator):
         self.fail_on_failure = fail_on_failure
         self.wait_mode = wait_mode
         self.stream_logs = stream_logs
+        self.start_from_trigger = False
+        template = _as_template(invocation_id)
+        if start_from_trigger and deferrable and STARTS_FROM_TRIGGER and template is not None:
+            self._start_in_triggerer(template)
+
+    def _start_in_triggerer(self, invocation_id: str) -> None:
+        """Start the wait in the triggerer (Airflow 3.3+): the trigger's kwargs, ``invocation_id`` rendered there."""
+        from airflow.triggers.base import StartTriggerArgs
+
+        self.start_from_trigger = True
+        self.start_trigger_args = StartTriggerArgs(
+            trigger_cls=TRIGGER_CLASSPATH,
+            trigger_kwargs={
+                "invocation_id": invocation_id,
+                "kernel_conn_id": self.kernel_conn_id,
+                "end_time": None,  # Airflow's trigger timeout (below) bounds the wait
+                "poll_interval": float(self.poke_interval),
+                "mode": self.wait_mode,
+                "stream_logs": bool(self.stream_logs),
+                "cancel_on_kill": False,
+            },
+            next_method="execute_complete",
+            next_kwargs=None,
+            timeout=timedelta(seconds=float(self.timeout)),
+        )
 
     @cached_property
     def hook(self) -> KernelHook:

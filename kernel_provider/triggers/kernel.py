@@ -1,8 +1,10 @@
 """``KernelInvocationTrigger``: waits in the triggerer for an invocation to finish, streaming its logs.
 
-Every (re)start begins with one ``GET /invocations/{id}``, so a run that ended while the triggerer was down is
-seen at once. Then, in ``stream`` mode (default), it follows ``GET /invocations/{id}/events``: ``log`` events
-become log lines of the trigger (they reach the task log) and a terminal ``invocation_state`` ends the wait.
+In ``stream`` mode (default) every (re)start opens ``GET /invocations/{id}/events`` at once, with no ``GET`` of
+the invocation first: Kernel sends the current ``invocation_state`` as the first event on connect (so a run that
+ended while the triggerer was down is seen at once), and a finished invocation's stream replays its log lines,
+then its final state. ``log`` events become log lines of the trigger (they reach the task log) and a terminal
+``invocation_state`` ends the wait. ``poll`` mode starts with one ``GET``.
 A stream that ends early, errors, or stays silent past ``silence_timeout`` is checked with one ``GET`` and
 resumed with ``since`` = the last event's timestamp, so no line is lost or printed twice; after
 ``max_stream_failures`` consecutive broken streams it falls back to polling. ``poll`` mode ``GET``s every
@@ -52,6 +54,11 @@ from kernel_provider.client.errors import KernelApiError, KernelAuthError, Kerne
 from kernel_provider.client.models import Invocation, InvocationStatus
 from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, event_for_invocation, make_event
 from kernel_provider.hooks.kernel import KernelHook
+
+try:  # Airflow 3: the standard provider's timer; Airflow 2: core's
+    from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+except ImportError:  # pragma: no cover - depends on the Airflow version
+    from airflow.triggers.temporal import DateTimeTrigger  # type: ignore[no-redef]
 
 STREAM, POLL = WAIT_MODES
 MODES = WAIT_MODES
@@ -310,18 +317,14 @@ class _Waiter:
 
     async def run(self) -> dict[str, Any]:
         if self.cursor is not None:
-            # Read alongside the first check, and before any stream is opened: a restarted trigger resumes where
-            # the previous instance stopped logging.
-            saved, done = await asyncio.gather(self.cursor.load(), self.check())
-            self.restore(saved)
+            # Read before any stream is opened: a restarted trigger resumes where the previous instance stopped
+            # logging.
+            self.restore(await self.cursor.load())
             self.cursor.source = self.position
-        else:
-            done = await self.check()
-        if done is not None:
-            if self.t.mode == STREAM and self.t.stream_logs and done["status"] != ERROR:
-                await self.replay_logs()
-            return done
         if self.t.mode == STREAM:
+            # No GET first: Kernel sends the current state as the stream's first event, and a finished
+            # invocation's stream replays its log lines, then its final state. A stream that cannot be opened is
+            # checked with one GET (see follow_stream).
             done = await self.follow_stream()
             if done is not None:
                 return done
@@ -330,19 +333,15 @@ class _Waiter:
                 self.t.invocation_id,
                 self.t.poll_interval,
             )
+        else:
+            done = await self.check()
+            if done is not None:
+                return done
         while True:
             await asyncio.sleep(_jitter(self.t.poll_interval))
             done = await self.check()
             if done is not None:
                 return done
-
-    async def replay_logs(self) -> None:
-        """The run ended before the wait began (or while the triggerer was down): Kernel replays a finished
-        invocation's log lines on its event stream, so read it once to put them in the task log too."""
-        try:
-            await asyncio.wait_for(self.read_stream_once(), timeout=min(30.0, self.t.silence_timeout))
-        except (asyncio.TimeoutError, KernelError) as exc:
-            self.log.info("Could not replay the log of invocation %s: %s", self.t.invocation_id, exc)
 
     async def check(self) -> dict[str, Any] | None:
         """One GET. Returns the final event when the wait is over (finished, or failed beyond recovery)."""
@@ -483,6 +482,38 @@ class _Waiter:
             self.t.invocation_id,
             since,
         )
+
+
+class KernelRateLimitTimer(DateTimeTrigger):  # type: ignore[misc]
+    """Airflow's ``DateTimeTrigger``, for a create that Kernel refused with 429: waits until ``moment`` in the
+    triggerer, then fires an event carrying the 429 budget's deadline and the attempt count.
+
+    The event (not the defer's ``kwargs``) carries them because ``dag.test()`` resumes a task with the event alone;
+    the real triggerer and ``dag.test()`` then resume it the same way. Primitives only, so it survives restarts.
+
+    :param moment: when to fire (a timezone-aware datetime).
+    :param rate_limit_deadline: epoch seconds after which the task stops waiting out 429s (``rate_limit_wait``
+        counted from the first attempt).
+    :param attempt: creates refused so far.
+    """
+
+    def __init__(self, moment: Any, rate_limit_deadline: float, attempt: int) -> None:
+        super().__init__(moment=moment)
+        self.rate_limit_deadline = float(rate_limit_deadline)
+        self.attempt = int(attempt)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """The classpath and the constructor's keyword arguments, as Airflow stores them."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {"moment": self.moment, "rate_limit_deadline": self.rate_limit_deadline, "attempt": self.attempt},
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Waits like ``DateTimeTrigger``, then yields ``{"rate_limit_deadline", "attempt"}``."""
+        async for _ in super().run():
+            break
+        yield TriggerEvent({"rate_limit_deadline": self.rate_limit_deadline, "attempt": self.attempt})
 
 
 def seed_log_cursor(ti: Any, invocation_id: str) -> None:

@@ -99,18 +99,19 @@ def test_async_invoke_then_deferrable_sensor_waits_in_the_triggerer(airflow_e2e:
     assert e2e.xcom(dag_id, run_id, "use") == f"{gate}=42"
     assert e2e.emulator.client.invocation(invocation_id)["status"] == "succeeded"
 
-    # Who sent what. Worker: the create, the sensor's check before deferring, its read after resuming.
-    # Triggerer: everything in between (the first GET of the trigger and the event stream).
+    # Who sent what. Worker: the create, and the sensor's read after resuming. The sensor starts in the triggerer
+    # (Airflow 3.3+: start_from_trigger, invocation_id rendered there), which opens the event stream at once: no
+    # worker GET before it, and no GET before the stream (its first event is the current state).
     requests = e2e.kernel_requests(invocation_id)
     creates = e2e.emulator.client.requests(path="/invocations", method="POST")
     create = [r for r in creates if r["seq"] < requests[0]["seq"]][-1]
     assert not _marked(create), create
     summary = [(r["method"], r["route"], _marked(r)) for r in requests]
     first, *during, last = summary
-    assert first == ("GET", "/invocations/{id}", False), summary  # sensor, on the worker, before deferring
+    assert first == ("GET", "/invocations/{id}/events", True), summary  # the triggerer, first after the POST
     assert last == ("GET", "/invocations/{id}", False), summary  # sensor, on the worker, after resuming
-    assert during and all(marked for _, _, marked in during), f"not all from the triggerer: {summary}"
-    assert ("GET", "/invocations/{id}", True) in during and ("GET", "/invocations/{id}/events", True) in during
+    assert all(marked for _, _, marked in during), f"not all from the triggerer: {summary}"
+    assert len(summary) == 2, summary  # POST + stream + one GET: three requests in all
     assert all(r["user_agent"].startswith("airflow-provider-kernel/") for r in requests)
     print(f"\n[e2e] {invocation_id}: requests (method, route, from triggerer): {summary}")
 
@@ -178,7 +179,7 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
     e2e.start("triggerer")
 
     e2e.wait_until(
-        "a new triggerer to resume all 20 waits (first GET of each after the crash)",
+        "a new triggerer to resume all 20 waits (the first request of each after the crash)",
         followed_by_triggerer(killed_mark),
         timeout=120,
     )

@@ -199,17 +199,13 @@ def test_retry_after_the_first_try_died_mid_wait_reattaches(gated_kernel, caplog
 
     Try 2 finds the id the first try recorded and re-joins that invocation: Kernel sees exactly one create.
     """
-    gated_kernel.set_faults(
-        {
-            "rules": [
-                # the operator's own check passes; the wait's first check gets a 404 → the wait errors, try 1 fails
-                {"route": "GET /invocations/{id}", "sequence": [None, {"status": 404}]},
-            ]
-        }
-    )
+    # The wait opens the event stream first (no GET before it): its 404 makes the wait error, so try 1 fails.
+    gated_kernel.set_faults({"rules": [{"route": "GET /invocations/{id}/events", "sequence": [{"status": 404}]}]})
     gate = gated_kernel.gate()
-    # still running when try 2 looks at it: the gate opens after try 2's first check
-    opened = gate.open_when(seen(gated_kernel, GET_ONE, at_least=3), "the retry to look at the invocation")
+    # Still running when try 2 looks at it: the gate opens at try 2's first check (the non-deferrable try 1 made
+    # one GET of its own before waiting; a deferrable one goes straight to the trigger).
+    checks = 1 if deferrable else 2
+    opened = gate.open_when(seen(gated_kernel, GET_ONE, at_least=checks), "the retry to look at the invocation")
     dag = gated_dag(
         gate, payload=gate.payload(result="once"), deferrable=deferrable, retries=1, retry_delay=datetime.timedelta(0)
     )
@@ -318,6 +314,84 @@ def test_mapped_fan_out_under_the_concurrency_limit(kernel_emulator_factory, mon
     refused = [r for r in posts(emulator) if r["status"] == 429]
     assert refused
     assert len(posts(emulator)) == len(blockers) + FANOUT + len(refused)  # every refusal waited out, no repeats
+
+
+# --- deferrable: 429s waited out in the triggerer; three requests per waited invocation ---------------------------
+
+REFUSED_LOG = "Kernel refused the create with 429"
+
+
+def task_log(caplog: Any, capfd: Any) -> str:
+    """The task's own log lines, from one source only (for counting): Airflow 2 logs them through stdlib logging
+    (and prints them too), Airflow 3's dag.test() through structlog to stdout."""
+    captured = capfd.readouterr()
+    return caplog.text if AF2 else captured.out + captured.err
+
+
+def test_deferrable_create_defers_on_429_and_invokes_once(kernel_emulator_factory, monkeypatch, caplog, capfd):
+    """Kernel's concurrency limit is full: the deferrable task defers on a timer per 429 (no worker sleeps through
+    one: exactly one POST per deferral), then creates once when a slot frees."""
+    emulator = kernel_emulator_factory(org_concurrency=1, retry_after=1)
+    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(emulator.url, emulator.token))
+    hook = KernelHook()
+    blocker = hook.invoke("demo", "slow", invoke_async=True).id
+
+    def release_after_two_refusals() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if sum(r["status"] == 429 for r in posts(emulator)) >= 2:
+                hook.cancel_invocation(blocker, reason="make room")
+                return
+            time.sleep(0.05)
+
+    releaser = threading.Thread(target=release_after_two_refusals, daemon=True)
+    releaser.start()
+    dr = run_dag(
+        invoke_dag(
+            action_name="sleep", payload={"seconds": 0.2, "result": "done"}, deferrable=True, rate_limit_wait=120
+        )
+    )
+    releaser.join(5)
+
+    assert states(dr) == {"invoke": "success"}
+    assert xcom(dr, "invoke") == "done"
+    assert emulator.created_count(action="sleep") == 1
+    refused = [r for r in posts(emulator) if r["status"] == 429]
+    assert len(refused) >= 2
+    assert len(posts(emulator)) == 1 + len(refused) + 1  # the blocker, each refusal once, the create
+    # One timer deferral per refusal: the worker never retried a 429 itself.
+    logs = task_log(caplog, capfd)
+    assert logs.count(REFUSED_LOG) == len(refused)
+    assert INLINE_TRIGGER in logs + caplog.text  # dag.test() ran the timer inline
+
+
+def test_deferrable_create_fails_once_rate_limit_wait_is_spent(kernel_emulator_factory, monkeypatch, caplog, capfd):
+    emulator = kernel_emulator_factory(org_concurrency=1, retry_after=1)
+    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(emulator.url, emulator.token))
+    KernelHook().invoke("demo", "slow", invoke_async=True)  # holds the only slot throughout
+
+    dr = run_dag(invoke_dag(action_name="sleep", payload={"seconds": 0.2}, deferrable=True, rate_limit_wait=2.5))
+
+    assert states(dr) == {"invoke": "failed"}
+    assert emulator.created_count(action="sleep") == 0
+    refused = [r for r in posts(emulator) if r["status"] == 429]
+    assert 2 <= len(refused) <= 4  # ~1 s apart within 2.5 s, and one last try at the deadline
+    logs = task_log(caplog, capfd)
+    assert "rate_limit_wait (2.5s, counted from the first attempt) is spent" in logs + caplog.text
+    assert logs.count(REFUSED_LOG) == len(refused) - 1  # every refusal but the last deferred
+
+
+def test_deferrable_wait_takes_three_requests(kernel_conn_env):
+    """POST; the event stream (its first event is the current state, so no GET before it); one GET on resume."""
+    dr = run_dag(invoke_dag(action_name="sleep", payload={"seconds": 0.5, "result": 7}, deferrable=True))
+    assert states(dr) == {"invoke": "success"}
+    assert xcom(dr, "invoke") == 7
+    inv_id = only_invocation(kernel_conn_env)["id"]
+    assert len(posts(kernel_conn_env)) == 1
+    assert [(r["method"], r["route"]) for r in requests_for(kernel_conn_env, inv_id)] == [
+        ("GET", EVENTS),
+        ("GET", GET_ONE),
+    ]
 
 
 # --- templating, XCom, links, chaining -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ its id through the templated ``invocation_id`` (``invoke.output``), as in a real
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from kernel_provider.exceptions import KernelError
 from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.sensors.kernel import KernelInvocationSensor
+from kernel_provider.triggers.kernel import KernelInvocationTrigger
 from tests.airflow_helpers import (
     EVENTS,
     GET_ONE,
@@ -37,6 +39,8 @@ __all__ = ["gated_kernel"]  # a fixture
 def sensor_dag(action: str, payload: Any, app: str = "demo", **sensor_kwargs: Any) -> Any:
     sensor_kwargs.setdefault("poke_interval", 0.1)
     sensor_kwargs.setdefault("timeout", 120)
+    # dag.test() runs no trigger for a task that starts in the triggerer (Airflow 3.3+): start on the "worker".
+    sensor_kwargs.setdefault("start_from_trigger", False)
     with make_dag("kernel_sensor") as dag:
         invoke = KernelInvokeOperator(
             task_id="invoke", app_name=app, action_name=action, payload=payload, wait_for_completion=False
@@ -105,6 +109,7 @@ def test_already_finished_invocation_completes_without_deferring(kernel_conn_env
             task_id="wait",
             invocation_id="{{ ti.xcom_pull('invoke', key='invocation_id') }}",
             deferrable=True,
+            start_from_trigger=False,
             poke_interval=0.1,
         )
         invoke >> wait
@@ -165,8 +170,6 @@ def test_a_failed_invocation_with_soft_fail_skips_in_every_mode(kernel_conn_env,
 
 def test_deferred_wait_ends_at_execution_timeout(kernel_conn_env):
     """Airflow 3 does not enforce execution_timeout while a task is deferred: the sensor's own deadline does."""
-    import datetime
-
     dr = run_dag(
         sensor_dag(
             "slow",
@@ -197,3 +200,33 @@ def test_empty_invocation_id_is_rejected_before_any_request(kernel_conn_env, bad
     with pytest.raises(KernelError, match="invocation_id"):
         sensor.execute({})
     assert kernel_conn_env.requests() == []
+
+
+# --- starting in the triggerer (Airflow 3.3+; the real scheduler run is in tests/e2e/test_real_airflow.py) -------
+
+
+def test_deferrable_sensor_starts_from_the_trigger_where_airflow_supports_it():
+    from kernel_provider.sensors.kernel import STARTS_FROM_TRIGGER, TRIGGER_CLASSPATH
+
+    with make_dag("kernel_sensor_sft"):
+        invoke = KernelInvokeOperator(task_id="invoke", app_name="demo", action_name="slow", wait_for_completion=False)
+        wait = KernelInvocationSensor(task_id="wait", invocation_id=invoke.output, deferrable=True, timeout=60)
+        text = KernelInvocationSensor(task_id="text", invocation_id="{{ params.inv }}", deferrable=True)
+        off = KernelInvocationSensor(task_id="off", invocation_id="x", deferrable=True, start_from_trigger=False)
+        # the triggerer cannot pull an XCom "of every map index": such a template starts on a worker
+        pull = KernelInvocationSensor(task_id="pull", invocation_id="{{ ti.xcom_pull('invoke') }}", deferrable=True)
+        poke = KernelInvocationSensor(task_id="poke", invocation_id="x", deferrable=False)
+    assert not off.start_from_trigger and not poke.start_from_trigger and not pull.start_from_trigger
+    assert wait.start_from_trigger is STARTS_FROM_TRIGGER and text.start_from_trigger is STARTS_FROM_TRIGGER
+    if not STARTS_FROM_TRIGGER:  # Airflow < 3.3: the sensor starts on a worker, as before
+        return
+    args = wait.start_trigger_args
+    assert args.trigger_cls == TRIGGER_CLASSPATH and args.next_method == "execute_complete"
+    assert args.timeout == datetime.timedelta(seconds=60)
+    kwargs = args.trigger_kwargs
+    # rendered by the triggerer: the upstream's return value, exactly what invoke.output gives on a worker
+    assert kwargs["invocation_id"] == "{{ ti.xcom_pull(task_ids='invoke', key='return_value', map_indexes=-1) }}"
+    assert kwargs["cancel_on_kill"] is False and kwargs["end_time"] is None
+    assert text.start_trigger_args.trigger_kwargs["invocation_id"] == "{{ params.inv }}"
+    trigger = KernelInvocationTrigger(**kwargs)  # the triggerer builds it from these kwargs
+    assert trigger.invocation_id == kwargs["invocation_id"]

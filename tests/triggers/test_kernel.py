@@ -160,6 +160,7 @@ async def test_persistent_5xx_gives_up_after_the_failure_budget(kernel_conn_env,
 
 
 async def test_transient_5xx_is_retried_and_the_wait_succeeds(kernel_conn_env):
+    """Poll mode: its checks are the GETs (a stream-mode wait opens the stream without one)."""
     inv_id = start("sleep", {"seconds": 0.3})
     kernel_conn_env.set_faults(
         {
@@ -168,7 +169,7 @@ async def test_transient_5xx_is_retried_and_the_wait_succeeds(kernel_conn_env):
             ]
         }
     )
-    event = await run_to_event(trigger(inv_id))
+    event = await run_to_event(trigger(inv_id, mode="poll"))
     assert event["status"] == "succeeded"
     statuses = [r["status"] for r in requests_for(kernel_conn_env, inv_id) if r["route"] == "/invocations/{id}"]
     assert statuses[:3] == [503, 502, 200]
@@ -177,7 +178,8 @@ async def test_transient_5xx_is_retried_and_the_wait_succeeds(kernel_conn_env):
 # --- streaming ------------------------------------------------------------------------------------------------
 
 
-async def test_stream_mode_streams_logs_with_at_most_three_requests(gated_kernel, caplog, capfd):
+async def test_stream_mode_streams_logs_with_one_request(gated_kernel, caplog, capfd):
+    """The stream is opened at once (no GET first: its first event is the current state) and is all it takes."""
     inv_id, gate = start_gated(gated_kernel, before=3, after=2, interval=0.05)
     opened = gate.open_when(seen(gated_kernel, EVENTS), "the trigger to follow the stream")
     event = await run_to_event(trigger(inv_id))
@@ -185,8 +187,7 @@ async def test_stream_mode_streams_logs_with_at_most_three_requests(gated_kernel
     assert event["status"] == "succeeded"
     assert kernel_lines(inv_id, caplog, capfd) == [f"line {i}" for i in range(5)]
     requested = requests_for(gated_kernel, inv_id)
-    assert 1 <= len(requested) <= 3, [(r["method"], r["path"]) for r in requested]
-    assert sum(r["route"] == EVENTS for r in requested) == 1
+    assert [(r["method"], r["route"]) for r in requested] == [("GET", EVENTS)]
 
 
 async def test_stream_cut_midway_resumes_without_lost_or_doubled_lines(gated_kernel, caplog, capfd):
@@ -323,7 +324,7 @@ async def test_rebuilt_from_serialize_continues_the_same_wait(gated_kernel, capl
     module, _, name = classpath.rpartition(".")
     second = getattr(importlib.import_module(module), name)(**json.loads(json.dumps(kwargs)))
     opened = gate.open_when(
-        lambda: len(requests_for(gated_kernel, inv_id)) > before_restart + 1, "the rebuilt trigger to check and follow"
+        lambda: len(requests_for(gated_kernel, inv_id)) > before_restart, "the rebuilt trigger to follow the stream"
     )
     event = await run_to_event(second)
     opened()
@@ -331,7 +332,8 @@ async def test_rebuilt_from_serialize_continues_the_same_wait(gated_kernel, capl
     assert event["status"] == "succeeded"
     assert event["invocation_id"] == inv_id
     after = requests_for(gated_kernel, inv_id)[before_restart:]
-    assert (after[0]["method"], after[0]["route"]) == ("GET", GET_ONE)  # first: one immediate check
+    # First, at once: the stream, whose first event is the current state (no GET before it).
+    assert [(r["method"], r["route"]) for r in after] == [("GET", EVENTS)]
     assert gated_kernel.created_count() == 1
     assert len(gated_kernel.requests(path="/invocations", method="POST")) == 1
     assert set(kernel_lines(inv_id, caplog, capfd)) == {f"line {i}" for i in range(6)}
@@ -380,15 +382,16 @@ async def test_logs_of_a_run_that_ended_before_the_wait_are_replayed(kernel_conn
     event = await run_to_event(trigger(inv_id))
     assert event["status"] == "succeeded"
     assert kernel_lines(inv_id, caplog, capfd) == ["line 0", "line 1", "line 2"]
-    routes = [r["route"] for r in requests_for(kernel_conn_env, inv_id) if r["method"] == "GET"]
-    assert routes.count(EVENTS) == 1 and len(routes) <= 3
+    # One request: the finished invocation's stream replays its lines, then its final state.
+    assert [r["route"] for r in requests_for(kernel_conn_env, inv_id)] == [EVENTS]
 
 
-async def test_no_replay_when_log_streaming_is_off(kernel_conn_env):
+async def test_no_log_lines_when_log_streaming_is_off(kernel_conn_env, caplog, capfd):
     inv_id = start("logs", {"lines": 2, "interval": 0.01})
     kernel_conn_env.wait_for(inv_id)
     assert (await run_to_event(trigger(inv_id, stream_logs=False)))["status"] == "succeeded"
-    assert EVENTS not in [r["route"] for r in requests_for(kernel_conn_env, inv_id)]
+    assert kernel_lines(inv_id, caplog, capfd) == []
+    assert [r["route"] for r in requests_for(kernel_conn_env, inv_id)] == [EVENTS]
 
 
 # --- A. on_kill cancels within the triggerer's on_kill_timeout ----------------------------------------------------
