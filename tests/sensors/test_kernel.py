@@ -230,3 +230,15 @@ def test_deferrable_sensor_starts_from_the_trigger_where_airflow_supports_it():
     assert text.start_trigger_args.trigger_kwargs["invocation_id"] == "{{ params.inv }}"
     trigger = KernelInvocationTrigger(**kwargs)  # the triggerer builds it from these kwargs
     assert trigger.invocation_id == kwargs["invocation_id"]
+
+
+def test_where_airflow_cannot_start_in_the_triggerer_the_sensor_falls_back_and_returns_the_output(kernel_conn_env):
+    """Airflow 2.11 has no ``start_from_trigger``: the default (asked for) sensor starts on a worker, defers, and
+    still returns the action's output."""
+    from kernel_provider.sensors.kernel import STARTS_FROM_TRIGGER
+
+    if STARTS_FROM_TRIGGER:
+        pytest.skip("this Airflow starts the sensor in the triggerer (dag.test() cannot run that; see tests/e2e)")
+    dr = run_dag(sensor_dag("echo", {"fell": "back"}, deferrable=True, start_from_trigger=True))
+    assert states(dr) == {"invoke": "success", "wait": "success"}
+    assert xcom(dr, "wait") == {"fell": "back"}
