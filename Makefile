@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: test test-af3 test-af2 lint demo airflow bench chaos e2e clean venv browser-deps
+.PHONY: test test-live test-af3 test-af2 lint demo airflow bench chaos e2e clean venv browser-deps
 
 venv: $(VENV)/.installed
 
@@ -59,6 +59,11 @@ test-af2: $(VENV_AF2)/.installed
 	@AIRFLOW_HOME=$(CURDIR)/.airflow/af2 $(VENV_AF2)/bin/python -m pytest -m "not e2e and not e2e_af2 and not browser" $(PYTEST_ARGS)
 	@echo "==> end-to-end on a real Airflow 2.11 scheduler + triggerer"
 	@AIRFLOW_HOME=$(CURDIR)/.airflow/af2 $(VENV_AF2)/bin/python -m pytest -m e2e_af2 tests/e2e $(PYTEST_ARGS)
+
+## make test-live: the provider's assumptions about Kernel's API, checked against the real Kernel (KERNEL_API_KEY;
+## optional KERNEL_BASE_URL, KERNEL_LIVE_APP / _ACTION / _PAYLOAD / _VERSION). Two bounded runs, both cancelled.
+test-live: $(VENV)/.installed
+	@$(VENV)/bin/python -m pytest -m live tests/live -s -p no:cacheprovider $(PYTEST_ARGS)
 
 ## make demo: start the emulator with a demo app and run every example DAG on it.
 demo: $(VENV)/.installed
