@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -10,6 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from kernel_provider.testing import airflow_connection
 from kernel_provider.testing.server import EmulatorProcess, spawn_emulator
 
 
@@ -18,9 +18,7 @@ def emulator(**kwargs: Any) -> Iterator[EmulatorProcess]:
     """An emulator in a subprocess (so it does not share the GIL with the client being measured)."""
     proc = spawn_emulator(**kwargs)
     try:
-        os.environ["AIRFLOW_CONN_KERNEL_DEFAULT"] = json.dumps(
-            {"conn_type": "kernel", "host": proc.url, "password": proc.token}
-        )
+        os.environ["AIRFLOW_CONN_KERNEL_DEFAULT"] = airflow_connection(proc.url, proc.token)
         yield proc
     finally:
         proc.stop()

@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from kernel_provider.testing import airflow_connection
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 APP_FILE = HERE / "demo_app" / "app.py"
@@ -334,9 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  metadata DB migrated, pool '{POOL[0]}' created")
         # dashboard_url: the emulator serves each invocation's JSON at /_emulator/invocations/{id}, so the task's
         # "Kernel invocation" link leads somewhere in the demo too.
-        env["AIRFLOW_CONN_KERNEL_DEFAULT"] = json.dumps(
-            {"conn_type": "kernel", "host": url, "password": token, "extra": {"dashboard_url": f"{url}/_emulator"}}
-        )
+        env["AIRFLOW_CONN_KERNEL_DEFAULT"] = airflow_connection(url, token, dashboard_url=f"{url}/_emulator")
         emulator = procs.started[0]
         for dag_id in dag_ids:
             if emulator.poll() is not None:

@@ -9,7 +9,6 @@ Not part of the tests; the Airflow home is ``.airflow/local``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import signal
@@ -17,6 +16,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from kernel_provider.testing import airflow_connection
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -71,14 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "AIRFLOW__API__PORT": str(args.port),
                 "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(args.port),
-                "AIRFLOW_CONN_KERNEL_DEFAULT": json.dumps(
-                    {
-                        "conn_type": "kernel",
-                        "host": url,
-                        "password": token,
-                        "extra": {"dashboard_url": f"{url}/_emulator"},
-                    }
-                ),
+                "AIRFLOW_CONN_KERNEL_DEFAULT": airflow_connection(url, token, dashboard_url=f"{url}/_emulator"),
             }
         )
         subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)

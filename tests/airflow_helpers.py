@@ -8,7 +8,6 @@ as Airflow's own test helpers do.
 from __future__ import annotations
 
 import datetime
-import json
 import re
 import time
 import uuid
@@ -196,10 +195,12 @@ def gated_kernel(kernel_emulator_factory: Any, monkeypatch: Any, tmp_path: Any) 
 
     ``.gate(name)`` makes a closed :class:`Gate`. Import this fixture into a test module to use it.
     """
+    from kernel_provider.testing import airflow_connection
+
     emulator = kernel_emulator_factory(apps=[GATED_APP])
     monkeypatch.setenv(
         "AIRFLOW_CONN_KERNEL_DEFAULT",
-        json.dumps({"conn_type": "kernel", "host": emulator.url, "password": emulator.token}),
+        airflow_connection(emulator.url, emulator.token),
     )
     emulator.gate = lambda name="gate": Gate(tmp_path, name)
     return emulator

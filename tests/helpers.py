@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from kernel_provider.client.retry import RetryPolicy
+from kernel_provider.testing.config import airflow_connection
 
 #: Retry bounds that keep tests quick while still exercising every retry path.
 FAST_RETRY = RetryPolicy(
@@ -13,9 +11,5 @@ FAST_RETRY = RetryPolicy(
 )
 
 
-def conn_json(url: str, token: str, **extra: Any) -> str:
-    """The JSON form of AIRFLOW_CONN_KERNEL_DEFAULT for an emulator."""
-    conn: dict[str, Any] = {"conn_type": "kernel", "host": url, "password": token}
-    if extra:
-        conn["extra"] = extra
-    return json.dumps(conn)
+#: The JSON form of AIRFLOW_CONN_<ID> for an emulator (one builder, the emulator's own).
+conn_json = airflow_connection

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kernel_provider.testing.config import DEFAULT_TOKEN, DEMO_APP_NAME, EmulatorConfig
+from kernel_provider.testing.config import DEFAULT_TOKEN, DEMO_APP_NAME, EmulatorConfig, airflow_connection
 
 if TYPE_CHECKING:
     from kernel_provider.testing.client import EmulatorClient
@@ -31,6 +31,7 @@ __all__ = [
     "Fault",
     "FaultPlan",
     "KernelEmulator",
+    "airflow_connection",
     "spawn_emulator",
 ]
 

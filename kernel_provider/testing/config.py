@@ -315,3 +315,16 @@ def build_config_parser(
             kwargs["type"] = _converter(cls, f)
         parser.add_argument(_flag(f), **kwargs)
     return parser
+
+
+def airflow_connection(url: str, token: str = DEFAULT_TOKEN, **extra: Any) -> str:
+    """The JSON form of an Airflow ``kernel`` connection to an emulator (the value of ``AIRFLOW_CONN_<ID>``).
+
+    :param url: the emulator's base URL (``KernelEmulator.url``).
+    :param token: the API key it accepts (``KernelEmulator.token``).
+    :param extra: the connection's extra fields (e.g. ``dashboard_url``); omitted when empty.
+    """
+    connection: dict[str, Any] = {"conn_type": "kernel", "host": url, "password": token}
+    if extra:
+        connection["extra"] = extra
+    return json.dumps(connection)

@@ -12,7 +12,6 @@ Importing this module is cheap and never imports Airflow (or starlette/uvicorn u
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +53,7 @@ def kernel_emulator(kernel_emulator_factory: Callable[..., Any]) -> KernelEmulat
 @pytest.fixture
 def kernel_conn_env(kernel_emulator: KernelEmulator, monkeypatch: pytest.MonkeyPatch) -> KernelEmulator:
     """Point Airflow's ``kernel_default`` connection at the emulator (via the environment)."""
-    conn = {"conn_type": "kernel", "host": kernel_emulator.url, "password": kernel_emulator.token}
-    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", json.dumps(conn))
+    from kernel_provider.testing.config import airflow_connection
+
+    monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", airflow_connection(kernel_emulator.url, kernel_emulator.token))
     return kernel_emulator

@@ -13,7 +13,6 @@ Screenshots (and, for a failing test, the page's HTML) go to ``test-artifacts/br
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -120,13 +119,10 @@ def browser_airflow_class() -> type:
         def build_env(self) -> None:
             super().build_env()
             self.env["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
-            self.env["AIRFLOW_CONN_KERNEL_DEFAULT"] = json.dumps(
-                {
-                    "conn_type": "kernel",
-                    "host": self.emulator.url,
-                    "password": self.emulator.token,
-                    "extra": {"dashboard_url": f"{self.emulator.url}/_emulator"},
-                }
+            from kernel_provider.testing import airflow_connection
+
+            self.env["AIRFLOW_CONN_KERNEL_DEFAULT"] = airflow_connection(
+                self.emulator.url, self.emulator.token, dashboard_url=f"{self.emulator.url}/_emulator"
             )
 
     return BrowserAirflow

@@ -618,15 +618,14 @@ def run(invocations: int = 1000, seed: int = 7, concurrency: int = 32) -> Result
     import kernel_provider.operators.kernel
     import kernel_provider.sensors.kernel
     import kernel_provider.triggers.kernel  # noqa: F401
+    from kernel_provider.testing import airflow_connection
     from kernel_provider.testing.server import spawn_emulator
 
     jobs = make_jobs(invocations, seed)
     tally = LogTally()
     proc = spawn_emulator(seed=seed, heartbeat=0.5)
     saved_env = os.environ.get(f"AIRFLOW_CONN_{CONN_ID.upper()}")
-    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(
-        {"conn_type": "kernel", "host": proc.url, "password": proc.token}
-    )
+    os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = airflow_connection(proc.url, proc.token)
     try:
         # Load the connection once on this thread first: Airflow 2 configures its ORM mappers (importing every
         # model) on the first Connection object, and doing that from 32 threads at once can deadlock on imports.

@@ -344,16 +344,14 @@ class AirflowE2E:
         self.proxy = HoldingProxy(where.hostname or "127.0.0.1", int(where.port or 80))
 
     def _kernel_connections(self) -> dict[str, str]:
+        from kernel_provider.testing import airflow_connection
+
         connections = {
-            "AIRFLOW_CONN_KERNEL_DEFAULT": json.dumps(
-                {"conn_type": "kernel", "host": self.emulator.url, "password": self.emulator.token}
-            ),
+            "AIRFLOW_CONN_KERNEL_DEFAULT": airflow_connection(self.emulator.url, self.emulator.token),
         }
         if self.proxy is not None:  # subclasses (the browser tests) may start the emulator without it
             # The same emulator behind HoldingProxy (worker-crash-during-create tests).
-            connections["AIRFLOW_CONN_KERNEL_SLOW"] = json.dumps(
-                {"conn_type": "kernel", "host": self.proxy.url, "password": self.emulator.token}
-            )
+            connections["AIRFLOW_CONN_KERNEL_SLOW"] = airflow_connection(self.proxy.url, self.emulator.token)
         return connections
 
     def _base_env(self) -> dict[str, str]:
