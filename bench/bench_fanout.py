@@ -23,7 +23,6 @@ Run: ``python -m bench.bench_fanout [--tasks 100] [--action-seconds 5] [--concur
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import sys
 import time
@@ -32,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import table
+from tests.helpers import load_e2e_harness
 
-ROOT = Path(__file__).resolve().parents[1]
-E2E_HARNESS = ROOT / "tests" / "e2e" / "conftest.py"
 GOAL_WORKER_S, GOAL_MAKESPAN_X, GOAL_REQUESTS = 2.0, 1.2, 6.0
 WORKLOAD = re.compile(r"Workload finished\s.*?duration=([0-9.eE+-]+)")
 
@@ -70,17 +68,6 @@ for dag_id, operator in (("bench_fanout_new", KernelInvokeOperator), ("bench_fan
             rate_limit_wait=1800,
         ).expand(payload=[{{"seconds": {seconds}, "result": i}} for i in range({tasks})])
 '''
-
-
-def _load_harness() -> Any:
-    name = "kernel_bench_e2e_harness"
-    spec = importlib.util.spec_from_file_location(name, E2E_HARNESS)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load the e2e harness from {E2E_HARNESS}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _stamp(value: str) -> float:
@@ -119,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=5)
     parser.add_argument("--parallelism", type=int, default=16)
     args = parser.parse_args(argv)
-    harness = _load_harness()
+    harness = load_e2e_harness()
 
     class FanoutAirflow(harness.AirflowE2E):  # type: ignore[misc,name-defined]
         def write_dags(self) -> None:

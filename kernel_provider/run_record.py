@@ -112,9 +112,7 @@ class RunRecordStore:
         self.try_number = int(getattr(ti, "try_number", 1) or 1)
         max_tries = getattr(ti, "max_tries", None)
         self.max_tries: int | None = int(max_tries) if isinstance(max_tries, int) else None
-        self.variable_key = VARIABLE_PREFIX + ".".join(
-            str(part) for part in (ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
-        )
+        self.variable_key = _variable_key(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
 
     @property
     def where(self) -> str:
@@ -127,12 +125,7 @@ class RunRecordStore:
             if self._state_store is not None:
                 value = self._state_store.get(STATE_KEY)
             else:
-                variable = _variable()
-                value = (
-                    variable.get(self.variable_key, default_var=None)
-                    if _is_af2()
-                    else variable.get(self.variable_key, default=None)
-                )
+                value = _read_variable(self.variable_key)
             return RunRecord.from_stored(value)
         except Exception as exc:
             raise KernelStateStoreError(
@@ -203,17 +196,25 @@ def forget_airflow2_record(dag_id: str, task_id: str, run_id: str, map_index: in
     another invocation belongs to a newer try (a clear already started afresh) and is left alone. Blocking
     (metadata DB): call it from a worker thread. Returns whether a record was removed.
     """
-    key = VARIABLE_PREFIX + ".".join(str(part) for part in (dag_id, task_id, run_id, map_index))
-    variable = _variable()
-    value = variable.get(key, default_var=None) if _is_af2() else variable.get(key, default=None)
+    key = _variable_key(dag_id, task_id, run_id, map_index)
     try:
-        record = RunRecord.from_stored(value)
+        record = RunRecord.from_stored(_read_variable(key))
     except (TypeError, ValueError, KeyError):
         return False
     if record is None or record.invocation_id != invocation_id:
         return False
-    variable.delete(key)
+    _variable().delete(key)
     return True
+
+
+def _variable_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
+    return VARIABLE_PREFIX + ".".join(str(part) for part in (dag_id, task_id, run_id, map_index))
+
+
+def _read_variable(key: str) -> Any:
+    # Airflow 2's Variable.get names its default ``default_var``; Airflow 3's, ``default``.
+    variable = _variable()
+    return variable.get(key, default_var=None) if _is_af2() else variable.get(key, default=None)
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kernel_provider.client.retry import RetryPolicy
 from kernel_provider.testing.config import airflow_connection
 
@@ -13,3 +15,23 @@ FAST_RETRY = RetryPolicy(
 
 #: The JSON form of AIRFLOW_CONN_<ID> for an emulator (one builder, the emulator's own).
 conn_json = airflow_connection
+
+
+def load_e2e_harness() -> Any:
+    """``tests/e2e/conftest.py`` as a plain module (not as a conftest: its hooks stay with the e2e tests), for the
+    browser tests and the fan-out benchmark, which drive the same real Airflow services."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "kernel_e2e_harness"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parent / "e2e" / "conftest.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load the e2e harness from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -12,7 +12,6 @@ Screenshots (and, for a failing test, the page's HTML) go to ``test-artifacts/br
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -24,10 +23,11 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import load_e2e_harness
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-E2E_HARNESS = ROOT / "tests" / "e2e" / "conftest.py"
 GATED_DEMO_APP = HERE / "apps" / "gated_demo_shop.py"
 DEMO_GATE = "demo-shop"  # opened by the test once the sensor waits (see apps/gated_demo_shop.py)
 EXAMPLE_DAG_ID = "example_kernel_async_sensor"
@@ -61,20 +61,6 @@ AIRFLOW_SKIP_REASON = (
 )
 
 
-def _load_e2e_harness() -> Any:
-    """``tests/e2e/conftest.py`` as a plain module (not as a conftest: its hooks stay with the e2e tests)."""
-    name = "kernel_browser_e2e_harness"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, E2E_HARNESS)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load the e2e harness from {E2E_HARNESS}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def chromium_candidates() -> list[str]:
     """``$KERNEL_BROWSER_CHROMIUM`` when set (only it), else Debian's paths."""
     override = os.environ.get("KERNEL_BROWSER_CHROMIUM")
@@ -101,7 +87,7 @@ def save_screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
 
 def browser_airflow_class() -> type:
     """``AirflowE2E`` set up as a user of the example DAGs would see it."""
-    harness = _load_e2e_harness()
+    harness = load_e2e_harness()
 
     class BrowserAirflow(harness.AirflowE2E):  # type: ignore[misc,name-defined]
         example_run_id: str = ""
@@ -130,7 +116,7 @@ def browser_airflow_class() -> type:
 
 def start_airflow(af: Any) -> None:
     """Emulator, metadata DB, the four services; returns once they are healthy and the example DAG is unpaused."""
-    harness = _load_e2e_harness()
+    harness = load_e2e_harness()
     af.write_dags()
     af.start_emulator()
     af.build_env()
@@ -159,7 +145,7 @@ def airflow_ui(chromium_executable: str, tmp_path_factory: pytest.TempPathFactor
     The run is started here so it proceeds while the connection-form test drives the browser. (Depends on
     ``chromium_executable`` so that a missing browser skips before minutes are spent starting Airflow.)
     """
-    harness = _load_e2e_harness()
+    harness = load_e2e_harness()
     if not harness.AIRFLOW.exists():
         pytest.skip(f"no airflow executable next to {sys.executable}")
     started = time.monotonic()
