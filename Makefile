@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: test test-live test-af3 test-af2 lint demo airflow bench chaos e2e clean venv browser-deps
+.PHONY: test test-live test-af3 test-af2 test-af30 test-af31 test-af32 test-matrix lint demo airflow bench chaos e2e clean venv browser-deps cluster cluster-deps test-cluster
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,34 @@ $(VENV_AF2)/.installed: pyproject.toml Makefile
 	@$(VENV_AF2)/bin/python -m pip install $(PIP_FLAGS) "$(AIRFLOW_2)" -e ".[test]" 2>&1 | grep -v "is ignored" || true
 	@$(VENV_AF2)/bin/python -c "import airflow, kernel_provider, kernel, starlette, uvicorn, sse_starlette, httpx_sse, pytest"
 	@touch $@
+
+## .venv-af30, .venv-af31, .venv-af32: Airflow 3.0 / 3.1 / 3.2, installed with the pins in .ci/pins-af3N.txt
+## (the exact Airflow patch and what that patch needs pinned; see the comments there).
+.venv-af3%/.installed: pyproject.toml .ci/pins-af3%.txt
+	@echo "==> bootstrapping $(@D) ($$(grep '^apache-airflow==' .ci/pins-af3$*.txt))"
+	@test -x $(@D)/bin/python || $(PYTHON) -m venv $(@D)
+	@$(@D)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip 2>&1 | grep -v "is ignored" || true
+	@$(@D)/bin/python -m pip install $(PIP_FLAGS) -c .ci/pins-af3$*.txt apache-airflow -e ".[test]" 2>&1 | grep -v "is ignored" || true
+	@$(@D)/bin/python -c "import airflow, kernel_provider, kernel, starlette, uvicorn, sse_starlette, httpx_sse, pytest"
+	@touch $@
+
+# The suite on one Airflow 3.0-3.2 venv ($(1) = the minor version's digit); browser tests run on 3.3 only.
+define pytest_af3x
+	@echo "==> pytest on $$(grep '^apache-airflow==' .ci/pins-af3$(1).txt)"
+	@AIRFLOW_HOME=$(CURDIR)/.airflow/af3$(1) .venv-af3$(1)/bin/python -m pytest -m "not e2e_af2 and not browser" $(PYTEST_ARGS)
+endef
+
+test-af30: .venv-af30/.installed
+	$(call pytest_af3x,0)
+
+test-af31: .venv-af31/.installed
+	$(call pytest_af3x,1)
+
+test-af32: .venv-af32/.installed
+	$(call pytest_af3x,2)
+
+## make test-matrix: the suite on every supported Airflow minor: 2.11, 3.0, 3.1, 3.2 and 3.3.
+test-matrix: test-af2 test-af30 test-af31 test-af32 test-af3
 
 ## make test: lint + type check, the whole suite on Airflow 3.3, then again on Airflow 2.11.
 test: lint browser-deps test-af3 test-af2
@@ -73,6 +101,31 @@ demo: $(VENV)/.installed
 airflow: $(VENV)/.installed
 	@$(VENV)/bin/python example_dags/run_local_airflow.py
 
+## Debian's PostgreSQL and Redis for the cluster (needs root for apt; without them the cluster tests are skipped,
+## and say so in the test summary), and the [cluster] extra (Celery provider, psycopg2, asyncpg, redis) in .venv.
+cluster-deps: $(VENV)/.cluster-installed
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v redis-server >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "==> installing Debian's postgresql and redis-server for the cluster"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null) \
+	    || echo "!! could not install postgresql/redis-server: the cluster tests will be skipped"; \
+	else echo "!! PostgreSQL or redis-server missing and not root: the cluster tests will be skipped"; fi
+
+$(VENV)/.cluster-installed: $(VENV)/.installed
+	@$(VENV)/bin/python -m pip install $(PIP_FLAGS) "$(AIRFLOW_3)" -e ".[cluster]" 2>&1 | grep -v "is ignored" || true
+	@$(VENV)/bin/python -c "import airflow.providers.celery, psycopg2, asyncpg, redis"
+	@touch $@
+
+## make cluster: PostgreSQL + Redis + Airflow with the CeleryExecutor (api-server, scheduler, dag-processor, two
+## triggerers, two Celery workers) + the emulator, on 127.0.0.1 in a throw-away directory. Ctrl-C stops all.
+cluster: cluster-deps
+	@$(VENV)/bin/python example_dags/run_cluster.py
+
+## make test-cluster: the cluster suite (tests/cluster, marker `cluster`) on one shared cluster; ~5 minutes on 2 cores.
+test-cluster: cluster-deps
+	@echo "==> cluster tests: PostgreSQL + Redis + CeleryExecutor, two triggerers, two workers"
+	@AIRFLOW_HOME=$(CURDIR)/.airflow/cluster $(VENV)/bin/python -m pytest -m cluster tests/cluster -p no:cacheprovider $(PYTEST_ARGS)
+
 ## make bench: benchmarks against the emulator, each side by side with its baseline.
 bench: $(VENV)/.installed
 	@$(VENV)/bin/python -m pip install $(PIP_FLAGS) -e ".[bench]" 2>&1 | grep -v "is ignored" || true
@@ -83,4 +136,4 @@ chaos: $(VENV)/.installed
 	@AIRFLOW_HOME=$(CURDIR)/.airflow/chaos $(VENV)/bin/python -m tests.chaos.harness
 
 clean:
-	rm -rf $(VENV) $(VENV_AF2) .airflow build *.egg-info
+	rm -rf $(VENV) $(VENV_AF2) .venv-af30 .venv-af31 .venv-af32 .airflow build *.egg-info

@@ -54,6 +54,7 @@ DAG_IDS = (
     "example_kernel_async_sensor",
     "example_kernel_chain",
     "example_kernel_fan_out",
+    "example_kernel_taskflow",
 )
 POOL = ("kernel", "4", "Kernel concurrent invocations (size it to your Kernel plan)")
 

@@ -1,9 +1,14 @@
-"""``make airflow``: a local Airflow (``airflow standalone``) wired to the Kernel emulator, to click through.
+"""``make airflow``: a local Airflow (what ``airflow standalone`` runs) wired to the Kernel emulator, to click through.
 
 Starts the emulator with the demo app, points ``kernel_default`` at it (its invocation links open the emulator's
-own view of each invocation), enables the connection Test button, loads the example DAGs and runs
-``airflow standalone`` (scheduler, dag-processor, triggerer, api-server) in the foreground. Ctrl-C stops all.
+own view of each invocation), enables the connection Test button, loads the example DAGs and runs the scheduler,
+dag-processor, triggerer and api-server (what ``airflow standalone`` runs) in the foreground. Ctrl-C stops all.
 Not part of the tests; the Airflow home is ``.airflow/local``.
+
+Everything listens on 127.0.0.1 only: the UI has no login and shows the Kernel connection's key to whoever
+reaches it. The scheduler and triggerer run with ``--skip-serve-logs`` (their log servers would bind 0.0.0.0;
+on one machine the api-server reads the log files directly). To open the UI up deliberately, put a login in
+front of it first (``AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=False``, or FAB auth) and pass ``--host``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from pathlib import Path
 
 from kernel_provider.testing import airflow_connection
 
+try:  # run as a script (`make airflow`): example_dags/ is on sys.path
+    from run_cluster import ServiceProcess, service_argv, stop_all
+except ImportError:  # imported as example_dags.run_local_airflow
+    from example_dags.run_cluster import ServiceProcess, service_argv, stop_all
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
@@ -28,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=ROOT / ".airflow" / "local")
     parser.add_argument("--port", type=int, default=8080, help="api-server port (default 8080)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="api-server address (default 127.0.0.1; anything else exposes a UI with no login, see above)",
+    )
     args = parser.parse_args(argv)
     # SIGTERM (e.g. from `timeout` or a supervisor) must still run the clean-up below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -71,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
                 "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "AIRFLOW__API__PORT": str(args.port),
+                "AIRFLOW__API__HOST": args.host,
+                # Shared by every service of this run (the task tokens the api-server signs must verify).
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+                "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(24),
+                "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{args.port}",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{args.port}/execution/",
                 "AIRFLOW__WEBSERVER__WEB_SERVER_PORT": str(args.port),
                 "AIRFLOW_CONN_KERNEL_DEFAULT": airflow_connection(url, token, dashboard_url=f"{url}/_emulator"),
             }
@@ -83,18 +104,32 @@ def main(argv: list[str] | None = None) -> int:
             stdout=subprocess.DEVNULL,
         )
         print(f"Kernel emulator: {url} (token {token})")
-        print(f"Airflow UI:      http://127.0.0.1:{args.port}  (no login needed; Ctrl-C stops everything)")
+        print(
+            f"Airflow UI:      http://{args.host}:{args.port}  (no login needed, so bound to {args.host} only; "
+            "Ctrl-C stops everything)"
+        )
         print(
             "Try: unpause and trigger example_kernel_async_sensor, watch the sensor defer and stream logs, "
             "open the 'Kernel invocation' link, or add a Kernel connection under Admin > Connections."
         )
-        standalone = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, start_new_session=True)
+        logs = home / "service-logs"
+        logs.mkdir(exist_ok=True)
+        services = []
         try:
-            return standalone.wait()
+            for name in ("scheduler", "dag-processor", "triggerer", "api-server"):
+                argv_ = service_argv(name, host=args.host, port=args.port)
+                services.append(ServiceProcess(name, argv_, logs / f"{name}.log", env))
+            print(f"Service logs:    {logs}")
+            while True:
+                for service in services:
+                    if service.proc.poll() is not None:
+                        print(f"!! {service.name} exited ({service.proc.returncode}); see {service.log}")
+                        return 1
+                time.sleep(1)
         except KeyboardInterrupt:
             return 130
         finally:
-            _stop(standalone)
+            stop_all(services)
     finally:
         _stop(emulator)
         url_file.unlink(missing_ok=True)

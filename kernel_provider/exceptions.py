@@ -7,6 +7,7 @@ client raises the very same types; this module re-exports every one of them.
 from __future__ import annotations
 
 from kernel_provider.client.errors import (
+    KernelAmbiguousBrowserCreateError,
     KernelAmbiguousCreateError,
     KernelApiError,
     KernelAuthError,
@@ -29,6 +30,7 @@ from kernel_provider.client.errors import (
 )
 
 __all__ = [
+    "KernelAmbiguousBrowserCreateError",
     "KernelAmbiguousCreateError",
     "KernelApiError",
     "KernelAuthError",

@@ -21,7 +21,12 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["service"],
             }
         ],
-        "hooks": [{"integration-name": "Kernel", "python-modules": ["kernel_provider.hooks.kernel"]}],
+        "hooks": [
+            {
+                "integration-name": "Kernel",
+                "python-modules": ["kernel_provider.hooks.kernel", "kernel_provider.hooks.kernel_browser"],
+            }
+        ],
         "operators": [{"integration-name": "Kernel", "python-modules": ["kernel_provider.operators.kernel"]}],
         "sensors": [{"integration-name": "Kernel", "python-modules": ["kernel_provider.sensors.kernel"]}],
         "triggers": [{"integration-name": "Kernel", "python-modules": ["kernel_provider.triggers.kernel"]}],
@@ -63,5 +68,13 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         ],
-        "extra-links": ["kernel_provider.operators.kernel.KernelInvocationLink"],
+        "extra-links": [
+            "kernel_provider.operators.kernel.KernelInvocationLink",
+            "kernel_provider.operators.kernel.KernelLiveViewLink",
+            "kernel_provider.decorators.kernel_browser.KernelBrowserLiveViewLink",
+        ],
+        "task-decorators": [
+            {"class-name": "kernel_provider.decorators.kernel.kernel_task", "name": "kernel"},
+            {"class-name": "kernel_provider.decorators.kernel_browser.kernel_browser_task", "name": "kernel_browser"},
+        ],
     }

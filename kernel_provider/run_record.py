@@ -121,6 +121,12 @@ class RunRecordStore:
 
     def get(self) -> RunRecord | None:
         """The record a previous try left, or None."""
+        if self._state_store is None and self.try_number <= 1 and not _is_af2():
+            # Airflow 3.0-3.2 (Variable-backed record): try 1 has no previous try, so there is nothing to read,
+            # and the Task SDK logs an ERROR ("Variable not found") for every missing Variable it is asked for,
+            # which would mark every healthy first try. (Airflow 3 gives every new try, retry or clear, a higher
+            # try_number; a record left by a deleted DAG run of the same run id is stale, and put() replaces it.)
+            return None
         try:
             if self._state_store is not None:
                 value = self._state_store.get(STATE_KEY)

@@ -8,6 +8,7 @@ as Airflow's own test helpers do.
 from __future__ import annotations
 
 import datetime
+import inspect
 import re
 import time
 import uuid
@@ -57,10 +58,28 @@ def _serialize_af3(dag: Any) -> None:
     from airflow.dag_processing.collection import update_dag_parsing_results_in_db
     from airflow.serialization.serialized_objects import LazyDeserializedDAG
 
+    # Airflow 3.0 has no LazyDeserializedDAG.from_dag and no parse_duration; 3.1+ have both. Asked of the
+    # objects, not of the version number.
+    if hasattr(LazyDeserializedDAG, "from_dag"):
+        parsed = LazyDeserializedDAG.from_dag(dag)
+    else:
+        from airflow.serialization.serialized_objects import SerializedDAG
+
+        if getattr(dag, "relative_fileloc", None) is None:
+            dag.relative_fileloc = dag.fileloc  # what a DagBag sets for a file outside its bundle
+        parsed = LazyDeserializedDAG(data=SerializedDAG.to_dict(dag))
+    params = inspect.signature(update_dag_parsing_results_in_db).parameters
+    extra: dict[str, Any] = {"parse_duration": None} if "parse_duration" in params else {}
     session = settings.Session()
     try:
         update_dag_parsing_results_in_db(
-            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
+            bundle_name="dags-folder",
+            bundle_version=None,
+            dags=[parsed],
+            import_errors={},
+            warnings=set(),
+            session=session,
+            **extra,
         )
         session.commit()
     finally:

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.kernel_browsers import SITE_PRODUCTS, live_browsers, serve_site, skip_without_chromium
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DAGS = ROOT / "example_dags"
 DEMO_APP = EXAMPLE_DAGS / "demo_app" / "app.py"
@@ -25,6 +27,12 @@ KERNEL_TASKS = {  # task_id -> action, for every task that invokes Kernel
     "example_kernel_async_sensor": {"start_crawl": "crawl_catalog"},
     "example_kernel_chain": {"scrape_prices": "scrape_prices", "summarize": "summarize"},
     "example_kernel_fan_out": {"check_stock": "check_stock"},
+    "example_kernel_browser": {},  # no app: a Kernel browser scrapes a page (run by its own test below)
+    "example_kernel_taskflow": {
+        "scrape_prices": "scrape_prices",
+        "summarize": "summarize",
+        "check_stock": "check_stock",
+    },
 }
 
 
@@ -176,16 +184,28 @@ def _check_fan_out(out: dict[tuple[str, int], Any], ds: str, invocations: list[d
     assert out[("stock_report", -1)] == {"checked": 4, "total_quantity": 30, "out_of_stock": ["B-300"]}
 
 
+def _check_taskflow(out: dict[tuple[str, int], Any], ds: str, invocations: list[dict[str, Any]]) -> None:
+    by_action = {i["action_name"]: i for i in invocations}
+    assert json.loads(by_action["scrape_prices"]["payload"]) == {"store": "east", "date": ds}  # {{ ds }} rendered
+    scraped, summary = out[("scrape_prices", -1)], out[("summarize", -1)]
+    assert json.loads(by_action["summarize"]["payload"]) == scraped  # one action's output, the next one's payload
+    assert (summary["store"], summary["date"], summary["items"]) == ("east", ds, 6)
+    assert [out[("check_stock", i)]["sku"] for i in range(2)] == ["A-100", "B-300"]
+    stock = ", ".join(f"{out[('check_stock', i)]['sku']}: {out[('check_stock', i)]['quantity']}" for i in range(2))
+    assert out[("report", -1)] == f"east on {ds}: average {summary['average']}; stock {stock}"
+
+
 CHECKS: dict[str, Callable[[dict[tuple[str, int], Any], str, list[dict[str, Any]]], None]] = {
     "example_kernel_sync": _check_sync,
     "example_kernel_scheduled": _check_scheduled,
     "example_kernel_async_sensor": _check_async_sensor,
     "example_kernel_chain": _check_chain,
     "example_kernel_fan_out": _check_fan_out,
+    "example_kernel_taskflow": _check_taskflow,
 }
 
 
-@pytest.mark.parametrize("dag_id", DAG_IDS)
+@pytest.mark.parametrize("dag_id", [d for d in DAG_IDS if d != "example_kernel_browser"])
 def test_example_dag_runs_against_the_emulator(dag_id: str, example_dagbag: Any, kernel_conn_env: Any) -> None:
     dag = example_dagbag.dags[dag_id]
     run = dag.test()
@@ -199,8 +219,22 @@ def test_example_dag_runs_against_the_emulator(dag_id: str, example_dagbag: Any,
     expected_actions = sorted(KERNEL_TASKS[dag_id].values())
     if dag_id == "example_kernel_fan_out":
         expected_actions = expected_actions * 4
+    if dag_id == "example_kernel_taskflow":
+        expected_actions = sorted([*expected_actions, "check_stock"])  # mapped over two SKUs
     assert sorted(i["action_name"] for i in invocations) == expected_actions
     assert {(i["app_name"], i["status"]) for i in invocations} == {("demo-shop", "succeeded")}
 
     logical_date = getattr(run, "logical_date", None) or run.execution_date
     CHECKS[dag_id](_return_values(dag_id, run.run_id), logical_date.strftime("%Y-%m-%d"), invocations)
+
+
+@pytest.mark.chromium
+@skip_without_chromium
+def test_example_kernel_browser_scrapes_the_site_served_locally(example_dagbag: Any, kernel_conn_env: Any) -> None:
+    """``example_dags/site/`` served on 127.0.0.1, its URL passed as the DAG's ``site_url`` param."""
+    with serve_site() as url:
+        run = example_dagbag.dags["example_kernel_browser"].test(run_conf={"site_url": url})
+    out = _return_values("example_kernel_browser", run.run_id)
+    assert out[("scrape_catalog", -1)] == SITE_PRODUCTS
+    assert out[("cheapest", -1)] == {"sku": "B-400", "name": "Notebook", "price": 3.2}
+    assert live_browsers(kernel_conn_env) == 0 and kernel_conn_env.invocations() == []

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+from typing import Any
 
 import pytest
 
 from kernel_provider.exceptions import KernelStateStoreError
 from kernel_provider.run_record import STATE_KEY, RunRecord, RunRecordStore, TryKind, classify
 from tests.standins import BrokenStateStore, DictStateStore, FakeTI
+
+#: An ERROR line as structlog (Airflow 3's console and JSON renderers) or stdlib logging prints it.
+ERROR_LINE = re.compile(r"\[error\s*\]|\"level\": ?\"error\"|\bERROR\b")
 
 
 def test_round_trip_of_a_pending_and_a_created_record() -> None:
@@ -53,3 +59,28 @@ def test_a_store_that_cannot_be_written_or_read_is_an_error_not_a_warning() -> N
     with pytest.raises(KernelStateStoreError, match="Nothing was invoked"):
         records.get()
     records.forget()  # best effort: never raises
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_successful_run_logs_no_error(
+    kernel_conn_env: Any, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A healthy first try reads no record it cannot have: on Airflow 3.0/3.1 the Task SDK logs every lookup of a
+    missing Variable as an ERROR ("Variable not found"), which would mark every healthy run. Checked in both
+    places logs go: stdlib logging (``caplog``) and structlog's console output (``capfd``)."""
+    from kernel_provider.operators.kernel import KernelInvokeOperator
+    from tests.airflow_helpers import make_dag, run_dag, states, xcom
+
+    caplog.set_level(logging.DEBUG)
+    with make_dag("record_quiet") as dag:
+        KernelInvokeOperator(task_id="invoke", app_name="demo", action_name="echo", payload={"quiet": True})
+    dr = run_dag(dag)
+    assert states(dr) == {"invoke": "success"}
+    assert xcom(dr, "invoke") == {"quiet": True}
+    assert kernel_conn_env.created_count() == 1
+
+    captured = capfd.readouterr()
+    printed = [line for line in (captured.out + captured.err).splitlines() if ERROR_LINE.search(line)]
+    logged = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+    assert logged + printed == []
+    assert "invoke" in caplog.text + captured.out + captured.err  # the run's logs were captured at all

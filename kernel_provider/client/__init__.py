@@ -10,7 +10,8 @@
 Modules: :mod:`~kernel_provider.client.errors` (the exception tree), :mod:`~kernel_provider.client.settings`,
 :mod:`~kernel_provider.client.models`, :mod:`~kernel_provider.client.validation`,
 :mod:`~kernel_provider.client.retry`, :mod:`~kernel_provider.client.operations` (the API as data, no I/O),
-:mod:`~kernel_provider.client.transport` (requests and httpx) and :mod:`~kernel_provider.client.client`.
+:mod:`~kernel_provider.client.transport` (requests and httpx), :mod:`~kernel_provider.client.client`, and
+:mod:`~kernel_provider.client.browsers` (standalone browsers and pools).
 Nothing here imports Airflow. Importing this package is cheap (the operator's module imports
 ``kernel_provider.client.validation`` at every DAG parse): the names below load their modules on first use.
 """

@@ -34,7 +34,7 @@ from kernel_provider.client.errors import (
     KernelInputError,
     KernelTransportError,
 )
-from kernel_provider.client.models import AppAction, AppVersion, Invocation
+from kernel_provider.client.models import AppAction, AppVersion, Browser, Invocation, Replay
 from kernel_provider.client.operations import ApiCall, Operation
 from kernel_provider.client.retry import RetryPolicy
 from kernel_provider.client.settings import KernelSettings
@@ -301,6 +301,18 @@ class KernelClient:
     def list_browsers(self, invocation_id: str) -> list[dict[str, Any]]:
         """The browsers the invocation holds, as Kernel describes them (empty once they are deleted)."""
         return self.execute(operations.list_browsers(require_name("invocation_id", invocation_id)))
+
+    async def ainvocation_browsers(self, invocation_id: str) -> list[Browser]:
+        """The browsers the invocation holds, typed (live-view URLs included), without blocking the loop."""
+        return await self.aexecute(operations.invocation_browsers(require_name("invocation_id", invocation_id)))
+
+    def list_replays(self, browser_id: str) -> list[Replay]:
+        """The recordings of a browser session (``GET /browsers/{id}/replays``)."""
+        return self.execute(operations.list_replays(require_name("browser_id", browser_id)))
+
+    async def alist_replays(self, browser_id: str) -> list[Replay]:
+        """:meth:`list_replays` without blocking the event loop."""
+        return await self.aexecute(operations.list_replays(require_name("browser_id", browser_id)))
 
     async def stream_events(
         self, invocation_id: str, *, since: str | None = None, silence_timeout: float = 60.0

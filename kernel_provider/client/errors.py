@@ -213,6 +213,21 @@ class KernelAmbiguousCreateError(KernelError):
         )
 
 
+class KernelAmbiguousBrowserCreateError(KernelError):
+    """``POST /browsers`` (or a pool's acquire) failed after it may have reached Kernel, and looking the browser
+    up could not settle it. Nothing was re-sent, and nothing that may be someone else's browser was deleted.
+
+    :param message: what happened and what a person should check.
+    :param candidates: session ids that could be the lost browser (empty when Kernel lists none).
+    :param cause: the failure of the request itself.
+    """
+
+    def __init__(self, message: str, *, candidates: Sequence[str] = (), cause: BaseException | None = None) -> None:
+        self.candidates = list(candidates)
+        self.cause = cause
+        super().__init__(message)
+
+
 class KernelReconcileError(KernelError):
     """A previous create may have started a run, and Kernel's answers cannot settle which invocation (if any)
     is this task instance's. Nothing is adopted and nothing is invoked. ``candidates`` lists the ids that could

@@ -204,6 +204,125 @@ class AppVersion:
         return [a.name for a in self.actions]
 
 
+@dataclass(frozen=True)
+class Browser:
+    """A Kernel browser session (``POST /browsers``, ``GET /browsers/{id}``, a pool's acquire, or an item of an
+    invocation's browser list).
+
+    :param session_id: the session's id, what ``DELETE /browsers/{id}`` takes.
+    :param cdp_ws_url: the Chrome DevTools Protocol websocket URL (Playwright's ``connect_over_cdp``).
+    :param browser_live_view_url: where a person watches the browser (Kernel sends it for headful browsers only).
+    :param created_at: when Kernel created the session.
+    :param timeout_seconds: seconds without a CDP or live-view connection after which Kernel ends the session.
+    :param pool_name: the pool the browser was acquired from (its name, else its id); "" for a standalone one.
+    :param start_url: the URL Kernel was asked to open on creation ("" for none).
+    """
+
+    session_id: str
+    cdp_ws_url: str = ""
+    browser_live_view_url: str = ""
+    created_at: datetime | None = None
+    headless: bool = False
+    stealth: bool = False
+    timeout_seconds: int | None = None
+    webdriver_ws_url: str = ""
+    proxy_id: str = ""
+    profile_name: str = ""
+    pool_name: str = ""
+    start_url: str = ""
+    deleted_at: datetime | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    _KNOWN = frozenset(
+        {
+            "session_id",
+            "cdp_ws_url",
+            "browser_live_view_url",
+            "created_at",
+            "headless",
+            "stealth",
+            "timeout_seconds",
+            "webdriver_ws_url",
+            "proxy_id",
+            "profile",
+            "pool",
+            "start_url",
+            "deleted_at",
+        }
+    )
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Browser:
+        """Parse a browser object of the API; :class:`KernelResponseError` when it has no ``session_id``.
+
+        :param data: the decoded JSON object. Fields this version does not know go to ``extra``.
+        """
+        if not isinstance(data, Mapping) or not isinstance(data.get("session_id"), str) or not data["session_id"]:
+            raise KernelResponseError(f"Kernel returned a browser without a session_id: {_excerpt(data)}")
+        profile: Mapping[str, Any] = data["profile"] if isinstance(data.get("profile"), Mapping) else {}
+        pool: Mapping[str, Any] = data["pool"] if isinstance(data.get("pool"), Mapping) else {}
+        timeout = data.get("timeout_seconds")
+        return cls(
+            session_id=data["session_id"],
+            cdp_ws_url=str(data.get("cdp_ws_url") or ""),
+            browser_live_view_url=str(data.get("browser_live_view_url") or ""),
+            created_at=parse_timestamp(data.get("created_at")),
+            headless=bool(data.get("headless", False)),
+            stealth=bool(data.get("stealth", False)),
+            timeout_seconds=timeout if isinstance(timeout, int) and not isinstance(timeout, bool) else None,
+            webdriver_ws_url=str(data.get("webdriver_ws_url") or ""),
+            proxy_id=str(data.get("proxy_id") or ""),
+            profile_name=str(profile.get("name") or profile.get("id") or ""),
+            pool_name=str(pool.get("name") or pool.get("id") or ""),
+            start_url=str(data.get("start_url") or ""),
+            deleted_at=parse_timestamp(data.get("deleted_at")),
+            extra={k: v for k, v in data.items() if k not in cls._KNOWN},
+        )
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A recording of a browser session (an item of ``GET /browsers/{id}/replays``).
+
+    :param replay_id: the recording's id.
+    :param replay_view_url: where a person watches the recording ("" when Kernel sent none).
+    :param started_at: when the recording started (None when unknown).
+    :param finished_at: when it stopped; None while it is still recording.
+    :param browser_id: the browser session it belongs to (filled in by the client: Kernel's item lacks it).
+    """
+
+    replay_id: str
+    replay_view_url: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    browser_id: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any], browser_id: str = "") -> Replay:
+        """Parse a ``BrowserReplay`` object; :class:`KernelResponseError` when it has no ``replay_id``.
+
+        :param data: the decoded JSON object; fields this version does not know go to ``extra``.
+        :param browser_id: the session the listing was asked for.
+        """
+        if not isinstance(data, Mapping) or not isinstance(data.get("replay_id"), str) or not data["replay_id"]:
+            raise KernelResponseError(f"Kernel returned a replay without a replay_id: {_excerpt(data)}")
+        known = {"replay_id", "replay_view_url", "started_at", "finished_at"}
+        return cls(
+            replay_id=data["replay_id"],
+            replay_view_url=str(data.get("replay_view_url") or ""),
+            started_at=parse_timestamp(data.get("started_at")),
+            finished_at=parse_timestamp(data.get("finished_at")),
+            browser_id=browser_id,
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    @property
+    def recording(self) -> bool:
+        """Still recording (no ``finished_at`` yet): the view may show only part of the session."""
+        return self.finished_at is None
+
+
 def _optional_str(value: object) -> str | None:
     if value is None:
         return None

@@ -26,7 +26,7 @@ from kernel_provider.client.errors import (
     api_error_for_status,
     is_error_status,
 )
-from kernel_provider.client.models import AppVersion, Invocation
+from kernel_provider.client.models import AppVersion, Browser, Invocation, Replay
 
 T = TypeVar("T")
 
@@ -58,6 +58,7 @@ INVOCATION_EVENTS = Endpoint("GET", "/invocations/{id}/events", stream=True)
 LIST_BROWSERS = Endpoint("GET", "/invocations/{id}/browsers")
 DELETE_BROWSERS = Endpoint("DELETE", "/invocations/{id}/browsers")
 LIST_APPS = Endpoint("GET", "/apps")
+LIST_REPLAYS = Endpoint("GET", "/browsers/{id}/replays")
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,20 @@ def list_browsers(invocation_id: str) -> Operation[list[dict[str, Any]]]:
     """``GET /invocations/{id}/browsers``: the browsers the run holds (as Kernel describes them)."""
     data = yield ApiCall(LIST_BROWSERS, {"id": invocation_id})
     return list(data.get("browsers") or []) if isinstance(data, Mapping) else []
+
+
+def invocation_browsers(invocation_id: str) -> Operation[list[Browser]]:
+    """``GET /invocations/{id}/browsers`` parsed: the run's browsers as :class:`Browser` (live-view URLs included)."""
+    items = yield from list_browsers(invocation_id)
+    return [Browser.from_api(item) for item in items if isinstance(item, Mapping)]
+
+
+def list_replays(browser_id: str) -> Operation[list[Replay]]:
+    """``GET /browsers/{id}/replays``: the recordings of a browser session (a 404 for a session Kernel no longer
+    knows is raised as :class:`KernelNotFoundError`, for the caller to tolerate)."""
+    data = yield ApiCall(LIST_REPLAYS, {"id": browser_id})
+    items = data if isinstance(data, list) else []
+    return [Replay.from_api(item, browser_id) for item in items if isinstance(item, Mapping)]
 
 
 def delete_browsers(invocation_id: str) -> Operation[None]:

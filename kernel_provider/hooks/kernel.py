@@ -20,7 +20,7 @@ from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 
 from kernel_provider.client.client import KernelClient
 from kernel_provider.client.errors import KernelConnectionConfigError, KernelError, KernelTransportError
-from kernel_provider.client.models import AppAction, AppVersion, Invocation
+from kernel_provider.client.models import AppAction, AppVersion, Browser, Invocation, Replay
 from kernel_provider.client.retry import MIN_BUDGET, RetryPolicy
 from kernel_provider.client.settings import KernelSettings
 from kernel_provider.client.transport import close_loop_resources, loop_resources
@@ -217,6 +217,18 @@ class KernelHook(BaseHook):
     def list_browsers(self, invocation_id: str) -> list[dict[str, Any]]:
         """The browsers the invocation holds."""
         return self.client.list_browsers(invocation_id)
+
+    async def ainvocation_browsers(self, invocation_id: str) -> list[Browser]:
+        """The invocation's browsers, typed (each with its live-view URL), without blocking the event loop."""
+        return await (await self.aget_client()).ainvocation_browsers(invocation_id)
+
+    def list_replays(self, browser_id: str) -> list[Replay]:
+        """The recordings of a browser session; :class:`KernelNotFoundError` when Kernel no longer knows it."""
+        return self.client.list_replays(browser_id)
+
+    async def alist_replays(self, browser_id: str) -> list[Replay]:
+        """:meth:`list_replays` without blocking the event loop."""
+        return await (await self.aget_client()).alist_replays(browser_id)
 
     def list_apps(self, **filters: Any) -> list[AppVersion]:
         """The deployed app versions and their actions (``app_name``, ``version``, ``query``, ``limit``)."""

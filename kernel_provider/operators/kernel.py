@@ -5,9 +5,10 @@ Importing this module makes no network call and stays cheap: DAG files import it
 
 from __future__ import annotations
 
+import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -29,8 +30,11 @@ if TYPE_CHECKING:
 # The hook (requests, httpx, tenacity) and the trigger are imported when a task runs, not when a DAG file is
 # parsed: DAG parsing imports this module for every DAG that uses the operator.
 
+log = logging.getLogger(__name__)
 XCOM_INVOCATION_ID = "invocation_id"
 XCOM_INVOCATION_URL = "invocation_url"
+#: XCom of the first browser's live-view URL, pushed by the wait (trigger or worker) once it has seen the browser.
+XCOM_LIVE_VIEW_URL = "kernel_live_view_url"
 #: Seconds ``on_kill`` may spend cancelling: the worker is stopping the task and will not wait long.
 ON_KILL_BUDGET = 15.0
 #: Shortest and longest single deferral of a deferrable create that Kernel refused with 429 (before jitter). The
@@ -59,6 +63,46 @@ class KernelInvocationLink(BaseOperatorLink):
         if ti_key is None or getattr(operator, "invocation_id", _UNSET) is None:
             return ""
         return XCom.get_value(key=XCOM_INVOCATION_URL, ti_key=ti_key) or ""
+
+
+class KernelLiveViewLink(BaseOperatorLink):
+    """The "Kernel live view" button on a task: opens the live view of the run's first browser.
+
+    The wait pushes the URL (XCom ``kernel_live_view_url``) as soon as it has seen a browser with a live view, so
+    the button works while the run is going; "" before that, and for runs without browsers. After the run the
+    button still points at that URL, which Kernel stops serving once the browser is gone.
+    """
+
+    name = "Kernel live view"
+
+    def get_link(self, operator: Any, dttm: Any = None, *, ti_key: Any = None) -> str:
+        """The live-view URL the wait pushed; "" when there is none (yet).
+
+        :param operator: the task (operator or sensor).
+        :param dttm: Airflow 2's logical date argument, unused (``ti_key`` identifies the try).
+        :param ti_key: the task instance whose XCom is read; None gives "".
+        """
+        if ti_key is None or getattr(operator, "invocation_id", _UNSET) is None:
+            return ""
+        return XCom.get_value(key=XCOM_LIVE_VIEW_URL, ti_key=ti_key) or ""
+
+
+def push_live_view_link(context: Any, event: Mapping[str, Any]) -> None:
+    """Point the "Kernel live view" link at the URL a finished wait reports (``live_view_url`` of its event), for
+    a wait that could not set it while running (e.g. ``dag.test()``'s in-line trigger). Best effort."""
+    from kernel_provider.live_view import LIVE_VIEW_EVENT_KEY
+
+    url = event.get(LIVE_VIEW_EVENT_KEY)
+    if not isinstance(url, str) or not url:
+        return
+    ti = context["ti"]
+    try:
+        ti.xcom_push(key=XCOM_LIVE_VIEW_URL, value=url)
+        link_key = getattr(KernelLiveViewLink(), "xcom_key", None)
+        if link_key:
+            ti.xcom_push(key=link_key, value=url)
+    except Exception as exc:  # a link is not worth failing a finished run over
+        log.warning("Could not set the Kernel live view link: %s", exc)
 
 
 class KernelInvokeOperator(BaseOperator):
@@ -110,12 +154,16 @@ class KernelInvokeOperator(BaseOperator):
         ``DateTimeTrigger``) until ``Retry-After`` (jittered, 5 to 60 s) has passed, then POSTs again.
         Pools are the other lever: a pool sized to your Kernel concurrency limit keeps tasks from queueing at
         Kernel at all.
+    :param live_view: while waiting, learn the run's browsers, log each one's live-view URL once and point the
+        task's "Kernel live view" link at the first; when the run failed, log the view URLs of its browsers'
+        replays (default True). Costs a few ``GET /invocations/{id}/browsers`` per wait (see the README's *Live
+        view and replays*); False sends none.
     :param kernel_conn_id: Airflow connection of type ``kernel``.
     """
 
     template_fields: Sequence[str] = ("app_name", "action_name", "version", "payload")
     template_fields_renderers = {"payload": "json"}
-    operator_extra_links = (KernelInvocationLink(),)
+    operator_extra_links = (KernelInvocationLink(), KernelLiveViewLink())
     ui_color = "#dbe7ff"
 
     def __init__(
@@ -139,6 +187,7 @@ class KernelInvokeOperator(BaseOperator):
         validate_action: bool = False,
         fail_on_failure: bool = True,
         rate_limit_wait: float | None = None,
+        live_view: bool = True,
         kernel_conn_id: str = "kernel_default",
         **kwargs: Any,
     ) -> None:
@@ -161,6 +210,7 @@ class KernelInvokeOperator(BaseOperator):
         self.validate_action = validate_action
         self.fail_on_failure = fail_on_failure
         self.rate_limit_wait = rate_limit_wait
+        self.live_view = live_view
         self.kernel_conn_id = kernel_conn_id
         self.invocation_id: str | None = None
 
@@ -258,6 +308,7 @@ class KernelInvokeOperator(BaseOperator):
         from kernel_provider.wait import wait_in_worker
 
         self.log.info("Waiting on this worker for invocation %s.", invocation.id)
+        trigger.link_to(context["ti"])
         return self.execute_complete(context, wait_in_worker(trigger))
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
@@ -267,6 +318,7 @@ class KernelInvokeOperator(BaseOperator):
         event = validate_event(event)
         invocation_id = event["invocation_id"]
         self.invocation_id = invocation_id
+        push_live_view_link(context, event)
         records = RunRecordStore(context)
         if event["status"] == TIMEOUT:
             if not event.get("cancelled"):
@@ -301,6 +353,7 @@ class KernelInvokeOperator(BaseOperator):
             stream_logs=self.stream_logs,
             cancel_on_kill=self.cancel_on_kill,
             cancel_on_timeout=True,
+            live_view=bool(self.live_view),
         )
 
     def _previous_run(self, records: RunRecordStore, request: dict[str, Any]) -> Invocation | None:

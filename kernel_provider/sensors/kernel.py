@@ -25,6 +25,7 @@ from kernel_provider.client.errors import (
 )
 from kernel_provider.client.validation import check_seconds
 from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, finish, validate_event, wait_deadline
+from kernel_provider.operators.kernel import KernelLiveViewLink, push_live_view_link
 
 if TYPE_CHECKING:
     from kernel_provider.hooks.kernel import KernelHook
@@ -90,9 +91,13 @@ class KernelInvocationSensor(BaseSensorOperator):
         the wait through Airflow's trigger timeout. Ignored (the sensor starts on a worker, as before) on
         Airflow < 3.3, when not deferrable, or when ``invocation_id`` is neither text nor a plain ``task.output``.
         ``dag.test()`` runs no trigger for a task that starts there: pass False to test such a DAG with it.
+    :param live_view: deferrable: learn the run's browsers while waiting, log each one's live-view URL once and
+        point the task's "Kernel live view" link at the first; log the replays of a failed run (default True).
+        Poke and reschedule mode do not watch browsers.
     """
 
     template_fields: Sequence[str] = ("invocation_id",)
+    operator_extra_links = (KernelLiveViewLink(),)
     ui_color = "#e8f0ff"
 
     def __init__(
@@ -105,6 +110,7 @@ class KernelInvocationSensor(BaseSensorOperator):
         wait_mode: str = "stream",
         stream_logs: bool = True,
         start_from_trigger: bool = True,
+        live_view: bool = True,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("poke_interval", 5.0 if deferrable else 30.0)
@@ -115,6 +121,7 @@ class KernelInvocationSensor(BaseSensorOperator):
         self.fail_on_failure = fail_on_failure
         self.wait_mode = wait_mode
         self.stream_logs = stream_logs
+        self.live_view = live_view
         self.start_from_trigger = False
         template = _as_template(invocation_id)
         if start_from_trigger and deferrable and STARTS_FROM_TRIGGER and template is not None:
@@ -135,6 +142,7 @@ class KernelInvocationSensor(BaseSensorOperator):
                 "mode": self.wait_mode,
                 "stream_logs": bool(self.stream_logs),
                 "cancel_on_kill": False,
+                "live_view": bool(self.live_view),
             },
             next_method="execute_complete",
             next_kwargs=None,
@@ -183,6 +191,7 @@ class KernelInvocationSensor(BaseSensorOperator):
                 mode=self.wait_mode,
                 stream_logs=self.stream_logs,
                 cancel_on_kill=False,
+                live_view=bool(self.live_view),
             ),
             method_name="execute_complete",
         )
@@ -208,6 +217,7 @@ class KernelInvocationSensor(BaseSensorOperator):
         :param event: the trigger's payload; anything unexpected (or None) fails rather than passing as success.
         """
         event = validate_event(event)
+        push_live_view_link(context, event)
         if event["status"] == TIMEOUT:
             message = f"Sensor timed out: {event['message']}"
             if self.soft_fail:

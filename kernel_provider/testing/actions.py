@@ -41,6 +41,11 @@ class ActionContext(Protocol):
         """Create a fake browser session bound to the invocation and return its JSON form."""
         ...
 
+    def start_replay(self, session_id: str | None = None) -> dict[str, Any]:
+        """Start recording one of the invocation's browsers (default: its first) and return the
+        ``BrowserReplay``; it is listed by ``GET /browsers/{id}/replays`` with a ``replay_view_url``."""
+        ...
+
 
 ActionFn = Callable[[ActionContext, Any], Awaitable[Any]]
 
@@ -234,6 +239,8 @@ async def _browse(ctx: ActionContext, payload: Any) -> Any:
     args = _as_dict(payload)
     count = int(args.get("count", 1))
     sessions = [ctx.create_browser()["session_id"] for _ in range(count)]
+    if args.get("record") and sessions:
+        ctx.start_replay(sessions[0])
     print(f"created {count} browser(s)")
     await asyncio.sleep(float(args.get("seconds", 0.0)))
     return {"session_ids": sessions}
@@ -268,7 +275,11 @@ DEMO_ACTIONS: dict[str, tuple[ActionFn, str]] = {
     "fail": (_fail, 'raises ValueError(payload.get("message", "boom"))'),
     "plain_fail": (_plain_fail, "fails with a multi-line plain-text output"),
     "slow": (_slow, 'payload {"seconds": s=3600}: for cancel and timeout tests'),
-    "browse": (_browse, 'payload {"count": 1, "seconds": 0}: creates fake browsers bound to the invocation'),
+    "browse": (
+        _browse,
+        'payload {"count": 1, "seconds": 0, "record": false}: creates fake browsers bound to the invocation '
+        "(record: a replay of the first)",
+    ),
     "big": (_big, 'payload {"size": n=1000000}: returns a string of n "x" characters'),
     "blocking": (_blocking, 'payload {"seconds": s=0.1}: time.sleep in a worker thread'),
     "counter": (_counter_action, "returns a process-wide increasing counter and the invocation id"),

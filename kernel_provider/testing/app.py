@@ -2,7 +2,9 @@
 
 * :mod:`~.middleware` - authentication, the request log, HTTP faults (transport aborts included);
 * :mod:`~.routes` - Kernel's API and the SSE follow stream; :mod:`~.admin` - the ``/_emulator/`` routes;
-* :mod:`~.store` - invocation records and their state machine; :mod:`~.runner` - the action runner.
+* :mod:`~.store` - invocation records and their state machine; :mod:`~.runner` - the action runner;
+* :mod:`~.browsers` - standalone browsers and pools (:mod:`~.browser_sessions`), each a real Chromium
+  (:mod:`~.chromium`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from starlette.routing import Match
 from starlette.types import ASGIApp
 
 from kernel_provider.testing.admin import ADMIN_ROUTES
+from kernel_provider.testing.browsers import BROWSER_ROUTES
+from kernel_provider.testing.live import LIVE_ROUTES
 from kernel_provider.testing.middleware import EmulatorMiddleware
 from kernel_provider.testing.responses import error_response
 from kernel_provider.testing.routes import API_ROUTES
@@ -25,7 +29,7 @@ from kernel_provider.testing.store import Store
 
 def build_app(store: Store) -> ASGIApp:
     """The full ASGI application for a store."""
-    routes = [*API_ROUTES, *ADMIN_ROUTES]
+    routes = [*API_ROUTES, *BROWSER_ROUTES, *LIVE_ROUTES, *ADMIN_ROUTES]
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(404, "not_found", f"no route for {request.method} {request.url.path}")

@@ -14,6 +14,9 @@ Rules are evaluated in order; the first rule that fires supplies the fault for t
 
 A :class:`Fault` has two typed parts: an :class:`HttpFault` (status, raw body, drop, truncate, delay), applied by
 the middleware, and a :class:`StreamFault` (cut, silent, error event, raw data), applied by the event stream.
+``browser_launch`` (``"fail"``, ``"crash"`` or ``"slow"``) is a third kind, for ``POST /browsers`` and a pool's
+acquire: the browser does not start (500), its Chromium dies right after the answer, or it takes 2 s longer to start
+(the request read, nothing answered yet: what a client interrupted mid-create leaves behind). See :mod:`~.browsers`.
 
 A ``status`` fault answers Kernel's ``Error`` body ``{code, message}`` (``code``/``message`` override the
 defaults) plus the optional ``details`` (a list of ``{code, message}``) and ``inner_error`` (``{code, message}``)
@@ -56,6 +59,7 @@ _FAULT_KEYS = {
     "raw_sse_data",
     "details",
     "inner_error",
+    "browser_launch",
 }
 _RULE_KEYS = {"route", "sequence", "rate", "times", "fault", "name"}
 _PLAN_KEYS = {"seed", "rules", "legacy_status_reason", "plain_text_failure_output"}
@@ -82,7 +86,9 @@ def default_error_code(status: int) -> str:
 
 
 _STREAM_KEYS = {"cut_after_events", "silent", "error_event", "error_then_close", "raw_sse_data"}
-_HTTP_KEYS = _FAULT_KEYS - _STREAM_KEYS
+_HTTP_KEYS = _FAULT_KEYS - _STREAM_KEYS - {"browser_launch"}
+#: Values of the ``browser_launch`` kind (applied by :mod:`~kernel_provider.testing.browsers`).
+BROWSER_LAUNCH_FAULTS = ("fail", "crash", "slow")
 
 
 @dataclass
@@ -234,6 +240,9 @@ class Fault:
     http: HttpFault | None = None
     stream: StreamFault | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    #: ``"fail"``: the browser of a ``POST /browsers`` or pool acquire does not start (500); ``"crash"``: it
+    #: starts and its Chromium dies half a second after the answer; ``"slow"``: it takes 2 s more to start.
+    browser_launch: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fault:
@@ -243,8 +252,11 @@ class Fault:
         unknown = set(data) - _FAULT_KEYS
         if unknown:
             raise ValueError(f"unknown fault keys: {sorted(unknown)}")
-        fault = cls(HttpFault.from_json(data), StreamFault.from_json(data), dict(data))
-        if not any(part is not None and part.acts for part in (fault.http, fault.stream)):
+        launch = data.get("browser_launch")
+        if launch is not None and launch not in BROWSER_LAUNCH_FAULTS:
+            raise ValueError(f"browser_launch must be one of {BROWSER_LAUNCH_FAULTS}, got {launch!r}")
+        fault = cls(HttpFault.from_json(data), StreamFault.from_json(data), dict(data), launch)
+        if launch is None and not any(part is not None and part.acts for part in (fault.http, fault.stream)):
             raise ValueError(f"fault {data!r} does nothing")
         return fault
 

@@ -14,12 +14,15 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kernel_provider.testing.faults import Fault, HttpFault
+from kernel_provider.testing.replays import LIVE_PREFIX
 from kernel_provider.testing.responses import ADMIN_PREFIX, error_response, json_response, route_template
 from kernel_provider.testing.store import Store
 from kernel_provider.testing.timeutil import format_ns, now_ns
 
 #: The ASGI scope key under which the middleware hands a :class:`~.faults.StreamFault` to the event stream.
 FAULT_SCOPE_KEY = "kernel_emulator.fault"
+#: The ASGI scope key under which it hands a ``browser_launch`` fault to the browser routes (:mod:`~.browsers`).
+BROWSER_FAULT_SCOPE_KEY = "kernel_emulator.browser_fault"
 
 
 def _abort_connection(send: Send) -> bool:
@@ -42,7 +45,8 @@ class EmulatorMiddleware:
         self.store = store
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(ADMIN_PREFIX):
+        # Live-view and replay pages are opened by a person's browser, without the API key (as Kernel's are).
+        if scope["type"] != "http" or scope["path"].startswith((ADMIN_PREFIX, LIVE_PREFIX)):
             await self.app(scope, receive, send)
             return
         store = self.store
@@ -114,6 +118,8 @@ class EmulatorMiddleware:
     ) -> None:
         if fault.stream is not None:
             scope[FAULT_SCOPE_KEY] = fault.stream  # applied by the events endpoint
+        if fault.browser_launch is not None:
+            scope[BROWSER_FAULT_SCOPE_KEY] = fault.browser_launch  # applied by the browser routes
         http = fault.http
         if http is None:
             await self.app(scope, receive, recording_send)

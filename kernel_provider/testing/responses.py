@@ -18,6 +18,17 @@ _ROUTES = (
     (re.compile(r"^/invocations/[^/]+/browsers$"), "/invocations/{id}/browsers"),
     (re.compile(r"^/invocations/[^/]+$"), "/invocations/{id}"),
     (re.compile(r"^/apps$"), "/apps"),
+    # standalone browsers and pools (kernel_provider/testing/browsers.py)
+    (re.compile(r"^/browsers$"), "/browsers"),
+    (re.compile(r"^/browsers/[^/]+$"), "/browsers/{id}"),
+    # replays (kernel_provider/testing/live.py)
+    (re.compile(r"^/browsers/[^/]+/replays$"), "/browsers/{id}/replays"),
+    (re.compile(r"^/browsers/[^/]+/replays/[^/]+$"), "/browsers/{id}/replays/{replay_id}"),
+    (re.compile(r"^/browsers/[^/]+/replays/[^/]+/stop$"), "/browsers/{id}/replays/{replay_id}/stop"),
+    (re.compile(r"^/browser_pools$"), "/browser_pools"),
+    (re.compile(r"^/browser_pools/[^/]+/acquire$"), "/browser_pools/{id}/acquire"),
+    (re.compile(r"^/browser_pools/[^/]+/release$"), "/browser_pools/{id}/release"),
+    (re.compile(r"^/browser_pools/[^/]+$"), "/browser_pools/{id}"),
 )
 
 

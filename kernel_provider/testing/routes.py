@@ -212,7 +212,7 @@ async def delete_browsers(request: Request) -> Response:
     found = _lookup(request)
     if isinstance(found, Response):
         return found
-    found.browsers.clear()
+    store_of(request).drop_browsers(found)
     return Response(status_code=204)
 
 
@@ -236,6 +236,12 @@ def _frame(data: str) -> bytes:
     return b"data: " + data.encode() + b"\n\n"
 
 
+#: sse-starlette's keep-alive interval, in seconds: longer than any stream lives, so it never sends a ``: ping``
+#: comment (Kernel's stream has no such comments; its heartbeats are events). ``ping=0`` is no way to say "off":
+#: sse-starlette 3.0.3 and older (the only one Airflow 3.0/3.1's Starlette allows) then pings in a busy loop.
+_NO_PING_SECONDS = 10**9
+
+
 async def follow_invocation(request: Request) -> Response:
     store = store_of(request)
     found = _lookup(request)
@@ -249,7 +255,7 @@ async def follow_invocation(request: Request) -> Response:
     return EventSourceResponse(
         _event_stream(store, found, since_ns, fault),
         headers={"X-SSE-Content-Type": "application/json"},
-        ping=0,
+        ping=_NO_PING_SECONDS,
         sep="\n",
     )
 

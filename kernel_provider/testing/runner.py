@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_provider.testing import capture
 from kernel_provider.testing.actions import ActionSpec, failure_text
+from kernel_provider.testing.replays import start_replay
 from kernel_provider.testing.wire import dumps
 
 if TYPE_CHECKING:
@@ -27,6 +28,9 @@ class _Context:
 
     def create_browser(self) -> dict[str, Any]:
         return self._store.create_browser(self._inv)
+
+    def start_replay(self, session_id: str | None = None) -> dict[str, Any]:
+        return start_replay(self._store, self._inv, session_id)
 
 
 class ActionRunner:

@@ -104,6 +104,7 @@ class KernelEmulator:
         sock.set_inheritable(True)
         self._sock = sock
         self.port = sock.getsockname()[1]
+        self.store.base_url = self.url  # browsers' live-view and replay URLs point at this emulator
         config = uvicorn.Config(
             build_app(self.store),
             loop="asyncio",

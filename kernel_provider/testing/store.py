@@ -13,12 +13,14 @@ import json
 import threading
 from collections import Counter, deque
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from kernel_provider.testing import capture
 from kernel_provider.testing.actions import ActionSpec, AppRegistry
+from kernel_provider.testing.browser_sessions import BrowserSessions
 from kernel_provider.testing.config import EmulatorConfig
 from kernel_provider.testing.faults import FaultPlan
+from kernel_provider.testing.replays import Recordings, live_view_url
 from kernel_provider.testing.runner import ActionRunner
 from kernel_provider.testing.timeutil import format_ns, new_id, now_ns
 from kernel_provider.testing.wire import dumps
@@ -156,6 +158,16 @@ class InvocationRecord:
         return out
 
 
+class FoundBrowser(NamedTuple):
+    """A browser found by :meth:`Store.find_browser`."""
+
+    session_id: str
+    data: dict[str, Any]
+    invocation_id: str | None
+    invocation: InvocationRecord | None
+    live: bool
+
+
 class Store:
     """The emulator's state and the invocation state machine."""
 
@@ -180,6 +192,15 @@ class Store:
         self.loop_thread = 0
         self.stopping: asyncio.Event | None = None
         self.runner = ActionRunner(self)
+        #: Standalone and pool browsers, each a real Chromium (:mod:`~.browser_sessions`).
+        self.browser_sessions = BrowserSessions()
+        #: The emulator's own address (set when the server starts): live-view and replay URLs point there.
+        self.base_url = "http://kernel-emulator.invalid"
+        #: Replay recordings by browser session (:mod:`~.replays`).
+        self.replays = Recordings()
+        #: Every invocation browser ever created: session id -> (its JSON form, its invocation's id). Kept after
+        #: the browser is deleted, so its live page and replays still answer.
+        self.invocation_browsers: dict[str, tuple[dict[str, Any], str]] = {}
 
     # ------------------------------------------------------------------ lifecycle of the store
     def bind_loop(self) -> None:
@@ -193,6 +214,7 @@ class Store:
         """Fail every live invocation (server stopping) so open streams get a terminal state and end."""
         if self.stopping is not None:
             self.stopping.set()
+        self.browser_sessions.stop_all()
         for inv in list(self.invocations.values()):
             if not inv.terminal:
                 self.terminate(inv, "failed", "emulator shutting down", None, destroy_browsers=True)
@@ -212,6 +234,9 @@ class Store:
         self.created_by_key.clear()
         self.request_log.clear()
         self.faults = FaultPlan(seed=self.config.seed)
+        self.browser_sessions.reset()
+        self.replays.clear()
+        self.invocation_browsers.clear()
 
     @property
     def legacy(self) -> bool:
@@ -376,7 +401,7 @@ class Store:
             inv.sink.flush()
         self.finish(inv, status, output, reason)
         if destroy_browsers:
-            inv.browsers.clear()
+            self.drop_browsers(inv)
         task = inv.task
         if task is not None and not task.done() and task is not _current_task():
             task.cancel()
@@ -385,12 +410,12 @@ class Store:
     def create_browser(self, inv: InvocationRecord) -> dict[str, Any]:
         session = new_id()
         host = f"browser-{session[:8]}.kernel-emulator.invalid"
-        browser = {
+        browser: dict[str, Any] = {
             "session_id": session,
             "created_at": format_ns(now_ns()),
             "cdp_ws_url": f"wss://{host}:8443/browser/cdp?session={session}",
             "webdriver_ws_url": f"wss://{host}:8443/browser/webdriver/session?session={session}",
-            "browser_live_view_url": f"https://{host}:8443/browser/live?session={session}",
+            "browser_live_view_url": live_view_url(self.base_url, session),
             "base_url": f"https://{host}:8443/browser/kernel",
             "headless": True,
             "stealth": False,
@@ -401,7 +426,27 @@ class Store:
             "timeout_seconds": 60,
         }
         inv.browsers.append(browser)
+        self.invocation_browsers[session] = (browser, inv.id)
         return browser
+
+    def drop_browsers(self, inv: InvocationRecord) -> None:
+        """Delete every browser the invocation holds (cancel, ``DELETE .../browsers``); their recordings stop."""
+        for browser in inv.browsers:
+            self.replays.stop(browser["session_id"])
+        inv.browsers.clear()
+
+    def find_browser(self, session_id: str) -> FoundBrowser | None:
+        """Any browser the emulator ever created, by session id: an invocation's or a standalone/pool one."""
+        known = self.invocation_browsers.get(session_id)
+        if known is not None:
+            data, invocation_id = known
+            inv = self.invocations.get(invocation_id)
+            live = inv is not None and any(b is data for b in inv.browsers)
+            return FoundBrowser(session_id, data, invocation_id, inv, live)
+        session = self.browser_sessions.find(session_id)
+        if session is not None:
+            return FoundBrowser(session_id, session.to_dict(), None, None, session.deleted_ns is None)
+        return None
 
     # ------------------------------------------------------------------ queries
     def iter_newest_first(self) -> Iterator[InvocationRecord]:
@@ -462,7 +507,8 @@ class Store:
             "by_status": dict(self.by_status),
             "retained": len(self.invocations),
             "evicted": self.evicted_total,
-            "browsers_live": browsers,
+            "browsers_live": browsers + len(self.browser_sessions.live),
+            "browser_sessions": self.browser_sessions.stats(),
             "open_streams": self.open_streams,
             "requests_recorded": len(self.request_log),
         }

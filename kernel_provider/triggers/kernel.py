@@ -52,8 +52,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from kernel_provider.client.errors import KernelApiError, KernelAuthError, KernelError, KernelNotFoundError
 from kernel_provider.client.models import Invocation, InvocationStatus
-from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, event_for_invocation, make_event
+from kernel_provider.completion import ERROR, FAILED, TIMEOUT, WAIT_MODES, event_for_invocation, make_event
 from kernel_provider.hooks.kernel import KernelHook
+from kernel_provider.live_view import LIVE_VIEW_EVENT_KEY, BrowserWatch
 
 try:  # Airflow 3: the standard provider's timer; Airflow 2: core's
     from airflow.providers.standard.triggers.temporal import DateTimeTrigger
@@ -117,6 +118,11 @@ class KernelInvocationTrigger(BaseTrigger):
         seconds) before firing the ``timeout`` event, whose ``cancelled`` says whether that worked. For waits
         whose task might never resume to cancel (Airflow 2's deferral timeout); a sensor that only watches
         leaves it False. It does not change when the deadline is.
+    :param live_view: learn the run's browsers while waiting, log each one's live-view URL once and set the
+        task's "Kernel live view" link to the first; when the run failed, log its browsers' replays (see
+        :mod:`kernel_provider.live_view` for when it lists and what that costs in requests). False (the default
+        here, so a trigger serialized by an older provider version keeps its old requests; the operator and the
+        sensor pass True by default): none of it.
     """
 
     def __init__(
@@ -132,6 +138,7 @@ class KernelInvocationTrigger(BaseTrigger):
         max_stream_failures: int = 5,
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = False,
+        live_view: bool = False,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -147,6 +154,9 @@ class KernelInvocationTrigger(BaseTrigger):
         self.max_stream_failures = int(max_stream_failures)
         self.cancel_on_kill = bool(cancel_on_kill)
         self.cancel_on_timeout = bool(cancel_on_timeout)
+        self.live_view = bool(live_view)
+        #: The task instance whose link a wait on a worker (no ``task_instance``) sets; see :meth:`link_to`.
+        self._link_key: _TiKey | None = None
         self._finished = False  # wait() produced its event: nothing left to cancel from cleanup()
         self._cursor: _LogCursor | None = None
 
@@ -166,8 +176,20 @@ class KernelInvocationTrigger(BaseTrigger):
                 "max_stream_failures": self.max_stream_failures,
                 "cancel_on_kill": self.cancel_on_kill,
                 "cancel_on_timeout": self.cancel_on_timeout,
+                "live_view": self.live_view,
             },
         )
+
+    def link_to(self, ti: Any) -> None:
+        """For a wait on a worker: the task instance whose "Kernel live view" link the wait sets (a trigger run
+        by the triggerer uses its own ``task_instance``)."""
+        self._link_key = _ti_key(ti)
+
+    async def publish_live_view(self, url: str) -> None:
+        """Push the first browser's live-view URL as the task instance's XCom (the link reads it), off the loop."""
+        key = _ti_key(getattr(self, "task_instance", None)) or self._link_key
+        if key is not None:
+            await _in_db_thread(_write_live_view, key, url)
 
     @property
     def hook(self) -> KernelHook:
@@ -314,8 +336,28 @@ class _Waiter:
         self.seen_at_last: Counter[str] = Counter()  # digests of the lines logged at ``last_ts``
         self.replay: Counter[str] = Counter()  # of those, the ones a resumed stream may send again
         self.cursor = trigger._cursor
+        self.watch: BrowserWatch | None = None
+        if trigger.live_view:
+            self.watch = BrowserWatch(trigger.hook, trigger.invocation_id, trigger.log, trigger.publish_live_view)
 
     async def run(self) -> dict[str, Any]:
+        """The wait, with the run's browsers watched beside it (and their replays reported if it failed)."""
+        if self.watch is None:
+            return await self.follow()
+        self.watch.start()
+        try:
+            done = await self.follow()
+        finally:
+            await self.watch.stop()
+        if done.get("status") == FAILED:
+            await self.watch.report_replays()
+        if self.watch.first_url:
+            # The task sets its link from the event too: a trigger run without a task instance (dag.test) cannot.
+            done = {**done, LIVE_VIEW_EVENT_KEY: self.watch.first_url}
+        return done
+
+    async def follow(self) -> dict[str, Any]:
+        """Stream (or poll) until the wait is over; returns the event."""
         if self.cursor is not None:
             # Read before any stream is opened: a restarted trigger resumes where the previous instance stopped
             # logging.
@@ -446,6 +488,8 @@ class _Waiter:
                 self.seen_at_last = Counter()
                 self.replay = Counter()
             self.seen_at_last[digest] += 1
+        if self.watch is not None:
+            self.watch.hint(message)
         if self.t.stream_logs:
             for line in message.rstrip("\n").split("\n"):
                 self.log.info("[kernel %s] %s", self.t.invocation_id, line)
@@ -695,6 +739,16 @@ def _write_cursor(key: _TiKey, value: dict[str, Any]) -> None:
     _xcom_class().set(
         LOG_CURSOR_XCOM_KEY, value, dag_id=key.dag_id, task_id=key.task_id, run_id=key.run_id, map_index=key.map_index
     )
+
+
+def _write_live_view(key: _TiKey, url: str) -> None:
+    from kernel_provider.operators.kernel import XCOM_LIVE_VIEW_URL, KernelLiveViewLink
+
+    xcom, where = _xcom_class(), {"dag_id": key.dag_id, "task_id": key.task_id, "run_id": key.run_id}
+    xcom.set(XCOM_LIVE_VIEW_URL, url, map_index=key.map_index, **where)
+    link_key = getattr(KernelLiveViewLink(), "xcom_key", None)
+    if link_key:  # Airflow 3's UI reads a link from this XCom (written by Airflow itself only when the task ends)
+        xcom.set(link_key, url, map_index=key.map_index, **where)
 
 
 class _LogCursor:

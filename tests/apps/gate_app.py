@@ -10,6 +10,7 @@ default):
 - ``before`` / ``after`` (+ ``interval`` seconds between lines): print ``line 0`` .. ``line {before-1}`` before
   waiting and ``after`` more numbered lines once the gate is open.
 - ``browsers``: how many browsers the run creates before waiting (so a test can see them deleted on cancel).
+- ``record``: start a replay recording of the first browser (``ctx.start_replay()``).
 - ``say``: lines printed (one log line each) before waiting; ``say_after``: lines printed once the gate is open.
 - ``then_gate`` + ``say_between``: after the first gate opens, print ``say_between`` and wait for ``then_gate``
   too (``say_after`` comes after that second gate).
@@ -66,6 +67,8 @@ async def wait(ctx: Any, payload: Any) -> Any:
     interval = float(args.get("interval", 0.0))
     for _ in range(int(args.get("browsers", 0))):
         ctx.create_browser()
+    if args.get("record"):
+        ctx.start_replay()  # records the first browser (listed by GET /browsers/{id}/replays)
     await _numbered(0, before, interval)
     _say(args.get("say"))
     await _wait_for(gate, deadline)

@@ -9,9 +9,11 @@ emulator, started by ``conftest.py``:
    (Airflow 3.3.2's Test button answers 400 for any connection without a port, apache/airflow#73298; the test
    notices that and stores port 0, which the hook ignores, so the button reaches ``KernelHook.test_connection``.)
 2. A run of ``example_kernel_async_sensor`` (the DAG unchanged; the emulator holds ``crawl_catalog`` behind a gate
-   until the sensor waits, see ``apps/gated_demo_shop.py``): the invoke task shows the "Kernel invocation" extra
-   link, which leads to the emulator's invocation JSON; the sensor's log shows the action's streamed
-   ``[kernel <id>] ...`` lines.
+   until the sensor waits, see ``apps/gated_demo_shop.py``): while the run is going, the deferred sensor shows the
+   "Kernel live view" extra link, which opens the emulator's live-view page of the run's browser (state
+   ``running``, the run's log lines); the invoke task shows the "Kernel invocation" extra link, which leads to the
+   emulator's invocation JSON; the sensor's log shows the action's streamed ``[kernel <id>] ...`` lines and the
+   browser's live-view URL.
 
 The REST API is used only to set up and to cross-check; every user-visible check is made on the rendered page.
 Screenshots of each step: ``test-artifacts/browser/*.png``.
@@ -242,11 +244,41 @@ def test_example_dag_extra_link_and_streamed_log(airflow_ui: Any, page: Any, scr
         timeout=120,
         interval=1.0,
     )
+    run_path = f"{af.api_url}/dags/{EXAMPLE_DAG_ID}/runs/{quote(run_id, safe='')}"
+
+    # --- while the run is going: the deferred sensor's "Kernel live view" link opens the browser's live view ---
+    live_url = str(
+        af.wait_until(
+            "the sensor's trigger to publish the live-view link",
+            lambda: af.xcom(EXAMPLE_DAG_ID, run_id, "wait_for_crawl", key="kernel_live_view_url"),
+            timeout=60,
+        )
+    )
+    assert live_url.startswith(f"{af.emulator.url}/live/")
+    page.goto(f"{run_path}/tasks/wait_for_crawl")
+    expect(page.get_by_role("heading", name="wait_for_crawl")).to_be_visible()
+    page.get_by_role("link", name="Details", exact=True).click()
+    expect(page.get_by_role("heading", name="Extra Links")).to_be_visible()
+    live_link = page.get_by_role("link", name="Kernel live view", exact=True)
+    expect(live_link).to_be_visible()
+    expect(live_link).to_have_attribute("href", live_url)
+    assert af.states(EXAMPLE_DAG_ID, run_id, "wait_for_crawl").get(("wait_for_crawl", -1)) == "deferred"
+    screenshot(page, "08a-deferred-sensor-live-view-link", full_page=False)
+    with page.context.expect_page(timeout=UI_TIMEOUT) as opened_live:
+        live_link.click()
+    live_tab = opened_live.value
+    live_tab.wait_for_load_state()
+    assert live_tab.url == live_url
+    expect(live_tab.locator("#invocation")).to_have_text(invocation_id)
+    expect(live_tab.locator("#status")).to_have_text("running")
+    expect(live_tab.locator("#log")).to_contain_text("opened a browser")
+    screenshot(live_tab, "08b-kernel-live-view-page", full_page=False)
+    live_tab.close()
+
     af.open_gate(DEMO_GATE)
     assert af.wait_run_done(EXAMPLE_DAG_ID, run_id, timeout=150) == "success", af.states(EXAMPLE_DAG_ID, run_id)
     expected_url = f"{af.emulator.url}/_emulator/invocations/{invocation_id}"
     assert af.xcom(EXAMPLE_DAG_ID, run_id, "start_crawl", key="invocation_url") == expected_url
-    run_path = f"{af.api_url}/dags/{EXAMPLE_DAG_ID}/runs/{quote(run_id, safe='')}"
 
     # --- the invoke task: "Kernel invocation" under Extra Links (task instance -> Details) ----------------
     page.goto(f"{run_path}/tasks/start_crawl")
@@ -283,4 +315,5 @@ def test_example_dag_extra_link_and_streamed_log(airflow_ui: Any, page: Any, scr
     for line in lines:
         expect(page.get_by_text(line, exact=False)).to_be_visible()
     expect(page.get_by_text(f"Invocation {invocation_id} succeeded.", exact=True)).to_be_visible()
+    expect(page.get_by_text(f"Kernel live view of browser {live_url.rsplit('/', 1)[-1]}: {live_url}")).to_be_visible()
     screenshot(page, "10-sensor-log-streamed-lines", full_page=False)

@@ -404,3 +404,51 @@ def test_the_time_of_a_create_window_is_utc() -> None:
     with pytest.raises(KernelAmbiguousCreateError) as raised:
         drive(operations.create_invocation(BODY), send)
     assert raised.value.window_start.tzinfo is timezone.utc
+
+
+# --- browsers and replays (live view, replays of a failed run) ---------------------------------------------------
+
+
+def test_list_replays_parses_browser_replays_and_names_the_browser() -> None:
+    send, calls = canned(
+        answer(
+            200,
+            [
+                {
+                    "replay_id": "r1",
+                    "started_at": "2026-01-01T00:00:00Z",
+                    "finished_at": None,
+                    "replay_view_url": "https://k/replays?replay_id=r1",
+                    "new_field": 1,
+                }
+            ],
+        )
+    )
+    (replay,) = drive(operations.list_replays("b/1"), send)
+    assert calls[0].endpoint.method == "GET" and calls[0].path == "/browsers/b%2F1/replays"
+    assert (replay.replay_id, replay.browser_id, replay.replay_view_url) == (
+        "r1",
+        "b/1",
+        "https://k/replays?replay_id=r1",
+    )
+    assert replay.recording and replay.extra == {"new_field": 1}
+
+
+def test_list_replays_of_a_gone_browser_is_not_found() -> None:
+    send, _ = canned(answer(404, {"code": "not_found", "message": "browser session not found"}))
+    with pytest.raises(KernelNotFoundError, match="browser session not found"):
+        drive(operations.list_replays("gone"), send)
+
+
+def test_replay_without_an_id_is_a_response_error() -> None:
+    send, _ = canned(answer(200, [{"replay_view_url": "x"}]))
+    with pytest.raises(KernelResponseError, match="replay_id"):
+        drive(operations.list_replays("b1"), send)
+
+
+def test_invocation_browsers_are_typed_with_their_live_view_urls() -> None:
+    body = {"browsers": [{"session_id": "s1", "browser_live_view_url": "https://live/s1", "cdp_ws_url": "wss://c"}]}
+    send, calls = canned(answer(200, body))
+    (browser,) = drive(operations.invocation_browsers("inv-1"), send)
+    assert calls[0].path == "/invocations/inv-1/browsers"
+    assert (browser.session_id, browser.browser_live_view_url) == ("s1", "https://live/s1")

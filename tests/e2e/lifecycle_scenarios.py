@@ -173,7 +173,7 @@ def kernel_line_counts(
 
 def retry_store(h: Harness, dag_id: str, run_id: str, task_id: str) -> Any:
     """The operator's retry-safety record for a task instance, or None when there is none (removed or empty)."""
-    if hasattr(h, "variables"):  # Airflow 2.11: a Variable per task instance
+    if h.records_in_variables:  # below Airflow 3.3: a Variable per task instance
         names = [n for n in h.variables(VARIABLE_PREFIX) if n.startswith(f"{VARIABLE_PREFIX}{dag_id}.{task_id}.")]
         return names or None
     body = h.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/state-store")

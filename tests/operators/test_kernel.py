@@ -381,17 +381,20 @@ def test_deferrable_create_fails_once_rate_limit_wait_is_spent(kernel_emulator_f
     assert logs.count(REFUSED_LOG) == len(refused) - 1  # every refusal but the last deferred
 
 
-def test_deferrable_wait_takes_three_requests(kernel_conn_env):
-    """POST; the event stream (its first event is the current state, so no GET before it); one GET on resume."""
-    dr = run_dag(invoke_dag(action_name="sleep", payload={"seconds": 0.5, "result": 7}, deferrable=True))
+@pytest.mark.parametrize("live_view", [False, True], ids=["live_view_off", "live_view_on"])
+def test_deferrable_wait_takes_three_requests(kernel_conn_env, live_view):
+    """POST; the event stream (its first event is the current state, so no GET before it); one GET on resume.
+    The live view (default on) adds one browser list at the start of a short run that shows no browser."""
+    dr = run_dag(
+        invoke_dag(action_name="sleep", payload={"seconds": 0.5, "result": 7}, deferrable=True, live_view=live_view)
+    )
     assert states(dr) == {"invoke": "success"}
     assert xcom(dr, "invoke") == 7
     inv_id = only_invocation(kernel_conn_env)["id"]
     assert len(posts(kernel_conn_env)) == 1
-    assert [(r["method"], r["route"]) for r in requests_for(kernel_conn_env, inv_id)] == [
-        ("GET", EVENTS),
-        ("GET", GET_ONE),
-    ]
+    # The browser list runs beside the stream, so the two may reach the emulator in either order.
+    expected = [("GET", EVENTS), *([("GET", "/invocations/{id}/browsers")] if live_view else []), ("GET", GET_ONE)]
+    assert sorted((r["method"], r["route"]) for r in requests_for(kernel_conn_env, inv_id)) == sorted(expected)
 
 
 # --- templating, XCom, links, chaining -------------------------------------------------------------------------

@@ -190,3 +190,23 @@ def test_sdk_retries_follow_injected_faults(kernel_emulator: KernelEmulator) -> 
     with pytest.raises(kernel.InternalServerError):
         retrying.invocations.create(app_name=DEMO_APP_NAME, version="latest", action_name="echo")
     assert kernel_emulator.created_count() == 1
+
+
+def test_replays_start_list_stop(sdk: Kernel, kernel_emulator: KernelEmulator) -> None:
+    """Kernel's replay endpoints as the SDK calls them (``browsers.replays.*``): every answer parses strictly."""
+    from kernel.types.browsers.replay_list_response import ReplayListResponse
+    from kernel.types.browsers.replay_start_response import ReplayStartResponse
+
+    created = sdk.invocations.create(
+        app_name=DEMO_APP_NAME, version="latest", action_name="browse", payload='{"count": 1, "record": true}'
+    )
+    (browser,) = sdk.invocations.list_browsers(created.id).browsers
+    raw = sdk.browsers.replays.with_raw_response.list(browser.session_id).http_response.json()
+    TypeAdapter(ReplayListResponse).validate_json(json.dumps(raw), strict=True)  # a list type: no model_validate
+    (recorded,) = sdk.browsers.replays.list(browser.session_id)
+    assert recorded.replay_view_url.startswith(f"{kernel_emulator.url}/live/{browser.session_id}/replays/")
+    sdk.browsers.replays.stop(recorded.replay_id, id_or_name=browser.session_id)
+    started = sdk.browsers.replays.with_raw_response.start(browser.session_id).http_response
+    assert started.status_code == 201
+    _strict(ReplayStartResponse, started.json())
+    assert len(sdk.browsers.replays.list(browser.session_id)) == 2

@@ -497,7 +497,11 @@ def airflow_ti(airflow_db: Any) -> Iterator[tuple[Any, Any]]:
         return
     import psutil
     import structlog
-    from airflow.executors.workloads.task import TaskInstanceDTO
+
+    try:
+        from airflow.executors.workloads.task import TaskInstanceDTO
+    except ImportError:  # Airflow 3.0-3.2: one workloads module, the same model under its old name
+        from airflow.executors.workloads import TaskInstance as TaskInstanceDTO  # type: ignore[no-redef]
     from airflow.sdk.execution_time.supervisor import (
         InProcessSupervisorComms,
         InProcessTestSupervisor,

@@ -1,5 +1,6 @@
 """``demo-shop`` for the browser tests: the example DAGs' demo app (``example_dags/demo_app/app.py``), unchanged,
-except that ``crawl_catalog`` starts its work only once the test opens the gate ``$KERNEL_E2E_GATE_DIR/demo-shop``.
+except that ``crawl_catalog`` opens a browser bound to its invocation, then starts its work only once the test
+opens the gate ``$KERNEL_E2E_GATE_DIR/demo-shop``.
 
 Why: ``example_kernel_async_sensor``'s sensor shows the action's log lines only if its trigger is following the
 invocation while the action prints them. The demo action takes ~3 s, which on a busy machine can be over before
@@ -30,6 +31,10 @@ _spec.loader.exec_module(demo)  # registers demo-shop (every action) with the ke
 
 def _gated(handler: Any) -> Any:
     async def run(ctx: Any, payload: Any) -> Any:
+        # A browser bound to the run, as a real crawler would open: the sensor's "Kernel live view" link opens its
+        # live view (the emulator's /live/{session_id} page) while the run waits here.
+        ctx.create_browser()
+        print("opened a browser")
         gate = Path(os.environ["KERNEL_E2E_GATE_DIR"]) / GATE
         loop = asyncio.get_running_loop()
         deadline = loop.time() + MAX_WAIT

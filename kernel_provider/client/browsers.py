@@ -1,0 +1,451 @@
+"""Kernel's standalone browsers (``/browsers``) and browser pools (``/browser_pools``): the options, checked before
+any request, the sans-IO operations, and :class:`BrowserApi`, which runs them on a
+:class:`~kernel_provider.client.client.KernelClient` synchronously or with asyncio.
+
+``POST /browsers`` (and a pool's acquire) is not idempotent: the client's retry policy re-sends it only when Kernel
+certainly refused it (connection refused, 429, ``x-should-retry: true``). When the answer is lost after the
+request may have reached Kernel, the create looks the browser up instead of sending again:
+
+* **with a marker** (the default whenever no ``start_url`` is asked for): the request carries
+  ``start_url = about:blank#airflow-kernel-<random token>``, which Kernel echoes in every listing; the active
+  browser with exactly that ``start_url`` is this create's, and is adopted. Exact, even next to twins.
+* **without one** (a ``start_url`` of the caller's own): active browsers created within the request's window (plus
+  :data:`SKEW_SECONDS` each side) with the same options are candidates. None: Kernel created nothing. Any: the
+  create fails with :class:`KernelAmbiguousBrowserCreateError` naming them; none is deleted (it could be another
+  task's), and Kernel ends them after ``timeout_seconds`` without a connection.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from kernel_provider.client.client import KernelClient
+from kernel_provider.client.errors import (
+    KernelAmbiguousBrowserCreateError,
+    KernelApiError,
+    KernelError,
+    KernelInputError,
+    KernelNotFoundError,
+    KernelTransportError,
+)
+from kernel_provider.client.models import Browser
+from kernel_provider.client.operations import ApiCall, Endpoint, Operation, create_may_have_happened, paginate
+
+T = TypeVar("T")
+
+CREATE_BROWSER = Endpoint("POST", "/browsers", idempotent=False)
+LIST_BROWSER_SESSIONS = Endpoint("GET", "/browsers")
+GET_BROWSER = Endpoint("GET", "/browsers/{id}")
+DELETE_BROWSER = Endpoint("DELETE", "/browsers/{id}")  # deleting twice: a 404, read as "already gone"
+ACQUIRE_BROWSER = Endpoint("POST", "/browser_pools/{id}/acquire", idempotent=False)
+RELEASE_BROWSER = Endpoint("POST", "/browser_pools/{id}/release")  # releasing twice frees nothing more
+
+#: Kernel's bounds of ``timeout_seconds`` (seconds without a CDP or live-view connection before it ends a browser).
+TIMEOUT_RANGE = (10, 259_200)
+VIEWPORT_WIDTH = (320, 7680)
+VIEWPORT_HEIGHT = (240, 4320)
+#: How a marker ``start_url`` begins; the rest is a random token (see the module docstring).
+MARKER_PREFIX = "about:blank#airflow-kernel-"
+#: Seconds added to each side of a create's window when matching browsers without a marker (clock skew).
+SKEW_SECONDS = 5.0
+#: The most browsers a lookup after a lost create lists.
+LOOKUP_LIMIT = 500
+#: One long poll of a pool's acquire lasts at most this long; the client polls again until its own deadline.
+ACQUIRE_POLL_SECONDS = 60
+#: Extra read time beyond a long poll's length.
+ACQUIRE_READ_MARGIN = 30.0
+OPTIONS = (
+    "headless",
+    "stealth",
+    "timeout_seconds",
+    "profile",
+    "save_profile_changes",
+    "proxy_id",
+    "viewport",
+    "start_url",
+    "kiosk_mode",
+    "pool",
+    "acquire_timeout_seconds",
+    "reuse",
+)
+_POOL_OPTIONS = {"pool", "acquire_timeout_seconds", "reuse"}
+
+
+@dataclass(frozen=True)
+class BrowserRequest:
+    """A checked browser request: either ``POST /browsers`` with :attr:`body`, or an acquire from :attr:`pool`.
+
+    :param body: the ``BrowserRequest`` JSON body (empty for a pool: the pool decides the browser's options).
+    :param pool: the pool's id or name; None for a standalone browser.
+    :param acquire_timeout_seconds: how long an acquire may wait for a free browser (None: Kernel's default).
+    :param reuse: on release, whether the pool keeps the browser (True) or replaces it with a fresh one.
+    :param marker: the ``start_url`` marker the body carries ("" when the caller chose a ``start_url``).
+    """
+
+    body: Mapping[str, Any] = field(default_factory=dict)
+    pool: str | None = None
+    acquire_timeout_seconds: int | None = None
+    reuse: bool = True
+    marker: str = ""
+
+
+def build_browser_request(**options: Any) -> BrowserRequest:
+    """Check browser options and build the request, before anything is sent.
+
+    :param headless: a headless browser (no live view on Kernel). Default Kernel's (False).
+    :param stealth: Kernel's stealth mode (fewer bot detections).
+    :param timeout_seconds: seconds without a CDP or live-view connection before Kernel ends the browser
+        (10..259200; Kernel's default 60). The bound on a browser whose task died without deleting it.
+    :param profile: a saved profile to load: its name, or ``{"id": ...}`` / ``{"name": ...}``.
+    :param save_profile_changes: save the session's changes (cookies, logins) back to ``profile`` at the end.
+    :param proxy_id: a proxy of your org to route the browser through.
+    :param viewport: ``{"width", "height"[, "refresh_rate"]}`` or a ``(width, height)`` pair, in pixels.
+    :param start_url: an http(s) URL Kernel opens on creation (best effort). Without one, a marker ``start_url``
+        (``about:blank#...``) lets a lost create be matched exactly (see the module docstring).
+    :param kiosk_mode: hide the address bar and tabs in the live view.
+    :param pool: acquire from this browser pool (id or name) instead of creating a browser; the pool decides the
+        browser's options, so the creation options above are refused with it.
+    :param acquire_timeout_seconds: with ``pool``: how long to wait for a free browser (>= 1).
+    :param reuse: with ``pool``: whether the pool keeps the released browser (default True).
+    :raises KernelInputError: naming the first wrong option and the fix.
+    """
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise KernelInputError(unknown[0], "is not a browser option.", f"Known options: {', '.join(OPTIONS)}.")
+    pool = options.get("pool")
+    if pool is not None:
+        pool = _name("pool", pool)
+        clash = sorted(k for k, v in options.items() if k not in _POOL_OPTIONS and v is not None)
+        if clash:
+            raise KernelInputError(
+                clash[0],
+                "cannot be combined with pool: a pool's browsers all have the pool's options.",
+                "Drop it, or create a standalone browser (no pool).",
+            )
+        timeout = options.get("acquire_timeout_seconds")
+        if timeout is not None:
+            timeout = _int_in("acquire_timeout_seconds", timeout, 1, None)
+        return BrowserRequest(
+            pool=pool, acquire_timeout_seconds=timeout, reuse=_bool("reuse", options.get("reuse", True))
+        )
+    for name in ("acquire_timeout_seconds", "reuse"):
+        if options.get(name) is not None:
+            raise KernelInputError(name, "applies only to a browser pool.", "Pass pool=<pool name or id>, or drop it.")
+    body: dict[str, Any] = {}
+    for name in ("headless", "stealth", "kiosk_mode"):
+        if options.get(name) is not None:
+            body[name] = _bool(name, options[name])
+    if options.get("timeout_seconds") is not None:
+        body["timeout_seconds"] = _int_in("timeout_seconds", options["timeout_seconds"], *TIMEOUT_RANGE)
+    if options.get("proxy_id") is not None:
+        body["proxy_id"] = _name("proxy_id", options["proxy_id"])
+    profile = _profile(options.get("profile"), options.get("save_profile_changes"))
+    if profile:
+        body["profile"] = profile
+    if options.get("viewport") is not None:
+        body["viewport"] = _viewport(options["viewport"])
+    start_url = options.get("start_url")
+    marker = ""
+    if start_url is None:
+        marker = MARKER_PREFIX + secrets.token_hex(12)
+        body["start_url"] = marker
+    else:
+        body["start_url"] = _url("start_url", start_url)
+    return BrowserRequest(body=body, marker=marker)
+
+
+# --- operations -------------------------------------------------------------------------------------------
+
+
+def create_browser(request: BrowserRequest) -> Operation[Browser]:
+    """``POST /browsers``; a failure after the request may have reached Kernel is settled by a lookup (see the
+    module docstring): the browser found is returned, else :class:`KernelAmbiguousBrowserCreateError`.
+    Refusals (4xx, 429 once the retry policy gives up) stay what they are."""
+    sent = datetime.now(timezone.utc)
+    try:
+        return (yield ApiCall(CREATE_BROWSER, body=dict(request.body), parse=_parse_browser))
+    except (KernelTransportError, KernelApiError) as exc:
+        if not create_may_have_happened(exc):
+            raise
+        cause = exc
+    try:
+        found = yield from find_created(request, sent, datetime.now(timezone.utc))
+    except KernelError as lookup_error:
+        raise KernelAmbiguousBrowserCreateError(
+            f"Creating the browser failed after the request was sent ({cause}), and looking it up failed too "
+            f"({lookup_error}). It was not re-sent. Kernel ends a browser after its timeout_seconds without a "
+            "connection; check GET /browsers before retrying.",
+            cause=cause,
+        ) from lookup_error
+    if isinstance(found, Browser):
+        return found
+    if not found:
+        raise KernelAmbiguousBrowserCreateError(
+            f"Creating the browser failed ({cause}); Kernel lists no browser it could have created, so none is "
+            "running. It was not re-sent here; retrying the task is safe.",
+            cause=cause,
+        )
+    raise KernelAmbiguousBrowserCreateError(
+        f"Creating the browser failed after the request was sent ({cause}), and without a marker (start_url was "
+        f"given) these active browsers could be the one it created: {', '.join(found)}. None was deleted (each "
+        "could be another task's); Kernel ends a browser after its timeout_seconds without a connection. "
+        "Check them, delete this task's if any, then retry.",
+        candidates=found,
+        cause=cause,
+    )
+
+
+def find_created(request: BrowserRequest, sent: datetime, answered: datetime) -> Operation[Browser | list[str]]:
+    """After a lost create: the browser carrying the request's marker; without a marker, the session ids of the
+    active browsers that could be it (created in ``[sent, answered]`` ± :data:`SKEW_SECONDS`, same options).
+
+    :returns: the marked :class:`Browser` when found, else the list of candidate ids (empty: none).
+    """
+    items = yield from paginate(LIST_BROWSER_SESSIONS, {"status": "active"}, LOOKUP_LIMIT, 100)
+    browsers = [Browser.from_api(item) for item in items if isinstance(item, Mapping) and item.get("session_id")]
+    if request.marker:
+        return next((b for b in browsers if b.start_url == request.marker), [])
+    low, high = sent - timedelta(seconds=SKEW_SECONDS), answered + timedelta(seconds=SKEW_SECONDS)
+    return [b.session_id for b in browsers if _could_be(b, request.body, low, high)]
+
+
+def get_browser(session_id: str) -> Operation[Browser]:
+    """``GET /browsers/{id}``: the session as Kernel knows it (:class:`KernelNotFoundError` once it is gone)."""
+    return (yield ApiCall(GET_BROWSER, {"id": session_id}, parse=_parse_browser))
+
+
+def list_browser_sessions(*, status: str = "active", limit: int | None = None) -> Operation[list[Browser]]:
+    """``GET /browsers`` across pages.
+
+    :param status: ``active`` (Kernel's default), ``deleted`` or ``all``.
+    :param limit: the most browsers returned; None follows every page.
+    """
+    items = yield from paginate(LIST_BROWSER_SESSIONS, {"status": status}, limit, 100)
+    return [Browser.from_api(item) for item in items if isinstance(item, Mapping)]
+
+
+def delete_browser(session_id: str) -> Operation[bool]:
+    """``DELETE /browsers/{id}``: end the session. True when this call deleted it, False when it was already gone."""
+    try:
+        yield ApiCall(DELETE_BROWSER, {"id": session_id}, parse=lambda r: None)
+    except KernelNotFoundError:
+        return False
+    return True
+
+
+def acquire_browser(pool: str, acquire_timeout_seconds: int | None = None) -> Operation[Browser]:
+    """``POST /browser_pools/{pool}/acquire``, long-polled again after each "no browser yet" (204) until
+    ``acquire_timeout_seconds`` have passed (None: Kernel's own wait, one poll).
+
+    :raises KernelAmbiguousBrowserCreateError: an acquire's answer was lost after it may have reached Kernel: a
+        browser may be held from the pool; not re-sent (the pool takes it back after its ``timeout_seconds``).
+    :raises KernelTransportError: no browser came free in time (``request_sent=False``: nothing is held).
+    """
+    deadline = None if acquire_timeout_seconds is None else time.monotonic() + acquire_timeout_seconds
+    while True:
+        wait = None if deadline is None else max(1, min(ACQUIRE_POLL_SECONDS, math.ceil(deadline - time.monotonic())))
+        call: ApiCall[Browser | None] = ApiCall(
+            ACQUIRE_BROWSER,
+            {"id": pool},
+            body={} if wait is None else {"acquire_timeout_seconds": wait},
+            read_timeout=(wait or ACQUIRE_POLL_SECONDS) + ACQUIRE_READ_MARGIN,
+            parse=lambda r: Browser.from_api(r.json()) if r.body else None,
+        )
+        try:
+            browser = yield call
+        except (KernelTransportError, KernelApiError) as exc:
+            if not create_may_have_happened(exc):
+                raise
+            raise KernelAmbiguousBrowserCreateError(
+                f"Acquiring a browser from pool {pool!r} failed after the request was sent ({exc}); a browser may "
+                "be held from the pool. It was not re-sent; the pool takes the browser back after its "
+                "timeout_seconds without a connection.",
+                cause=exc,
+            ) from exc
+        if browser is not None:
+            return browser
+        if deadline is None or time.monotonic() >= deadline:
+            raise KernelTransportError(
+                f"no browser of pool {pool!r} came free within {acquire_timeout_seconds} seconds",
+                request_sent=False,
+                method=ACQUIRE_BROWSER.method,
+                path=call.path,
+            )
+
+
+def release_browser(pool: str, session_id: str, *, reuse: bool = True) -> Operation[bool]:
+    """``POST /browser_pools/{pool}/release``: hand the browser back (``reuse`` False: the pool replaces it).
+    True when released, False when Kernel no longer knew it (already gone)."""
+    try:
+        yield ApiCall(
+            RELEASE_BROWSER, {"id": pool}, body={"session_id": session_id, "reuse": reuse}, parse=lambda r: None
+        )
+    except KernelNotFoundError:
+        return False
+    return True
+
+
+# --- running them -----------------------------------------------------------------------------------------
+
+
+class BrowserApi:
+    """The browser operations on a :class:`KernelClient`: each sync method has an ``a``-twin for asyncio, both
+    driving the same operation under the client's retry policy.
+
+    :param client: the client whose settings, transports and retries are used.
+    """
+
+    def __init__(self, client: KernelClient) -> None:
+        self.client = client
+
+    def open(self, request: BrowserRequest) -> Browser:
+        """Create the browser, or acquire it when the request names a pool."""
+        return self.client.execute(_open(request))
+
+    async def aopen(self, request: BrowserRequest) -> Browser:
+        """:meth:`open` without blocking the event loop."""
+        return await self.client.aexecute(_open(request))
+
+    def close(self, request: BrowserRequest, session_id: str, *, budget: float | None = None) -> bool:
+        """Delete the browser (or release it to its pool). False when Kernel no longer knew it.
+
+        :param budget: seconds the call may take in all (None: the client's full timeouts and retries).
+        """
+        return self.client.execute(_close(request, session_id), budget=budget)
+
+    async def aclose(self, request: BrowserRequest, session_id: str, *, budget: float | None = None) -> bool:
+        """:meth:`close` without blocking the event loop."""
+        return await self.client.aexecute(_close(request, session_id), budget=budget)
+
+    def find_marked(self, request: BrowserRequest, *, budget: float | None = None) -> Browser | None:
+        """The active browser carrying ``request``'s marker (None when there is none, or no marker)."""
+        if not request.marker or request.pool:
+            return None
+        now = datetime.now(timezone.utc)
+        found = self.client.execute(find_created(request, now, now), budget=budget)
+        return found if isinstance(found, Browser) else None
+
+    async def afind_marked(self, request: BrowserRequest, *, budget: float | None = None) -> Browser | None:
+        """:meth:`find_marked` without blocking the event loop."""
+        if not request.marker or request.pool:
+            return None
+        now = datetime.now(timezone.utc)
+        found = await self.client.aexecute(find_created(request, now, now), budget=budget)
+        return found if isinstance(found, Browser) else None
+
+    def get(self, session_id: str) -> Browser:
+        """``GET /browsers/{id}``."""
+        return self.client.execute(get_browser(_name("session_id", session_id)))
+
+    def list(self, *, status: str = "active", limit: int | None = None) -> list[Browser]:
+        """``GET /browsers`` (every page, or ``limit`` browsers)."""
+        return self.client.execute(list_browser_sessions(status=status, limit=limit))
+
+    def delete(self, session_id: str) -> bool:
+        """``DELETE /browsers/{id}``; False when it was already gone."""
+        return self.client.execute(delete_browser(_name("session_id", session_id)))
+
+
+def _open(request: BrowserRequest) -> Operation[Browser]:
+    if request.pool:
+        return (yield from acquire_browser(request.pool, request.acquire_timeout_seconds))
+    return (yield from create_browser(request))
+
+
+def _close(request: BrowserRequest, session_id: str) -> Operation[bool]:
+    if request.pool:
+        return (yield from release_browser(request.pool, session_id, reuse=request.reuse))
+    return (yield from delete_browser(session_id))
+
+
+def _parse_browser(response: Any) -> Browser:
+    return Browser.from_api(response.json())
+
+
+def _could_be(browser: Browser, body: Mapping[str, Any], low: datetime, high: datetime) -> bool:
+    """Whether ``browser`` could be the answer to ``body``: created within ``[low, high]`` (unknown counts) and
+    no option Kernel echoed differs."""
+    if browser.created_at is not None and not low <= browser.created_at <= high:
+        return False
+    echoed = {
+        "headless": browser.headless,
+        "stealth": browser.stealth,
+        "timeout_seconds": browser.timeout_seconds,
+        "proxy_id": browser.proxy_id,
+        "start_url": browser.start_url,
+    }
+    return all(echoed[k] == body[k] for k in echoed if k in body and echoed[k] not in (None, ""))
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise KernelInputError(name, f"must be True or False, got {value!r}.", f"Pass {name}=True or {name}=False.")
+    return value
+
+
+def _int_in(name: str, value: Any, low: int, high: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise KernelInputError(name, f"must be a whole number, got {value!r}.", "Pass an int.")
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise KernelInputError(name, f"must be {bounds}, got {value}.", f"Pass a value {bounds}.")
+    return value
+
+
+def _name(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or value != value.strip():
+        raise KernelInputError(name, f"must be a non-empty string without surrounding spaces, got {value!r}.")
+    return value
+
+
+def _url(name: str, value: Any) -> str:
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
+        raise KernelInputError(name, f"must be an http(s) URL, got {value!r}.", "Pass e.g. 'https://example.com'.")
+    return value
+
+
+def _profile(profile: Any, save_changes: Any) -> dict[str, Any]:
+    if profile is None:
+        if save_changes is not None:
+            raise KernelInputError(
+                "save_profile_changes", "needs a profile to save to.", "Pass profile=<name> as well, or drop it."
+            )
+        return {}
+    if isinstance(profile, str):
+        out: dict[str, Any] = {"name": _name("profile", profile)}
+    elif isinstance(profile, Mapping) and len(set(profile) & {"id", "name"}) == 1 and set(profile) <= {"id", "name"}:
+        key = "id" if "id" in profile else "name"
+        out = {key: _name(f"profile[{key!r}]", profile[key])}
+    else:
+        raise KernelInputError(
+            "profile", f"must be a profile name or {{'id': ...}} / {{'name': ...}}, got {profile!r}.", ""
+        )
+    name = out.get("name", "")
+    if "name" in out and (len(name) > 255 or not all(c.isascii() and (c.isalnum() or c in "._-") for c in name)):
+        raise KernelInputError("profile", "a profile name has 1-255 letters, digits, dots, underscores or hyphens.")
+    if save_changes is not None:
+        out["save_changes"] = _bool("save_profile_changes", save_changes)
+    return out
+
+
+def _viewport(value: Any) -> dict[str, int]:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        value = {"width": value[0], "height": value[1]}
+    if not isinstance(value, Mapping) or not {"width", "height"} <= set(value) <= {"width", "height", "refresh_rate"}:
+        raise KernelInputError(
+            "viewport", f"must be {{'width', 'height'[, 'refresh_rate']}} or (width, height), got {value!r}.", ""
+        )
+    out = {
+        "width": _int_in("viewport['width']", value["width"], *VIEWPORT_WIDTH),
+        "height": _int_in("viewport['height']", value["height"], *VIEWPORT_HEIGHT),
+    }
+    if value.get("refresh_rate") is not None:
+        out["refresh_rate"] = _int_in("viewport['refresh_rate']", value["refresh_rate"], 1, 240)
+    return out

@@ -1,0 +1,1 @@
+"""TaskFlow decorators of the Kernel provider (``@task.kernel`` and friends)."""

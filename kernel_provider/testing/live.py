@@ -1,0 +1,209 @@
+"""The emulator's live views and browser replays.
+
+* ``GET /live/{session_id}``: what a browser's ``browser_live_view_url`` opens. Kernel streams the browser's
+  screen there; the emulator has no screen to show, so the page shows what a person watching a run wants to know:
+  the browser, its invocation's state and log lines (the newest ``PAGE_LOG_LINES``), refreshed every
+  ``REFRESH_SECONDS`` while the run goes on. Standalone and pool browsers show their session instead.
+* ``GET /live/{session_id}/replays/{replay_id}``: what a replay's ``replay_view_url`` opens.
+* Kernel's replay API (``/browsers/{id}/replays``...), per the spec: start (201, 409 while recording), list,
+  download (202 + ``Retry-After`` while recording), stop.
+
+The ``/live/`` pages need no API key (the middleware lets them through): a person's browser opens them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from kernel_provider.testing.responses import error_response, json_response, store_of
+from kernel_provider.testing.store import FoundBrowser
+from kernel_provider.testing.timeutil import format_ns
+
+#: Log lines a live page shows (the newest).
+PAGE_LOG_LINES = 200
+#: Seconds between refreshes of a live page while its run goes on.
+REFRESH_SECONDS = 2
+#: Placeholder bytes served as a finished recording's video (the emulator records nothing real).
+FAKE_VIDEO = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
+
+
+def _page(title: str, body: str, refresh: bool) -> HTMLResponse:
+    meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
+    return HTMLResponse(
+        '<!doctype html><html><head><meta charset="utf-8">'
+        f"{meta}<title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}dt{font-weight:bold}"
+        "pre{background:#111;color:#ddd;padding:1em;max-height:60vh;overflow:auto}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
+
+
+def _facts(items: Iterable[tuple[str, str, Any]]) -> str:
+    rows = "".join(
+        f'<dt>{html.escape(label)}</dt><dd id="{key}">{html.escape(str(value))}</dd>' for key, label, value in items
+    )
+    return f"<dl>{rows}</dl>"
+
+
+def _log_line(data: str) -> str:
+    """One stored log event (the JSON the event stream sends) as a page line: its time and message."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return data + "\n"
+    stamp = str(event.get("timestamp") or "")[11:23]  # HH:MM:SS.mmm of an RFC 3339 time
+    message = str(event.get("message") or "").rstrip("\n")
+    return f"{stamp}  {message}\n"
+
+
+def _lookup(request: Request) -> FoundBrowser | Response:
+    found = store_of(request).find_browser(request.path_params["session_id"])
+    if found is None:
+        return HTMLResponse(
+            f"<!doctype html><title>Not found</title><p>No browser {html.escape(request.path_params['session_id'])}"
+            " in this emulator.</p>",
+            status_code=404,
+        )
+    return found
+
+
+async def live_view(request: Request) -> Response:
+    """The page a browser's live-view URL opens (see the module docstring)."""
+    found = _lookup(request)
+    if isinstance(found, Response):
+        return found
+    facts: list[tuple[str, str, Any]] = [
+        ("session", "Browser session", found.session_id),
+        ("browser-state", "Browser", "live" if found.live else "ended"),
+    ]
+    inv = found.invocation
+    log = ""
+    refresh = found.live
+    if inv is not None:
+        facts += [
+            ("invocation", "Invocation", inv.id),
+            ("action", "Action", f"{inv.app_name}/{inv.action_name}@{inv.version}"),
+            ("status", "Status", inv.status),
+        ]
+        if inv.status_reason:
+            facts.append(("status-reason", "Reason", inv.status_reason))
+        text = "".join(_log_line(data) for _, data in list(inv.logs)[-PAGE_LOG_LINES:])
+        log = f'<h2>Log</h2><pre id="log">{html.escape(text)}</pre>'
+        refresh = not inv.terminal
+    elif found.invocation_id is not None:
+        facts.append(("invocation", "Invocation", f"{found.invocation_id} (no longer retained)"))
+    else:
+        pool = found.data.get("pool") or {}
+        facts += [
+            ("created", "Created", found.data.get("created_at", "")),
+            ("pool", "Pool", pool.get("name") or pool.get("id") or "none (standalone)"),
+            ("cdp", "CDP", found.data.get("cdp_ws_url", "")),
+        ]
+    replays = store_of(request).replays.of(found.session_id)
+    if replays:
+        items = "".join(
+            f'<li><a href="{html.escape(r.view_url)}">{html.escape(r.replay_id)}</a>'
+            f"{' (recording)' if r.finished_ns is None else ''}</li>"
+            for r in replays
+        )
+        log += f'<h2>Replays</h2><ul id="replays">{items}</ul>'
+    return _page("Kernel live view (emulator)", _facts(facts) + log, refresh)
+
+
+async def replay_view(request: Request) -> Response:
+    """The page a replay's ``replay_view_url`` opens."""
+    found = _lookup(request)
+    if isinstance(found, Response):
+        return found
+    recording = store_of(request).replays.find(found.session_id, request.path_params["replay_id"])
+    if recording is None:
+        return HTMLResponse("<!doctype html><title>Not found</title><p>No such replay.</p>", status_code=404)
+    facts = [
+        ("replay", "Replay", recording.replay_id),
+        ("session", "Browser session", found.session_id),
+        ("invocation", "Invocation", found.invocation_id or "none (standalone)"),
+        ("started", "Started", format_ns(recording.started_ns)),
+        (
+            "finished",
+            "Finished",
+            "still recording" if recording.finished_ns is None else format_ns(recording.finished_ns),
+        ),
+    ]
+    return _page("Kernel replay (emulator)", _facts(facts), recording.finished_ns is None)
+
+
+# --- Kernel's replay API -----------------------------------------------------------------------------------
+
+
+def _api_browser(request: Request) -> FoundBrowser | Response:
+    found = store_of(request).find_browser(request.path_params["id"])
+    if found is None:
+        return error_response(404, "not_found", f"browser session {request.path_params['id']!r} not found")
+    return found
+
+
+async def start_replay(request: Request) -> Response:
+    """``POST /browsers/{id}/replays``: 201 ``BrowserReplay``; 409 while one records; 404 for a gone browser."""
+    found = _api_browser(request)
+    if isinstance(found, Response):
+        return found
+    if not found.live:
+        return error_response(404, "not_found", f"browser session {found.session_id!r} has ended")
+    store = store_of(request)
+    recording = store.replays.start(found.session_id, store.base_url)
+    if recording is None:
+        return error_response(409, "conflict", f"browser session {found.session_id!r} is already recording")
+    return json_response(recording.to_dict(), 201)
+
+
+async def list_replays(request: Request) -> Response:
+    """``GET /browsers/{id}/replays``: a bare array of ``BrowserReplay`` (also for a browser that has ended)."""
+    found = _api_browser(request)
+    if isinstance(found, Response):
+        return found
+    return json_response([r.to_dict() for r in store_of(request).replays.of(found.session_id)])
+
+
+async def download_replay(request: Request) -> Response:
+    """``GET /browsers/{id}/replays/{replay_id}``: 202 + ``Retry-After`` while recording, else an (empty) mp4."""
+    found = _api_browser(request)
+    if isinstance(found, Response):
+        return found
+    recording = store_of(request).replays.find(found.session_id, request.path_params["replay_id"])
+    if recording is None:
+        return error_response(404, "not_found", f"replay {request.path_params['replay_id']!r} not found")
+    if recording.finished_ns is None:
+        return Response(status_code=202, headers={"Retry-After": "1"})
+    return Response(FAKE_VIDEO, 200, media_type="video/mp4")
+
+
+async def stop_replay(request: Request) -> Response:
+    """``POST /browsers/{id}/replays/{replay_id}/stop``: 200 (stopping a stopped recording is harmless)."""
+    found = _api_browser(request)
+    if isinstance(found, Response):
+        return found
+    recording = store_of(request).replays.find(found.session_id, request.path_params["replay_id"])
+    if recording is None:
+        return error_response(404, "not_found", f"replay {request.path_params['replay_id']!r} not found")
+    if recording.finished_ns is None:
+        from kernel_provider.testing.timeutil import now_ns
+
+        recording.finished_ns = now_ns()
+    return Response(status_code=200)
+
+
+LIVE_ROUTES = [
+    Route("/live/{session_id}", live_view, methods=["GET"]),
+    Route("/live/{session_id}/replays/{replay_id}", replay_view, methods=["GET"]),
+    Route("/browsers/{id}/replays", start_replay, methods=["POST"]),
+    Route("/browsers/{id}/replays", list_replays, methods=["GET"]),
+    Route("/browsers/{id}/replays/{replay_id}", download_replay, methods=["GET"]),
+    Route("/browsers/{id}/replays/{replay_id}/stop", stop_replay, methods=["POST"]),
+]

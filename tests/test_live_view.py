@@ -1,0 +1,226 @@
+"""Live view and replays (kernel_provider/live_view.py) in real DAG runs against the emulator: each browser's
+live-view URL logged once, the "Kernel live view" link, the request cost, and a failed run's replays."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from kernel_provider.operators.kernel import XCOM_LIVE_VIEW_URL, KernelInvokeOperator, KernelLiveViewLink
+from kernel_provider.sensors.kernel import KernelInvocationSensor
+from tests.airflow_helpers import (
+    AF2,
+    EVENTS,
+    all_logs,
+    count_requests,
+    gated_kernel,
+    make_dag,
+    run_dag,
+    seen,
+    states,
+    ti_map,
+    xcom,
+)
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+__all__ = ["gated_kernel"]  # a fixture
+
+BROWSERS = "/invocations/{id}/browsers"
+REPLAYS = "/browsers/{id}/replays"
+LIVE_LINE = re.compile(r"Kernel live view of browser (\w+): (\S+)")
+
+
+def live_lines(caplog: Any, capfd: Any) -> list[tuple[str, str]]:
+    """The (session, URL) pairs logged, from one source only (see ``kernel_lines``): none counted twice."""
+    found = [m.groups() for r in caplog.records for m in [LIVE_LINE.search(r.getMessage())] if m]
+    return found or LIVE_LINE.findall(capfd.readouterr().out)
+
+
+def browsers_of(emulator: Any) -> list[dict[str, Any]]:
+    (inv,) = emulator.invocations()
+    return list(inv["_emulator"]["browsers"])
+
+
+def assert_link(dr: Any, task_id: str, url: str) -> None:
+    """The "Kernel live view" button of the task opens ``url``."""
+    link = KernelLiveViewLink()
+    if AF2:
+        ti = ti_map(dr)[task_id]
+        assert link.get_link(ti.task if getattr(ti, "task", None) else None, ti_key=ti.key) == url
+    else:
+        # Airflow 3's UI reads the link's XCom: pushed by the wait, and by Airflow itself when the task ends.
+        assert xcom(dr, task_id, key=link.xcom_key) == url
+    assert link.get_link(None) == ""
+
+
+def gate_dag(gate: Any, **op_kwargs: Any) -> Any:
+    op_kwargs.setdefault("poll_interval", 0.1)
+    with make_dag("live_view") as dag:
+        KernelInvokeOperator(task_id="invoke", app_name="gate", action_name="wait", **op_kwargs)
+    return dag
+
+
+@pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "worker"])
+def test_each_browser_logged_once_and_the_link_opens_the_first(gated_kernel, caplog, capfd, deferrable):
+    gate = gated_kernel.gate()
+    # The action opens two browsers and says so in its log; the wait lists once at its start and once for the line.
+    opened = gate.open_when(seen(gated_kernel, BROWSERS, at_least=2), "the wait to list the run's browsers twice")
+    payload = gate.payload(browsers=2, say=["opened the browser"], result={"ok": True})
+    dr = run_dag(gate_dag(gate, payload=payload, deferrable=deferrable))
+    opened()
+    assert states(dr) == {"invoke": "success"}
+    browsers = browsers_of(gated_kernel)
+    logged = live_lines(caplog, capfd)
+    expected = [(b["session_id"], b["browser_live_view_url"]) for b in browsers]
+    assert sorted(set(logged)) == sorted(expected)
+    assert len(logged) == len(set(logged)), "a live-view URL was logged twice"
+    first = browsers[0]["browser_live_view_url"]
+    assert first.startswith(f"{gated_kernel.url}/live/")
+    assert xcom(dr, "invoke", key=XCOM_LIVE_VIEW_URL) == first
+    assert_link(dr, "invoke", first)
+    # The cost: one list at the start and one for the log line (a third only if the first came before the browsers
+    # existed and the line took over FIRST_INTERVAL to arrive); no replay lookups for a run that succeeded.
+    assert 2 <= count_requests(gated_kernel, BROWSERS) <= 3
+    assert count_requests(gated_kernel, REPLAYS) == 0
+
+
+def test_live_view_false_sends_no_browser_request(gated_kernel):
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, EVENTS), "the trigger to follow the stream")
+    dr = run_dag(gate_dag(gate, payload=gate.payload(browsers=1, say=["browser"]), deferrable=True, live_view=False))
+    opened()
+    assert states(dr) == {"invoke": "success"}
+    assert count_requests(gated_kernel, BROWSERS) == 0
+    assert xcom(dr, "invoke", key=XCOM_LIVE_VIEW_URL) is None
+
+
+@pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "worker"])
+def test_failed_run_logs_its_replays(gated_kernel, caplog, capfd, deferrable):
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, BROWSERS, at_least=2), "the wait to list the run's browsers")
+    payload = gate.payload(browsers=1, record=True, say=["browser up"], fail="selector #buy not found")
+    dr = run_dag(gate_dag(gate, payload=payload, deferrable=deferrable, retries=0))
+    opened()
+    assert states(dr) == {"invoke": "failed"}
+    (browser,) = browsers_of(gated_kernel)
+    assert count_requests(gated_kernel, REPLAYS) == 1  # one lookup per browser seen, only because the run failed
+    (replay,) = httpx.get(
+        f"{gated_kernel.url}/browsers/{browser['session_id']}/replays",
+        headers={"Authorization": f"Bearer {gated_kernel.token}"},
+    ).json()
+    logs = all_logs(caplog, capfd)
+    assert f"Kernel replay {replay['replay_id']} of browser {browser['session_id']}" in logs
+    assert replay["replay_view_url"] in logs
+    assert "selector #buy not found" in logs  # the failure itself is still what fails the task
+
+
+def test_sensor_sets_the_live_view_link(gated_kernel, caplog, capfd):
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, BROWSERS, at_least=2), "the sensor's wait to list browsers twice")
+    with make_dag("live_view_sensor") as dag:
+        invoke = KernelInvokeOperator(
+            task_id="invoke",
+            app_name="gate",
+            action_name="wait",
+            payload=gate.payload(browsers=1, say=["browser up"]),
+            wait_for_completion=False,
+        )
+        KernelInvocationSensor(
+            task_id="watch", invocation_id=invoke.output, deferrable=True, start_from_trigger=False, poke_interval=0.1
+        )
+    dr = run_dag(dag)
+    opened()
+    assert states(dr) == {"invoke": "success", "watch": "success"}
+    (browser,) = browsers_of(gated_kernel)
+    assert xcom(dr, "watch", key=XCOM_LIVE_VIEW_URL) == browser["browser_live_view_url"]
+    assert_link(dr, "watch", browser["browser_live_view_url"])
+    assert (browser["session_id"], browser["browser_live_view_url"]) in live_lines(caplog, capfd)
+
+
+def client_hook(emulator: Any) -> Any:
+    """The hook's two async methods the watch uses, straight to a client of the emulator (no Airflow connection)."""
+    from kernel_provider.client.client import KernelClient
+    from kernel_provider.client.settings import KernelSettings
+
+    client = KernelClient(KernelSettings.from_mapping(host=emulator.url, password=emulator.token))
+
+    class Hook:
+        ainvocation_browsers = client.ainvocation_browsers
+        alist_replays = client.alist_replays
+
+    return Hook()
+
+
+def start_browse(emulator: Any, **payload: Any) -> str:
+    import json
+
+    created = httpx.post(
+        f"{emulator.url}/invocations",
+        headers={"Authorization": f"Bearer {emulator.token}"},
+        json={
+            "app_name": "demo",
+            "action_name": "browse",
+            "version": "latest",
+            "async": True,
+            "payload": json.dumps(payload),
+        },
+    ).json()
+    return str(created["id"])
+
+
+async def watch_for(watch: Any, seconds: float) -> None:
+    watch.start()
+    await asyncio.sleep(seconds)
+    await watch.stop()
+
+
+def test_the_schedule_backs_off_while_no_browser_is_known(kernel_emulator, monkeypatch):
+    """No browser: lists at 0, then after 0.1, 0.2, 0.4, 0.4... s (intervals shrunk for the test). Only an upper
+    bound is asserted (load can only make fewer lists) plus "more than the first", which any load allows."""
+    import logging
+
+    from kernel_provider import live_view
+
+    monkeypatch.setattr(live_view, "FIRST_INTERVAL", 0.1)
+    monkeypatch.setattr(live_view, "MAX_INTERVAL", 0.4)
+    monkeypatch.setattr(live_view, "HINT_MIN_GAP", 0.0)
+    inv_id = start_browse(kernel_emulator, count=0, seconds=30)
+    watch = live_view.BrowserWatch(client_hook(kernel_emulator), inv_id, logging.getLogger("test.live_view"))
+    asyncio.run(watch_for(watch, 1.6))
+    lists = count_requests(kernel_emulator, BROWSERS)
+    assert lists == watch.lists
+    assert 2 <= lists <= 6  # 0, 0.1, 0.3, 0.7, 1.1, 1.5 s: never more, however fast the machine
+
+
+def test_the_schedule_stops_once_a_browser_is_known(kernel_emulator, monkeypatch):
+    import logging
+
+    from kernel_provider import live_view
+    from tests.airflow_helpers import wait_until
+
+    monkeypatch.setattr(live_view, "FIRST_INTERVAL", 0.1)
+    inv_id = start_browse(kernel_emulator, count=1, seconds=30)
+    wait_until(lambda: kernel_emulator.invocation(inv_id)["_emulator"]["browsers"], "the action's browser")
+    watch = live_view.BrowserWatch(client_hook(kernel_emulator), inv_id, logging.getLogger("test.live_view"))
+    asyncio.run(watch_for(watch, 1.0))
+    assert count_requests(kernel_emulator, BROWSERS) == 1
+    assert list(watch.seen) == [kernel_emulator.invocation(inv_id)["_emulator"]["browsers"][0]["session_id"]]
+
+
+def test_a_browser_kernel_no_longer_knows_is_not_fatal(kernel_emulator, caplog):
+    """A replay lookup for a browser that is gone (404) is logged and skipped; the others are still reported."""
+    import logging
+
+    from kernel_provider.live_view import BrowserWatch
+
+    log = logging.getLogger("test.live_view")
+    watch = BrowserWatch(client_hook(kernel_emulator), "no-such-invocation", log)
+    watch.seen = {"gone-browser": ""}
+    with caplog.at_level(logging.INFO, logger="test.live_view"):
+        found = asyncio.run(watch.report_replays())
+    assert found == []
+    assert "Kernel no longer knows browser gone-browser" in caplog.text
