@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import random
 import threading
 import time
@@ -671,6 +672,7 @@ async def _in_db_thread(fn: Callable[..., T], *args: Any) -> T:
                 answer.set_exception(value)
 
         def work() -> None:
+            _serve_loop_from_this_thread(loop)
             try:
                 outcome: tuple[bool, Any] = (True, fn(*args))
             except Exception as exc:  # handed to the awaiting coroutine
@@ -680,6 +682,23 @@ async def _in_db_thread(fn: Callable[..., T], *args: Any) -> T:
 
         threading.Thread(target=work, name="kernel-trigger-db", daemon=True).start()
         return await asyncio.wait_for(answer, DB_CALL_TIMEOUT)
+
+
+def _serve_loop_from_this_thread(loop: asyncio.AbstractEventLoop) -> None:
+    """Tell asgiref that this thread works for ``loop``, as its own ``sync_to_async`` threads do.
+
+    Airflow 3.0-3.2's triggerer sends a trigger's supervisor calls (XCom reads and writes) with asgiref's
+    ``async_to_sync``, which, in a thread it does not know, runs them on a new event loop of its own: two calls at
+    once (this one and the triggerer's own heartbeat) then interleave on the one socket to the supervisor
+    ("Response read out of order!") and the whole triggerer dies. Marked, the call runs on the triggerer's loop,
+    under its lock. Airflow 3.3's comms are thread-safe by themselves and do not use asgiref there.
+    """
+    try:
+        from asgiref.sync import SyncToAsync
+    except ImportError:  # Airflow 2 needs no asgiref here
+        return
+    SyncToAsync.threadlocal.main_event_loop = loop
+    SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
 
 
 def _ti_state_airflow2(key: _TiKey) -> tuple[Any, str | None] | None:

@@ -157,3 +157,24 @@ def test_payload_keyword_is_refused_at_parse_time():
             return None
 
         f()
+
+
+def test_deferrable_create_refused_with_429_resumes_with_the_functions_payload(kernel_conn_env):
+    """A resumed task is a fresh operator: after the 429 timer, the function runs again for the payload."""
+    kernel_conn_env.set_faults(
+        {"rules": [{"route": "POST /invocations", "sequence": [{"status": 429, "retry_after": 1}, None]}]}
+    )
+    with make_dag("deco_429") as dag:
+
+        @task.kernel(app_name="demo", action_name="echo", deferrable=True, poll_interval=0.1, rate_limit_wait=120)
+        def scrape(url: str, day: str) -> dict:
+            return {"url": url, "day": day}
+
+        scrape("https://example.com", "{{ ds }}")
+    dr = run_dag(dag)
+    assert states(dr) == {"scrape": "success"}
+    result = xcom(dr, "scrape")
+    assert result["url"] == "https://example.com" and "{{" not in result["day"]
+    statuses = [r["status"] for r in kernel_conn_env.requests(path="/invocations", method="POST")]
+    assert statuses == [429, 202]  # refused once (nothing created), then created exactly once
+    assert posted_payloads(kernel_conn_env) == [result]

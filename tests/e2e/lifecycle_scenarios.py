@@ -263,6 +263,16 @@ def mark_deferred_task(h: Harness, state: str) -> None:
     wait_browsers(h, invocation["id"], 2)
     wait_triggerer_follows(h, invocation["id"])
     assert h.invocation(invocation["id"])["status"] == "running"
+    # While the task is deferred, its trigger (a real triggerer's) points the "Kernel live view" link at the
+    # run's first browser.
+    first_browser = h.invocation(invocation["id"])["_emulator"]["browsers"][0]
+    live = h.wait_until(
+        "the trigger to publish the live-view link",
+        lambda: h.xcom(dag_id, run_id, task_id, key="kernel_live_view_url"),
+        timeout=60,
+    )
+    assert live == first_browser["browser_live_view_url"], (live, first_browser)
+    assert h.ti(dag_id, run_id, task_id)["state"] == "deferred"
 
     started = time.monotonic()
     h.mark(dag_id, run_id, task_id, state)
