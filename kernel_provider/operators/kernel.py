@@ -82,7 +82,9 @@ class KernelLiveViewLink(BaseOperatorLink):
         :param dttm: Airflow 2's logical date argument, unused (``ti_key`` identifies the try).
         :param ti_key: the task instance whose XCom is read; None gives "".
         """
-        if ti_key is None or getattr(operator, "invocation_id", _UNSET) is None:
+        # A live task that saw no live view has nothing to link: skip the lookup, which Airflow 3 would report as
+        # an "XCom not found" error in every healthy run's log (it evaluates the links when the task ends).
+        if ti_key is None or getattr(operator, "live_view_url", _UNSET) is None:
             return ""
         return XCom.get_value(key=XCOM_LIVE_VIEW_URL, ti_key=ti_key) or ""
 
@@ -95,6 +97,7 @@ def push_live_view_link(context: Any, event: Mapping[str, Any]) -> None:
     url = event.get(LIVE_VIEW_EVENT_KEY)
     if not isinstance(url, str) or not url:
         return
+    context["task"].live_view_url = url
     ti = context["ti"]
     try:
         ti.xcom_push(key=XCOM_LIVE_VIEW_URL, value=url)
@@ -211,6 +214,8 @@ class KernelInvokeOperator(BaseOperator):
         self.fail_on_failure = fail_on_failure
         self.rate_limit_wait = rate_limit_wait
         self.live_view = live_view
+        #: The first browser's live-view URL once a wait has reported one (the "Kernel live view" link).
+        self.live_view_url: str | None = None
         self.kernel_conn_id = kernel_conn_id
         self.invocation_id: str | None = None
 

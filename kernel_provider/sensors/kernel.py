@@ -122,6 +122,8 @@ class KernelInvocationSensor(BaseSensorOperator):
         self.wait_mode = wait_mode
         self.stream_logs = stream_logs
         self.live_view = live_view
+        #: The first browser's live-view URL once a wait has reported one (the "Kernel live view" link).
+        self.live_view_url: str | None = None
         self.start_from_trigger = False
         template = _as_template(invocation_id)
         if start_from_trigger and deferrable and STARTS_FROM_TRIGGER and template is not None:
