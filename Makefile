@@ -113,7 +113,7 @@ cluster-deps: $(VENV)/.cluster-installed
 
 $(VENV)/.cluster-installed: $(VENV)/.installed
 	@$(VENV)/bin/python -m pip install $(PIP_FLAGS) "$(AIRFLOW_3)" -e ".[cluster]" 2>&1 | grep -v "is ignored" || true
-	@$(VENV)/bin/python -c "import airflow.providers.celery, psycopg2, asyncpg, redis"
+	@$(VENV)/bin/python -c "import airflow.providers.celery.executors.celery_executor, psycopg2, asyncpg, redis"
 	@touch $@
 
 ## make cluster: PostgreSQL + Redis + Airflow with the CeleryExecutor (api-server, scheduler, dag-processor, two

@@ -166,6 +166,7 @@ def measure_mode(c: Any, mode: str, waits: int, hold: float, triggerer: str, spa
     c.wait_for_dag(dag_id, timeout=180)
     gate = c.new_gate()
     idle_rss = _rss_mb(c.services[triggerer])
+    created0 = c.emulator.client.created_count(app="gate", action="wait")
     rows0, seq0 = _db_writes(c), _last_seq(c)
     started = time.monotonic()
     run_id = c.trigger(dag_id, {"gate": gate})
@@ -218,12 +219,13 @@ def measure_mode(c: Any, mode: str, waits: int, hold: float, triggerer: str, spa
     c.open_gate(gate)
     state = c.wait_run_done(dag_id, run_id, timeout=120 + 3 * waits)
     rows1, seq1 = _db_writes(c), _last_seq(c)
-    posts = [r for r in c.emulator.client.requests(path="/invocations", method="POST") if r["seq"] > seq0]
+    created = c.emulator.client.created_count(app="gate", action="wait") - created0
+    by_route = Counter(f"{r['method']} {r['route']}" for r in c.emulator.client.requests() if seq0 < r["seq"] <= seq1)
     return {
         "mode": mode,
         "waits": waits,
         "state": state,
-        "creates": len(posts),
+        "creates": created,
         "all_deferred_s": round(deferred_after, 1),
         "triggerer_rss_idle_mb": round(idle_rss, 1),
         "triggerer_rss_holding_mb": round(max(rss_samples), 1),
@@ -235,6 +237,7 @@ def measure_mode(c: Any, mode: str, waits: int, hold: float, triggerer: str, spa
         "failover_s": round(failover, 1),
         "db_rows_per_invocation": round((rows1 - rows0) / waits, 1),
         "kernel_requests_per_invocation": round((seq1 - seq0) / waits, 2),
+        "requests_per_invocation_by_route": {k: round(v / waits, 2) for k, v in by_route.most_common()},
     }
 
 
@@ -257,6 +260,17 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     class BenchCluster(harness.ClusterAirflow):  # type: ignore[misc,name-defined]
         triggerer_capacity: dict[str, int] = {}  # one triggerer holds every wait
+
+        def start_emulator(self) -> None:
+            from kernel_provider.testing.server import spawn_emulator
+
+            # A request log long enough for every request of the run (the default keeps 10,000).
+            self.emulator = spawn_emulator(
+                apps=[harness.harness.GATE_APP],
+                env={"KERNEL_E2E_GATE_DIR": str(self.gates)},
+                timeout=60,
+                request_log_size=50 * args.waits + 10_000,
+            )
 
         def write_dags(self) -> None:
             text = DAG_TEMPLATE.format(waits=args.waits, poll_interval=args.poll_interval)

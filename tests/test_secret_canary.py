@@ -60,25 +60,28 @@ class _RecordingInvoke(KernelInvokeOperator):
 def worker_log_level() -> Any:
     """structlog filtered at the configured level ([logging] logging_level, INFO in tests), as a worker sets it up.
 
-    ``dag.test()`` on Airflow 3.0 leaves structlog unconfigured, so every DEBUG line is printed, among them its
-    in-process test supervisor's "Sending request" with the whole message: ``MaskSecret(value=<the key>)`` that the
-    hook's masking sends. A real 3.0 supervisor omits that body, and logs at the configured level.
+    ``dag.test()`` on Airflow 3.0 can leave structlog printing every DEBUG line, among them its in-process test
+    supervisor's "Sending request" with the whole message: ``MaskSecret(value=<the key>)`` that the hook's masking
+    sends. A real 3.0 supervisor omits that body, and logs at the configured level.
     """
     import logging
 
     import structlog
-
-    if structlog.is_configured():
-        yield
-        return
     from airflow.configuration import conf
 
     level = logging.getLevelName(conf.get("logging", "logging_level", fallback="INFO").upper())
+    probe = structlog.get_logger().bind()
+    if not getattr(probe, "is_enabled_for", lambda _: False)(level - 1):
+        yield  # already filtered at the configured level (or a logger this check cannot ask)
+        return
+    was_configured, saved = structlog.is_configured(), structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
     try:
         yield
     finally:
-        structlog.reset_defaults()  # unconfigured again, as it was
+        structlog.reset_defaults()
+        if was_configured:
+            structlog.configure(**saved)
 
 
 @pytest.fixture
