@@ -7,12 +7,13 @@ invocation's browsers (``GET /invocations/{id}/browsers``):
 * once when the wait starts;
 * again when a new log line of the run mentions a browser (``BROWSER_HINT``), at most one list per
   ``HINT_MIN_GAP`` seconds and ``MAX_HINTED_LISTS`` per wait;
-* on a schedule while no browser is known yet: after ``FIRST_INTERVAL`` seconds, the pause doubling up to
-  ``MAX_INTERVAL`` (5, 10, 20, 40, 80, 160, 300, 300... s). Once a browser is known, only log lines trigger lists.
+* on a schedule while no browser is known yet: after ``FIRST_INTERVAL`` seconds, each pause ``BACKOFF`` times the
+  last, at most ``MAX_SCHEDULED_LISTS`` times (after 5, 20, 80 and 320 s). Once a browser is known, or the schedule
+  is spent, only log lines trigger lists.
 
-Request cost per wait (``live_view=True``): one list at the start, plus at most ``MAX_HINTED_LISTS`` from log
-lines, plus the schedule while no browser is known (7 lists in the first 10 minutes, then 12 per hour). An action
-that opens its browser right away and says so in its log costs 1-2 lists. When the run **failed**: one
+Request cost per wait (``live_view=True``): one list at the start, plus at most ``MAX_SCHEDULED_LISTS`` on the
+schedule, plus at most ``MAX_HINTED_LISTS`` from log lines: a run that never opens a browser and never logs the
+word costs at most 5 lists however long it runs. An action that opens its browser right away costs 1-2 lists. When the run **failed**: one
 ``GET /browsers/{id}/replays`` per browser seen (at most ``MAX_REPLAY_BROWSERS``; one more browser list first if
 none was seen), all within ``REPLAY_BUDGET`` seconds. Nothing after a run that succeeded.
 
@@ -35,7 +36,10 @@ from kernel_provider.client.errors import KernelError, KernelNotFoundError
 #: A log line matching this may announce a new browser: list the run's browsers again.
 BROWSER_HINT = re.compile(r"browser", re.IGNORECASE)
 FIRST_INTERVAL = 5.0
-MAX_INTERVAL = 300.0
+BACKOFF = 4.0
+#: Scheduled lists per wait while no browser is known: bounded, so an hour-long run without browsers costs no
+#: more than a short one (a browser opened later is still found through the log lines that mention it).
+MAX_SCHEDULED_LISTS = 4
 HINT_MIN_GAP = 2.0
 MAX_HINTED_LISTS = 20
 MAX_REPLAY_BROWSERS = 10
@@ -95,16 +99,17 @@ class BrowserWatch:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = FIRST_INTERVAL
+        interval, scheduled = FIRST_INTERVAL, 0
         while True:
             last = loop.time()
             await self.refresh()
-            timeout = None if self.seen else interval
+            timeout = None if self.seen or scheduled >= MAX_SCHEDULED_LISTS else interval
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
                 self.hinted += 1
             except asyncio.TimeoutError:
-                interval = min(interval * 2, MAX_INTERVAL)
+                scheduled += 1
+                interval *= BACKOFF
             self._wake.clear()
             gap = last + HINT_MIN_GAP - loop.time()
             if gap > 0:

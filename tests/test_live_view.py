@@ -178,22 +178,22 @@ async def watch_for(watch: Any, seconds: float) -> None:
     await watch.stop()
 
 
-def test_the_schedule_backs_off_while_no_browser_is_known(kernel_emulator, monkeypatch):
-    """No browser: lists at 0, then after 0.1, 0.2, 0.4, 0.4... s (intervals shrunk for the test). Only an upper
-    bound is asserted (load can only make fewer lists) plus "more than the first", which any load allows."""
+def test_the_schedule_backs_off_and_ends_while_no_browser_is_known(kernel_emulator, monkeypatch):
+    """No browser: lists at 0, then after 0.1, 0.2, 0.4 s, then none (intervals shrunk for the test): a long run
+    without browsers costs 1 + MAX_SCHEDULED_LISTS lists. Exact: the watch runs well past its last scheduled list."""
     import logging
 
     from kernel_provider import live_view
 
     monkeypatch.setattr(live_view, "FIRST_INTERVAL", 0.1)
-    monkeypatch.setattr(live_view, "MAX_INTERVAL", 0.4)
+    monkeypatch.setattr(live_view, "BACKOFF", 2.0)
+    monkeypatch.setattr(live_view, "MAX_SCHEDULED_LISTS", 3)
     monkeypatch.setattr(live_view, "HINT_MIN_GAP", 0.0)
     inv_id = start_browse(kernel_emulator, count=0, seconds=30)
     watch = live_view.BrowserWatch(client_hook(kernel_emulator), inv_id, logging.getLogger("test.live_view"))
-    asyncio.run(watch_for(watch, 1.6))
+    asyncio.run(watch_for(watch, 3.0))  # the last scheduled list is due 0.7 s in
     lists = count_requests(kernel_emulator, BROWSERS)
-    assert lists == watch.lists
-    assert 2 <= lists <= 6  # 0, 0.1, 0.3, 0.7, 1.1, 1.5 s: never more, however fast the machine
+    assert lists == watch.lists == 4
 
 
 def test_the_schedule_stops_once_a_browser_is_known(kernel_emulator, monkeypatch):
