@@ -691,11 +691,17 @@ def _serve_loop_from_this_thread(loop: asyncio.AbstractEventLoop) -> None:
     ``async_to_sync``, which, in a thread it does not know, runs them on a new event loop of its own: two calls at
     once (this one and the triggerer's own heartbeat) then interleave on the one socket to the supervisor
     ("Response read out of order!") and the whole triggerer dies. Marked, the call runs on the triggerer's loop,
-    under its lock. Airflow 3.3's comms are thread-safe by themselves and do not use asgiref there.
+    under its lock. Airflow 3.3's comms are thread-safe by themselves and do not use asgiref there. Only in a
+    triggerer (whose loop runs until the process ends): a wait on a worker (``wait_in_worker``) has its own short
+    loop, which could close with such a call still scheduled on it.
     """
     try:
+        from airflow.sdk.execution_time import task_runner
         from asgiref.sync import SyncToAsync
-    except ImportError:  # Airflow 2 needs no asgiref here
+    except ImportError:  # Airflow 2: no Task SDK, nothing to mark
+        return
+    # By name: importing the triggerer's module into a worker just to compare would be heavy.
+    if type(getattr(task_runner, "SUPERVISOR_COMMS", None)).__name__ != "TriggerCommsDecoder":
         return
     SyncToAsync.threadlocal.main_event_loop = loop
     SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
