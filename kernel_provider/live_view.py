@@ -14,8 +14,9 @@ invocation's browsers (``GET /invocations/{id}/browsers``):
 Request cost per wait (``live_view=True``): one list at the start, plus at most ``MAX_SCHEDULED_LISTS`` on the
 schedule, plus at most ``MAX_HINTED_LISTS`` from log lines: a run that never opens a browser and never logs the
 word costs at most 5 lists however long it runs. An action that opens its browser right away costs 1-2 lists.
-When the run **failed**: one ``GET /browsers/{id}/replays`` per browser seen (at most ``MAX_REPLAY_BROWSERS``; one more browser list first if
-none was seen), all within ``REPLAY_BUDGET`` seconds. Nothing after a run that succeeded.
+When the run **failed**: one ``GET /browsers/{id}/replays`` per browser seen (at most
+``MAX_REPLAY_BROWSERS``; one more browser list first if none was seen), all within ``REPLAY_BUDGET`` seconds.
+Nothing after a run that succeeded.
 
 Each browser's live-view URL is logged once per wait; the first one is also handed to ``publish`` (the task's
 "Kernel live view" link) and carried in the wait's event (key ``live_view_url``), from which the resumed task
