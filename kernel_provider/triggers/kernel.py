@@ -183,8 +183,10 @@ class KernelInvocationTrigger(BaseTrigger):
 
     def link_to(self, ti: Any) -> None:
         """For a wait on a worker: the task instance whose "Kernel live view" link the wait sets (a trigger run
-        by the triggerer uses its own ``task_instance``)."""
-        self._link_key = _ti_key(ti)
+        by the triggerer uses its own ``task_instance``). Outside Airflow's task runner (``execute()`` called
+        directly) there is no XCom to write, and Airflow 3.0-3.2 would block the write rather than refuse it."""
+        if _under_task_runner():
+            self._link_key = _ti_key(ti)
 
     async def publish_live_view(self, url: str) -> None:
         """Push the first browser's live-view URL as the task instance's XCom (the link reads it), off the loop."""
@@ -624,6 +626,16 @@ class _TiKey(NamedTuple):
     def label(self) -> str:
         suffix = f"[{self.map_index}]" if self.map_index >= 0 else ""
         return f"{self.dag_id}.{self.task_id}{suffix} of run {self.run_id}"
+
+
+def _under_task_runner() -> bool:
+    """Whether XComs can be written from here: Airflow 2 (metadata DB), or an Airflow 3 process whose task runner
+    set up its channel to the supervisor."""
+    try:
+        from airflow.sdk.execution_time import task_runner
+    except ImportError:
+        return True
+    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
 
 
 def _ti_key(ti: Any) -> _TiKey | None:
