@@ -66,8 +66,13 @@ def worker_log_level() -> Any:
     """
     import logging
 
-    import structlog
     from airflow.configuration import conf
+
+    try:
+        import structlog
+    except ImportError:  # Airflow 2 logs through the standard library only: nothing to hold
+        yield
+        return
 
     level = logging.getLevelName(conf.get("logging", "logging_level", fallback="INFO").upper())
     probe = structlog.get_logger().bind()
