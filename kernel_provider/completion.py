@@ -65,6 +65,21 @@ def validate_event(event: Any) -> dict[str, Any]:
     return dict(event)
 
 
+def from_an_earlier_try(event: Mapping[str, Any], context: Any) -> int | None:
+    """The try whose wait produced ``event`` when that is not the running try; else None.
+
+    Airflow 3.0 keeps a deferred task's resume point (method and event) when the task goes up for retry, so its
+    retry resumes with the previous try's event instead of starting again (3.1 clears it). A trigger echoes the
+    try that deferred (``try_number``); an event without it (a trigger serialized by an older provider version,
+    a sensor started from the triggerer) is taken as the running try's.
+    """
+    event_try = event.get("try_number")
+    running_try = getattr(context.get("ti") if isinstance(context, Mapping) else None, "try_number", None)
+    if isinstance(event_try, int) and isinstance(running_try, int) and event_try < running_try:
+        return event_try
+    return None
+
+
 def finish(invocation: Invocation, *, fail_on_failure: bool = True, url: str | None = None) -> Any:
     """Turn a finished invocation into the task's result: its decoded output, or an error when it failed.
 

@@ -145,10 +145,38 @@ def kernel_lines(invocation_id: str, caplog: Any, capfd: Any) -> list[str]:
     return [m.group(1) for line in out.splitlines() for m in [pattern.search(line)] if m]
 
 
+TASK_FAILURES: list[str] = []  # "Type: message" of every exception a task's execute step raised (this test)
+
+
+def record_task_failures(monkeypatch: Any) -> None:
+    """Keep the exception of every failing task step in :data:`TASK_FAILURES` (autouse, see ``conftest.py``).
+
+    A worker logs the exception a task failed with on every Airflow version, and ``dag.test()`` does on 2.11 and
+    3.1+. On 3.0 it logs it through a structlog logger whose output no capture sees, so the Task SDK's execute
+    step is wrapped to keep it. Nothing else changes: the exception is re-raised as it was.
+    """
+    TASK_FAILURES.clear()
+    if AF2:
+        return
+    from airflow.sdk.execution_time import task_runner
+
+    execute_task = task_runner._execute_task
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return execute_task(*args, **kwargs)
+        except BaseException as exc:
+            TASK_FAILURES.append(f"{type(exc).__name__}: {exc}")
+            raise
+
+    monkeypatch.setattr(task_runner, "_execute_task", recording)
+
+
 def all_logs(caplog: Any, capfd: Any) -> str:
-    """Everything logged or printed during the test so far (for message checks, not for counting)."""
+    """Everything logged or printed during the test so far, and the exceptions tasks failed with (for message
+    checks, not for counting)."""
     captured = capfd.readouterr()
-    return "\n".join([caplog.text, captured.out, captured.err])
+    return "\n".join([caplog.text, captured.out, captured.err, *TASK_FAILURES])
 
 
 def requests_for(emulator: Any, invocation_id: str) -> list[dict[str, Any]]:

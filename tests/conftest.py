@@ -28,6 +28,15 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
+@pytest.fixture(autouse=True)
+def _task_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test's task exceptions, for ``airflow_helpers.all_logs`` (see ``record_task_failures``)."""
+    if "airflow" in sys.modules:  # tests that never load Airflow (client core, emulator) need nothing here
+        from tests.airflow_helpers import record_task_failures
+
+        record_task_failures(monkeypatch)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated metadata DB (needed by dag.test()); migrated once per AIRFLOW_HOME and Airflow version."""

@@ -36,10 +36,11 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from kernel_provider.client.validation import encode_payload
+from kernel_provider.decorators.output import XComPushForDecorators
 from kernel_provider.operators.kernel import KernelInvokeOperator
 
 
-class _KernelDecoratedOperator(DecoratedOperator, KernelInvokeOperator):  # type: ignore[misc]
+class _KernelDecoratedOperator(XComPushForDecorators, DecoratedOperator, KernelInvokeOperator):  # type: ignore[misc]
     """:class:`KernelInvokeOperator` whose payload is the return value of ``python_callable``.
 
     :param python_callable: the decorated function; its return value is the payload (dict / list / number / bool,

@@ -55,6 +55,7 @@ from airflow.providers.common.compat.sdk import (
 
 from kernel_provider.client.browsers import OPTIONS
 from kernel_provider.client.models import Browser
+from kernel_provider.decorators.output import XComPushForDecorators
 from kernel_provider.hooks.kernel_browser import KernelBrowserHook
 
 #: Parameter names the decorator fills in (see the module docstring).
@@ -197,7 +198,7 @@ class _KernelBrowserTask(BaseOperator):
                 self.log.info("Task killed: deleted Kernel browser(s) %s.", ", ".join(closed))
 
 
-class _KernelBrowserDecoratedOperator(DecoratedOperator, _KernelBrowserTask):  # type: ignore[misc]
+class _KernelBrowserDecoratedOperator(XComPushForDecorators, DecoratedOperator, _KernelBrowserTask):  # type: ignore[misc]
     """Runs ``python_callable`` with a Kernel browser injected (see the module docstring).
 
     :param python_callable: the decorated function.

@@ -17,7 +17,16 @@ from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, 
 
 from kernel_provider.client.errors import KernelError, KernelRateLimitError, KernelWaitTimeout
 from kernel_provider.client.validation import build_invoke_request, check_seconds
-from kernel_provider.completion import ERROR, FAILED, TIMEOUT, WAIT_MODES, finish, validate_event, wait_deadline
+from kernel_provider.completion import (
+    ERROR,
+    FAILED,
+    TIMEOUT,
+    WAIT_MODES,
+    finish,
+    from_an_earlier_try,
+    validate_event,
+    wait_deadline,
+)
 
 if TYPE_CHECKING:
     from kernel_provider.client.errors import KernelAmbiguousCreateError
@@ -89,15 +98,19 @@ class KernelLiveViewLink(BaseOperatorLink):
         return XCom.get_value(key=XCOM_LIVE_VIEW_URL, ti_key=ti_key) or ""
 
 
-def push_live_view_link(context: Any, event: Mapping[str, Any]) -> None:
+def push_live_view_link(task: Any, context: Any, event: Mapping[str, Any]) -> None:
     """Point the "Kernel live view" link at the URL a finished wait reports (``live_view_url`` of its event), for
-    a wait that could not set it while running (e.g. ``dag.test()``'s in-line trigger). Best effort."""
+    a wait that could not set it while running (e.g. ``dag.test()``'s in-line trigger). Best effort.
+
+    :param task: the running operator or sensor (``self``). Not ``context["task"]``: on Airflow 3.0 that is the
+        task before ``prepare_for_execution()`` copied it, not the one Airflow reads the link from afterwards.
+    """
     from kernel_provider.live_view import LIVE_VIEW_EVENT_KEY
 
     url = event.get(LIVE_VIEW_EVENT_KEY)
     if not isinstance(url, str) or not url:
         return
-    context["task"].live_view_url = url
+    task.live_view_url = url
     ti = context["ti"]
     try:
         ti.xcom_push(key=XCOM_LIVE_VIEW_URL, value=url)
@@ -321,9 +334,17 @@ class KernelInvokeOperator(BaseOperator):
         from kernel_provider.run_record import RunRecordStore
 
         event = validate_event(event)
+        stale_try = from_an_earlier_try(event, context)
+        if stale_try is not None:
+            self.log.warning(
+                "Resumed with the wait result of try %s, not of this try: starting this try afresh (it continues "
+                "or replaces that try's invocation by the usual retry rules).",
+                stale_try,
+            )
+            return self.execute(context)
         invocation_id = event["invocation_id"]
         self.invocation_id = invocation_id
-        push_live_view_link(context, event)
+        push_live_view_link(self, context, event)
         records = RunRecordStore(context)
         if event["status"] == TIMEOUT:
             if not event.get("cancelled"):
@@ -359,6 +380,7 @@ class KernelInvokeOperator(BaseOperator):
             cancel_on_kill=self.cancel_on_kill,
             cancel_on_timeout=True,
             live_view=bool(self.live_view),
+            try_number=getattr(context.get("ti"), "try_number", None) if isinstance(context, Mapping) else None,
         )
 
     def _previous_run(self, records: RunRecordStore, request: dict[str, Any]) -> Invocation | None:

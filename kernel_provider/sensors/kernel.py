@@ -24,7 +24,15 @@ from kernel_provider.client.errors import (
     KernelTransportError,
 )
 from kernel_provider.client.validation import check_seconds
-from kernel_provider.completion import ERROR, TIMEOUT, WAIT_MODES, finish, validate_event, wait_deadline
+from kernel_provider.completion import (
+    ERROR,
+    TIMEOUT,
+    WAIT_MODES,
+    finish,
+    from_an_earlier_try,
+    validate_event,
+    wait_deadline,
+)
 from kernel_provider.operators.kernel import KernelLiveViewLink, push_live_view_link
 
 if TYPE_CHECKING:
@@ -194,6 +202,7 @@ class KernelInvocationSensor(BaseSensorOperator):
                 stream_logs=self.stream_logs,
                 cancel_on_kill=False,
                 live_view=bool(self.live_view),
+                try_number=getattr(context.get("ti"), "try_number", None),
             ),
             method_name="execute_complete",
         )
@@ -219,7 +228,11 @@ class KernelInvocationSensor(BaseSensorOperator):
         :param event: the trigger's payload; anything unexpected (or None) fails rather than passing as success.
         """
         event = validate_event(event)
-        push_live_view_link(context, event)
+        stale_try = from_an_earlier_try(event, context)
+        if stale_try is not None:
+            self.log.warning("Resumed with the wait result of try %s, not of this try: waiting afresh.", stale_try)
+            return self.execute(context)
+        push_live_view_link(self, context, event)
         if event["status"] == TIMEOUT:
             message = f"Sensor timed out: {event['message']}"
             if self.soft_fail:

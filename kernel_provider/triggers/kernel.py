@@ -124,6 +124,9 @@ class KernelInvocationTrigger(BaseTrigger):
         :mod:`kernel_provider.live_view` for when it lists and what that costs in requests). False (the default
         here, so a trigger serialized by an older provider version keeps its old requests; the operator and the
         sensor pass True by default): none of it.
+    :param try_number: the try of the task instance that deferred, echoed in the event (``try_number``) so the
+        resumed task can tell a previous try's result from its own (see
+        :func:`kernel_provider.completion.from_an_earlier_try`). None: not echoed.
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class KernelInvocationTrigger(BaseTrigger):
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = False,
         live_view: bool = False,
+        try_number: int | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -156,6 +160,7 @@ class KernelInvocationTrigger(BaseTrigger):
         self.cancel_on_kill = bool(cancel_on_kill)
         self.cancel_on_timeout = bool(cancel_on_timeout)
         self.live_view = bool(live_view)
+        self.try_number = None if try_number is None else int(try_number)
         #: The task instance whose link a wait on a worker (no ``task_instance``) sets; see :meth:`link_to`.
         self._link_key: _TiKey | None = None
         self._finished = False  # wait() produced its event: nothing left to cancel from cleanup()
@@ -178,6 +183,7 @@ class KernelInvocationTrigger(BaseTrigger):
                 "cancel_on_kill": self.cancel_on_kill,
                 "cancel_on_timeout": self.cancel_on_timeout,
                 "live_view": self.live_view,
+                "try_number": self.try_number,
             },
         )
 
@@ -218,6 +224,8 @@ class KernelInvocationTrigger(BaseTrigger):
             self.log.exception("Waiting for Kernel invocation %s failed.", self.invocation_id)
             event = make_event(ERROR, self.invocation_id, message=f"{type(exc).__name__}: {exc}")
         self._finished = True
+        if self.try_number is not None:
+            event["try_number"] = self.try_number
         return event
 
     async def _wait_until_deadline(self) -> dict[str, Any]:

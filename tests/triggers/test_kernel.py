@@ -86,6 +86,14 @@ async def test_failed_carries_status_reason(kernel_conn_env):
     assert "ValueError" in event["status_reason"]
 
 
+async def test_event_names_the_try_that_deferred(kernel_conn_env):
+    """The try number the task deferred with comes back in the event (so a retry can tell it is not its own)."""
+    inv_id = start("sleep", {"seconds": 0.1})
+    event = await run_to_event(trigger(inv_id, try_number=3))
+    assert (event["status"], event["try_number"]) == ("succeeded", 3)
+    assert "try_number" not in await run_to_event(trigger(inv_id))  # not given: not echoed
+
+
 async def test_event_is_small_and_has_no_output(kernel_conn_env):
     """Events land in Airflow's metadata DB: the (here 1 MB) output is fetched by the worker, never sent."""
     inv_id = start("big", {"size": 1_000_000})

@@ -1,0 +1,30 @@
+"""Pure rules of ``kernel_provider.completion`` that no server can provoke on every Airflow version."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from kernel_provider.completion import from_an_earlier_try, make_event
+
+
+def event_of_try(try_number: int | None) -> dict:
+    event = make_event("failed", "inv1", message="Invocation inv1 failed.")
+    if try_number is not None:
+        event["try_number"] = try_number
+    return event
+
+
+@pytest.mark.parametrize(
+    ("event_try", "running_try", "stale"),
+    [
+        (1, 2, 1),  # Airflow 3.0 resumed try 2 with try 1's event
+        (2, 2, None),  # the running try's own event
+        (None, 2, None),  # a trigger from an older provider version: taken as the running try's
+        (1, None, None),  # no task instance in the context (execute_complete called directly)
+    ],
+)
+def test_an_event_is_stale_only_when_it_names_an_earlier_try(event_try, running_try, stale):
+    context = {"ti": SimpleNamespace(try_number=running_try)} if running_try is not None else {}
+    assert from_an_earlier_try(event_of_try(event_try), context) == stale
