@@ -391,10 +391,18 @@ class AirflowE2E:
                 "AIRFLOW__API__PORT": str(self.port),
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__WORKERS": "1",
+                # The harness reads XCom values through the REST API with ?deserialize=true, which Airflow 3.0
+                # refuses (HTTP 400) unless this is on; later versions ignore it.
+                "AIRFLOW__API__ENABLE_XCOM_DESERIALIZE_SUPPORT": "True",
                 "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(24),
                 "AIRFLOW__API_AUTH__JWT_SECRET": urlsafe_b64encode(secrets.token_bytes(32)).decode(),
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "120",
+                # Airflow 3.0 counts a file's callback-only run (a killed task's failure callback) as a parse that
+                # found none of its DAGs, and deactivates them once they were parsed more than this long before
+                # (apache/airflow#55315): the retry of a killed task is then never scheduled. Above the parse
+                # interval, it cannot happen.
+                "AIRFLOW__DAG_PROCESSOR__STALE_DAG_THRESHOLD": "600",
                 "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
                 "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "2",
