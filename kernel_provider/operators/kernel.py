@@ -368,7 +368,7 @@ class KernelInvokeOperator(BaseOperator):
     # --- steps ---------------------------------------------------------------------------------------------
 
     def _trigger(self, invocation_id: str, context: Any) -> Any:
-        from kernel_provider.triggers.kernel import KernelInvocationTrigger
+        from kernel_provider.triggers.kernel import MIN_DEFERRAL, KernelInvocationTrigger
 
         return KernelInvocationTrigger(
             invocation_id=invocation_id,
@@ -381,6 +381,7 @@ class KernelInvokeOperator(BaseOperator):
             cancel_on_timeout=True,
             live_view=bool(self.live_view),
             try_number=getattr(context.get("ti"), "try_number", None) if isinstance(context, Mapping) else None,
+            resume_not_before=time.time() + MIN_DEFERRAL if self.deferrable else None,
         )
 
     def _previous_run(self, records: RunRecordStore, request: dict[str, Any]) -> Invocation | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
@@ -188,7 +189,7 @@ class KernelInvocationSensor(BaseSensorOperator):
         invocation = self.hook.get_invocation(invocation_id)
         if invocation.is_terminal:
             return self._complete(invocation_id)
-        from kernel_provider.triggers.kernel import KernelInvocationTrigger, seed_log_cursor
+        from kernel_provider.triggers.kernel import MIN_DEFERRAL, KernelInvocationTrigger, seed_log_cursor
 
         seed_log_cursor(context["ti"], invocation_id)
 
@@ -203,6 +204,7 @@ class KernelInvocationSensor(BaseSensorOperator):
                 cancel_on_kill=False,
                 live_view=bool(self.live_view),
                 try_number=getattr(context.get("ti"), "try_number", None),
+                resume_not_before=time.time() + MIN_DEFERRAL,
             ),
             method_name="execute_complete",
         )

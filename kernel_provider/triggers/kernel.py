@@ -73,6 +73,11 @@ CLEANUP_CANCEL_BUDGET = 20.0
 #: Share of ``[triggerer] on_kill_timeout`` that ``on_kill`` spends cancelling (the rest is margin), and its floor.
 ON_KILL_BUDGET_SHARE = 0.8
 MIN_ON_KILL_BUDGET = 1.0
+#: Seconds after a task deferred before its wait may report (see ``resume_not_before``). Not Kernel's: when a
+#: trigger fires before the deferring worker's process has exited (seconds on a busy machine), Airflow's scheduler
+#: can see the executor report that exit while the resumed task is already queued, and fail it ("state changed
+#: externally"; seen on 3.0 with an action that failed at once, and on 3.3 with 1 s timers).
+MIN_DEFERRAL = 5.0
 #: XCom key (on the trigger's task instance) of the log cursor.
 LOG_CURSOR_XCOM_KEY = "kernel_log_cursor"
 #: Shortest pause between two cursor writes of one trigger: a chatty action moves the cursor on every line.
@@ -127,6 +132,10 @@ class KernelInvocationTrigger(BaseTrigger):
     :param try_number: the try of the task instance that deferred, echoed in the event (``try_number``) so the
         resumed task can tell a previous try's result from its own (see
         :func:`kernel_provider.completion.from_an_earlier_try`). None: not echoed.
+    :param resume_not_before: absolute wall-clock time (``time.time()`` seconds) before which a wait run by the
+        triggerer does not report its event, even when the invocation finished sooner: the deferring task sets it
+        :data:`MIN_DEFERRAL` seconds after it deferred. Ignored for waits without a task instance (a worker's
+        wait, ``dag.test()``'s in-line trigger). None: report at once.
     """
 
     def __init__(
@@ -144,6 +153,7 @@ class KernelInvocationTrigger(BaseTrigger):
         cancel_on_timeout: bool = False,
         live_view: bool = False,
         try_number: int | None = None,
+        resume_not_before: float | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -161,6 +171,7 @@ class KernelInvocationTrigger(BaseTrigger):
         self.cancel_on_timeout = bool(cancel_on_timeout)
         self.live_view = bool(live_view)
         self.try_number = None if try_number is None else int(try_number)
+        self.resume_not_before = None if resume_not_before is None else float(resume_not_before)
         #: The task instance whose link a wait on a worker (no ``task_instance``) sets; see :meth:`link_to`.
         self._link_key: _TiKey | None = None
         self._finished = False  # wait() produced its event: nothing left to cancel from cleanup()
@@ -184,6 +195,7 @@ class KernelInvocationTrigger(BaseTrigger):
                 "cancel_on_timeout": self.cancel_on_timeout,
                 "live_view": self.live_view,
                 "try_number": self.try_number,
+                "resume_not_before": self.resume_not_before,
             },
         )
 
@@ -226,6 +238,10 @@ class KernelInvocationTrigger(BaseTrigger):
         self._finished = True
         if self.try_number is not None:
             event["try_number"] = self.try_number
+        if self.resume_not_before is not None and getattr(self, "task_instance", None) is not None:
+            early = self.resume_not_before - time.time()
+            if early > 0:
+                await asyncio.sleep(early)
         return event
 
     async def _wait_until_deadline(self) -> dict[str, Any]:

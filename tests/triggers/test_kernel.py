@@ -94,6 +94,21 @@ async def test_event_names_the_try_that_deferred(kernel_conn_env):
     assert "try_number" not in await run_to_event(trigger(inv_id))  # not given: not echoed
 
 
+async def test_a_triggerer_wait_reports_no_sooner_than_resume_not_before(kernel_conn_env):
+    """A deferred task's wait holds a quick result until ``resume_not_before`` (so the scheduler has seen the
+    deferring process exit); a wait without a task instance (a worker's, ``dag.test()``'s) is never held."""
+    inv_id = start("echo", {"ok": 1})
+    not_before = time.time() + 1.0
+    held = trigger(inv_id, mode="poll", resume_not_before=not_before)
+    # What the triggerer sets; poll mode keeps no log cursor, so nothing reads through it.
+    held.task_instance = SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1, try_number=1)
+    assert (await run_to_event(held))["status"] == "succeeded"
+    assert time.time() >= not_before
+    never_held = trigger(inv_id, mode="poll", resume_not_before=time.time() + 3600)
+    event = await asyncio.wait_for(run_to_event(never_held), timeout=60)
+    assert event["status"] == "succeeded"
+
+
 async def test_event_is_small_and_has_no_output(kernel_conn_env):
     """Events land in Airflow's metadata DB: the (here 1 MB) output is fetched by the worker, never sent."""
     inv_id = start("big", {"size": 1_000_000})
