@@ -142,7 +142,9 @@ class KernelInvokeOperator(BaseOperator):
     :param wait_for_completion: wait for the invocation to finish and return its output (default). False
         returns the invocation id at once (pair with :class:`KernelInvocationSensor`).
     :param deferrable: wait in the triggerer, freeing the worker slot (default ``[operators]
-        default_deferrable``). Not deferrable: the worker waits, with the same logic and log streaming.
+        default_deferrable``). Not deferrable: the worker waits, with the same logic and log streaming. A
+        deferred task resumes no sooner than 5 s after it deferred, even for a run that ended sooner (Airflow's
+        scheduler can fail a task that resumes before its deferring process was seen to exit).
     :param wait_mode: ``"stream"`` (follow Kernel's event stream, default) or ``"poll"``.
     :param poll_interval: seconds between status checks in poll mode and after a broken stream.
     :param timeout: seconds to wait for the result (an absolute deadline is computed when waiting starts and

@@ -82,7 +82,7 @@ class KernelInvocationSensor(BaseSensorOperator):
     :param kernel_conn_id: Airflow connection of type ``kernel``.
     :param deferrable: wait in the triggerer instead of a worker slot (default: ``[operators]
         default_deferrable``). Deferrable waits follow Kernel's event stream and copy the action's log lines
-        into the task log.
+        into the task log. A sensor that deferred from a worker resumes no sooner than 5 s after it deferred.
     :param fail_on_failure: a ``failed`` invocation fails the task (default). False: the sensor succeeds and
         returns ``{"id", "status", "status_reason", "output"}`` instead.
     :param wait_mode: ``"stream"`` (follow events, default) or ``"poll"`` (GET every ``poke_interval``) when
