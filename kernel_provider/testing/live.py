@@ -149,6 +149,17 @@ def _api_browser(request: Request) -> FoundBrowser | Response:
     return found
 
 
+def _api_recording(request: Request) -> Any:
+    """The recording ``{replay_id}`` of browser ``{id}``, or the 404 that names whichever is missing."""
+    found = _api_browser(request)
+    if isinstance(found, Response):
+        return found
+    recording = store_of(request).replays.find(found.session_id, request.path_params["replay_id"])
+    if recording is None:
+        return error_response(404, "not_found", f"replay {request.path_params['replay_id']!r} not found")
+    return recording
+
+
 async def start_replay(request: Request) -> Response:
     """``POST /browsers/{id}/replays``: 201 ``BrowserReplay``; 409 while one records; 404 for a gone browser."""
     found = _api_browser(request)
@@ -173,12 +184,9 @@ async def list_replays(request: Request) -> Response:
 
 async def download_replay(request: Request) -> Response:
     """``GET /browsers/{id}/replays/{replay_id}``: 202 + ``Retry-After`` while recording, else an (empty) mp4."""
-    found = _api_browser(request)
-    if isinstance(found, Response):
-        return found
-    recording = store_of(request).replays.find(found.session_id, request.path_params["replay_id"])
-    if recording is None:
-        return error_response(404, "not_found", f"replay {request.path_params['replay_id']!r} not found")
+    recording = _api_recording(request)
+    if isinstance(recording, Response):
+        return recording
     if recording.finished_ns is None:
         return Response(status_code=202, headers={"Retry-After": "1"})
     return Response(FAKE_VIDEO, 200, media_type="video/mp4")
@@ -186,12 +194,9 @@ async def download_replay(request: Request) -> Response:
 
 async def stop_replay(request: Request) -> Response:
     """``POST /browsers/{id}/replays/{replay_id}/stop``: 200 (stopping a stopped recording is harmless)."""
-    found = _api_browser(request)
-    if isinstance(found, Response):
-        return found
-    recording = store_of(request).replays.find(found.session_id, request.path_params["replay_id"])
-    if recording is None:
-        return error_response(404, "not_found", f"replay {request.path_params['replay_id']!r} not found")
+    recording = _api_recording(request)
+    if isinstance(recording, Response):
+        return recording
     if recording.finished_ns is None:
         from kernel_provider.testing.timeutil import now_ns
 

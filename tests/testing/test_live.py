@@ -71,6 +71,8 @@ def test_replay_started_by_the_action_is_listed_with_its_view_url(http, kernel_e
     assert set(replay) == {"replay_id", "started_at", "finished_at", "replay_view_url"}
     assert replay["finished_at"] is None
     assert replay["replay_view_url"] == f"{kernel_emulator.url}/live/{session}/replays/{replay['replay_id']}"
+    missing = http.get(f"/browsers/{session}/replays/nosuchreplay")
+    assert missing.status_code == 404 and "nosuchreplay" in missing.json()["message"]
     still = http.get(f"/browsers/{session}/replays/{replay['replay_id']}")
     assert still.status_code == 202 and still.headers["retry-after"] == "1"
     assert http.post(f"/browsers/{session}/replays").status_code == 409  # one recording at a time
@@ -94,6 +96,13 @@ def test_replays_of_an_unknown_browser_is_kernels_404(http):
     response = http.get("/browsers/nosuchbrowser/replays")
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
+
+
+def test_an_unknown_recording_is_a_404_naming_it(http):
+    for path in ("/browsers/nosuchbrowser/replays/r1", "/browsers/nosuchbrowser/replays/r1/stop"):
+        response = http.get(path) if not path.endswith("/stop") else http.post(path)
+        assert (response.status_code, response.json()["code"]) == (404, "not_found")
+        assert "nosuchbrowser" in response.json()["message"]
 
 
 def test_replay_routes_need_the_key(kernel_emulator):
