@@ -53,10 +53,11 @@ with DAG(
         action_name="wait",
         deferrable=True,
         timeout=900,
-        # Airflow 3.0 can start a task before the scheduler's "queued" is committed; the task then fails without
-        # having run (apache/airflow#52754), more often when 20 start at once. A retry runs it: the exactly-once
-        # counts below still hold, since a try that never ran created nothing.
-        retries=1,
+        # Airflow 3.0 can start a task (or resume it) before the scheduler's "queued" is committed; that try then
+        # fails without having run (apache/airflow#52754), more often when 20 start at once. Retries run it again;
+        # the exactly-once counts still hold: a try that never ran created nothing, and a retry after the create
+        # adopts the run its task instance recorded.
+        retries=3,
         retry_delay=timedelta(seconds=1),
     ).expand(payload=[{"gate": GATE, "result": {"index": i}} for i in range(CRASH_TASKS)])
 
