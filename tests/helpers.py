@@ -17,6 +17,18 @@ FAST_RETRY = RetryPolicy(
 conn_json = airflow_connection
 
 
+def posts(emulator: Any) -> list[dict[str, Any]]:
+    """Every ``POST /invocations`` the emulator recorded (creates and refusals), in order."""
+    return emulator.requests(path="/invocations", method="POST")
+
+
+def only_invocation(emulator: Any) -> dict[str, Any]:
+    """The emulator's one invocation (fails when there are none or several)."""
+    invocations = emulator.invocations()
+    assert len(invocations) == 1, invocations
+    return invocations[0]
+
+
 def load_e2e_harness() -> Any:
     """``tests/e2e/conftest.py`` as a plain module (not as a conftest: its hooks stay with the e2e tests), for the
     browser tests and the fan-out benchmark, which drive the same real Airflow services."""

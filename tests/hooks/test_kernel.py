@@ -23,16 +23,12 @@ from kernel_provider.exceptions import (
     KernelTransportError,
 )
 from kernel_provider.hooks.kernel import KernelHook
-from tests.helpers import FAST_RETRY, conn_json
+from tests.helpers import FAST_RETRY, conn_json, posts
 
 
 @pytest.fixture
 def hook(kernel_conn_env: Any) -> KernelHook:
     return KernelHook(retry_policy=FAST_RETRY)
-
-
-def posts(emulator: Any) -> list[dict[str, Any]]:
-    return emulator.requests(path="/invocations", method="POST")
 
 
 # --- methods --------------------------------------------------------------------------------------------

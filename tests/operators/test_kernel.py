@@ -42,7 +42,7 @@ from tests.airflow_helpers import (
     ti_map,
     xcom,
 )
-from tests.helpers import conn_json
+from tests.helpers import conn_json, only_invocation, posts
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 __all__ = ["gated_kernel"]  # a fixture
@@ -59,16 +59,6 @@ def invoke_dag(prefix: str = "kernel_invoke", **op_kwargs: Any) -> Any:
     with make_dag(prefix) as dag:
         KernelInvokeOperator(task_id="invoke", **op_kwargs)
     return dag
-
-
-def posts(emulator: Any) -> list[dict[str, Any]]:
-    return emulator.requests(path="/invocations", method="POST")
-
-
-def only_invocation(emulator: Any) -> dict[str, Any]:
-    invocations = emulator.invocations()
-    assert len(invocations) == 1, invocations
-    return invocations[0]
 
 
 # --- the ways to run ------------------------------------------------------------------------------------------
