@@ -65,6 +65,13 @@ def validate_event(event: Any) -> dict[str, Any]:
     return dict(event)
 
 
+def running_try(context: Any) -> int | None:
+    """The try number of the task instance in ``context``; None outside a task run (a bare ``execute({})``)."""
+    task_instance = context.get("ti") if isinstance(context, Mapping) else None
+    number = getattr(task_instance, "try_number", None)
+    return number if isinstance(number, int) else None
+
+
 def from_an_earlier_try(event: Mapping[str, Any], context: Any) -> int | None:
     """The try whose wait produced ``event`` when that is not the running try; else None.
 
@@ -74,8 +81,8 @@ def from_an_earlier_try(event: Mapping[str, Any], context: Any) -> int | None:
     a sensor started from the triggerer) is taken as the running try's.
     """
     event_try = event.get("try_number")
-    running_try = getattr(context.get("ti") if isinstance(context, Mapping) else None, "try_number", None)
-    if isinstance(event_try, int) and isinstance(running_try, int) and event_try < running_try:
+    current = running_try(context)
+    if isinstance(event_try, int) and current is not None and event_try < current:
         return event_try
     return None
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kernel_provider.completion import from_an_earlier_try, make_event
+from kernel_provider.completion import from_an_earlier_try, make_event, running_try
 
 
 def event_of_try(try_number: int | None) -> dict:
@@ -28,3 +28,17 @@ def event_of_try(try_number: int | None) -> dict:
 def test_an_event_is_stale_only_when_it_names_an_earlier_try(event_try, running_try, stale):
     context = {"ti": SimpleNamespace(try_number=running_try)} if running_try is not None else {}
     assert from_an_earlier_try(event_of_try(event_try), context) == stale
+
+
+@pytest.mark.parametrize(
+    ("context", "expected"),
+    [
+        ({"ti": SimpleNamespace(try_number=3)}, 3),
+        ({}, None),  # a bare execute({})
+        (None, None),  # no context at all
+        ({"ti": SimpleNamespace(try_number=None)}, None),  # a task instance not yet numbered
+        ({"ti": object()}, None),  # a stand-in without a try number
+    ],
+)
+def test_the_running_try_is_read_only_from_a_numbered_task_instance(context, expected):
+    assert running_try(context) == expected

@@ -24,6 +24,7 @@ from kernel_provider.completion import (
     WAIT_MODES,
     finish,
     from_an_earlier_try,
+    running_try,
     validate_event,
     wait_deadline,
 )
@@ -382,7 +383,7 @@ class KernelInvokeOperator(BaseOperator):
             cancel_on_kill=self.cancel_on_kill,
             cancel_on_timeout=True,
             live_view=bool(self.live_view),
-            try_number=getattr(context.get("ti"), "try_number", None) if isinstance(context, Mapping) else None,
+            try_number=running_try(context),
             resume_not_before=time.time() + MIN_DEFERRAL if self.deferrable else None,
         )
 

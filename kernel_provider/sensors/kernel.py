@@ -31,6 +31,7 @@ from kernel_provider.completion import (
     WAIT_MODES,
     finish,
     from_an_earlier_try,
+    running_try,
     validate_event,
     wait_deadline,
 )
@@ -203,7 +204,7 @@ class KernelInvocationSensor(BaseSensorOperator):
                 stream_logs=self.stream_logs,
                 cancel_on_kill=False,
                 live_view=bool(self.live_view),
-                try_number=getattr(context.get("ti"), "try_number", None),
+                try_number=running_try(context),
                 resume_not_before=time.time() + MIN_DEFERRAL,
             ),
             method_name="execute_complete",

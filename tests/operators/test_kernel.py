@@ -250,6 +250,7 @@ def test_retry_after_a_failed_invocation_invokes_again_exactly_once(gated_kernel
 # --- fan-out under Kernel's concurrency limit -------------------------------------------------------------------
 
 
+@pytest.mark.timeout(1200)  # 200 task runs: Airflow 3.2's dag.test() takes about 3 s a run on 2 cores
 def test_mapped_fan_out_under_the_concurrency_limit(kernel_emulator_factory, monkeypatch):
     """N mapped invocations against an org limit of 5: the 429s are waited out, each task invokes once.
 
