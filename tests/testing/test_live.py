@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from kernel_provider.testing import KernelEmulator
 
@@ -98,11 +99,14 @@ def test_replays_of_an_unknown_browser_is_kernels_404(http):
     assert response.json()["code"] == "not_found"
 
 
-def test_an_unknown_recording_is_a_404_naming_it(http):
-    for path in ("/browsers/nosuchbrowser/replays/r1", "/browsers/nosuchbrowser/replays/r1/stop"):
-        response = http.get(path) if not path.endswith("/stop") else http.post(path)
-        assert (response.status_code, response.json()["code"]) == (404, "not_found")
-        assert "nosuchbrowser" in response.json()["message"]
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/browsers/nosuchbrowser/replays/r1"), ("POST", "/browsers/nosuchbrowser/replays/r1/stop")],
+)
+def test_a_recording_of_an_unknown_browser_is_a_404_naming_the_browser(http, method, path):
+    response = http.request(method, path)
+    assert (response.status_code, response.json()["code"]) == (404, "not_found")
+    assert "nosuchbrowser" in response.json()["message"]
 
 
 def test_replay_routes_need_the_key(kernel_emulator):
