@@ -37,6 +37,7 @@ from kernel_provider.client.errors import (
 )
 from kernel_provider.client.models import Browser
 from kernel_provider.client.operations import ApiCall, Endpoint, Operation, create_may_have_happened, paginate
+from kernel_provider.client.trust import require_id, require_path_name
 
 T = TypeVar("T")
 
@@ -121,7 +122,7 @@ def build_browser_request(**options: Any) -> BrowserRequest:
         raise KernelInputError(unknown[0], "is not a browser option.", f"Known options: {', '.join(OPTIONS)}.")
     pool = options.get("pool")
     if pool is not None:
-        pool = _name("pool", pool)
+        pool = require_path_name("pool", pool)
         clash = sorted(k for k, v in options.items() if k not in _POOL_OPTIONS and v is not None)
         if clash:
             raise KernelInputError(
@@ -145,7 +146,7 @@ def build_browser_request(**options: Any) -> BrowserRequest:
     if options.get("timeout_seconds") is not None:
         body["timeout_seconds"] = _int_in("timeout_seconds", options["timeout_seconds"], *TIMEOUT_RANGE)
     if options.get("proxy_id") is not None:
-        body["proxy_id"] = _name("proxy_id", options["proxy_id"])
+        body["proxy_id"] = require_id("proxy_id", options["proxy_id"])
     profile = _profile(options.get("profile"), options.get("save_profile_changes"))
     if profile:
         body["profile"] = profile
@@ -342,7 +343,7 @@ class BrowserApi:
 
     def get(self, session_id: str) -> Browser:
         """``GET /browsers/{id}``."""
-        return self.client.execute(get_browser(_name("session_id", session_id)))
+        return self.client.execute(get_browser(require_id("session_id", session_id)))
 
     def list(self, *, status: str = "active", limit: int | None = None) -> list[Browser]:
         """``GET /browsers`` (every page, or ``limit`` browsers)."""
@@ -350,7 +351,7 @@ class BrowserApi:
 
     def delete(self, session_id: str) -> bool:
         """``DELETE /browsers/{id}``; False when it was already gone."""
-        return self.client.execute(delete_browser(_name("session_id", session_id)))
+        return self.client.execute(delete_browser(require_id("session_id", session_id)))
 
 
 def _open(request: BrowserRequest) -> Operation[Browser]:

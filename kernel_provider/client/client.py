@@ -39,6 +39,7 @@ from kernel_provider.client.operations import ApiCall, Operation
 from kernel_provider.client.retry import RetryPolicy
 from kernel_provider.client.settings import KernelSettings
 from kernel_provider.client.transport import AsyncTransport, SyncTransport
+from kernel_provider.client.trust import require_id
 from kernel_provider.client.validation import build_invoke_request, check_seconds, require_name
 
 T = TypeVar("T")
@@ -202,11 +203,11 @@ class KernelClient:
         :raises KernelInputError: ``invocation_id`` is not a non-empty string; nothing was sent.
         :raises KernelNotFoundError: Kernel does not know it.
         """
-        return self.execute(operations.get_invocation(require_name("invocation_id", invocation_id)))
+        return self.execute(operations.get_invocation(require_id("invocation_id", invocation_id)))
 
     async def aget_invocation(self, invocation_id: str) -> Invocation:
         """:meth:`get_invocation` without blocking the event loop."""
-        return await self.aexecute(operations.get_invocation(require_name("invocation_id", invocation_id)))
+        return await self.aexecute(operations.get_invocation(require_id("invocation_id", invocation_id)))
 
     def list_invocations(self, **filters: Any) -> list[Invocation]:
         """All invocations matching ``filters``, newest first, pages followed.
@@ -243,7 +244,7 @@ class KernelClient:
             PATCH failed, else the DELETE's. A request still out when the budget ends counts as a
             :class:`KernelTransportError`.
         """
-        invocation_id = require_name("invocation_id", invocation_id)
+        invocation_id = require_id("invocation_id", invocation_id)
         budget = check_seconds("budget", budget, exclusive=True)
         deadline = _deadline(budget)
         outcomes: dict[str, tuple[bool, Any]] = {}
@@ -274,7 +275,7 @@ class KernelClient:
         """:meth:`cancel_invocation` without blocking the event loop: the PATCH and the DELETE run as two tasks at
         once, with the same parameters, result and errors. A request still out when the budget is spent is
         cancelled; when this coroutine is cancelled, both requests are cancelled with it."""
-        invocation_id = require_name("invocation_id", invocation_id)
+        invocation_id = require_id("invocation_id", invocation_id)
         budget = check_seconds("budget", budget, exclusive=True)
         deadline = _deadline(budget)
 
@@ -300,19 +301,19 @@ class KernelClient:
 
     def list_browsers(self, invocation_id: str) -> list[dict[str, Any]]:
         """The browsers the invocation holds, as Kernel describes them (empty once they are deleted)."""
-        return self.execute(operations.list_browsers(require_name("invocation_id", invocation_id)))
+        return self.execute(operations.list_browsers(require_id("invocation_id", invocation_id)))
 
     async def ainvocation_browsers(self, invocation_id: str) -> list[Browser]:
         """The browsers the invocation holds, typed (live-view URLs included), without blocking the loop."""
-        return await self.aexecute(operations.invocation_browsers(require_name("invocation_id", invocation_id)))
+        return await self.aexecute(operations.invocation_browsers(require_id("invocation_id", invocation_id)))
 
     def list_replays(self, browser_id: str) -> list[Replay]:
         """The recordings of a browser session (``GET /browsers/{id}/replays``)."""
-        return self.execute(operations.list_replays(require_name("browser_id", browser_id)))
+        return self.execute(operations.list_replays(require_id("browser_id", browser_id)))
 
     async def alist_replays(self, browser_id: str) -> list[Replay]:
         """:meth:`list_replays` without blocking the event loop."""
-        return await self.aexecute(operations.list_replays(require_name("browser_id", browser_id)))
+        return await self.aexecute(operations.list_replays(require_id("browser_id", browser_id)))
 
     async def stream_events(
         self, invocation_id: str, *, since: str | None = None, silence_timeout: float = 60.0
@@ -331,7 +332,7 @@ class KernelClient:
         :param silence_timeout: seconds without any byte (Kernel sends heartbeats) before the stream counts as
             broken. Not a bound on the whole stream.
         """
-        call = operations.event_stream(invocation_id, since)
+        call = operations.event_stream(require_id("invocation_id", invocation_id), since)
         async with contextlib.AsyncExitStack() as stack:
             data = await self._with_fresh_settings(
                 lambda settings: self.async_transport.open_events(stack, call, settings, silence_timeout),
@@ -347,7 +348,7 @@ class KernelClient:
                     yield event
 
     def invocation_url(self, invocation_id: str) -> str:
-        """The invocation's page in Kernel's dashboard (no request is made)."""
+        """The invocation's page in Kernel's dashboard (no request is made; the id is checked and URL-encoded)."""
         return self.settings.invocation_url(invocation_id)
 
     # --- apps -------------------------------------------------------------------------------------------------

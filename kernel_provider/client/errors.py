@@ -4,6 +4,7 @@
     +-- KernelInputError                 a parameter is wrong; raised before any request (``field``, fix)
     |   +-- KernelConnectionConfigError  the settings (the Airflow connection) are missing something or malformed
     +-- KernelApiError                   Kernel answered with an HTTP error (status, ``code``, ``message``)
+    |   +-- KernelRedirectError          3xx: a redirect, never followed (names the Location's origin only)
     |   +-- KernelBadRequestError        400 / 422: the request itself is wrong
     |   +-- KernelAuthError              401 / 403: key rejected or not allowed
     |   +-- KernelNotFoundError          404: no such invocation, app, version or action
@@ -19,7 +20,8 @@
     +-- KernelWaitTimeout                the wait passed its deadline
 
 :func:`api_error_for_status` is the one place that maps an HTTP status to its class (and :func:`is_error_status`
-the one place that tells an error status from a success). Each error is a type callers can catch; none needs its
+the one place that tells an error status from a success: anything but 2xx, so a redirect is an error too and is
+never followed, by either transport). Each error is a type callers can catch; none needs its
 text parsed. ``kernel_provider.exceptions`` re-exports all of them: it is the documented import path.
 """
 
@@ -42,6 +44,7 @@ __all__ = [
     "KernelNotFoundError",
     "KernelRateLimitError",
     "KernelReconcileError",
+    "KernelRedirectError",
     "KernelResponseError",
     "KernelServerError",
     "KernelStateStoreError",
@@ -109,6 +112,17 @@ class KernelApiError(KernelError):
         super().__init__(text)
 
 
+class KernelRedirectError(KernelApiError):
+    """3xx: the server answered with a redirect. It is never followed (the key, the project header and a create's
+    payload must not go to another place) and never retried; the message names the ``Location``'s origin only.
+    Kernel itself sends no redirects: the connection's host is likely not Kernel's API URL, or a proxy is in the way.
+
+    :ivar location_origin: ``scheme://host[:port]`` of the ``Location`` header, or a phrase when there is none.
+    """
+
+    location_origin: str = ""
+
+
 class KernelBadRequestError(KernelApiError):
     """400 or 422: Kernel rejected the request as malformed; repeating it cannot help."""
 
@@ -146,22 +160,25 @@ _STATUS_CLASSES: dict[int, type[KernelApiError]] = {
 
 
 def is_error_status(status_code: int) -> bool:
-    """Whether an HTTP status is an error (4xx or 5xx) that :func:`api_error_for_status` turns into an exception.
+    """Whether an HTTP status is an error that :func:`api_error_for_status` turns into an exception: anything
+    outside 2xx. A redirect (3xx) is an error: neither transport follows one, and Kernel never sends one.
 
-    :param status_code: the status Kernel answered with. Redirects count as no error here: the client never
-        follows them, and Kernel does not send them.
+    :param status_code: the status the server answered with.
     """
-    return status_code >= 400
+    return not 200 <= status_code < 300
 
 
 def api_error_for_status(status_code: int) -> type[KernelApiError]:
     """The error class for an HTTP error status: the one place statuses are interpreted.
 
     :param status_code: an error status (see :func:`is_error_status`); a status without a class of its own
-        (e.g. 413) maps to :class:`KernelApiError` itself, any 5xx to :class:`KernelServerError`.
+        (e.g. 413) maps to :class:`KernelApiError` itself, any 5xx to :class:`KernelServerError`, any 3xx to
+        :class:`KernelRedirectError`.
     """
     if status_code >= 500:
         return KernelServerError
+    if 300 <= status_code < 400:
+        return KernelRedirectError
     return _STATUS_CLASSES.get(status_code, KernelApiError)
 
 

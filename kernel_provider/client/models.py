@@ -2,6 +2,11 @@
 
 Unknown fields are kept (``extra``) and unknown statuses are tolerated: Kernel adds fields and states over time,
 and a provider that crashes on a new one would fail every running DAG at once.
+
+Nothing from the wire is trusted blindly (see :mod:`kernel_provider.client.trust`): an id that could not be
+Kernel's (``..``, ``a/b``) is a :class:`KernelResponseError`, since it would be put into request paths and links;
+a URL that is not absolute http(s) (ws/wss for the browser's sockets) is dropped to "" with a warning, so a
+``javascript:`` or ``data:`` URL never becomes a link. URLs that control a browser stay out of reprs.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from enum import Enum
 from typing import Any
 
 from kernel_provider.client.errors import KernelResponseError
+from kernel_provider.client.trust import PAGE_SCHEMES, SOCKET_SCHEMES, absolute_url, is_id
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +125,7 @@ class Invocation:
         """
         if not isinstance(data, Mapping) or not isinstance(data.get("id"), str) or not data.get("id"):
             raise KernelResponseError(f"Kernel returned an invocation without an id: {_excerpt(data)}")
+        _check_id("an invocation", "id", data["id"])
         raw_status = str(data.get("status", ""))
         return cls(
             id=data["id"],
@@ -210,8 +217,11 @@ class Browser:
     invocation's browser list).
 
     :param session_id: the session's id, what ``DELETE /browsers/{id}`` takes.
-    :param cdp_ws_url: the Chrome DevTools Protocol websocket URL (Playwright's ``connect_over_cdp``).
-    :param browser_live_view_url: where a person watches the browser (Kernel sends it for headful browsers only).
+    :param cdp_ws_url: the Chrome DevTools Protocol websocket URL (Playwright's ``connect_over_cdp``); a ws(s) URL
+        or "". It controls the browser: a credential, left out of the repr.
+    :param browser_live_view_url: where a person watches (and steers) the browser (Kernel sends it for headful
+        browsers only); an http(s) URL or "". A credential too, left out of the repr.
+    :param webdriver_ws_url: the WebDriver BiDi websocket URL; a ws(s) URL or "". A credential, left out of the repr.
     :param created_at: when Kernel created the session.
     :param timeout_seconds: seconds without a CDP or live-view connection after which Kernel ends the session.
     :param pool_name: the pool the browser was acquired from (its name, else its id); "" for a standalone one.
@@ -219,13 +229,13 @@ class Browser:
     """
 
     session_id: str
-    cdp_ws_url: str = ""
-    browser_live_view_url: str = ""
+    cdp_ws_url: str = field(default="", repr=False)
+    browser_live_view_url: str = field(default="", repr=False)
     created_at: datetime | None = None
     headless: bool = False
     stealth: bool = False
     timeout_seconds: int | None = None
-    webdriver_ws_url: str = ""
+    webdriver_ws_url: str = field(default="", repr=False)
     proxy_id: str = ""
     profile_name: str = ""
     pool_name: str = ""
@@ -259,18 +269,19 @@ class Browser:
         """
         if not isinstance(data, Mapping) or not isinstance(data.get("session_id"), str) or not data["session_id"]:
             raise KernelResponseError(f"Kernel returned a browser without a session_id: {_excerpt(data)}")
+        _check_id("a browser", "session_id", data["session_id"])
         profile: Mapping[str, Any] = data["profile"] if isinstance(data.get("profile"), Mapping) else {}
         pool: Mapping[str, Any] = data["pool"] if isinstance(data.get("pool"), Mapping) else {}
         timeout = data.get("timeout_seconds")
         return cls(
             session_id=data["session_id"],
-            cdp_ws_url=str(data.get("cdp_ws_url") or ""),
-            browser_live_view_url=str(data.get("browser_live_view_url") or ""),
+            cdp_ws_url=_url(data, "cdp_ws_url", SOCKET_SCHEMES),
+            browser_live_view_url=_url(data, "browser_live_view_url", PAGE_SCHEMES),
             created_at=parse_timestamp(data.get("created_at")),
             headless=bool(data.get("headless", False)),
             stealth=bool(data.get("stealth", False)),
             timeout_seconds=timeout if isinstance(timeout, int) and not isinstance(timeout, bool) else None,
-            webdriver_ws_url=str(data.get("webdriver_ws_url") or ""),
+            webdriver_ws_url=_url(data, "webdriver_ws_url", SOCKET_SCHEMES),
             proxy_id=str(data.get("proxy_id") or ""),
             profile_name=str(profile.get("name") or profile.get("id") or ""),
             pool_name=str(pool.get("name") or pool.get("id") or ""),
@@ -285,7 +296,8 @@ class Replay:
     """A recording of a browser session (an item of ``GET /browsers/{id}/replays``).
 
     :param replay_id: the recording's id.
-    :param replay_view_url: where a person watches the recording ("" when Kernel sent none).
+    :param replay_view_url: where a person watches the recording: an http(s) URL, "" when Kernel sent none (or
+        something else).
     :param started_at: when the recording started (None when unknown).
     :param finished_at: when it stopped; None while it is still recording.
     :param browser_id: the browser session it belongs to (filled in by the client: Kernel's item lacks it).
@@ -307,10 +319,11 @@ class Replay:
         """
         if not isinstance(data, Mapping) or not isinstance(data.get("replay_id"), str) or not data["replay_id"]:
             raise KernelResponseError(f"Kernel returned a replay without a replay_id: {_excerpt(data)}")
+        _check_id("a replay", "replay_id", data["replay_id"])
         known = {"replay_id", "replay_view_url", "started_at", "finished_at"}
         return cls(
             replay_id=data["replay_id"],
-            replay_view_url=str(data.get("replay_view_url") or ""),
+            replay_view_url=_url(data, "replay_view_url", PAGE_SCHEMES),
             started_at=parse_timestamp(data.get("started_at")),
             finished_at=parse_timestamp(data.get("finished_at")),
             browser_id=browser_id,
@@ -321,6 +334,27 @@ class Replay:
     def recording(self) -> bool:
         """Still recording (no ``finished_at`` yet): the view may show only part of the session."""
         return self.finished_at is None
+
+
+def _check_id(what: str, key: str, value: str) -> None:
+    """An id from Kernel goes into request paths and links: one that could not be Kernel's is refused."""
+    if not is_id(value):
+        raise KernelResponseError(
+            f"Kernel returned {what} whose {key} is not an id ({len(value)} characters, not shown); refusing to use it."
+        )
+
+
+def _url(data: Mapping[str, Any], key: str, schemes: tuple[str, ...]) -> str:
+    """``data[key]`` when it is an absolute URL of one of ``schemes``; anything else (``javascript:``, ``data:``,
+    relative) becomes "" with a warning that names the key only (the URL may be a credential, or hostile)."""
+    value = data.get(key)
+    if value is None or value == "":
+        return ""
+    url = absolute_url(value, schemes)
+    if url is None:
+        log.warning("Kernel sent a %s that is not an absolute %s URL; it is ignored.", key, "/".join(schemes))
+        return ""
+    return url
 
 
 def _optional_str(value: object) -> str | None:

@@ -19,7 +19,9 @@ from kernel_provider.client.errors import (
     KernelAmbiguousCreateError,
     KernelApiError,
     KernelError,
+    KernelInputError,
     KernelNotFoundError,
+    KernelRedirectError,
     KernelResponseError,
     KernelServerError,
     KernelTransportError,
@@ -27,6 +29,7 @@ from kernel_provider.client.errors import (
     is_error_status,
 )
 from kernel_provider.client.models import AppVersion, Browser, Invocation, Replay
+from kernel_provider.client.trust import is_name, origin, require_id
 
 T = TypeVar("T")
 
@@ -86,7 +89,8 @@ class ApiCall(Generic[T]):
     """One HTTP request plus how to read its successful response.
 
     :param endpoint: the route.
-    :param path_params: values for the route's ``{placeholders}``, URL-quoted when the path is built.
+    :param path_params: values for the route's ``{placeholders}``, URL-quoted when the path is built. Callers check
+        them first (naming their own field); the path refuses anything that is not an id or name all the same.
     :param params: query parameters; None values are left out, bools and datetimes are written as Kernel expects.
     :param body: the JSON body, or None for none.
     :param read_timeout: this request's read timeout in seconds; None uses the settings' ``request_timeout``.
@@ -102,7 +106,18 @@ class ApiCall(Generic[T]):
 
     @property
     def path(self) -> str:
-        """The request path with its parameters filled in (e.g. ``/invocations/abc``)."""
+        """The request path with its parameters filled in (e.g. ``/invocations/abc``).
+
+        :raises KernelInputError: a parameter is empty, ``.``, ``..`` or holds a character outside ids and names:
+            quoting cannot stop an HTTP client from collapsing dot segments (``/invocations/..`` is ``/``).
+        """
+        for key, value in self.path_params.items():
+            if not is_name(value):
+                raise KernelInputError(
+                    f"path parameter {key!r} of {self.endpoint.method} {self.endpoint.path}",
+                    "is not a Kernel id or name; nothing was sent.",
+                    "Pass the id as Kernel returned it.",
+                )
         return self.endpoint.path.format(**{k: quote(str(v), safe="") for k, v in self.path_params.items()})
 
     @property
@@ -159,7 +174,10 @@ def raise_for_status(call: ApiCall[Any], response: ApiResponse) -> None:
             message = f"{message} ({inner.get('code') or 'inner'}: {inner['message']})"
     if not message:
         message = _body_excerpt(response.body) or "no error body"
-    raise api_error_for_status(response.status_code)(
+    error_class = api_error_for_status(response.status_code)
+    if issubclass(error_class, KernelRedirectError):
+        raise _redirect_error(call, response)
+    raise error_class(
         response.status_code,
         code,
         message,
@@ -169,6 +187,24 @@ def raise_for_status(call: ApiCall[Any], response: ApiResponse) -> None:
         path=call.path,
         headers=response.headers,
     )
+
+
+def _redirect_error(call: ApiCall[Any], response: ApiResponse) -> KernelRedirectError:
+    """A 3xx as an error naming only the ``Location``'s origin: its path and query may hold anything (a token), and
+    the body is the redirecting server's, not Kernel's."""
+    location = response.headers.get("location")
+    where = origin(location) if location else "nowhere (no Location header)"
+    error = KernelRedirectError(
+        response.status_code,
+        "redirect",
+        f"the server answered with a redirect to {where}; it was not followed (the API key, the project header "
+        "and any payload stay unsent there). Kernel's API does not redirect: check the connection's host (the "
+        "API base URL, e.g. https://api.onkernel.com) and any proxy in between.",
+        method=call.endpoint.method,
+        path=call.path,
+    )
+    error.location_origin = where
+    return error
 
 
 # --- drivers: pure loops, the sending is the caller's ----------------------------------------------------------
@@ -406,7 +442,10 @@ def list_invocations(
     :param query: Kernel's free-text search.
     :param limit: the most invocations returned in all; None follows every page (see :func:`paginate`).
     :param page_size: invocations asked for per request, at most 100.
+    :raises KernelInputError: ``deployment_id`` is not a Kernel id (before any request).
     """
+    if deployment_id is not None:
+        require_id("deployment_id", deployment_id)
     filters = {
         "app_name": app_name,
         "version": version,

@@ -8,6 +8,9 @@ What is retried:
   408 and 5xx;
 * ``x-should-retry: true`` forces a retry and ``x-should-retry: false`` forbids it, as Kernel's own SDKs do.
 
+A redirect (3xx) is never retried, whatever its headers say: Kernel does not send one, so the same request would
+only meet the same redirect.
+
 ``POST /invocations`` is never repeated after it may have reached Kernel: there is no idempotency key, so a
 repeat could start a second browser run. Such failures surface as ``KernelAmbiguousCreateError``.
 
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from kernel_provider.client.errors import (
     KernelApiError,
     KernelRateLimitError,
+    KernelRedirectError,
     KernelServerError,
     KernelTransportError,
 )
@@ -141,6 +145,8 @@ def is_retryable(exc: BaseException, *, idempotent: bool) -> bool:
     """Whether repeating the request that raised ``exc`` is safe and may help."""
     if isinstance(exc, KernelTransportError):
         return idempotent or not exc.request_sent
+    if isinstance(exc, KernelRedirectError):
+        return False
     if isinstance(exc, KernelApiError):
         hint = exc.headers.get("x-should-retry", "").lower()
         if hint == "true":

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import ssl
 import threading
 import weakref
 import zlib
@@ -25,9 +27,10 @@ from typing import Any
 import httpx
 import requests
 
-from kernel_provider.client.errors import KernelTransportError, is_error_status
+from kernel_provider.client.errors import KernelConnectionConfigError, KernelTransportError, is_error_status
 from kernel_provider.client.operations import ApiCall, ApiResponse, raise_for_status
 from kernel_provider.client.settings import KernelSettings
+from kernel_provider.client.trust import is_printable_ascii
 
 #: Requests one event loop has in flight at once (open event streams excluded). A triggerer that (re)starts
 #: 1,000 waits would otherwise build and send 1,000 requests in one loop iteration: the loop stalls for a
@@ -68,7 +71,7 @@ class LoopResources:
         if client is None or client.is_closed:
             ssl_context = self.ssl_contexts.get(verify)
             if ssl_context is None:
-                ssl_context = self.ssl_contexts[verify] = httpx.create_ssl_context(verify=settings.verify)
+                ssl_context = self.ssl_contexts[verify] = ssl_context_for(settings.verify)
             client = httpx.AsyncClient(
                 verify=ssl_context,
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
@@ -85,6 +88,22 @@ class LoopResources:
         self.shared.clear()
         for client in clients:
             await client.aclose()
+
+
+def ssl_context_for(verify: bool | str) -> ssl.SSLContext:
+    """The triggerer's SSL context for ``settings.verify``: the very bundle the worker's requests verify with.
+
+    :param verify: a CA bundle file or directory resolved by the settings (see
+        :func:`~kernel_provider.client.settings.resolve_ca_bundle`), or True: the bundle requests uses by
+        default (certifi's). httpx's own environment lookup is not used: the settings already made that choice for both.
+    """
+    if verify is True:
+        return ssl.create_default_context(cafile=requests.utils.DEFAULT_CA_BUNDLE_PATH)
+    if not isinstance(verify, str):
+        raise TypeError("TLS verification cannot be switched off")
+    if os.path.isdir(verify):
+        return ssl.create_default_context(capath=verify)
+    return ssl.create_default_context(cafile=verify)
 
 
 _LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopResources] = weakref.WeakKeyDictionary()
@@ -149,6 +168,9 @@ class SyncTransport:
                 headers=_headers(settings, call),
                 timeout=(settings.connect_timeout, call.read_timeout or settings.request_timeout),
                 verify=settings.verify,
+                # A redirect is answered to the caller as an error (see errors.is_error_status): following it
+                # would send the project header, and on a 307/308 a create's payload, to another place.
+                allow_redirects=False,
             )
         except requests.exceptions.RequestException as exc:
             raise KernelTransportError(
@@ -185,6 +207,7 @@ class AsyncTransport:
                     timeout=httpx.Timeout(
                         call.read_timeout or settings.request_timeout, connect=settings.connect_timeout
                     ),
+                    follow_redirects=False,
                 )
             except httpx.HTTPError as exc:
                 raise KernelTransportError(
@@ -208,7 +231,7 @@ class AsyncTransport:
 
         resources = loop_resources()
         client = resources.client_for(settings, call.shard_key)
-        headers = {**settings.headers(), "Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        headers = {**_headers(settings), "Accept": "text/event-stream", "Cache-Control": "no-cache"}
         try:
             async with contextlib.AsyncExitStack() as attempt:
                 async with resources.slots:  # only while opening: an open stream holds no slot
@@ -220,6 +243,7 @@ class AsyncTransport:
                             params=call.query,
                             headers=headers,
                             timeout=httpx.Timeout(silence_timeout, connect=settings.connect_timeout),
+                            follow_redirects=False,
                         )
                     )
                 response = source.response
@@ -250,10 +274,20 @@ async def _event_data(source: Any, call: ApiCall[Any]) -> AsyncGenerator[str, No
         raise KernelTransportError(describe_httpx_error(exc), request_sent=True, method="GET", path=call.path) from None
 
 
-def _headers(settings: KernelSettings, call: ApiCall[Any]) -> dict[str, str]:
+def _headers(settings: KernelSettings, call: ApiCall[Any] | None = None) -> dict[str, str]:
+    """The request's headers, each checked to be printable ASCII: an HTTP library refuses anything else and
+    quotes the whole value (the API key) in its error, or sends a NUL on. Settings already refuse such values;
+    this guards settings built around that check."""
     headers = settings.headers()
-    if call.body is not None:
+    if call is not None and call.body is not None:
         headers["Content-Type"] = "application/json"
+    for name, value in headers.items():
+        if not is_printable_ascii(value):
+            raise KernelConnectionConfigError(
+                f"connection {settings.conn_id!r} header {name}",
+                "holds a character that is not printable ASCII (not shown); nothing was sent.",
+                "Re-enter the API key (password) and project_id without line breaks or other special characters.",
+            )
     return headers
 
 
@@ -266,6 +300,7 @@ def requests_error_sent(exc: requests.exceptions.RequestException) -> bool:
             requests.exceptions.SSLError,
             requests.exceptions.InvalidURL,
             requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidHeader,  # refused while the request was being built
         ),
     ):
         return False
@@ -289,7 +324,15 @@ def requests_error_sent(exc: requests.exceptions.RequestException) -> bool:
 def httpx_error_sent(exc: httpx.HTTPError) -> bool:
     """Whether Kernel may have seen the request that failed with ``exc`` (False: the connection never opened)."""
     return not isinstance(
-        exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol, httpx.InvalidURL)
+        exc,
+        (
+            httpx.ConnectError,
+            httpx.ConnectTimeout,
+            httpx.PoolTimeout,
+            httpx.UnsupportedProtocol,
+            httpx.LocalProtocolError,  # h11 refuses a bad request line or header before writing a byte
+            httpx.InvalidURL,
+        ),
     )
 
 
@@ -300,10 +343,18 @@ def describe_requests_error(exc: requests.exceptions.RequestException) -> str:
         return f"{kind}: no answer within the read timeout"
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return f"{kind}: could not connect within the connect timeout"
+    if isinstance(exc, requests.exceptions.InvalidHeader):
+        return f"{kind}: {_UNQUOTED_HEADER_ERROR}"
     return f"{kind}: {exc}"
 
 
 def describe_httpx_error(exc: Exception) -> str:
     """``exc`` in one line for a :class:`KernelTransportError`."""
+    if isinstance(exc, httpx.LocalProtocolError):
+        return f"{type(exc).__name__}: {_UNQUOTED_HEADER_ERROR}"
     text = str(exc) or "no details"
     return f"{type(exc).__name__}: {text}"
+
+
+#: What a refused request header is described as: the libraries' own text quotes the value (maybe the API key).
+_UNQUOTED_HEADER_ERROR = "the HTTP library refused the request line or a header (not shown); nothing was sent"

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from functools import cached_property, partial
 from typing import Any
 
@@ -121,13 +121,20 @@ class KernelHook(BaseHook):
             airflow_version=AIRFLOW_VERSION,
             component=self.component,
         )
-        try:
-            mask_secret(settings.api_key)
-        except Exception:  # masking is defence in depth; the key is never logged anyway
-            log.debug("Could not register the API key with the secret masker.")
-        if settings.plain_http:
+        _mask(settings.api_key)
+        if settings.plain_http:  # only with allow_insecure_http: true (refused otherwise)
             log.warning("Kernel base URL %s is plain http: the API key travels unencrypted.", settings.base_url)
         return settings
+
+    @staticmethod
+    def mask_browser_urls(browsers: Iterable[Browser]) -> None:
+        """Register the URLs that control each browser (``cdp_ws_url``, ``webdriver_ws_url``) with Airflow's
+        secret masker, so a log line or error that quotes one shows ``***``. The live-view URL is left to the
+        code that decides what to publish (see :mod:`kernel_provider.live_view`)."""
+        for browser in browsers:
+            for url in (browser.cdp_ws_url, browser.webdriver_ws_url):
+                if url:
+                    _mask(url)
 
     def _not_found(self, exc: Exception) -> KernelConnectionConfigError:
         return KernelConnectionConfigError(
@@ -220,7 +227,9 @@ class KernelHook(BaseHook):
 
     async def ainvocation_browsers(self, invocation_id: str) -> list[Browser]:
         """The invocation's browsers, typed (each with its live-view URL), without blocking the event loop."""
-        return await (await self.aget_client()).ainvocation_browsers(invocation_id)
+        browsers = await (await self.aget_client()).ainvocation_browsers(invocation_id)
+        self.mask_browser_urls(browsers)
+        return browsers
 
     def list_replays(self, browser_id: str) -> list[Replay]:
         """The recordings of a browser session; :class:`KernelNotFoundError` when Kernel no longer knows it."""
@@ -281,6 +290,13 @@ class KernelHook(BaseHook):
                 for key, label in whole.items()
             },
         }
+
+
+def _mask(secret: str) -> None:
+    try:
+        mask_secret(secret)
+    except Exception:  # masking is defence in depth; secrets are never logged on purpose anyway
+        log.debug("Could not register a secret with the secret masker.")
 
 
 async def close_shared_clients() -> None:

@@ -168,6 +168,7 @@ class KernelBrowserSession:
     # --- shared ---------------------------------------------------------------------------------------------
 
     def _opened(self, browser: Browser) -> Browser:
+        self.hook.mask_browser_urls([browser])
         self.browser = browser
         self.hook._open_sessions[browser.session_id] = self
         if self.hook.killed:
@@ -262,11 +263,15 @@ class KernelBrowserHook(KernelHook):
 
     def get_browser(self, session_id: str) -> Browser:
         """``GET /browsers/{id}`` (:class:`~kernel_provider.client.errors.KernelNotFoundError` once gone)."""
-        return self.api.get(session_id)
+        browser = self.api.get(session_id)
+        self.mask_browser_urls([browser])
+        return browser
 
     def list_browser_sessions(self, *, status: str = "active", limit: int | None = None) -> list[Browser]:
         """``GET /browsers``: ``status`` ``active`` (default), ``deleted`` or ``all``; ``limit`` caps the count."""
-        return self.api.list(status=status, limit=limit)
+        browsers = self.api.list(status=status, limit=limit)
+        self.mask_browser_urls(browsers)
+        return browsers
 
     def delete_browser(self, session_id: str) -> bool:
         """``DELETE /browsers/{id}``; False when it was already gone."""

@@ -18,6 +18,7 @@ from kernel_provider.client.errors import (
     KernelAmbiguousCreateError,
     KernelApiError,
     KernelAuthError,
+    KernelInputError,
     KernelNotFoundError,
     KernelRateLimitError,
     KernelResponseError,
@@ -172,14 +173,22 @@ def test_list_apps_parses_versions_and_skips_items_that_are_not_objects() -> Non
 
 def test_cancel_patches_failed_with_the_reason_then_deletes_the_browsers() -> None:
     send, calls = canned(answer(200, invocation(status="failed")), answer(204))
-    result = drive(operations.cancel_invocation("inv/1", "stopped by Airflow"), send)
+    result = drive(operations.cancel_invocation("inv-1", "stopped by Airflow"), send)
     assert result is not None and result.failed
     assert [(c.endpoint.method, c.path) for c in calls] == [
-        ("PATCH", "/invocations/inv%2F1"),
-        ("DELETE", "/invocations/inv%2F1/browsers"),
+        ("PATCH", "/invocations/inv-1"),
+        ("DELETE", "/invocations/inv-1/browsers"),
     ]
     assert calls[0].body == {"status": "failed", "output": json.dumps({"error": "stopped by Airflow"})}
     assert json.loads(operations.cancel_output()) == {"error": "Invocation cancelled by user"}
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "inv/1", "a b", "a\nb", "a%2F", "a?b", "a#b", "é"])
+def test_a_path_parameter_that_could_change_the_path_is_refused(bad: str) -> None:
+    # Quoting leaves dots alone and HTTP clients collapse dot segments: /invocations/.. would reach /.
+    with pytest.raises(KernelInputError, match="path parameter 'id'"):
+        ApiCall(operations.GET_INVOCATION, {"id": bad}).path  # noqa: B018 - every transport builds the URL from it
+    assert ApiCall(operations.GET_INVOCATION, {"id": "my.pool-1_x"}).path == "/invocations/my.pool-1_x"
 
 
 @pytest.mark.parametrize(
@@ -370,8 +379,8 @@ def test_a_call_is_cut_to_a_budget_only_when_its_own_timeout_is_longer() -> None
 
 
 def test_the_event_stream_call() -> None:
-    call = operations.event_stream("inv 1", since="2026-01-01T00:00:00.5Z")
-    assert (call.endpoint.method, call.path, call.endpoint.stream) == ("GET", "/invocations/inv%201/events", True)
+    call = operations.event_stream("inv-1", since="2026-01-01T00:00:00.5Z")
+    assert (call.endpoint.method, call.path, call.endpoint.stream) == ("GET", "/invocations/inv-1/events", True)
     assert call.query == {"since": "2026-01-01T00:00:00.5Z"} and operations.event_stream("x").query == {}
 
 
@@ -424,11 +433,11 @@ def test_list_replays_parses_browser_replays_and_names_the_browser() -> None:
             ],
         )
     )
-    (replay,) = drive(operations.list_replays("b/1"), send)
-    assert calls[0].endpoint.method == "GET" and calls[0].path == "/browsers/b%2F1/replays"
+    (replay,) = drive(operations.list_replays("b-1"), send)
+    assert calls[0].endpoint.method == "GET" and calls[0].path == "/browsers/b-1/replays"
     assert (replay.replay_id, replay.browser_id, replay.replay_view_url) == (
         "r1",
-        "b/1",
+        "b-1",
         "https://k/replays?replay_id=r1",
     )
     assert replay.recording and replay.extra == {"new_field": 1}

@@ -579,6 +579,11 @@ def test_base_url_forms(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptu
         monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(host, "k"))
         assert KernelHook().settings.base_url == expected
     monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json("http://kernel.internal", "k"))
+    with pytest.raises(KernelConnectionConfigError, match="allow_insecure_http"):
+        KernelHook().settings  # noqa: B018
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KERNEL_DEFAULT", conn_json("http://kernel.internal", "k", allow_insecure_http=True)
+    )
     with caplog.at_level(logging.WARNING):
         KernelHook().settings  # noqa: B018
     assert "plain http" in caplog.text
