@@ -107,7 +107,7 @@ def test_plain_http_is_refused_except_on_loopback_or_when_opted_in() -> None:
             host="http://kernel.internal", password="k", extra={"allow_insecure_http": opt_in}
         )
         assert settings.plain_http and settings.allow_insecure_http
-    with pytest.raises(KernelConnectionConfigError, match="extra.allow_insecure_http"):
+    with pytest.raises(KernelConnectionConfigError, match=r"extra\.allow_insecure_http"):
         KernelSettings.from_mapping(host="http://kernel.internal", password="k", extra={"allow_insecure_http": "yes"})
     assert not KernelSettings.from_mapping(host="localhost:8080", password="k").plain_http
     assert not KernelSettings.from_mapping(password="k").plain_http
@@ -193,7 +193,7 @@ def test_without_ca_bundle_the_environment_decides_once_in_a_documented_order(
     "url", ["javascript:alert(1)", "data:text/html,x", "/relative", "dashboard.example.com", "ftp://x.example", 7]
 )
 def test_dashboard_url_must_be_absolute_http(url: Any) -> None:
-    with pytest.raises(KernelConnectionConfigError, match="extra.dashboard_url"):
+    with pytest.raises(KernelConnectionConfigError, match=r"extra\.dashboard_url"):
         KernelSettings.from_mapping(password="k", extra={"dashboard_url": url})
 
 
