@@ -53,12 +53,15 @@ def require_id(field: str, value: Any) -> str:
     """
     if is_id(value):
         return value  # type: ignore[no-any-return]
-    raise KernelInputError(
-        field,
-        f"is not a Kernel id: {describe_value(value)}.",
+    fix = (
         f"Pass the id as Kernel returned it: 1-{MAX_ID_LENGTH} letters, digits, '_' or '-' "
-        "(Kernel's ids are 24 lowercase letters and digits).",
+        "(Kernel's ids are 24 lowercase letters and digits)."
     )
+    if value is None:
+        raise KernelInputError(field, "is required.", fix)
+    if not isinstance(value, str):
+        raise KernelInputError(field, f"must be a string, got {type(value).__name__}.", fix)
+    raise KernelInputError(field, f"is not a Kernel id: {describe_value(value)}.", fix)
 
 
 def require_path_name(field: str, value: Any) -> str:
