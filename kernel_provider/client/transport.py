@@ -5,6 +5,9 @@ Each turns one :class:`~kernel_provider.client.operations.ApiCall` into an
 :class:`~kernel_provider.client.operations.ApiResponse`, or into a :class:`KernelTransportError` whose
 ``request_sent`` says whether Kernel may have seen the request (the retry policy and the create rule depend on it).
 Neither retries nor interprets a status: that is the client's job (see :mod:`kernel_provider.client.client`).
+Neither follows a redirect: a 3xx comes back as the answer, and the client turns it into
+:class:`~kernel_provider.client.errors.KernelRedirectError`. Both verify TLS with the one bundle the settings
+resolved (:func:`ssl_context_for`), and both refuse a header that is not printable ASCII before sending.
 
 The async side keeps what one event loop shares in ONE :class:`LoopResources` per loop: the httpx clients
 (connection pools, sharded by invocation id), the SSL contexts, the request slots that bound requests in flight,
