@@ -34,6 +34,8 @@ def api_error(status: int, **headers: str) -> KernelApiError:
         (api_error(404), True, False),
         (api_error(409), True, False),
         (ValueError("not ours"), True, False),
+        (api_error(307), True, False),
+        (api_error(301, **{"x-should-retry": "true"}), True, False),  # a redirect is never retried
     ],
 )
 def test_what_is_retried(exc: BaseException, idempotent: bool, expected: bool) -> None:
