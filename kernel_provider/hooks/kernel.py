@@ -1,8 +1,9 @@
 """``KernelHook``: the Airflow glue around :class:`~kernel_provider.client.client.KernelClient`.
 
-It reads the connection (type ``kernel``; fields in :mod:`kernel_provider.client.settings`), masks the API key,
-warns about plain http, draws the connection form and answers ``airflow connections test``; every call goes to one
-``KernelClient``. Workers call the plain methods, triggers the ``a``-methods and ``stream_events``.
+It reads the connection (type ``kernel``; fields in :mod:`kernel_provider.client.settings`), masks the API key
+(and the URLs that control a browser), warns about plain http the connection opted into, draws the connection form
+and answers ``airflow connections test``; every call goes to one ``KernelClient``. Workers call the plain
+methods, triggers the ``a``-methods and ``stream_events``.
 """
 
 from __future__ import annotations
