@@ -24,6 +24,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -99,7 +100,7 @@ def admin_cookie(token: str) -> str:
     return _b64(_mac("admin-session:" + token.encode("utf-8", "surrogateescape").hex()))
 
 
-def admin_cookie_valid(value: str, tokens: Any) -> bool:
+def admin_cookie_valid(value: str, tokens: Iterable[str]) -> bool:
     """Whether a sign-in cookie was made for one of ``tokens``."""
     found = False
     for token in tokens:
