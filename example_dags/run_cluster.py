@@ -454,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                 _wait_port(args.port, services[0], 120)
                 print(
                     f"Kernel emulator: {emulator.url} (token {emulator.token}, "
-                    f"org concurrency {args.kernel_concurrency})"
+                    f"org concurrency {args.kernel_concurrency}; sign in at {emulator.url}/_emulator/login "
+                    "to open invocation links)"
                 )
                 print(f"PostgreSQL:      127.0.0.1:{postgres.port}   Redis: 127.0.0.1:{redis.port}")
                 print(f"Service logs:    {logs}")

@@ -335,8 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run_step(procs, "db-migrate", [airflow, "db", "migrate"], env, logs)
         _run_step(procs, "pool", [airflow, "pools", "set", *POOL], env, logs)
         print(f"  metadata DB migrated, pool '{POOL[0]}' created")
-        # dashboard_url: the emulator serves each invocation's JSON at /_emulator/invocations/{id}, so the task's
-        # "Kernel invocation" link leads somewhere in the demo too.
+        # dashboard_url: the emulator serves each invocation's JSON at /_emulator/invocations/{id} (to a browser
+        # signed in at /_emulator/login with the token), so the task's "Kernel invocation" link leads somewhere too.
         env["AIRFLOW_CONN_KERNEL_DEFAULT"] = airflow_connection(url, token, dashboard_url=f"{url}/_emulator")
         emulator = procs.started[0]
         for dag_id in dag_ids:

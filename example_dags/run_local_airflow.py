@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             check=True,
             stdout=subprocess.DEVNULL,
         )
-        print(f"Kernel emulator: {url} (token {token})")
+        print(f"Kernel emulator: {url} (token {token}; sign in at {url}/_emulator/login to open invocation links)")
         print(
             f"Airflow UI:      http://{args.host}:{args.port}  (no login needed, so bound to {args.host} only; "
             "Ctrl-C stops everything)"

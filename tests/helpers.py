@@ -17,6 +17,13 @@ FAST_RETRY = RetryPolicy(
 conn_json = airflow_connection
 
 
+def live_page(url: str) -> str:
+    """A live-view URL without the signed ``?jwt=...`` the emulator adds, to compare with ``<emulator>/live/<id>``."""
+    page, _, query = url.partition("?")
+    assert query.startswith("jwt="), f"an unsigned live-view URL: {url}"
+    return page
+
+
 def posts(emulator: Any) -> list[dict[str, Any]]:
     """Every ``POST /invocations`` the emulator recorded (creates and refusals), in order."""
     return emulator.requests(path="/invocations", method="POST")

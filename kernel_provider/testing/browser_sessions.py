@@ -12,6 +12,7 @@ import weakref
 from typing import Any
 
 from kernel_provider.testing.chromium import ChromiumProcess
+from kernel_provider.testing.replays import live_view_url
 from kernel_provider.testing.timeutil import format_ns, new_id, now_ns
 
 DEFAULT_TIMEOUT = 60
@@ -44,7 +45,7 @@ class BrowserSession:
             "created_at": format_ns(self.created_ns),
             "cdp_ws_url": self.process.cdp_ws_url,
             "webdriver_ws_url": f"ws://127.0.0.1:{self.process.port}/session",
-            "browser_live_view_url": f"{self.base_url}/live/{self.session_id}",
+            "browser_live_view_url": live_view_url(self.base_url, self.session_id),
             "base_url": f"{self.base_url}/browsers/{self.session_id}",
             "headless": bool(req.get("headless", False)),
             "stealth": bool(req.get("stealth", False)),

@@ -17,10 +17,13 @@ from pathlib import Path
 
 #: Where Chromium is looked for, first hit wins (``KERNEL_EMULATOR_CHROMIUM`` overrides).
 CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+#: Files a container runtime leaves behind (Docker, Podman/CRI-O).
+CONTAINER_MARKERS = ("/.dockerenv", "/run/.containerenv")
+#: Words in ``/proc/1/cgroup`` that mean process 1 lives in a container's cgroup.
+CONTAINER_CGROUP_WORDS = ("docker", "kubepods", "containerd", "libpod", "lxc", "podman")
 #: Flags for a closed network and a shared machine: no first-run UI, no background fetches, no GPU.
 FLAGS = (
     "--headless=new",
-    "--no-sandbox",
     "--disable-gpu",
     "--disable-dev-shm-usage",
     "--no-first-run",
@@ -33,6 +36,34 @@ FLAGS = (
     "--remote-debugging-port=0",
 )
 START_TIMEOUT = 30.0
+
+
+def in_container(root: str = "/") -> bool:
+    """Whether this process runs inside a container: a runtime's marker file, a container cgroup of process 1,
+    or the ``container`` environment variable systemd-nspawn and Podman set."""
+    if os.environ.get("container"):  # noqa: SIM112  # lower-case by the container runtimes' convention
+        return True
+    base = Path(root)
+    if any((base / marker.lstrip("/")).exists() for marker in CONTAINER_MARKERS):
+        return True
+    try:
+        cgroup = (base / "proc/1/cgroup").read_text()
+    except OSError:
+        return False
+    return any(word in cgroup for word in CONTAINER_CGROUP_WORDS)
+
+
+def needs_no_sandbox(*, euid: int, container: bool) -> bool:
+    """Whether Chromium must run with ``--no-sandbox``: only as root (its sandbox refuses to start as root) or in a
+    container (which usually lacks the user namespaces the sandbox needs). Elsewhere the sandbox stays on, since
+    the emulator's browsers open pages the user's actions choose."""
+    return euid == 0 or container
+
+
+def sandbox_flags() -> tuple[str, ...]:
+    """``("--no-sandbox",)`` where :func:`needs_no_sandbox` says so for this process, else nothing."""
+    euid = os.geteuid() if hasattr(os, "geteuid") else 1
+    return ("--no-sandbox",) if needs_no_sandbox(euid=euid, container=in_container()) else ()
 
 
 def find_chromium() -> str | None:
@@ -86,7 +117,7 @@ class ChromiumProcess:
                 "install it with: apt-get install -y chromium"
             )
         self.user_data_dir = tempfile.mkdtemp(prefix="kernel-emulator-browser-")
-        args = [exe, *FLAGS, f"--user-data-dir={self.user_data_dir}"]
+        args = [exe, *FLAGS, *sandbox_flags(), f"--user-data-dir={self.user_data_dir}"]
         if self.viewport:
             args.append(f"--window-size={self.viewport[0]},{self.viewport[1]}")
         args.append(self.start_url)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from kernel_provider.testing.access import TOKEN_ENV
 from kernel_provider.testing.config import EmulatorConfig, build_config_parser
 
 #: The modules of the ``[emulator]`` extra the server needs.
@@ -29,7 +30,9 @@ MISSING_EXTRA_MESSAGE = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kernel-emulator",
-        description="Local emulator of the Kernel (onkernel.com) invocation API, with fault injection.",
+        description="Local emulator of the Kernel (onkernel.com) invocation API, with fault injection. Every route "
+        f"needs the token (--token, or {TOKEN_ENV}); requests must name it by a loopback Host (or the bound "
+        "host, or an --allow-host).",
     )
     build_config_parser(parser)
     parser.add_argument("--url-file", metavar="PATH", help="write the base URL to this file once listening")
@@ -55,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(MISSING_EXTRA_MESSAGE.format(missing=", ".join(missing)), file=sys.stderr, flush=True)
         return 2
+    if "tokens" not in vars(args) and os.environ.get(TOKEN_ENV):
+        args.tokens = [os.environ[TOKEN_ENV]]
     from kernel_provider.testing.server import KernelEmulator
 
     stop = threading.Event()

@@ -19,12 +19,19 @@ from kernel_provider.testing.store import count_created
 
 
 class EmulatorClient:
-    """Talks to ``<url>/_emulator/*`` (no auth needed there)."""
+    """Talks to ``<url>/_emulator/*`` with the emulator's API token (those routes need it, as Kernel's API does).
+
+    :param url: the emulator's base URL.
+    :param token: one of the tokens it accepts (its ``--token``).
+    :param timeout: seconds per request.
+    """
 
     def __init__(self, url: str, token: str = DEFAULT_TOKEN, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
         self.token = token
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}, follow_redirects=False
+        )
 
     def close(self) -> None:
         self._http.close()

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernel_provider.testing.access import TOKEN_ENV, bind_refusal, split_authority
+
 DEFAULT_TOKEN = "test-token"
 DEMO_APP_NAME = "demo"
 
@@ -56,11 +58,28 @@ def _opt(
 class EmulatorConfig:
     """Every knob of the emulator (see each field's help, also shown by ``kernel-emulator --help``)."""
 
-    host: str = field(default="127.0.0.1", metadata=_opt("address to bind"))
+    host: str = field(
+        default="127.0.0.1",
+        metadata=_opt("address to bind; beyond loopback it needs a --token of your own"),
+    )
     port: int = field(default=0, metadata=_opt("port to bind; 0 picks a free one", minimum=0))
     tokens: Sequence[str] = field(
         default=(DEFAULT_TOKEN,),
-        metadata=_opt("accepted API token (repeatable)", flag="--token", metavar="TOKEN", private=True),
+        metadata=_opt(
+            f"accepted API token, needed on every route (repeatable; or the {TOKEN_ENV} environment variable)",
+            flag="--token",
+            metavar="TOKEN",
+            private=True,
+        ),
+    )
+    allow_hosts: Sequence[str] = field(
+        default=(),
+        metadata=_opt(
+            "another Host (host or host:port) requests may name, e.g. behind a proxy or port mapping; repeatable "
+            "(loopback names with the bound port, and the bound host, are always accepted)",
+            flag="--allow-host",
+            metavar="HOST[:PORT]",
+        ),
     )
     apps: Sequence[str] = field(
         default=(),
@@ -164,8 +183,13 @@ class EmulatorConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings Kernel clients could not cope with."""
-        if not self.tokens:
-            raise ValueError("at least one token is required")
+        if not self.tokens or not all(self.tokens):
+            raise ValueError("at least one token is required, and a token cannot be empty")
+        refusal = bind_refusal(self.host, self.tokens, DEFAULT_TOKEN)
+        if refusal is not None:
+            raise ValueError(refusal)
+        for entry in self.allow_hosts:
+            split_authority(entry)  # ValueError naming the entry
         if not 0 < self.heartbeat < 60:
             raise ValueError("heartbeat must be > 0 and < 60 seconds (SDK read timeouts are 60 s)")
         if self.sync_timeout <= 0:

@@ -8,7 +8,8 @@
 * Kernel's replay API (``/browsers/{id}/replays``...), per the spec: start (201, 409 while recording), list,
   download (202 + ``Retry-After`` while recording), stop.
 
-The ``/live/`` pages need no API key (the middleware lets them through): a person's browser opens them.
+The ``/live/`` pages need no API key: a person's browser opens them with the signed token their URL carries
+(checked by the middleware, see :mod:`~.signing`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The ASGI middleware in front of every non-admin request: authentication, the request log and HTTP faults.
+"""The ASGI middleware in front of every request: who may ask (:mod:`~.access`), then, for Kernel's API routes,
+the token check, the request log and HTTP faults.
 
 It sits outside Starlette so that it can abort the TCP connection (``drop`` faults) through uvicorn's transport.
 Stream faults are not applied here: they are handed to the event stream (:mod:`~.routes`) in the ASGI scope.
@@ -9,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kernel_provider.testing.access import SAFE_METHODS, HostRules, token_valid
+from kernel_provider.testing.admin import LOGIN_PATH, login_page
 from kernel_provider.testing.faults import Fault, HttpFault
 from kernel_provider.testing.replays import LIVE_PREFIX
 from kernel_provider.testing.responses import ADMIN_PREFIX, error_response, json_response, route_template
+from kernel_provider.testing.signing import ADMIN_COOKIE, LIVE_ACCESS_SCOPE_KEY, QUERY_PARAM, admin_cookie_valid, verify
 from kernel_provider.testing.store import Store
 from kernel_provider.testing.timeutil import format_ns, now_ns
 
@@ -23,6 +28,12 @@ from kernel_provider.testing.timeutil import format_ns, now_ns
 FAULT_SCOPE_KEY = "kernel_emulator.fault"
 #: The ASGI scope key under which it hands a ``browser_launch`` fault to the browser routes (:mod:`~.browsers`).
 BROWSER_FAULT_SCOPE_KEY = "kernel_emulator.browser_fault"
+#: What a state-changing ``/_emulator/`` request must send (a cross-site form can only send three other types).
+ADMIN_MEDIA_TYPE = "application/json"
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+#: Live-view URLs minted by ``POST /browsers/{id}/live_view`` (:mod:`~.live`): ``/live/t/{token}``, where the
+#: unguessable token in the path is the credential, checked (unknown, expired) by their page itself.
+MINTED_LIVE_PREFIX = f"{LIVE_PREFIX}t/"
 
 
 def _abort_connection(send: Send) -> bool:
@@ -37,35 +48,112 @@ def _abort_connection(send: Send) -> bool:
     return True
 
 
+def _headers(scope: Scope) -> dict[bytes, str]:
+    """The request's headers by lower-case name (the first of repeated ones)."""
+    found: dict[bytes, str] = {}
+    for key, value in scope["headers"]:
+        found.setdefault(key, value.decode("latin-1"))
+    return found
+
+
+def _cookie(header: str | None, name: str) -> str | None:
+    for part in (header or "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
+
+
 class EmulatorMiddleware:
-    """Authentication, request recording and fault injection for every non-admin request."""
+    """The access rules for every request; authentication, request recording and faults for Kernel's API."""
 
     def __init__(self, app: ASGIApp, store: Store) -> None:
         self.app = app
         self.store = store
+        self._rules: HostRules | None = None
+
+    def _host_rules(self, scope: Scope) -> HostRules:
+        server = scope.get("server") or (None, 80)
+        port = int(server[1] or 80)  # the port the request came in on: the bound one
+        if self._rules is None or self._rules.port != port:
+            self._rules = HostRules(self.store.config.host, port, self.store.config.allow_hosts)
+        return self._rules
+
+    def _refusal(self, scope: Scope, headers: dict[bytes, str]) -> Response | None:
+        """The answer to a request that may not go further, or None. Kernel API requests without a valid token
+        are answered later (:meth:`__call__`), so that the request log shows them."""
+        rules = self._host_rules(scope)
+        host = headers.get(b"host")
+        if host is None or not rules.host_allowed(host):
+            return error_response(
+                421,
+                "misdirected_request",
+                f"this emulator does not answer for Host {(host or '')[:100]!r}: use 127.0.0.1, localhost or [::1] "
+                "with its port, or start it with --allow-host",
+            )
+        method: str = scope["method"]
+        origin = headers.get(b"origin")
+        if method not in SAFE_METHODS and origin is not None and not rules.origin_allowed(origin):
+            return error_response(403, "forbidden_origin", f"cross-site {method} refused (Origin {origin[:100]!r})")
+        path: str = scope["path"]
+        if path.startswith(ADMIN_PREFIX):
+            return self._admin_refusal(scope, headers)
+        if path.startswith(LIVE_PREFIX):
+            return self._live_refusal(scope, headers)
+        return None
+
+    def _admin_refusal(self, scope: Scope, headers: dict[bytes, str]) -> Response | None:
+        method, path, tokens = scope["method"], scope["path"], self.store.config.tokens
+        media_type = headers.get(b"content-type", "").partition(";")[0].strip().lower()
+        if path == LOGIN_PATH:  # the sign-in page itself is open; it only checks the token it is given
+            if method == "POST" and media_type != FORM_MEDIA_TYPE:
+                return error_response(415, "unsupported_media_type", f"sign in with a {FORM_MEDIA_TYPE} form")
+            return None
+        authorised = token_valid(headers.get(b"authorization"), tokens)
+        if not authorised and method in SAFE_METHODS:
+            # a browser that signed in at /_emulator/login may read (never change) the emulator's state
+            cookie = _cookie(headers.get(b"cookie"), ADMIN_COOKIE)
+            authorised = cookie is not None and admin_cookie_valid(cookie, tokens)
+        if not authorised:
+            if method == "GET" and "text/html" in headers.get(b"accept", ""):
+                return login_page(path, 401)
+            return error_response(401, "unauthorized", "missing or invalid authorization token")
+        if method not in SAFE_METHODS and media_type != ADMIN_MEDIA_TYPE:
+            return error_response(415, "unsupported_media_type", f"send {ADMIN_MEDIA_TYPE} (Content-Type)")
+        return None
+
+    def _live_refusal(self, scope: Scope, headers: dict[bytes, str]) -> Response | None:
+        if scope["path"].startswith(MINTED_LIVE_PREFIX):
+            return None
+        session_id = scope["path"][len(LIVE_PREFIX) :].split("/", 1)[0]
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        claims = next((c for t in query.get(QUERY_PARAM, []) if (c := verify(t, session_id)) is not None), None)
+        if claims is None and token_valid(headers.get(b"authorization"), self.store.config.tokens):
+            claims = {"sub": session_id, "access": "control"}
+        if claims is None:
+            return error_response(401, "unauthorized", "this live-view link is not valid here, or it has expired")
+        scope[LIVE_ACCESS_SCOPE_KEY] = claims
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Live-view and replay pages are opened by a person's browser, without the API key (as Kernel's are).
-        if scope["type"] != "http" or scope["path"].startswith((ADMIN_PREFIX, LIVE_PREFIX)):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        if scope["path"].startswith((ADMIN_PREFIX, LIVE_PREFIX)):
             await self.app(scope, receive, send)
             return
         store = self.store
         method: str = scope["method"]
         path: str = scope["path"]
         template = route_template(path)
-        auth = project = user_agent = None
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                auth = value.decode("latin-1")
-            elif key == b"user-agent":
-                user_agent = value.decode("latin-1")
-            elif key in (b"x-kernel-project-id", b"x-kernel-project") and project is None:
-                project = value.decode("latin-1")
-        if auth is None:
-            auth_state = "missing"
-        else:
-            scheme, _, token = auth.partition(" ")
-            auth_state = "valid" if scheme.lower() == "bearer" and token.strip() in store.config.tokens else "invalid"
+        auth, user_agent = headers.get(b"authorization"), headers.get(b"user-agent")
+        project = headers.get(b"x-kernel-project-id", headers.get(b"x-kernel-project"))
+        auth_state = "valid" if token_valid(auth, store.config.tokens) else "missing" if auth is None else "invalid"
         started = time.perf_counter()
         entry: dict[str, Any] = {
             "time": format_ns(now_ns()),

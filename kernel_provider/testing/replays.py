@@ -11,15 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kernel_provider.testing.signing import signed_url
 from kernel_provider.testing.timeutil import format_ns, new_id, now_ns
 
-#: Where the emulator serves live views and replay pages (no API key needed: a person's browser opens them).
+#: Where the emulator serves live views and replay pages (opened with the signed token their URL carries).
 LIVE_PREFIX = "/live/"
 
 
-def live_view_url(base_url: str, session_id: str) -> str:
-    """The emulator's live-view page of a browser session."""
-    return f"{base_url.rstrip('/')}{LIVE_PREFIX}{session_id}"
+def live_view_url(base_url: str, session_id: str, suffix: str = "") -> str:
+    """The emulator's live-view page of a browser session (or a page under it), signed for that session."""
+    return signed_url(base_url, session_id, suffix)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Recordings:
             return None
         replay_id = new_id()
         recording = Recording(
-            session_id, replay_id, now_ns(), f"{live_view_url(base_url, session_id)}/replays/{replay_id}"
+            session_id, replay_id, now_ns(), live_view_url(base_url, session_id, f"/replays/{replay_id}")
         )
         self.by_session.setdefault(session_id, []).append(recording)
         return recording

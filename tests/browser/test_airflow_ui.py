@@ -295,7 +295,13 @@ def test_example_dag_extra_link_and_streamed_log(airflow_ui: Any, page: Any, scr
         link.click()
     tab = opened.value
     tab.wait_for_load_state()
+    # The emulator's pages need its token: a browser signs in once (a cookie that may only read), then lands on
+    # the page it asked for.
     assert tab.url == expected_url
+    tab.locator("input[name='token']").fill(af.emulator.token)
+    tab.get_by_role("button", name="Sign in").click()
+    tab.wait_for_url(expected_url)
+    tab.wait_for_load_state()
     invocation = json.loads(tab.locator("body").inner_text())
     assert invocation["id"] == invocation_id
     assert (invocation["app_name"], invocation["action_name"], invocation["status"]) == (

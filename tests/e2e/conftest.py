@@ -200,10 +200,13 @@ class HoldingProxy:
     Bytes from the client are forwarded at once, so the emulator really creates the invocation; after
     :meth:`hold_creates` the answers to the next ``count`` creates are kept from the client until it goes away
     (then they are dropped) or ``max_hold`` seconds pass. Everything else passes straight through.
+
+    It listens before the emulator starts (``upstream`` is set once the emulator's port is known), because the
+    emulator must be told to accept requests that name the proxy in their Host header (``allow_hosts``).
     """
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self.upstream = (upstream_host, upstream_port)
+    def __init__(self) -> None:
+        self.upstream: tuple[str, int] = ("127.0.0.1", 0)
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -342,9 +345,15 @@ class AirflowE2E:
         from kernel_provider.testing.server import spawn_emulator
 
         apps: list[Path] = [GATE_APP] + ([DEMO_APP] if DEMO_APP.exists() else [])
-        self.emulator = spawn_emulator(apps=apps, env={"KERNEL_E2E_GATE_DIR": str(self.gates)}, timeout=60)
+        self.proxy = HoldingProxy()
+        self.emulator = spawn_emulator(
+            apps=apps,
+            env={"KERNEL_E2E_GATE_DIR": str(self.gates)},
+            timeout=60,
+            allow_hosts=[f"127.0.0.1:{self.proxy.port}"],  # kernel_slow's requests name the proxy
+        )
         where = urlsplit(self.emulator.url)
-        self.proxy = HoldingProxy(where.hostname or "127.0.0.1", int(where.port or 80))
+        self.proxy.upstream = (where.hostname or "127.0.0.1", int(where.port or 80))
 
     def _kernel_connections(self) -> dict[str, str]:
         from kernel_provider.testing import airflow_connection

@@ -17,6 +17,7 @@ import pytest
 from kernel_provider.client.errors import KernelAmbiguousBrowserCreateError, KernelInputError
 from kernel_provider.hooks.kernel_browser import KernelBrowserHook
 from kernel_provider.testing import KernelEmulator
+from tests.helpers import live_page
 from tests.kernel_browsers import live_browsers, needs_chromium
 
 pytestmark = needs_chromium
@@ -45,7 +46,7 @@ def test_the_block_gets_a_connected_browser_and_deletes_it(hook: KernelBrowserHo
     with hook.browser(headless=True, timeout_seconds=60, viewport=(1280, 800)) as browser:
         assert cdp_answers(browser)
         assert browser.timeout_seconds == 60 and browser.headless
-        assert browser.browser_live_view_url.endswith(f"/live/{browser.session_id}")
+        assert live_page(browser.browser_live_view_url).endswith(f"/live/{browser.session_id}")
         assert live_browsers(kernel_conn_env) == 1
         assert hook.open_session_ids == [browser.session_id]
     assert live_browsers(kernel_conn_env) == 0

@@ -53,7 +53,7 @@ def test_cli_module_start_and_signal(tmp_path: Path, signum: int) -> None:
         auth = {"Authorization": "Bearer cli-token"}
         assert httpx.get(f"{url}/apps", headers=auth).status_code == 503
         assert httpx.get(f"{url}/apps", headers=auth).status_code == 200
-        with EmulatorClient(url) as admin:
+        with EmulatorClient(url, "cli-token") as admin:
             assert admin.stats()["created"] == 0
             assert [r["status"] for r in admin.requests(path="/apps")] == [503, 200]
     finally:
@@ -69,7 +69,9 @@ def test_console_script_exists_and_rejects_bad_heartbeat() -> None:
     assert result.returncode == 2 and "heartbeat" in result.stderr
     proc, url = _start([script, "--port", "0"])
     try:
-        assert httpx.get(f"{url}/_emulator/health").json()["status"] == "ok"
+        assert httpx.get(f"{url}/_emulator/health").status_code == 401
+        with EmulatorClient(url) as admin:  # the default token, on loopback
+            assert admin.health()["status"] == "ok"
     finally:
         proc.terminate()
         assert proc.wait(15) == 0

@@ -181,7 +181,11 @@ def test_admin_fault_route_and_validation(kernel_emulator: KernelEmulator) -> No
         assert http.get("/apps").status_code == 500
         assert http.get("/apps").status_code == 200
     assert admin.faults()["rules"][0]["fired"] == 1
-    bad = httpx.post(f"{kernel_emulator.url}/_emulator/faults", json={"rules": [{"route": "*", "fault": {"x": 1}}]})
+    bad = httpx.post(
+        f"{kernel_emulator.url}/_emulator/faults",
+        json={"rules": [{"route": "*", "fault": {"x": 1}}]},
+        headers={"Authorization": f"Bearer {kernel_emulator.token}"},
+    )
     assert bad.status_code == 400
     with pytest.raises(ValueError):
         FaultPlan.from_json({"rules": [{"route": "*", "fault": {"drop": "sideways"}}]})

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from kernel_provider.testing import KernelEmulator
+from tests.helpers import live_page
 
 
 def browse(http: httpx.Client, emulator: KernelEmulator, **payload: Any) -> dict[str, Any]:
@@ -42,7 +43,8 @@ def test_live_view_url_opens_the_runs_page_without_a_key(http, kernel_emulator):
     inv = browse(http, kernel_emulator, count=1, seconds=30)
     (browser,) = browsers_of(http, inv["id"])
     url = browser["browser_live_view_url"]
-    assert url == f"{kernel_emulator.url}/live/{browser['session_id']}"
+    assert live_page(url) == f"{kernel_emulator.url}/live/{browser['session_id']}"
+    assert httpx.get(live_page(url)).status_code == 401  # the signed token in its query is what opens it
 
     page = httpx.get(url)  # no Authorization header: a person's browser opens it
     assert page.status_code == 200
@@ -61,7 +63,7 @@ def test_live_view_url_opens_the_runs_page_without_a_key(http, kernel_emulator):
 
 
 def test_unknown_browser_page(http, kernel_emulator):
-    assert httpx.get(f"{kernel_emulator.url}/live/nosuchbrowser").status_code == 404
+    assert http.get("/live/nosuchbrowser").status_code == 404
 
 
 def test_replay_started_by_the_action_is_listed_with_its_view_url(http, kernel_emulator):
@@ -71,7 +73,8 @@ def test_replay_started_by_the_action_is_listed_with_its_view_url(http, kernel_e
     (replay,) = http.get(f"/browsers/{session}/replays").json()
     assert set(replay) == {"replay_id", "started_at", "finished_at", "replay_view_url"}
     assert replay["finished_at"] is None
-    assert replay["replay_view_url"] == f"{kernel_emulator.url}/live/{session}/replays/{replay['replay_id']}"
+    expected_page = f"{kernel_emulator.url}/live/{session}/replays/{replay['replay_id']}"
+    assert live_page(replay["replay_view_url"]) == expected_page
     missing = http.get(f"/browsers/{session}/replays/nosuchreplay")
     assert missing.status_code == 404 and "nosuchreplay" in missing.json()["message"]
     still = http.get(f"/browsers/{session}/replays/{replay['replay_id']}")
