@@ -10,8 +10,10 @@
         return {"url": url, "date": day}
 
 
-    prices = scrape("https://example.com", "{{ ds }}")  # prices: the action's output (XCom return_value)
-    pages = scrape.expand(url=["https://a.example", "https://b.example"], day=["{{ ds }}"])
+    # The logical date, or the date an Airflow 3 run without one was queued for ({{ ds }} is undefined there).
+    RUN_DATE = "{{ (logical_date if logical_date is defined else dag_run.run_after) | ds }}"
+    prices = scrape("https://example.com", RUN_DATE)  # prices: the action's output (XCom return_value)
+    pages = scrape.expand(url=["https://a.example", "https://b.example"], day=[RUN_DATE])
 
 The function runs on the worker when the task starts (its arguments may be XComArgs and Jinja templates, rendered
 first, as for any ``@task``); what it returns is the payload, sent as it is (never rendered as a template: it is
