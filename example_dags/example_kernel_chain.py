@@ -18,6 +18,10 @@ try:  # Airflow 3
 except ImportError:  # Airflow 2.x
     from airflow import DAG
 
+# The run's logical date (YYYY-MM-DD), or, for an Airflow 3 run that has none (triggered from the UI, CLI or REST
+# API without one), the date it was queued for. A bare {{ ds }} fails such runs: 'ds' is undefined.
+RUN_DATE = "{{ (logical_date if logical_date is defined else dag_run.run_after) | ds }}"
+
 with DAG(
     dag_id="example_kernel_chain",
     schedule=None,
@@ -30,7 +34,7 @@ with DAG(
         task_id="scrape_prices",
         app_name="demo-shop",
         action_name="scrape_prices",
-        payload={"date": "{{ ds }}", "store": "south"},
+        payload={"date": RUN_DATE, "store": "south"},
     )
 
     # Passing scrape.output also sets the dependency scrape >> summarize.

@@ -17,6 +17,10 @@ try:  # Airflow 3
 except ImportError:  # Airflow 2.x
     from airflow import DAG
 
+# The run's logical date (YYYY-MM-DD), or, for an Airflow 3 run that has none (triggered from the UI, CLI or REST
+# API without one), the date it was queued for. A bare {{ ds }} fails such runs: 'ds' is undefined.
+RUN_DATE = "{{ (logical_date if logical_date is defined else dag_run.run_after) | ds }}"
+
 with DAG(
     dag_id="example_kernel_scheduled",
     schedule="@daily",
@@ -29,8 +33,8 @@ with DAG(
         task_id="scrape_prices",
         app_name="demo-shop",
         action_name="scrape_prices",
-        # payload is templated, nested values included: {{ ds }} is the run's logical date (YYYY-MM-DD).
-        payload={"date": "{{ ds }}", "store": "north"},
+        # payload is templated, nested values included (RUN_DATE above).
+        payload={"date": RUN_DATE, "store": "north"},
         deferrable=True,
         # Fail (and cancel the invocation) if it has not finished after 10 minutes.
         timeout=timedelta(minutes=10),

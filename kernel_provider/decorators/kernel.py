@@ -10,11 +10,14 @@
         return {"url": url, "date": day}
 
 
-    prices = scrape("https://example.com", "{{ ds }}")  # prices: the action's output (XCom return_value)
-    pages = scrape.expand(url=["https://a.example", "https://b.example"], day=["{{ ds }}"])
+    # The logical date, or the date an Airflow 3 run without one was queued for ({{ ds }} is undefined there).
+    RUN_DATE = "{{ (logical_date if logical_date is defined else dag_run.run_after) | ds }}"
+    prices = scrape("https://example.com", RUN_DATE)  # prices: the action's output (XCom return_value)
+    pages = scrape.expand(url=["https://a.example", "https://b.example"], day=[RUN_DATE])
 
 The function runs on the worker when the task starts (its arguments may be XComArgs and Jinja templates, rendered
-first, as for any ``@task``); what it returns is the payload, itself rendered as a template, then everything
+first, as for any ``@task``); what it returns is the payload, sent as it is (never rendered as a template: it is
+user data, and text such as ``{{ conn.kernel_default.password }}`` in it reaches Kernel unchanged), then everything
 :class:`~kernel_provider.operators.kernel.KernelInvokeOperator` does follows (run record, create, deferral, log
 streaming, cancel on kill). Every operator parameter is a keyword of the decorator. The task's return value is the
 action's output.
@@ -86,11 +89,14 @@ class _KernelDecoratedOperator(XComPushForDecorators, DecoratedOperator, KernelI
         return super().execute_after_rate_limit(context, event)
 
     def _set_payload(self, context: Any) -> None:
-        """Run the function with its (rendered) arguments and keep its rendered, checked return value."""
+        """Run the function with its (rendered) arguments and keep its checked return value.
+
+        The return value is not rendered: it is data (often from upstream XComs or scraped pages), and rendering
+        it would evaluate whatever Jinja it carries, connection secrets included, as ``@task`` never does.
+        """
         context_merge(context, self.op_kwargs)
         kwargs = determine_kwargs(self.python_callable, self.op_args, context)
         payload = self.python_callable(*self.op_args, **kwargs)
-        payload = self.render_template(payload, context)
         name = getattr(self.python_callable, "__name__", "the function")
         # Checked here so that a bad return value fails naming the function, before any request.
         encode_payload(payload, field=f"the return value of @task.kernel function {name}()")

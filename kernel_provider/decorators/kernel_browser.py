@@ -11,7 +11,8 @@
 
     title("https://example.com")
 
-Before the function runs, a browser is created (``POST /browsers``, or acquired with ``pool=``) with the
+Before the function runs, a browser is created (``POST /browsers``, or acquired from a Kernel browser pool with
+``browser_pool=``; ``pool=`` is Airflow's pool, as for every task) with the
 decorator's browser options (those of :meth:`~kernel_provider.hooks.kernel_browser.KernelBrowserHook.browser`,
 checked before any request; ``start_url`` is templated). The function receives, by parameter name (declare the
 ones you need; no default is needed):
@@ -60,6 +61,11 @@ from kernel_provider.hooks.kernel_browser import KernelBrowserHook
 
 #: Parameter names the decorator fills in (see the module docstring).
 INJECTED = ("page", "browser", "kernel_browser", "cdp_url")
+#: The decorator's browser keywords and the browser option each one sets. Kernel's browser pool is
+#: ``browser_pool``: ``pool`` (like ``queue``, ``retries``...) stays ``BaseOperator``'s, the Airflow pool.
+BROWSER_KEYWORDS = {**{name: name for name in OPTIONS if name != "pool"}, "browser_pool": "pool"}
+#: Options that only mean something with ``browser_pool``.
+POOL_ONLY = ("acquire_timeout_seconds", "reuse")
 XCOM_LIVE_VIEW_URL = "kernel_browser_live_view_url"
 XCOM_SESSION_ID = "kernel_browser_session_id"
 #: Seconds ``on_kill`` may spend deleting: the worker is stopping the task and will not wait long.
@@ -277,10 +283,17 @@ def kernel_browser_task(python_callable: Callable[..., Any] | None = None, **kwa
 
     :param python_callable: the function (``@task.kernel_browser`` without parentheses uses Kernel's defaults).
     :param kwargs: browser options (``headless``, ``stealth``, ``timeout_seconds``, ``profile``,
-        ``save_profile_changes``, ``proxy_id``, ``viewport``, ``start_url``, ``kiosk_mode``, or ``pool`` with
-        ``acquire_timeout_seconds`` and ``reuse``), ``kernel_conn_id``, and ``BaseOperator``'s parameters.
+        ``save_profile_changes``, ``proxy_id``, ``viewport``, ``start_url``, ``kiosk_mode``, or ``browser_pool``,
+        the Kernel browser pool to acquire from, with ``acquire_timeout_seconds`` and ``reuse``),
+        ``kernel_conn_id``, and ``BaseOperator``'s parameters: ``pool`` is the Airflow pool the task runs in.
     """
-    browser_options = {name: kwargs.pop(name) for name in OPTIONS if name in kwargs}
+    browser_options = {option: kwargs.pop(name) for name, option in BROWSER_KEYWORDS.items() if name in kwargs}
+    orphans = [name for name in POOL_ONLY if name in browser_options and browser_options.get("pool") is None]
+    if orphans:
+        raise TypeError(
+            f"@task.kernel_browser: {orphans[0]} applies only to a Kernel browser pool: pass "
+            "browser_pool=<Kernel browser pool name or id> (pool= is the Airflow pool the task runs in), or drop it."
+        )
     kwargs.setdefault("multiple_outputs", False)
 
     def wrap(function: Callable[..., Any]) -> Any:

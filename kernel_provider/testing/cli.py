@@ -25,6 +25,11 @@ MISSING_EXTRA_MESSAGE = (
     "kernel-emulator: error: the emulator needs the optional dependencies starlette, uvicorn and sse-starlette "
     "(missing: {missing}).\n  install airflow-provider-kernel[emulator]"
 )
+#: What ``--app`` says when the app file imports a module this environment lacks.
+APP_IMPORT_MESSAGE = (
+    "kernel-emulator: error: an --app file could not be imported: {error}.\n  install {name!r} in this "
+    "environment (Kernel's SDK, 'kernel', comes with airflow-provider-kernel[emulator])"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         emulator.start()
     except (ValueError, OSError) as exc:
         print(f"kernel-emulator: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except ImportError as exc:  # an --app file imports what this environment lacks: say what, not a traceback
+        print(APP_IMPORT_MESSAGE.format(error=exc, name=exc.name), file=sys.stderr, flush=True)
         return 2
     if args.url_file:
         tmp = f"{args.url_file}.tmp{os.getpid()}"

@@ -69,8 +69,8 @@ def test_templated_arguments_and_xcom_args(kernel_conn_env):
 
         @task.kernel(app_name="{{ 'de' + 'mo' }}", action_name="echo", poll_interval=0.1)
         def scrape(source: str, day: str) -> dict:
-            # The returned payload is rendered too: "{{ ds }}" in it becomes the date.
-            return {"source": source, "day": day, "also": "{{ ds }}"}
+            # Arguments are rendered; the returned payload is data, sent as it is.
+            return {"source": source, "day": day, "literal": "{{ ds }}"}
 
         scrape(upstream(), "{{ ds }}")
     dr = run_dag(dag)
@@ -78,7 +78,7 @@ def test_templated_arguments_and_xcom_args(kernel_conn_env):
     day = dr.logical_date.strftime("%Y-%m-%d") if dr.logical_date else None
     result = xcom(dr, "scrape")
     assert result["source"] == "from-upstream"
-    assert result["day"] == result["also"]
+    assert result["literal"] == "{{ ds }}"
     if day is not None:
         assert result["day"] == day
     assert "{{" not in result["day"]

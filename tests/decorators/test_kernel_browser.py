@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import httpx
 import pytest
 
 from kernel_provider.decorators import kernel_browser as decorator_module
@@ -16,7 +17,7 @@ from kernel_provider.decorators.kernel_browser import (
     KernelBrowserLiveViewLink,
     kernel_browser_task,
 )
-from tests.airflow_helpers import all_logs, make_dag, run_dag, states, task, xcom
+from tests.airflow_helpers import all_logs, make_dag, run_dag, states, task, ti_map, xcom
 from tests.helpers import live_page
 from tests.kernel_browsers import SITE_PRODUCTS, live_browsers, needs_chromium, site_url
 
@@ -112,6 +113,36 @@ def test_bad_options_fail_the_task_before_any_request(kernel_conn_env: Any) -> N
     run = run_dag(dag)
     assert states(run) == {"never": "failed"}
     assert kernel_conn_env.requests() == []
+
+
+def test_pool_is_the_airflow_pool_and_browser_pool_the_kernel_pool(kernel_conn_env: Any) -> None:
+    from airflow.models.pool import Pool
+
+    Pool.create_or_update_pool(name="kernel", slots=4, description="Kernel tasks", include_deferred=False)
+    with httpx.Client(base_url=kernel_conn_env.url, headers={"Authorization": f"Bearer {kernel_conn_env.token}"}) as h:
+        assert h.post("/browser_pools", json={"name": "scrapers", "size": 1}).status_code == 200
+    with make_dag("kb_pools") as dag:
+
+        @task.kernel_browser(pool="kernel", browser_pool="scrapers", acquire_timeout_seconds=10)
+        def pooled(kernel_browser: Any) -> str | None:
+            return kernel_browser.pool_name  # type: ignore[no-any-return]
+
+        pooled()
+
+    run = run_dag(dag)
+    assert states(run) == {"pooled": "success"}
+    assert {ti.pool for ti in ti_map(run).values()} == {"kernel"}  # ran in the Airflow pool
+    assert xcom(run, "pooled") == "scrapers"  # the browser came from the Kernel pool
+    assert [r["path"] for r in kernel_conn_env.requests(method="POST") if "/acquire" in r["path"]] == [
+        "/browser_pools/scrapers/acquire"
+    ]
+    assert kernel_conn_env.stats()["browser_sessions"]["ended"] == {"released": 1}
+
+
+@pytest.mark.parametrize("option", ["acquire_timeout_seconds", "reuse"])
+def test_pool_options_without_browser_pool_are_refused_at_parse_time(option: str) -> None:
+    with pytest.raises(TypeError, match=f"{option} applies only to a Kernel browser pool: pass browser_pool="):
+        kernel_browser_task(lambda page: None, task_id="orphan", pool="kernel", **{option: 10})
 
 
 def test_the_live_view_link_is_registered_and_named() -> None:
