@@ -33,6 +33,20 @@ KNOWN_ERROR_LINES: tuple[tuple[str, str], ...] = (
     ),
 )
 
+
+#: What Airflow logs when a task fails on purpose (the test's point): ``expect_error_lines(task_failed("Type"))``.
+def task_failed(exc_type: str = r"\w+") -> str:
+    """The ERROR line of a task that failed with ``exc_type`` (Airflow 3's JSON line; 2.x logs the type on later
+    lines, so there only the first line is matched)."""
+    return rf"Task failed with exception(: {exc_type}\b|\s*$|\s\[)"
+
+
+#: What the scheduler logs when a test SIGKILLs a worker (its task has no heartbeat, then the executor reports it).
+WORKER_KILLED = (
+    r"Detected a task instance without a heartbeat",
+    r"finished with state failed, but the task instance's state attribute is running",
+)
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _ERROR_FORMATS = (
     re.compile(r"^\S+\s+\[\s*(?:error|critical|fatal|exception)\s*\]", re.I),  # structlog console
@@ -59,7 +73,11 @@ def error_line(line: str) -> str | None:
             level = str(record.get("level") or record.get("levelname") or "").lower()
             if level not in _JSON_ERROR_LEVELS:
                 return None
-            return f"{level} {record.get('event') or record.get('message') or ''} [{record.get('logger', '')}]"
+            text = f"{level} {record.get('event') or record.get('message') or ''}"
+            details = record.get("error_detail")
+            if isinstance(details, list) and details and isinstance(details[-1], dict):
+                text += f": {details[-1].get('exc_type')}: {details[-1].get('exc_value')}"
+            return f"{text} [{record.get('logger', '')}]"
     return text if any(pattern.search(text) for pattern in _ERROR_FORMATS) else None
 
 

@@ -4,11 +4,12 @@ writes, and that each line is read once."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.error_audit import ErrorAudit, error_line
+from tests.e2e.error_audit import ErrorAudit, error_line, task_failed
 
 ERRORS = [
     "[2026-01-01T00:00:00.000+0000] {taskinstance.py:3311} ERROR - Task failed with exception",
@@ -57,3 +58,13 @@ def test_each_line_is_read_once_and_declared_patterns_are_allowed(tmp_path: Path
     assert audit.check([r"Exception in trigger"]) == []
     assert audit.check() == []
     assert (audit.lines_read, audit.errors_seen, audit.errors_expected) == (5, 4, 2)
+
+
+def test_a_declared_task_failure_matches_only_its_exception_type() -> None:
+    detail = [{"exc_type": "KernelInvocationFailed", "exc_value": "Kernel invocation x failed"}]
+    af3 = error_line(json.dumps({"level": "error", "event": "Task failed with exception", "error_detail": detail}))
+    af2 = error_line("[2026-01-01T00:00:00.000+0000] {taskinstance.py:3311} ERROR - Task failed with exception")
+    assert af3 is not None and af2 is not None
+    assert re.search(task_failed("KernelInvocationFailed"), af3) and re.search(task_failed(), af3)
+    assert not re.search(task_failed("KernelReconcileError"), af3)
+    assert re.search(task_failed("KernelReconcileError"), af2)  # 2.x names the type on a later line only
