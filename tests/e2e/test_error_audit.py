@@ -68,3 +68,5 @@ def test_a_declared_task_failure_matches_only_its_exception_type() -> None:
     assert re.search(task_failed("KernelInvocationFailed"), af3) and re.search(task_failed(), af3)
     assert not re.search(task_failed("KernelReconcileError"), af3)
     assert re.search(task_failed("KernelReconcileError"), af2)  # 2.x names the type on a later line only
+    runner = "[2026-01-01T00:00:00.000+0000] {standard_task_runner.py:124} ERROR - Failed to execute job 8 for task x"
+    assert re.search(task_failed(), runner)
