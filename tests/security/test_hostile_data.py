@@ -164,7 +164,9 @@ def test_hostile_payloads_outputs_and_log_lines(
     assert states(run) == dict.fromkeys(("src", "xcomarg", "templated", "decorated", "to_print", "printed"), "success")
 
 
-def test_lone_surrogates_are_refused_before_any_request(canary_kernel: Any) -> None:
+def test_lone_surrogates_are_refused_before_any_request(
+    canary_kernel: Any, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     with make_dag("hostile_surrogates") as dag:
         KernelInvokeOperator(task_id="literal", app_name="demo", action_name="echo", payload=dict(SURROGATES))
 
@@ -177,7 +179,7 @@ def test_lone_surrogates_are_refused_before_any_request(canary_kernel: Any) -> N
     assert canary_kernel.requests(path="/invocations", method="POST") == []
     # A literal fails in Airflow itself (rendering it, before execute: the Task SDK cannot encode it either); the
     # decorator's return value reaches the provider, which names where the surrogate is.
-    assert "decorated()['nested'][0]['surrogate_lone']: holds a lone surrogate" in "\n".join(TASK_FAILURES)
+    assert "decorated()['nested'][0]['surrogate_lone']: holds a lone surrogate" in all_logs(caplog, capfd)
 
 
 @pytest.mark.chromium
@@ -208,8 +210,10 @@ def test_hostile_start_urls_arrive_exact_or_are_refused_before_any_request(
             assert xcom(run, name) == value, f"{name}: Kernel got another start_url"
     refused = [name for name, state in result.items() if name in URLS and state != "success"]
     assert "not_a_url" in refused
-    naming = [f for f in TASK_FAILURES if f.startswith("KernelInputError: start_url")]
-    assert len(naming) == len(refused), f"a refusal that does not name start_url: {TASK_FAILURES}"
-    assert all(len(f) < 1000 for f in naming), "an error echoes a huge value"
+    assert "KernelInputError: start_url" in logs
+    if TASK_FAILURES:  # Airflow 3 (2.11's dag.test() only logs them): each refusal names the field, briefly
+        naming = [f for f in TASK_FAILURES if f.startswith("KernelInputError: start_url")]
+        assert len(naming) == len(refused), f"a refusal that does not name start_url: {TASK_FAILURES}"
+        assert all(len(f) < 1000 for f in naming), "an error echoes a huge value"
     assert len(creates) == len(URLS) - len(refused), "a refused start_url reached Kernel"
     assert _canary_hits({"task logs": logs, "exceptions": "\n".join(TASK_FAILURES)}) == {}
