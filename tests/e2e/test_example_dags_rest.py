@@ -23,7 +23,7 @@ AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2]
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.timeout(600),
-    pytest.mark.skipif(AIRFLOW_VERSION < (3, 0), reason=f"needs Airflow 3 (installed {version('apache-airflow')})"),
+    pytest.mark.skipif(AIRFLOW_VERSION < (3, 3), reason=f"runs on Airflow 3.3 (installed {version('apache-airflow')})"),
 ]
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "example_dags"
