@@ -18,6 +18,7 @@ request may have reached Kernel, the create looks the browser up instead of send
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -406,9 +407,27 @@ def _name(name: str, value: Any) -> str:
     return value
 
 
+#: The longest URL sent (characters): far above any real page's, far below what would make Kernel refuse the body.
+URL_MAX_CHARS = 16_384
+#: Controls (and a lone surrogate) have no place in a URL: a browser would drop or re-encode them, so the URL Kernel
+#: opened would not be the one asked for.
+_URL_UNSAFE = re.compile("[\x00-\x20\x7f-\x9f\ud800-\udfff]")
+
+
 def _url(name: str, value: Any) -> str:
+    shown = repr(value)[:200]
     if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
-        raise KernelInputError(name, f"must be an http(s) URL, got {value!r}.", "Pass e.g. 'https://example.com'.")
+        raise KernelInputError(name, f"must be an http(s) URL, got {shown}.", "Pass e.g. 'https://example.com'.")
+    if len(value) > URL_MAX_CHARS:
+        raise KernelInputError(name, f"is {len(value)} characters long; at most {URL_MAX_CHARS} are sent.", "")
+    bad = _URL_UNSAFE.search(value)
+    if bad is not None:
+        raise KernelInputError(
+            name,
+            f"holds {bad.group()!a} at position {bad.start()}: no control character, space or lone surrogate "
+            "belongs in a URL.",
+            "Percent-encode it (urllib.parse.quote).",
+        )
     return value
 
 

@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from kernel_provider.client.text import safe_text
+
 __all__ = [
     "KernelAmbiguousCreateError",
     "KernelApiError",
@@ -109,7 +111,7 @@ class KernelApiError(KernelError):
             )
         if request_id:
             text += f" (request id {request_id})"
-        super().__init__(text)
+        super().__init__(safe_text(text))  # Kernel's words: escaped, one capped line
 
 
 class KernelRedirectError(KernelApiError):
@@ -269,11 +271,11 @@ class KernelInvocationFailed(KernelError):
     def __init__(self, invocation: Any, url: str | None = None) -> None:
         self.invocation = invocation
         self.url = url
-        reason = invocation.status_reason or "no reason given"
+        reason = safe_text(invocation.status_reason or "no reason given")
         text = f"Kernel invocation {invocation.id} failed: {reason}"
         excerpt = invocation.output_excerpt()
         if excerpt:
-            text += f"\nOutput: {excerpt}"
+            text += f"\nOutput: {safe_text(excerpt)}"
         if url:
             text += f"\nSee {url}"
         super().__init__(text)

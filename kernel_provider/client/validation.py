@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from typing import Any
 
 from kernel_provider.client.errors import KernelInputError
@@ -18,6 +19,7 @@ ASYNC_TIMEOUT_RANGE = (10, 3600)
 #: Kernel's documented payload limits disagree (64 KB and 4.5 MB); the larger one is enforced, the smaller warned.
 PAYLOAD_WARN_BYTES = 64 * 1024
 PAYLOAD_MAX_BYTES = 4_500_000
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def require_name(field: str, value: object) -> str:
@@ -54,6 +56,7 @@ def encode_payload(payload: Any, field: str = "payload") -> str | None:
     if isinstance(payload, str):
         if payload == "":
             return None
+        _check_text(payload, field)
         try:
             json.loads(payload)
         except json.JSONDecodeError as exc:
@@ -78,8 +81,24 @@ def encode_payload(payload: Any, field: str = "payload") -> str | None:
     return text
 
 
+def _check_text(value: str, path: str) -> None:
+    """A lone surrogate (what ``surrogateescape`` makes of invalid UTF-8) is no Unicode text: JSON can only carry
+    it as an escape that Kernel would read as something else, so it is refused rather than changed."""
+    bad = _SURROGATE.search(value)
+    if bad is not None:
+        raise KernelInputError(
+            path,
+            f"holds a lone surrogate (U+{ord(bad.group()):04X} at position {bad.start()}): invalid Unicode that Kernel "
+            "could not receive unchanged.",
+            "Decode the bytes it came from properly (e.g. errors='replace'), or send them base64-encoded.",
+        )
+
+
 def _check_serializable(value: Any, path: str) -> None:
-    if value is None or isinstance(value, (str, bool, int)):
+    if isinstance(value, str):
+        _check_text(value, path)
+        return
+    if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -93,6 +112,7 @@ def _check_serializable(value: Any, path: str) -> None:
                     f"has a {type(key).__name__} key; JSON keys are strings.",
                     "Convert the key to str.",
                 )
+            _check_text(key, f"{path} key {key!a}")
             _check_serializable(item, f"{path}[{key!r}]")
         return
     if isinstance(value, (list, tuple)):

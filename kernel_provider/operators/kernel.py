@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
 
 from kernel_provider.client.errors import KernelError, KernelRateLimitError, KernelWaitTimeout
+from kernel_provider.client.text import safe_text
 from kernel_provider.client.validation import build_invoke_request, check_seconds
 from kernel_provider.completion import (
     ERROR,
@@ -430,7 +431,9 @@ class KernelInvokeOperator(BaseOperator):
             return None
         if invocation.failed:
             self.log.info(
-                "The previous try's invocation %s failed (%s); invoking again.", invocation.id, invocation.status_reason
+                "The previous try's invocation %s failed (%s); invoking again.",
+                invocation.id,
+                safe_text(invocation.status_reason),
             )
             return None
         verb = "returning its output" if invocation.is_terminal else "re-attaching to it"

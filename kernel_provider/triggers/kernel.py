@@ -53,6 +53,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from kernel_provider.client.errors import KernelApiError, KernelAuthError, KernelError, KernelNotFoundError
 from kernel_provider.client.models import Invocation, InvocationStatus
+from kernel_provider.client.text import safe_log_lines, safe_text
 from kernel_provider.completion import ERROR, FAILED, TIMEOUT, WAIT_MODES, event_for_invocation, make_event
 from kernel_provider.hooks.kernel import KernelHook
 from kernel_provider.live_view import LIVE_VIEW_EVENT_KEY, BrowserWatch
@@ -491,7 +492,7 @@ class _Waiter:
                                 return progressed, done, ""
                     elif kind == "error":
                         error = event.get("error") or {}
-                        return progressed, None, f"error event {error.get('code')}: {error.get('message')}"
+                        return progressed, None, safe_text(f"error event {error.get('code')}: {error.get('message')}")
         except FATAL_ERRORS as exc:
             return progressed, make_event(ERROR, self.t.invocation_id, message=str(exc)), ""
         except KernelError as exc:
@@ -518,7 +519,7 @@ class _Waiter:
         if self.watch is not None:
             self.watch.hint(message)
         if self.t.stream_logs:
-            for line in message.rstrip("\n").split("\n"):
+            for line in safe_log_lines(message):
                 self.log.info("[kernel %s] %s", self.t.invocation_id, line)
         if stamp and self.cursor is not None:
             self.cursor.moved()  # after logging: the saved position never runs ahead of the task log

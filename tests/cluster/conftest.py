@@ -70,6 +70,9 @@ class ClusterAirflow(harness.AirflowE2E):  # type: ignore[misc,name-defined]
         self.postgres: Any = None
         self.redis: Any = None
 
+    def suite_name(self) -> str:
+        return "cluster (Airflow 3.3, CeleryExecutor)"
+
     def write_dags(self) -> None:
         shutil.copy(DAG_FILE, self.dags / DAG_FILE.name)
 
@@ -196,6 +199,7 @@ def airflow_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluste
         pytest.skip(reason)
     started = time.monotonic()
     cluster = ClusterAirflow(tmp_path_factory.mktemp("airflow-cluster"))
+    leftover: list[str] = []
     try:
         cluster.write_dags()
         cluster.start_backing()
@@ -208,8 +212,32 @@ def airflow_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluste
         cluster.api("POST", "/pools", json={"name": "kernel_cluster", "slots": 5, "include_deferred": True})
         print(f"\n[cluster] healthy after {time.monotonic() - started:.1f}s in {cluster.base}")
         yield cluster
+        leftover = cluster.audit.check()
     finally:
         cluster.stop_all()
+    if leftover:
+        raise AssertionError("after the session's last cluster test: " + harness.failure_text(leftover))
+
+
+@pytest.fixture(autouse=True)
+def _error_line_audit(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The e2e harness's ERROR-line audit after every cluster test (see ``tests/e2e/error_audit.py``)."""
+    yield
+    if "airflow_cluster" in request.fixturenames:
+        harness.audit_error_lines(request.node, request.getfixturevalue("airflow_cluster"))
+
+
+@pytest.fixture
+def expect_error_lines(request: pytest.FixtureRequest) -> Any:
+    """``expect_error_lines(r"regex", ...)``: ERROR lines this test provokes on purpose."""
+    declared: list[str] = request.node.__dict__.setdefault("declared_error_lines", [])
+    return lambda *patterns: declared.extend(patterns)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How much the ERROR-line audit read in the cluster suite."""
+    for audit in harness.AUDITS:
+        terminalreporter.write_line(f"[ERROR-line audit] {audit.summary()}")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -218,6 +246,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     if report.failed and call.when == "call":
+        item.__dict__["e2e_call_failed"] = True  # the ERROR-line audit does not fail it twice
         cluster = getattr(item, "funcargs", {}).get("airflow_cluster")
         already = call.excinfo is not None and "----- " in str(call.excinfo.value)
         if isinstance(cluster, ClusterAirflow) and not already:

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.error_audit import WORKER_KILLED
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
 #: As in ``dags/cluster_dags.py`` and ``conftest.py`` (not imported: pytest owns the conftest module).
@@ -176,6 +178,7 @@ def test_triggerer_failover_moves_every_wait_and_reposts_nothing(airflow_cluster
     )
 
 
+@pytest.mark.expect_error_lines(*WORKER_KILLED)
 def test_worker_killed_inside_create_is_reconciled_without_a_duplicate(airflow_cluster: ClusterAirflow) -> None:
     """A Celery worker is SIGKILLed while its task's POST /invocations is in flight (Kernel created the run; the
     answer is held back by the harness's proxy). The retry, on the other worker, finds the run by its per-try

@@ -20,6 +20,10 @@ After ``airflow db migrate`` the SQLite ``trigger`` table is rebuilt with ``AUTO
 never reused, as on PostgreSQL (see ``_never_reuse_trigger_ids``). ``KERNEL_E2E_PROVIDER_SRC=<dir>`` runs every
 Airflow process on another copy of ``kernel_provider`` (``git archive <rev> kernel_provider | tar -x -C <dir>``),
 e.g. to see a test fail on older code; ``PYTHONPATH=<dir>`` does the same for the test process too.
+
+Every test is followed by the ERROR-line audit (``error_audit.py``): an ERROR line in any service or task log that
+the test did not declare (``@pytest.mark.expect_error_lines(r"regex")`` or the ``expect_error_lines`` fixture)
+fails it; the summary says how many log lines were read. Like users' deployments, every run has a Fernet key.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.e2e.error_audit import ErrorAudit, failure_text
+
 T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
@@ -59,6 +65,8 @@ GATE_APP = HERE.parent / "apps" / "gate_app.py"
 TRIGGERER_MARK = "(triggerer)"
 TERMINAL_TI = frozenset({"success", "failed", "upstream_failed", "skipped", "removed"})
 TERMINAL_RUN = frozenset({"success", "failed"})
+#: The ERROR-line audit of every harness started in this session (for the terminal summary).
+AUDITS: list[ErrorAudit] = []
 
 
 def _airflow_version() -> tuple[int, int]:
@@ -329,15 +337,25 @@ class AirflowE2E:
         self.emulator: Any = None
         self.proxy: HoldingProxy | None = None
         self.env: dict[str, str] = {}
+        #: The DAG files :meth:`write_dags` deploys (None: the default set).
+        self.dag_files: list[Path] | None = None
         self.http = httpx.Client(base_url=self.api_url, timeout=30.0)
+        #: The ERROR-line audit over the service logs and everything under ``$AIRFLOW_HOME/logs``.
+        self.audit = ErrorAudit(self.suite_name(), [self.logs, self.home / "logs"])
+        AUDITS.append(self.audit)
+
+    def suite_name(self) -> str:
+        """How the ERROR-line audit names this harness in the test summary."""
+        return f"e2e on Airflow {'.'.join(map(str, AIRFLOW_VERSION))}"
 
     # --- set-up ----------------------------------------------------------------------------------------
 
     def write_dags(self) -> None:
-        shutil.copy(HERE / "dags" / "e2e_kernel_dags.py", self.dags / "e2e_kernel_dags.py")
-        shutil.copy(LIFECYCLE_DAGS, self.dags / LIFECYCLE_DAGS.name)
-        if EXAMPLE_DAG.exists():
-            shutil.copy(EXAMPLE_DAG, self.dags / EXAMPLE_DAG.name)
+        """Deploy ``dag_files`` (default: the e2e DAGs, the lifecycle DAGs and the async-sensor example)."""
+        default = [HERE / "dags" / "e2e_kernel_dags.py", LIFECYCLE_DAGS, EXAMPLE_DAG]
+        for path in default if self.dag_files is None else self.dag_files:
+            if path.exists():
+                shutil.copy(path, self.dags / path.name)
 
     def start_emulator(self) -> None:
         from urllib.parse import urlsplit
@@ -998,7 +1016,13 @@ class Airflow2E2E(AirflowE2E):
 
 
 @pytest.fixture(scope="module")
-def airflow_e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowE2E]:
+def e2e_dag_files() -> list[Path] | None:
+    """The DAG files ``airflow_e2e`` deploys (None: the default set); a test module overrides it for others."""
+    return None
+
+
+@pytest.fixture(scope="module")
+def airflow_e2e(tmp_path_factory: pytest.TempPathFactory, e2e_dag_files: list[Path] | None) -> Iterator[AirflowE2E]:
     """A running Airflow 3.x with the Kernel emulator; shared by every test of the module."""
     if AIRFLOW_VERSION < (3, 0):
         pytest.skip(SKIP_REASON)
@@ -1006,7 +1030,9 @@ def airflow_e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowE2E
         pytest.skip(f"no airflow executable next to {sys.executable}")
     started = time.monotonic()
     e2e = AirflowE2E(tmp_path_factory.mktemp("airflow-e2e"))
+    leftover: list[str] = []
     try:
+        e2e.dag_files = e2e_dag_files
         e2e.write_dags()
         e2e.start_emulator()
         e2e.build_env()
@@ -1016,8 +1042,11 @@ def airflow_e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowE2E
         e2e.wait_until("all Airflow services to be healthy", e2e.healthy, timeout=150, interval=1.0)
         print(f"\n[e2e] Airflow services healthy after {time.monotonic() - started:.1f}s in {e2e.base}")
         yield e2e
+        leftover = e2e.audit.check()
     finally:
         e2e.stop_all()
+    if leftover:
+        raise AssertionError("after the module's last test: " + failure_text(leftover))
 
 
 @pytest.fixture(scope="module")
@@ -1029,6 +1058,7 @@ def airflow2_e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow2E
         pytest.skip(f"no airflow executable next to {sys.executable}")
     started = time.monotonic()
     e2e = Airflow2E2E(tmp_path_factory.mktemp("airflow2-e2e"))
+    leftover: list[str] = []
     try:
         e2e.write_dags()
         e2e.start_emulator()
@@ -1040,8 +1070,42 @@ def airflow2_e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow2E
         e2e.wait_until("the scheduler and triggerer to heartbeat", e2e.healthy, timeout=150, interval=1.0)
         print(f"\n[e2e] Airflow 2.11 services healthy after {time.monotonic() - started:.1f}s in {e2e.base}")
         yield e2e
+        leftover = e2e.audit.check()
     finally:
         e2e.stop_all()
+    if leftover:
+        raise AssertionError("after the module's last test: " + failure_text(leftover))
+
+
+@pytest.fixture
+def expect_error_lines(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``expect_error_lines(r"regex", ...)``: ERROR lines this test provokes on purpose (the audit allows them)."""
+    declared: list[str] = request.node.__dict__.setdefault("declared_error_lines", [])
+    return lambda *patterns: declared.extend(patterns)
+
+
+def audit_error_lines(item: pytest.Item, e2e: AirflowE2E) -> None:
+    """Fail ``item`` on the ERROR lines written since the last check that nothing allows (a test that already
+    failed is not failed twice; its lines are consumed all the same)."""
+    declared = [str(p) for marker in item.iter_markers("expect_error_lines") for p in marker.args]
+    declared += item.__dict__.get("declared_error_lines", [])
+    unexpected = e2e.audit.check(declared)
+    if unexpected and not item.__dict__.get("e2e_call_failed"):
+        pytest.fail(failure_text(unexpected), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _error_line_audit(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    for name in ("airflow_e2e", "airflow2_e2e"):
+        if name in request.fixturenames:
+            audit_error_lines(request.node, request.getfixturevalue(name))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How much the ERROR-line audit read, per harness."""
+    for audit in AUDITS:
+        terminalreporter.write_line(f"[ERROR-line audit] {audit.summary()}")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -1050,6 +1114,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     if report.failed and call.when == "call":
+        item.__dict__["e2e_call_failed"] = True
         funcargs = getattr(item, "funcargs", {})
         e2e = funcargs.get("airflow_e2e") or funcargs.get("airflow2_e2e")
         already = call.excinfo is not None and "----- " in str(call.excinfo.value)  # a wait_until timeout

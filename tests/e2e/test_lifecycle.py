@@ -36,6 +36,8 @@ from lifecycle_scenarios import (
     wait_ti,
 )
 
+from tests.e2e.error_audit import WORKER_KILLED, task_failed
+
 AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 pytestmark = [
     pytest.mark.e2e,
@@ -139,6 +141,7 @@ def test_mark_deferred_task_success_cancels_its_run_and_invokes_nothing(airflow_
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.expect_error_lines(task_failed())
 def test_execution_timeout_while_deferred_fails_the_task_and_cancels_the_run(airflow_e2e: AirflowE2E) -> None:
     """Row 5: execution_timeout (30 s) passes while deferred. Airflow 3.3 does not enforce it while deferred:
     the trigger's own deadline must end the wait and cancel the invocation."""
@@ -150,6 +153,7 @@ def test_execution_timeout_while_deferred_fails_the_task_and_cancels_the_run(air
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.expect_error_lines(task_failed("KernelInvocationFailed"))
 def test_retry_after_the_action_failed_invokes_again(airflow_e2e: AirflowE2E) -> None:
     """Row 6: the first run of the action fails (gate app ``fail_times=1``): the automatic retry invokes again,
     once, and succeeds with the second run's output."""
@@ -194,6 +198,7 @@ def _crash_during_create(e2e: AirflowE2E, dag_id: str, gate: str) -> tuple[str, 
 
 
 @pytest.mark.timeout(360)
+@pytest.mark.expect_error_lines(*WORKER_KILLED)
 def test_worker_killed_during_create_with_reconcile_token_retry_adopts_the_run(airflow_e2e: AirflowE2E) -> None:
     """Row 7a with ``reconcile_token=True``: the worker dies while POST /invocations is in flight (Kernel created
     the run, the worker never heard back). The retry finds the run by its token and adopts it: 1 create."""
@@ -221,6 +226,7 @@ def test_worker_killed_during_create_with_reconcile_token_retry_adopts_the_run(a
 
 
 @pytest.mark.timeout(360)
+@pytest.mark.expect_error_lines(*WORKER_KILLED, task_failed("KernelReconcileError"))
 def test_worker_killed_during_create_without_token_retry_fails_naming_the_candidate(airflow_e2e: AirflowE2E) -> None:
     """Row 7a without a token: the retry cannot tell the dead try's run from an identical one, so it invokes
     nothing and fails with KernelReconcileError naming the candidate (a person checks, then clears): 1 create."""
@@ -246,6 +252,7 @@ def test_worker_killed_during_create_without_token_retry_fails_naming_the_candid
 
 
 @pytest.mark.timeout(360)
+@pytest.mark.expect_error_lines(*WORKER_KILLED)
 def test_worker_killed_while_waiting_retry_reattaches_to_its_run(airflow_e2e: AirflowE2E) -> None:
     """Row 7b: a non-deferrable task waits on the worker (following the event stream); the worker is SIGKILLed.
     The retry re-attaches to the still-running invocation: 1 create, the task succeeds with its output."""

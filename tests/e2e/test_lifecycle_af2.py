@@ -21,6 +21,8 @@ from lifecycle_scenarios import (
     mark_deferred_task,
 )
 
+from tests.e2e.error_audit import RUN_FAILED, task_failed
+
 AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 pytestmark = [
     pytest.mark.e2e_af2,
@@ -51,6 +53,7 @@ def test_af2_clear_deferred_task_cancels_its_run_and_invokes_once_more(airflow2_
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.expect_error_lines(RUN_FAILED)  # marking the task failed fails its run
 @pytest.mark.parametrize("state", ["success", "failed"])
 def test_af2_mark_deferred_task_cancels_its_run_and_invokes_nothing(airflow2_e2e: Airflow2E2E, state: str) -> None:
     """Row 4 on 2.11: marking a deferred task success/failed reaches no trigger on_kill; the trigger's cleanup()
@@ -61,6 +64,7 @@ def test_af2_mark_deferred_task_cancels_its_run_and_invokes_nothing(airflow2_e2e
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.expect_error_lines(task_failed(), RUN_FAILED)
 def test_af2_execution_timeout_while_deferred_is_ended_by_the_trigger(airflow2_e2e: Airflow2E2E) -> None:
     """Row 5 on 2.11: 2.11 sets trigger_timeout = start + execution_timeout and its scheduler sweep would fail
     the task with TaskDeferralTimeout (execute_complete never runs). The provider's trigger deadline comes first:

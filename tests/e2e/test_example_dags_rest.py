@@ -1,0 +1,90 @@
+"""Every example DAG, run on a real Airflow 3 the way the UI, ``airflow dags trigger`` and the REST API run it:
+``POST /api/v2/dags/{dag_id}/dagRuns`` with ``logical_date`` null (``airflow dags test`` and ``make demo`` set a
+logical date, so they hide whatever needs one, such as ``{{ ds }}``). Each run must succeed.
+
+All DAGs are triggered at once and waited for in one test, which names every DAG that failed and why (one test,
+so the ERROR-line audit sees each failure's lines inside it). The browser example scrapes ``example_dags/site/``
+served on 127.0.0.1 (``site_url`` in the run's conf) and needs Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel_browsers import find_chromium, serve_site
+
+AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(AIRFLOW_VERSION < (3, 3), reason=f"runs on Airflow 3.3 (installed {version('apache-airflow')})"),
+]
+
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "example_dags"
+DAG_FILES = sorted(EXAMPLES.glob("example_*.py"))
+DAG_IDS = [path.stem for path in DAG_FILES]  # each file holds one DAG named like the file
+BROWSER_DAG = "example_kernel_browser"
+AirflowE2E = Any  # the harness object of tests/e2e/conftest.py
+
+
+@pytest.fixture(scope="module")
+def e2e_dag_files() -> list[Path]:
+    """This module's Airflow runs the example DAGs."""
+    return DAG_FILES
+
+
+def test_every_example_dag_succeeds_when_triggered_without_a_logical_date(airflow_e2e: AirflowE2E) -> None:
+    # The fan-out example runs in the "kernel" pool, as its docstring tells users to create it.
+    airflow_e2e.api("POST", "/pools", json={"name": "kernel", "slots": 4, "include_deferred": True})
+    outcomes: dict[str, str] = {}
+    with ExitStack() as stack:
+        runs: dict[str, str] = {}
+        for dag_id in DAG_IDS:
+            airflow_e2e.wait_for_dag(dag_id)
+            conf: dict[str, Any] = {}
+            if dag_id == BROWSER_DAG:
+                if find_chromium() is None:
+                    print(f"[e2e] {dag_id} not run: the emulator's browsers need Chromium (/usr/bin/chromium)")
+                    continue
+                conf["site_url"] = stack.enter_context(serve_site())  # served until every run is over
+            runs[dag_id] = airflow_e2e.trigger(dag_id, conf)
+        for dag_id, run_id in runs.items():
+            run = airflow_e2e.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+            assert run["logical_date"] is None, run
+            state = airflow_e2e.wait_run_done(dag_id, run_id, timeout=300)
+            if state != "success":
+                outcomes[dag_id] = _why(airflow_e2e, dag_id, run_id, state)
+    assert runs and not outcomes, "example DAGs that fail when triggered without a logical date:\n" + "\n".join(
+        f"- {dag_id}: {why}" for dag_id, why in outcomes.items()
+    )
+
+
+def _why(e2e: AirflowE2E, dag_id: str, run_id: str, state: str) -> str:
+    """The run's state, its unsuccessful tasks and the last ERROR-ish line of each failed one's log."""
+    parts = [f"run {state}"]
+    for (task_id, map_index), ti_state in e2e.states(dag_id, run_id).items():
+        if ti_state == "success":
+            continue
+        text = "\n".join(e2e.task_logs(dag_id, run_id, task_id, map_index).values())
+        reasons = [_exception(line) for line in text.splitlines()]
+        found = [r for r in reasons if r]
+        parts.append(f"{task_id}[{map_index}] {ti_state}" + (f": {found[-1][:400]}" if found else ""))
+    return "; ".join(parts)
+
+
+def _exception(line: str) -> str | None:
+    """``Type: message`` of the exception a task log line (Airflow 3's JSON, or 2.x text) reports, if any."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line.strip() if "Error:" in line else None
+    details = record.get("error_detail") if isinstance(record, dict) else None
+    if isinstance(details, list) and details and isinstance(details[-1], dict):
+        return f"{details[-1].get('exc_type')}: {details[-1].get('exc_value')}"
+    return None
