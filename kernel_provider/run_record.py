@@ -3,7 +3,8 @@
 One record per task instance (dag, task, run, map index), kept across its tries:
 
 * Airflow 3.3+: the task instance's ``task_state_store`` (key ``kernel_invocation``);
-* older versions: an Airflow Variable ``kernel_provider.invocation.<dag>.<task>.<run>.<map_index>``.
+* older versions: an Airflow Variable ``kernel_provider.invocation.<dag>.<task>.<run>.<map_index>`` (ids too
+  long for Airflow's 250-character key are shortened, see :func:`_variable_key`).
 
 The record is written *before* ``POST /invocations`` (a pending create: when it was sent, the latest moment it
 could have reached Kernel, and the optional reconcile token), replaced by the invocation id once Kernel answers,
@@ -18,6 +19,7 @@ start a second run while its own may exist. A new DAG run is a different task in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -32,6 +34,10 @@ log = logging.getLogger(__name__)
 STATE_KEY = "kernel_invocation"
 #: Prefix of the Airflow Variable used where there is no ``task_state_store`` (Airflow < 3.3).
 VARIABLE_PREFIX = "kernel_provider.invocation."
+#: Longest Variable key Airflow stores (its ``variable.key`` column is 250 characters).
+MAX_VARIABLE_KEY = 250
+#: Characters of each id kept readable in a key that had to be shortened.
+_KEY_HEAD = 58
 
 
 @dataclass(frozen=True)
@@ -214,7 +220,21 @@ def forget_airflow2_record(dag_id: str, task_id: str, run_id: str, map_index: in
 
 
 def _variable_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
-    return VARIABLE_PREFIX + ".".join(str(part) for part in (dag_id, task_id, run_id, map_index))
+    """The record's Variable key: readable, and at most :data:`MAX_VARIABLE_KEY` characters.
+
+    Airflow's ``variable.key`` column holds 250 characters (PostgreSQL and MySQL refuse longer ones), while a
+    dag id, task id and run id may each be 250 long. A key that would not fit keeps a readable head of each part
+    and ends with a digest of the full ids, so it stays deterministic (every try and the trigger compute the same
+    key) and distinct for distinct task instances.
+    """
+    parts = (str(dag_id), str(task_id), str(run_id), str(map_index))
+    key = VARIABLE_PREFIX + ".".join(parts)
+    if len(key) <= MAX_VARIABLE_KEY:
+        return key
+    digest = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    # prefix (26) + 3 heads of 58 + map index (<= 11) + digest (32) + 4 dots <= 250
+    heads = [part[:_KEY_HEAD] for part in parts[:3]]
+    return VARIABLE_PREFIX + ".".join([*heads, parts[3][:11], digest])
 
 
 def _read_variable(key: str) -> Any:

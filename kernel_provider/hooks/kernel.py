@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import replace
 from functools import cached_property, partial
 from typing import Any
 
@@ -38,6 +39,8 @@ class KernelHook(BaseHook):
     :param retry_policy: replaces the retry bounds read from the connection (tests and benchmarks use this).
     :param component: the Airflow component making the calls (e.g. ``"triggerer"``), added to the User-Agent
         so Kernel-side request logs show where a request came from. It changes nothing else.
+    :param rate_limit_wait: replaces only the connection's ``rate_limit_wait`` (the 429 budget, seconds); its
+        other retry settings stay in force. Ignored when ``retry_policy`` is given.
     """
 
     conn_name_attr = "kernel_conn_id"
@@ -50,11 +53,13 @@ class KernelHook(BaseHook):
         kernel_conn_id: str = default_conn_name,
         retry_policy: RetryPolicy | None = None,
         component: str | None = None,
+        rate_limit_wait: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.kernel_conn_id = kernel_conn_id
         self.component = component
+        self.rate_limit_wait = rate_limit_wait
         self._retry_override = retry_policy
         self._client: KernelClient | None = None
         self._async_settings: KernelSettings | None = None
@@ -121,6 +126,9 @@ class KernelHook(BaseHook):
             airflow_version=AIRFLOW_VERSION,
             component=self.component,
         )
+        if self.rate_limit_wait is not None:
+            # Only the 429 budget is the caller's: max_retries, max_retry_wait... stay the connection's.
+            settings = replace(settings, retry=replace(settings.retry, rate_limit_budget=float(self.rate_limit_wait)))
         try:
             mask_secret(settings.api_key)
         except Exception:  # masking is defence in depth; the key is never logged anyway

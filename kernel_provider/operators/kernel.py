@@ -238,14 +238,10 @@ class KernelInvokeOperator(BaseOperator):
     @cached_property
     def hook(self) -> KernelHook:
         """The hook of ``kernel_conn_id`` (created on first use, when the task runs: never at DAG parse), with
-        ``rate_limit_wait`` as its 429 budget when given."""
-        from kernel_provider.client.retry import RetryPolicy
+        ``rate_limit_wait`` as its 429 budget when given (the connection's other retry settings kept)."""
         from kernel_provider.hooks.kernel import KernelHook
 
-        policy = None
-        if self.rate_limit_wait is not None:
-            policy = RetryPolicy(rate_limit_budget=float(self.rate_limit_wait))
-        return KernelHook(kernel_conn_id=self.kernel_conn_id, retry_policy=policy)
+        return KernelHook(kernel_conn_id=self.kernel_conn_id, rate_limit_wait=self.rate_limit_wait)
 
     # --- execute -------------------------------------------------------------------------------------------
 
