@@ -179,10 +179,20 @@ class RunRecordStore:
                     ),
                 )
         except Exception as exc:
+            problem = f"({type(exc).__name__}: {exc})"
+            if record.pending:
+                raise KernelStateStoreError(
+                    f"Could not write this task instance's Kernel run record to the {self.where} {problem}. The "
+                    "task fails before invoking: without the record a retry could start a second run. Fix the "
+                    "metadata DB / state store access and retry the task."
+                ) from exc
             raise KernelStateStoreError(
-                f"Could not write this task instance's Kernel run record to the {self.where} "
-                f"({type(exc).__name__}: {exc}). The task fails before invoking: without the record a retry "
-                "could start a second run. Fix the metadata DB / state store access and retry the task."
+                f"Invocation {record.invocation_id} was created, but its id could not be saved in this task "
+                f"instance's Kernel run record ({self.where}) {problem}. The run goes on and this try follows it "
+                "(XCom invocation_id names it; killing the task cancels it). The record still says a create was in "
+                "flight: should this try die, its retry looks for the run in Kernel's listing before invoking - "
+                "found exactly with reconcile_token=True; without a token the retry fails naming this invocation "
+                "rather than start a second run."
             ) from exc
 
     def forget(self) -> None:

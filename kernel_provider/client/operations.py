@@ -393,6 +393,7 @@ def list_invocations(
     query: str | None = None,
     limit: int | None = None,
     page_size: int = MAX_PAGE_SIZE,
+    offset: int = 0,
 ) -> Operation[list[Invocation]]:
     """``GET /invocations`` across pages (newest first).
 
@@ -406,6 +407,7 @@ def list_invocations(
     :param query: Kernel's free-text search.
     :param limit: the most invocations returned in all; None follows every page (see :func:`paginate`).
     :param page_size: invocations asked for per request, at most 100.
+    :param offset: how many matching invocations to skip first (a caller reading one page at a time).
     """
     filters = {
         "app_name": app_name,
@@ -416,7 +418,7 @@ def list_invocations(
         "since": since,
         "query": query,
     }
-    items = yield from paginate(LIST_INVOCATIONS, filters, limit, page_size)
+    items = yield from paginate(LIST_INVOCATIONS, filters, limit, page_size, offset)
     return [Invocation.from_api(i) for i in items]
 
 
@@ -440,8 +442,11 @@ def list_apps(
     return [AppVersion.from_api(i) for i in items if isinstance(i, Mapping)]
 
 
-def paginate(endpoint: Endpoint, filters: Mapping[str, Any], limit: int | None, page_size: int) -> Operation[list[Any]]:
-    """Every item of a listing, page by page (``limit`` / ``offset`` query, ``x-has-more`` / ``x-next-offset``).
+def paginate(
+    endpoint: Endpoint, filters: Mapping[str, Any], limit: int | None, page_size: int, offset: int = 0
+) -> Operation[list[Any]]:
+    """Every item of a listing from ``offset`` on, page by page (``limit`` / ``offset`` query, ``x-has-more`` /
+    ``x-next-offset``).
 
     It stops on an empty page, on ``x-has-more`` other than ``true``, on a missing or zero ``x-next-offset``, or on
     one that does not move forward (a server that would otherwise keep it looping), and once ``limit`` items
@@ -449,7 +454,7 @@ def paginate(endpoint: Endpoint, filters: Mapping[str, Any], limit: int | None, 
     """
     page_size = max(1, min(page_size, MAX_PAGE_SIZE))
     items: list[Any] = []
-    offset = 0
+    offset = max(0, int(offset))
     while limit is None or len(items) < limit:
         want = page_size if limit is None else min(page_size, limit - len(items))
         response: ApiResponse = yield ApiCall(

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import replace
 from functools import cached_property, partial
 from typing import Any
@@ -167,23 +167,28 @@ class KernelHook(BaseHook):
         """:meth:`invoke` without blocking the event loop."""
         return await (await self.aget_client()).ainvoke(app_name, action_name, **options)
 
-    def create_invocation(self, request: Mapping[str, Any], *, retry: RetryPolicy | None = None) -> Invocation:
+    def create_invocation(
+        self,
+        request: Mapping[str, Any],
+        *,
+        retry: RetryPolicy | None = None,
+        before_send: Callable[[], None] | None = None,
+    ) -> Invocation:
         """``POST /invocations`` with a validated body; never re-sent once it may have reached Kernel.
 
         :param retry: the retry bounds of this create only (None: the hook's).
+        :param before_send: called right before each attempt is sent (the operator records its window there).
         """
-        return self.client.create_invocation(request, retry=retry)
+        return self.client.create_invocation(request, retry=retry, before_send=before_send)
 
     async def acreate_invocation(self, request: Mapping[str, Any]) -> Invocation:
         """:meth:`create_invocation` without blocking the event loop."""
         return await (await self.aget_client()).acreate_invocation(request)
 
-    def create_window_seconds(self, request: Mapping[str, Any], *, retry: RetryPolicy | None = None) -> float:
-        """The longest a create of ``request`` can take before it can no longer reach Kernel (no request).
-
-        :param retry: the retry bounds the create will use (None: the hook's).
-        """
-        return self.client.create_window_seconds(request, retry=retry)
+    def create_attempt_seconds(self, request: Mapping[str, Any]) -> float:
+        """The longest one attempt of a create of ``request`` can take before Kernel can no longer act on it (no
+        request)."""
+        return self.client.create_attempt_seconds(request)
 
     def get_invocation(self, invocation_id: str) -> Invocation:
         """The invocation's current state (``GET /invocations/{id}``)."""

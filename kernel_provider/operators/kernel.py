@@ -406,7 +406,7 @@ class KernelInvokeOperator(BaseOperator):
             self._retire(record, request)
             records.forget()
             return None
-        invocation = self._settle(record, request, records) if record.pending else self._lookup(record)
+        invocation = self._settle(record, request, records) if record.pending else self._lookup(record, request)
         if invocation is None:
             return None
         if not self.reattach_on_retry and not invocation.is_terminal:
@@ -414,9 +414,12 @@ class KernelInvokeOperator(BaseOperator):
             return None
         return invocation
 
-    def _lookup(self, record: RunRecord) -> Invocation | None:
-        """A retry: the previous try's invocation if it is to be continued (running, or finished well)."""
+    def _lookup(self, record: RunRecord, request: dict[str, Any]) -> Invocation | None:
+        """A retry: the previous try's invocation if it is to be continued (running, or finished well). It must
+        be this task's request (:func:`~kernel_provider.reconcile.check_same_request`) before anything is done
+        with it: continued, cancelled, or replaced."""
         from kernel_provider.client.errors import KernelNotFoundError
+        from kernel_provider.reconcile import check_same_request
 
         assert record.invocation_id is not None
         try:
@@ -424,6 +427,7 @@ class KernelInvokeOperator(BaseOperator):
         except KernelNotFoundError:
             self.log.info("The previous try's invocation %s no longer exists; invoking again.", record.invocation_id)
             return None
+        check_same_request(invocation, self._with_token(request, record.token), record.token, source="the run record")
         if invocation.failed:
             self.log.info(
                 "The previous try's invocation %s failed (%s); invoking again.", invocation.id, invocation.status_reason
@@ -457,7 +461,7 @@ class KernelInvokeOperator(BaseOperator):
             self.log.info("Try %d's create started nothing; invoking now.", record.try_number)
             return None
         self.log.warning("Try %d's create started invocation %s; continuing it.", record.try_number, outcome.ours.id)
-        records.put(records.new(invocation_id=outcome.ours.id))
+        self._record_created(records, outcome.ours, record.token)
         return outcome.ours
 
     def _retire(self, record: RunRecord, request: dict[str, Any]) -> None:
@@ -484,7 +488,11 @@ class KernelInvokeOperator(BaseOperator):
                 invocation_id = outcome.ours.id if outcome.ours is not None else None
             if invocation_id is None:
                 return
+            from kernel_provider.reconcile import check_same_request
+
             previous = self.hook.get_invocation(invocation_id)
+            # Never cancel on a record's word alone: it must name this task's request (else: a warning below).
+            check_same_request(previous, self._with_token(request, record.token), record.token, source="the run record")
             if not previous.is_terminal:
                 self._cancel(previous.id, "the task instance was cleared and starts a new run")
         except Exception as exc:
@@ -561,23 +569,41 @@ class KernelInvokeOperator(BaseOperator):
             request["version"],
             "async" if request.get("async") else "sync",
         )
-        sent = time.time()
-        # Recorded before the request (and the task fails here if it cannot be): if this worker dies
-        # mid-request, the retry looks for what the request started before it invokes again.
-        window_end = sent + self.hook.create_window_seconds(body, retry=retry)
-        records.put(records.new(sent_at=sent, window_end=window_end, token=token))
+        attempt_seconds = self.hook.create_attempt_seconds(body)
+        sent: list[float] = []
+
+        def record_attempt() -> None:
+            # Recorded right before each attempt (and the task fails here, unsent, if it cannot be): if this
+            # worker dies mid-request, the retry lists only this attempt's window. Earlier attempts were
+            # answered (429, refused connection) and created nothing, so the 429 budget is no part of it.
+            now = time.time()
+            records.put(records.new(sent_at=now, window_end=now + attempt_seconds, token=token))
+            sent.append(now)
+
         try:
-            invocation = self.hook.create_invocation(body, retry=retry)
+            invocation = self.hook.create_invocation(body, retry=retry, before_send=record_attempt)
         except KernelAmbiguousCreateError as exc:
             self.log.warning("%s Reconciling by listing recent invocations.", exc)
-            window = CreateWindow(datetime.fromtimestamp(sent, timezone.utc), datetime.now(timezone.utc))
+            window = CreateWindow(datetime.fromtimestamp(sent[-1], timezone.utc), datetime.now(timezone.utc))
             invocation = self._reconcile_now(exc, body, window, token)
         except KernelError:
             records.forget()  # refused (4xx, 429 budget, connection refused): certainly nothing was created
             raise
-        records.put(records.new(invocation_id=invocation.id))
         self.log.info("Created invocation %s (%s).", invocation.id, invocation.raw_status)
+        self._record_created(records, invocation, token)
         return invocation
+
+    def _record_created(self, records: RunRecordStore, invocation: Invocation, token: str | None) -> None:
+        """Replace the pending record by the invocation's id. When that write fails the run already exists in
+        Kernel: this try follows it (the id is kept for ``on_kill`` and pushed to XCom) and says what a retry
+        will make of the record left behind, instead of failing as if nothing had been invoked."""
+        from kernel_provider.client.errors import KernelStateStoreError
+
+        self.invocation_id = invocation.id
+        try:
+            records.put(records.new(invocation_id=invocation.id, token=token))
+        except KernelStateStoreError as exc:
+            self.log.warning("%s", exc)
 
     def _reconcile_now(
         self, exc: KernelAmbiguousCreateError, body: dict[str, Any], window: CreateWindow, token: str | None
@@ -600,11 +626,13 @@ class KernelInvokeOperator(BaseOperator):
         """List and judge (see :mod:`kernel_provider.reconcile`); unsettled answers fail loudly, naming the
         candidates and what a person should check."""
         from kernel_provider.client.errors import KernelReconcileError
-        from kernel_provider.reconcile import reconcile
+        from kernel_provider.reconcile import check_same_request, reconcile
 
         outcome = reconcile(
             body, window, token, list_invocations=self.hook.list_invocations, get_invocation=self.hook.get_invocation
         )
+        if outcome.ours is not None:
+            check_same_request(outcome.ours, body, token, source="the reconcile of a create that got no answer")
         if outcome.settled or not loudly:
             return outcome
         ids = [i.id for i in outcome.candidates]
