@@ -15,6 +15,9 @@ and removed once the invocation has a final outcome or is handed off (``wait_for
 keeps the ``max_tries`` of the try that wrote it, so a later try with a different ``max_tries`` was started by a
 person (clear) and must run afresh, while one with the same ``max_tries`` is an automatic retry that must not
 start a second run while its own may exist. A new DAG run is a different task instance, hence a different record.
+One exception is Airflow's, not ours: a task instance cleared while it *runs on a worker* is moved to
+``restarting`` with its ``max_tries`` kept, killed, and retried, so its next try is a retry here: it starts afresh
+only when ``on_kill`` cancelled the run (``cancel_on_kill=True``), and re-attaches otherwise.
 """
 
 from __future__ import annotations

@@ -154,11 +154,14 @@ class KernelInvokeOperator(BaseOperator):
         Kernel's ``async_timeout_seconds``, which bounds the run on Kernel's side.
     :param stream_logs: copy the action's log lines into the task log while waiting.
     :param cancel_on_kill: cancel the invocation when the task is killed, marked failed/success or cleared
-        (default True; for deferred tasks this needs Airflow 3.3+).
+        (default True; for deferred tasks this needs Airflow 3.3+). Airflow clears a task that is running on a
+        worker by killing it and retrying it (state ``restarting``, ``max_tries`` kept): with False, the next try
+        re-attaches to the run that kept going instead of starting afresh.
     :param reattach_on_retry: on an automatic retry, re-join the invocation a previous try started if it is still
         running, return its output if it succeeded, invoke again only if it failed (default True). False: a retry
-        cancels a previous try's run that is still going and starts a new one (never two at once). A clear
-        always starts a new run, whatever this says.
+        cancels a previous try's run that is still going and starts a new one (never two at once). A clear of a
+        finished or deferred task starts a new run, whatever this says (of one running on a worker: see
+        ``cancel_on_kill``).
     :param reconcile_token: add a random per-try token to the payload (key ``_airflow_kernel_token``; the payload
         must be a JSON object, and the action sees the extra key) so that a create whose answer was lost is
         matched to its invocation exactly. Without it (default), a lost answer is settled only when Kernel lists no

@@ -198,3 +198,38 @@ def test_a_record_naming_a_run_without_its_token_is_not_adopted(kernel_conn_env:
             wait_for_completion=False,
         )
     assert kernel_conn_env.created_count() == 1
+
+
+@pytest.mark.parametrize("cancel_on_kill", [True, False])
+def test_a_clear_of_a_task_running_on_a_worker_is_a_kill_and_a_retry(
+    kernel_conn_env: Any, cancel_on_kill: bool
+) -> None:
+    """Airflow 2.11 and 3.x move a running task instance that is cleared to ``restarting`` and keep its
+    ``max_tries`` (``clear_task_instances`` in ``models/taskinstance.py``): the worker kills the try, and the next
+    try looks like an automatic retry. Whether it starts afresh therefore rests on ``on_kill``'s cancel."""
+    from kernel_provider.hooks.kernel import KernelHook
+
+    store = DictStateStore()
+    ti = FakeTI(max_tries=1)
+    first = KernelInvokeOperator(
+        task_id=ti.task_id, app_name="demo", action_name="slow", payload={"seconds": 600}, cancel_on_kill=cancel_on_kill
+    )
+    # Try 1 created its run and is waiting for it on the worker: its record names the run, on_kill knows the id.
+    invocation_id = KernelHook().invoke("demo", "slow", payload={"seconds": 600}, invoke_async=True).id
+    records = RunRecordStore({"ti": ti, "task_state_store": store})
+    records.put(records.new(invocation_id=invocation_id))
+    first.invocation_id = invocation_id
+    first.on_kill()  # the clear: Airflow kills the running try
+    picked = execute(
+        store,
+        FakeTI(try_number=2, max_tries=1),  # restarting keeps max_tries
+        action_name="slow",
+        payload={"seconds": 600},
+        cancel_on_kill=cancel_on_kill,
+        wait_for_completion=False,
+    )
+    if cancel_on_kill:
+        assert picked != invocation_id and kernel_conn_env.created_count() == 2  # afresh: the old run was cancelled
+        assert kernel_conn_env.invocation(invocation_id)["status"] == "failed"
+    else:
+        assert picked == invocation_id and kernel_conn_env.created_count() == 1  # re-attached to the old run
