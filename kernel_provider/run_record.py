@@ -16,8 +16,9 @@ keeps the ``max_tries`` of the try that wrote it, so a later try with a differen
 person (clear) and must run afresh, while one with the same ``max_tries`` is an automatic retry that must not
 start a second run while its own may exist. A new DAG run is a different task instance, hence a different record.
 One exception is Airflow's, not ours: a task instance cleared while it *runs on a worker* is moved to
-``restarting`` with its ``max_tries`` kept, killed, and retried, so its next try is a retry here: it starts afresh
-only when ``on_kill`` cancelled the run (``cancel_on_kill=True``), and re-attaches otherwise.
+``restarting``, killed, and given a new try. Airflow 2.11 keeps its ``max_tries`` (3.3 too when the killed try
+ended failed; it raises them when that try ended cleanly), so that try is a retry here: it starts afresh only when
+``on_kill`` cancelled the run (``cancel_on_kill=True``), and re-attaches otherwise.
 """
 
 from __future__ import annotations

@@ -155,8 +155,9 @@ class KernelInvokeOperator(BaseOperator):
     :param stream_logs: copy the action's log lines into the task log while waiting.
     :param cancel_on_kill: cancel the invocation when the task is killed, marked failed/success or cleared
         (default True; for deferred tasks this needs Airflow 3.3+). Airflow clears a task that is running on a
-        worker by killing it and retrying it (state ``restarting``, ``max_tries`` kept): with False, the next try
-        re-attaches to the run that kept going instead of starting afresh.
+        worker by killing it and giving it a new try (state ``restarting``); where it keeps ``max_tries`` (2.11,
+        and 3.x when the killed try ended failed) that try is a retry here, so with False it re-attaches to the
+        run that kept going instead of starting afresh.
     :param reattach_on_retry: on an automatic retry, re-join the invocation a previous try started if it is still
         running, return its output if it succeeded, invoke again only if it failed (default True). False: a retry
         cancels a previous try's run that is still going and starts a new one (never two at once). A clear of a

@@ -22,6 +22,7 @@ from lifecycle_scenarios import (
     RESTART_LINES,
     clear_deferred_task,
     clear_finished_submit_only_run,
+    clear_task_waiting_on_a_worker,
     creates_summary,
     execution_timeout_while_deferred,
     kernel_line_counts,
@@ -283,35 +284,10 @@ def test_worker_killed_while_waiting_retry_reattaches_to_its_run(airflow_e2e: Ai
 def test_clear_of_a_task_waiting_on_a_worker_follows_cancel_on_kill(
     airflow_e2e: AirflowE2E, cancel_on_kill: bool
 ) -> None:
-    """A person clears a task that waits on a worker. Airflow moves it to ``restarting`` (``max_tries`` kept),
-    kills it and retries it, so the next try looks like an automatic retry: with ``cancel_on_kill=True`` the kill
-    cancelled the run and the try invokes anew (2 creates); with False it re-attaches to the run that kept going
-    (1 create), which is what the README says."""
-    e2e = airflow_e2e
-    dag_id, task_id = ("lc_clear_running" if cancel_on_kill else "lc_clear_running_keep"), "invoke"
-    e2e.wait_for_dag(dag_id)
-    gate = e2e.new_gate()
-    run_id = e2e.trigger(dag_id, {"gate": gate})
-    [created] = wait_gate_invocations(e2e, gate, 1, timeout=120)
-    e2e.wait_until(
-        "the worker to follow the invocation's event stream",
-        lambda: [r for r in e2e.kernel_requests(created["id"]) if r["route"] == "/invocations/{id}/events"],
-        timeout=60,
-    )
-    assert e2e.ti(dag_id, run_id, task_id)["state"] == "running"
-    e2e.clear_tasks(dag_id, run_id, [task_id])
-    ti = wait_ti(e2e, dag_id, run_id, task_id, ("running",), timeout=RETRY_AFTER_CRASH, min_try=2)
-    if cancel_on_kill:
-        [_, fresh] = wait_gate_invocations(e2e, gate, 2, timeout=120)
-        assert e2e.invocation(created["id"])["status"] == "failed", "on_kill did not cancel the old run"
-        expected = fresh["id"]
-    else:
-        expected = created["id"]
-    e2e.open_gate(gate)
-    assert e2e.wait_run_done(dag_id, run_id, timeout=120) == "success", e2e.task_instances(dag_id, run_id)
-    assert e2e.xcom(dag_id, run_id, task_id) == {"id": expected, "result": {"gate": gate}}
-    assert len(e2e.gate_invocations(gate)) == (2 if cancel_on_kill else 1), creates_summary(e2e, gate)
-    assert ti["try_number"] == 2
+    """A person clears a task that waits on a worker (see ``clear_task_waiting_on_a_worker``): never two runs at
+    once; with ``cancel_on_kill=True`` the new try always starts afresh."""
+    outcome = clear_task_waiting_on_a_worker(airflow_e2e, cancel_on_kill)
+    print(f"\n[e2e] cancel_on_kill={cancel_on_kill}: {outcome}")
 
 
 # --- row 8 ------------------------------------------------------------------------------------------------------

@@ -204,9 +204,9 @@ def test_a_record_naming_a_run_without_its_token_is_not_adopted(kernel_conn_env:
 def test_a_clear_of_a_task_running_on_a_worker_is_a_kill_and_a_retry(
     kernel_conn_env: Any, cancel_on_kill: bool
 ) -> None:
-    """Airflow 2.11 and 3.x move a running task instance that is cleared to ``restarting`` and keep its
-    ``max_tries`` (``clear_task_instances`` in ``models/taskinstance.py``): the worker kills the try, and the next
-    try looks like an automatic retry. Whether it starts afresh therefore rests on ``on_kill``'s cancel."""
+    """Airflow moves a running task instance that is cleared to ``restarting`` and kills it; 2.11 (and 3.x when
+    the killed try ended failed) keeps its ``max_tries``, so the next try looks like an automatic retry. Whether
+    it starts afresh then rests on ``on_kill``'s cancel (the real services: ``tests/e2e``, same test name)."""
     from kernel_provider.hooks.kernel import KernelHook
 
     store = DictStateStore()
