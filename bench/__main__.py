@@ -26,6 +26,7 @@ BENCHES: list[tuple[str, str, list[str], list[str]]] = [
     ("emulator", "bench.bench_emulator", [], ["--seconds", "2", "--streams", "300"]),
     ("trigger", "bench.bench_trigger", [], ["--quick"]),
     ("worker_slots", "bench.bench_worker_slots", ["--action-seconds", "30"], ["--quick"]),
+    ("reconcile", "bench.bench_reconcile", [], ["--runs", "2000", "--rounds", "1"]),
 ]
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -4,19 +4,26 @@
 connection, a read timeout, a 5xx, a worker that died mid-request), the only way to learn whether it started a
 run is to list invocations and compare. The rules:
 
-* **The window is the request's own timing**: from the moment it was sent to the moment it was answered or timed
-  out (for a crash: sent + connect timeout + read timeout), widened by :data:`CLOCK_MARGIN` seconds each side for
-  clock skew between this worker and Kernel. An invocation Kernel started outside it cannot be this request's.
+* **The window is one attempt's own timing**: from the moment just before the attempt that got no answer was sent
+  to the moment its answer or failure was known (for a crash: sent + connect timeout + read timeout), widened by
+  :data:`CLOCK_MARGIN` seconds each side for clock skew between this worker and Kernel. Earlier attempts were
+  answered (a 429 or a refused connection created nothing), so the 429 budget is not part of it. An invocation
+  Kernel started outside the window cannot be this request's.
 * **Fields rule candidates out, never in**: an invocation is ruled out only by a field Kernel sent that differs
   (app, action, version, start time, payload). A missing field, or a payload that may have been cut short,
   rules nothing out: such an invocation stays a candidate, after one ``GET`` to read its full record.
-* **The listing is bounded**: pages of 100, at most :data:`MAX_SCAN` invocations. A busier window cannot be
-  settled by listing and is reported as such.
+* **The listing is read page by page, newest first**, from the window's start (Kernel's ``since``) with no upper
+  bound: in a busy fan-out most listed runs started after the window and are passed over by their start time.
+  Paging stops at the end of the listing or at the first invocation older than the window. Offsets shift when
+  runs are created meanwhile: a run may come back on the next page (read once), none is skipped.
 * **Only a token proves ownership.** With ``reconcile_token`` the request's payload carried a random per-try value
-  (:data:`TOKEN_KEY`); the invocation whose payload carries it is ours, exactly. Without a token, a run with the
-  same app, action, version and payload in the window may be a twin (a mapped task with an equal payload, another
-  DAG, a backfill), so any candidate makes the caller fail loudly, naming them; only "no candidate at all" is a
-  settled answer (nothing was created).
+  (:data:`TOKEN_KEY`); the invocation whose payload carries it is ours, exactly, however busy the listing: tokens
+  are compared while paging, and the first carrier ends the search. Without a token, a run with the same app,
+  action, version and payload in the window may be a twin (a mapped task with an equal payload, another DAG, a
+  backfill), so any candidate makes the caller fail loudly, naming them; only "no candidate at all" is a settled
+  answer (nothing was created). More than :data:`MAX_SCAN` runs *inside the window* cannot be settled that way.
+* **What is adopted or cancelled must be the request's**: :func:`check_same_request` compares app, action, version
+  and token of any invocation a run record or a reconcile names before the caller acts on it.
 """
 
 from __future__ import annotations
@@ -29,13 +36,17 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
-from kernel_provider.client.errors import KernelInputError
+from kernel_provider.client.errors import KernelInputError, KernelRunMismatchError
 from kernel_provider.client.models import Invocation
 
 #: Seconds added to each side of a create's window for clock skew between the worker and Kernel.
 CLOCK_MARGIN = 5.0
-#: Most invocations one reconcile lists before it gives up settling the question by listing.
+#: Most invocations inside the window a reconcile without token weighs before it gives up settling by listing.
 MAX_SCAN = 500
+#: Invocations asked for per listing request (Kernel's largest page).
+PAGE_SIZE = 100
+#: Most invocations one reconcile reads in all (newer ones included): a bound against a listing that never ends.
+MAX_LISTED = 100_000
 #: Most undecided invocations fetched one by one for their full record.
 MAX_LOOKUPS = 10
 #: Payload key of the reconcile token (``reconcile_token=True``).
@@ -163,48 +174,66 @@ def reconcile(
     """Decide which invocation (if any) a create started; see the module docstring for the rules.
 
     ``list_invocations`` and ``get_invocation`` are the hook's methods (kept as parameters so the rules stay
-    free of I/O). The listing is filtered by app, action and version and starts at the window's beginning.
+    free of I/O); ``list_invocations`` is called once per page (``offset``, ``limit``), filtered by app, action and
+    version from the window's beginning.
     """
-    listed = list_invocations(
-        app_name=request["app_name"],
-        action_name=request["action_name"],
-        version=request.get("version"),
-        since=window.since,
-        limit=MAX_SCAN + 1,
-    )
-    # An invocation created while paging shifts the offsets: the same one can come back on two pages.
-    unique = list({i.id: i for i in listed}.values())
-    if len(listed) > MAX_SCAN:
-        return Outcome(
-            None,
-            (),
-            f"more than {MAX_SCAN} invocations of this action started since "
-            f"{window.since.isoformat()}, too many to settle by listing",
-        )
+    seen: set[str] = set()
     ours: list[Invocation] = []
     undecided: list[Invocation] = []
-    for invocation in unique:
-        verdict = judge(invocation, request, window, token)
-        if verdict is Verdict.OURS:
-            ours.append(invocation)
-        elif verdict is Verdict.CANDIDATE:
-            undecided.append(invocation)
+    inside = 0
+    offset = 0
+    while offset < MAX_LISTED:
+        page = list_invocations(
+            app_name=request["app_name"],
+            action_name=request["action_name"],
+            version=request.get("version"),
+            since=window.since,
+            offset=offset,
+            limit=PAGE_SIZE,
+        )
+        older_reached = False
+        for invocation in page:
+            if invocation.id in seen:
+                continue  # shifted onto this page by a run created meanwhile
+            seen.add(invocation.id)
+            started = invocation.started_at
+            if started is not None and started > window.until:
+                continue  # started after the window: another request's, and no part of the count
+            if started is not None and started < window.since:
+                older_reached = True  # newest first: everything after this is older still
+                continue
+            inside += 1
+            verdict = judge(invocation, request, window, token)
+            if verdict is Verdict.OURS:
+                ours.append(invocation)
+            elif verdict is Verdict.CANDIDATE:
+                undecided.append(invocation)
+        if ours:
+            break  # the token is proof: no need to read further
+        if token is None and inside > MAX_SCAN:
+            return Outcome(
+                None,
+                (),
+                f"more than {MAX_SCAN} invocations of this action started in the request's window "
+                f"{window.describe()}, too many to settle by listing",
+            )
+        if older_reached or len(page) < PAGE_SIZE:
+            break
+        offset += len(page)
+    else:
+        return Outcome(None, (), f"Kernel listed more than {MAX_LISTED} invocations without reaching the window")
+    if ours:
+        return Outcome(ours[0])
     # A listed record may lack fields (or carry them cut short): read the undecided ones in full first.
     still: list[Invocation] = []
     for invocation in undecided[:MAX_LOOKUPS]:
         full = get_invocation(invocation.id)
         verdict = judge(full, request, window, token)
         if verdict is Verdict.OURS:
-            ours.append(full)
-        elif verdict is Verdict.CANDIDATE:
+            return Outcome(full)  # the token is proof; the rest merely could not be read in full
+        if verdict is Verdict.CANDIDATE:
             still.append(full)
     undecided = still + undecided[MAX_LOOKUPS:]
-    if len(ours) == 1 and not undecided:
-        return Outcome(ours[0])
-    if len(ours) > 1:
-        return Outcome(None, tuple(ours), "several invocations carry this try's token")
-    if ours and undecided:
-        return Outcome(ours[0])  # the token is proof; the rest merely could not be read in full
     if not undecided:
         return Outcome(None)
     why = (
@@ -214,3 +243,44 @@ def reconcile(
         "(another task with an equal payload) cannot be told from this task's"
     )
     return Outcome(None, tuple(undecided), why)
+
+
+def carries_token(payload: str | None, token: str) -> bool:
+    """Whether a full (not listed, so not cut short) payload carries ``token`` under :data:`TOKEN_KEY`."""
+    try:
+        data = json.loads(payload) if payload else None
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get(TOKEN_KEY) == token
+
+
+def check_same_request(invocation: Invocation, request: Mapping[str, Any], token: str | None, *, source: str) -> None:
+    """Refuse to act on an invocation that is not the request's own before adopting or cancelling it.
+
+    A run record is only as trustworthy as the store it lives in (below Airflow 3.3 an Airflow Variable anyone
+    allowed to edit Variables can set), so the invocation it names must have the request's app, action and
+    version, and carry the token when the record has one. A field Kernel did not send counts as different: it
+    cannot be shown to match.
+
+    :param invocation: the invocation as ``GET /invocations/{id}`` returned it (full payload).
+    :param request: the create request of this task (``app_name``, ``action_name``, ``version``).
+    :param token: the reconcile token the record holds, if any.
+    :param source: where the id came from, for the message (e.g. "the run record").
+    :raises KernelRunMismatchError: naming each difference; nothing was adopted or cancelled.
+    """
+    differences = [
+        f"{label} {getattr(invocation, field) or '(not sent)'!r} instead of {request.get(field)!r}"
+        for field, label in (("app_name", "app"), ("action_name", "action"), ("version", "version"))
+        if getattr(invocation, field) != request.get(field)
+    ]
+    if token is not None and not carries_token(invocation.payload, token):
+        differences.append("its payload lacks this task's reconcile token")
+    if differences:
+        raise KernelRunMismatchError(
+            f"Invocation {invocation.id}, named by {source}, is not this task's request: "
+            f"{'; '.join(differences)}. It was neither adopted nor cancelled. If the record was edited by hand "
+            "(or the task's app, action or version changed since), check that invocation in Kernel, then clear "
+            "this task to start afresh.",
+            invocation.id,
+            differences,
+        )

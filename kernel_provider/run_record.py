@@ -3,7 +3,8 @@
 One record per task instance (dag, task, run, map index), kept across its tries:
 
 * Airflow 3.3+: the task instance's ``task_state_store`` (key ``kernel_invocation``);
-* older versions: an Airflow Variable ``kernel_provider.invocation.<dag>.<task>.<run>.<map_index>``.
+* older versions: an Airflow Variable ``kernel_provider.invocation.<dag>.<task>.<run>.<map_index>`` (ids too
+  long for Airflow's 250-character key are shortened, see :func:`_variable_key`).
 
 The record is written *before* ``POST /invocations`` (a pending create: when it was sent, the latest moment it
 could have reached Kernel, and the optional reconcile token), replaced by the invocation id once Kernel answers,
@@ -14,10 +15,15 @@ and removed once the invocation has a final outcome or is handed off (``wait_for
 keeps the ``max_tries`` of the try that wrote it, so a later try with a different ``max_tries`` was started by a
 person (clear) and must run afresh, while one with the same ``max_tries`` is an automatic retry that must not
 start a second run while its own may exist. A new DAG run is a different task instance, hence a different record.
+One exception is Airflow's, not ours: a task instance cleared while it *runs on a worker* is moved to
+``restarting``, killed, and given a new try. Airflow 2.11 keeps its ``max_tries`` (3.3 too when the killed try
+ended failed; it raises them when that try ended cleanly), so that try is a retry here: it starts afresh only when
+``on_kill`` cancelled the run (``cancel_on_kill=True``), and re-attaches otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -32,6 +38,10 @@ log = logging.getLogger(__name__)
 STATE_KEY = "kernel_invocation"
 #: Prefix of the Airflow Variable used where there is no ``task_state_store`` (Airflow < 3.3).
 VARIABLE_PREFIX = "kernel_provider.invocation."
+#: Longest Variable key Airflow stores (its ``variable.key`` column is 250 characters).
+MAX_VARIABLE_KEY = 250
+#: Characters of each id kept readable in a key that had to be shortened.
+_KEY_HEAD = 58
 
 
 @dataclass(frozen=True)
@@ -173,10 +183,20 @@ class RunRecordStore:
                     ),
                 )
         except Exception as exc:
+            problem = f"({type(exc).__name__}: {exc})"
+            if record.pending:
+                raise KernelStateStoreError(
+                    f"Could not write this task instance's Kernel run record to the {self.where} {problem}. The "
+                    "task fails before invoking: without the record a retry could start a second run. Fix the "
+                    "metadata DB / state store access and retry the task."
+                ) from exc
             raise KernelStateStoreError(
-                f"Could not write this task instance's Kernel run record to the {self.where} "
-                f"({type(exc).__name__}: {exc}). The task fails before invoking: without the record a retry "
-                "could start a second run. Fix the metadata DB / state store access and retry the task."
+                f"Invocation {record.invocation_id} was created, but its id could not be saved in this task "
+                f"instance's Kernel run record ({self.where}) {problem}. The run goes on and this try follows it "
+                "(XCom invocation_id names it; killing the task cancels it). The record still says a create was in "
+                "flight: should this try die, its retry looks for the run in Kernel's listing before invoking - "
+                "found exactly with reconcile_token=True; without a token the retry fails naming this invocation "
+                "rather than start a second run."
             ) from exc
 
     def forget(self) -> None:
@@ -214,7 +234,21 @@ def forget_airflow2_record(dag_id: str, task_id: str, run_id: str, map_index: in
 
 
 def _variable_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
-    return VARIABLE_PREFIX + ".".join(str(part) for part in (dag_id, task_id, run_id, map_index))
+    """The record's Variable key: readable, and at most :data:`MAX_VARIABLE_KEY` characters.
+
+    Airflow's ``variable.key`` column holds 250 characters (PostgreSQL and MySQL refuse longer ones), while a
+    dag id, task id and run id may each be 250 long. A key that would not fit keeps a readable head of each part
+    and ends with a digest of the full ids, so it stays deterministic (every try and the trigger compute the same
+    key) and distinct for distinct task instances.
+    """
+    parts = (str(dag_id), str(task_id), str(run_id), str(map_index))
+    key = VARIABLE_PREFIX + ".".join(parts)
+    if len(key) <= MAX_VARIABLE_KEY:
+        return key
+    digest = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    # prefix (26) + 3 heads of 58 + map index (<= 11) + digest (32) + 4 dots <= 250
+    heads = [part[:_KEY_HEAD] for part in parts[:3]]
+    return VARIABLE_PREFIX + ".".join([*heads, parts[3][:11], digest])
 
 
 def _read_variable(key: str) -> Any:

@@ -18,6 +18,7 @@ from kernel_provider.exceptions import KernelInputError
 from kernel_provider.reconcile import (
     CLOCK_MARGIN,
     MAX_SCAN,
+    PAGE_SIZE,
     TOKEN_KEY,
     CreateWindow,
     Verdict,
@@ -57,7 +58,8 @@ class Kernel:
 
     def list_invocations(self, **filters: Any) -> list[Invocation]:
         self.list_calls.append(filters)
-        return self.listed[: filters["limit"]]
+        offset = filters["offset"]
+        return self.listed[offset : offset + filters["limit"]]
 
     def get_invocation(self, invocation_id: str) -> Invocation:
         self.gets.append(invocation_id)
@@ -77,7 +79,7 @@ def test_the_listing_is_filtered_bounded_and_starts_at_the_window() -> None:
     (call,) = kernel.list_calls
     assert call["app_name"] == "shop" and call["action_name"] == "scrape" and call["version"] == "v1"
     assert call["since"] == SENT - timedelta(seconds=CLOCK_MARGIN)
-    assert call["limit"] == MAX_SCAN + 1
+    assert (call["offset"], call["limit"]) == (0, PAGE_SIZE)
 
 
 def test_without_a_token_an_identical_run_is_a_candidate_never_adopted() -> None:
@@ -149,3 +151,77 @@ def test_add_token_needs_a_json_object() -> None:
 def test_judge_tolerates_a_record_with_no_fields_but_the_id() -> None:
     bare = Invocation.from_api({"id": "bare", "status": "queued"})
     assert judge(bare, REQUEST, WINDOW, None) is Verdict.CANDIDATE
+
+
+def fan_out(count: int, *, started: float, token: bool = True) -> list[Invocation]:
+    """``count`` runs of the same action from other task instances (each with its own token when ``token``)."""
+    payloads = [add_token(REQUEST["payload"], f"{n:024d}") if token else REQUEST["payload"] for n in range(count)]
+    return [inv(f"other{started}-{n}", started=started, payload=p) for n, p in enumerate(payloads)]
+
+
+def test_with_a_token_a_busy_listing_is_paged_until_the_carrier_never_too_many() -> None:
+    """Issue 24 item 2: 600 newer runs of the fan-out listed first (newest first, no upper bound), ours last."""
+    token = "t" * 24
+    body = {**REQUEST, "payload": add_token(REQUEST["payload"], token)}
+    kernel = Kernel([*fan_out(600, started=3 + CLOCK_MARGIN + 60), inv("mine", payload=body["payload"])])
+    outcome = run(kernel, token, body)
+    assert outcome.settled and outcome.ours is not None and outcome.ours.id == "mine"
+    assert [c["offset"] for c in kernel.list_calls] == [0, 100, 200, 300, 400, 500, 600]
+
+
+def test_with_a_token_hundreds_of_runs_inside_the_window_are_ruled_out_exactly() -> None:
+    token = "t" * 24
+    body = {**REQUEST, "payload": add_token(REQUEST["payload"], token)}
+    outcome = run(Kernel(fan_out(MAX_SCAN + 101, started=1.0)), token, body)
+    assert outcome.settled and outcome.ours is None  # nothing of ours: the retry may invoke
+
+
+def test_without_a_token_only_runs_inside_the_window_count_towards_the_guard() -> None:
+    # 600 twins (same payload) that started after the window, then nothing in it: settled, nothing created.
+    kernel = Kernel(fan_out(600, started=3 + CLOCK_MARGIN + 1, token=False))
+    outcome = run(kernel)
+    assert outcome.settled and outcome.ours is None and kernel.gets == []
+    # The same twins inside the window: still too many to tell apart by listing.
+    assert "too many" in run(Kernel(fan_out(MAX_SCAN + 1, started=1.0, token=False))).reason
+
+
+def test_paging_stops_at_the_first_run_older_than_the_window() -> None:
+    listed = [*fan_out(150, started=3 + CLOCK_MARGIN + 1), *fan_out(150, started=-CLOCK_MARGIN - 10)]
+    kernel = Kernel(listed)
+    outcome = run(kernel, None)
+    assert outcome.settled and [c["offset"] for c in kernel.list_calls] == [0, 100]
+
+
+def test_a_run_shifted_onto_the_next_page_is_weighed_once() -> None:
+    class Shifting(Kernel):
+        """A run is created while paging: the second page starts with the first page's last item again."""
+
+        def list_invocations(self, **filters: Any) -> list[Invocation]:
+            self.list_calls.append(filters)
+            offset = filters["offset"] - (1 if filters["offset"] else 0)
+            return self.listed[offset : offset + filters["limit"]]
+
+    twin = inv("twin")
+    kernel = Shifting([*fan_out(99, started=3 + CLOCK_MARGIN + 1), twin, *fan_out(5, started=1.0)])
+    outcome = run(kernel)
+    assert [i.id for i in outcome.candidates] == ["twin"]  # once, not twice
+
+
+def test_an_adopted_run_must_be_the_requests_own() -> None:
+    from kernel_provider.exceptions import KernelRunMismatchError
+    from kernel_provider.reconcile import check_same_request
+
+    token = "t" * 24
+    body = {**REQUEST, "payload": add_token(REQUEST["payload"], token)}
+    check_same_request(inv("mine", payload=body["payload"]), body, token, source="the run record")
+    with pytest.raises(KernelRunMismatchError) as failure:
+        check_same_request(inv("x", app_name="bank", version="v9"), body, token, source="the run record")
+    assert failure.value.candidates == ["x"]
+    assert failure.value.differences == [
+        "app 'bank' instead of 'shop'",
+        "version 'v9' instead of 'v1'",
+        "its payload lacks this task's reconcile token",
+    ]
+    bare = Invocation.from_api({"id": "bare", "status": "running"})
+    with pytest.raises(KernelRunMismatchError, match="app '\\(not sent\\)'"):
+        check_same_request(bare, REQUEST, None, source="the run record")

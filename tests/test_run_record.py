@@ -84,3 +84,24 @@ def test_a_successful_run_logs_no_error(
     logged = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
     assert logged + printed == []
     assert "invoke" in caplog.text + captured.out + captured.err  # the run's logs were captured at all
+
+
+def test_the_variable_key_fits_airflows_column_for_the_longest_ids() -> None:
+    """Airflow 2.11 and 3.0-3.2 keep the record in a Variable, whose key column holds 250 characters (PostgreSQL
+    and MySQL refuse longer keys); dag and task ids may each be 250 long."""
+    from airflow.models.variable import Variable
+
+    column = Variable.__table__.c.key.type.length
+    long_dag, long_task = "d" * 250, "t" * 250
+
+    def key(**ids: Any) -> str:
+        return RunRecordStore({"ti": FakeTI(**{"dag_id": long_dag, "task_id": long_task, **ids})}).variable_key
+
+    assert len(key()) <= column == 250
+    assert key() == key()  # every try and the trigger compute the same key
+    assert key(map_index=3) != key(map_index=4) != key(run_id="other")
+    near_twin = RunRecordStore({"ti": FakeTI(dag_id=long_dag, task_id="t" * 249 + "u")}).variable_key
+    assert near_twin != key()  # ids that differ only past the readable head still get their own record
+    assert key().startswith("kernel_provider.invocation.ddd")  # still readable
+    short = RunRecordStore({"ti": FakeTI(dag_id="etl", task_id="invoke", run_id="r1", map_index=2)}).variable_key
+    assert short == "kernel_provider.invocation.etl.invoke.r1.2"  # short ids keep the documented form

@@ -95,7 +95,14 @@ class KernelClient:
 
     # --- drivers ----------------------------------------------------------------------------------------------
 
-    def execute(self, operation: Operation[T], *, budget: float | None = None, retry: RetryPolicy | None = None) -> T:
+    def execute(
+        self,
+        operation: Operation[T],
+        *,
+        budget: float | None = None,
+        retry: RetryPolicy | None = None,
+        before_send: Callable[[], None] | None = None,
+    ) -> T:
         """Run any operation of :mod:`kernel_provider.client.operations` on this thread.
 
         :param operation: e.g. ``operations.get_invocation("abc")``.
@@ -103,10 +110,12 @@ class KernelClient:
             time left, and no request starts once it is spent (a :class:`KernelTransportError` then). None: the
             settings' full timeouts and retries.
         :param retry: the retry bounds of this operation only (None: :attr:`retry`).
+        :param before_send: called right before each attempt of each request is sent; what it raises ends the
+            operation without sending (e.g. a create's caller recording the attempt's window first).
         :raises KernelError: what the operation raises once the retry policy gives up.
         """
         deadline = _deadline(budget)
-        return operations.drive(operation, lambda call: self._send(call, deadline, retry))
+        return operations.drive(operation, lambda call: self._send(call, deadline, retry, before_send))
 
     async def aexecute(self, operation: Operation[T], *, budget: float | None = None) -> T:
         """:meth:`execute` without blocking the event loop, with the same retries; a refused key is read again
@@ -170,7 +179,13 @@ class KernelClient:
             )
         )
 
-    def create_invocation(self, request: Mapping[str, Any], *, retry: RetryPolicy | None = None) -> Invocation:
+    def create_invocation(
+        self,
+        request: Mapping[str, Any],
+        *,
+        retry: RetryPolicy | None = None,
+        before_send: Callable[[], None] | None = None,
+    ) -> Invocation:
         """``POST /invocations`` with a body from :func:`~kernel_provider.client.validation.build_invoke_request`
         (not checked again here: a bad body is Kernel's to refuse).
 
@@ -180,8 +195,9 @@ class KernelClient:
 
         :param retry: the retry bounds of this create only (None: :attr:`retry`); e.g. a ``rate_limit_budget`` of 0
             raises the first 429 at once, for a caller that waits it out elsewhere.
+        :param before_send: called right before each attempt is sent (see :meth:`execute`).
         """
-        return self.execute(operations.create_invocation(request), retry=retry)
+        return self.execute(operations.create_invocation(request), retry=retry, before_send=before_send)
 
     async def acreate_invocation(self, request: Mapping[str, Any]) -> Invocation:
         """:meth:`create_invocation` without blocking the event loop."""
@@ -193,9 +209,18 @@ class KernelClient:
         request is made.
 
         :param retry: the retry bounds the create will use (None: :attr:`retry`)."""
-        settings, retry = self.settings, retry or self.retry
-        read = settings.request_timeout if request.get("async") else operations.SYNC_INVOKE_READ_TIMEOUT
-        return max(retry.rate_limit_budget, retry.max_elapsed) + retry.retry_after_cap + settings.connect_timeout + read
+        retry = retry or self.retry
+        return (
+            max(retry.rate_limit_budget, retry.max_elapsed)
+            + retry.retry_after_cap
+            + self.create_attempt_seconds(request)
+        )
+
+    def create_attempt_seconds(self, request: Mapping[str, Any]) -> float:
+        """The longest one attempt of a create of ``request`` can take from its send until Kernel can no longer
+        act on it: the connect plus the read timeout. No request is made."""
+        read = self.settings.request_timeout if request.get("async") else operations.SYNC_INVOKE_READ_TIMEOUT
+        return self.settings.connect_timeout + read
 
     def get_invocation(self, invocation_id: str) -> Invocation:
         """``GET /invocations/{id}``: the invocation's current state (and output, once finished).
@@ -429,10 +454,18 @@ class KernelClient:
         retrying["wait"] = lambda state: max(0.0, min(wait(state), deadline - time.monotonic()))
         return retrying
 
-    def _send(self, call: ApiCall[T], deadline: float | None, policy: RetryPolicy | None = None) -> T:
+    def _send(
+        self,
+        call: ApiCall[T],
+        deadline: float | None,
+        policy: RetryPolicy | None = None,
+        before_send: Callable[[], None] | None = None,
+    ) -> T:
         settings = self.settings
         for attempt in tenacity.Retrying(**self._retrying(call, deadline, policy)):
             with attempt:
+                if before_send is not None:
+                    before_send()
                 response = self.transport.request(*_fitted(call, settings, deadline))
                 operations.raise_for_status(call, response)
         return call.parse(response)

@@ -15,6 +15,7 @@
     +-- KernelResponseError              an answer that is not what the API promises
     +-- KernelAmbiguousCreateError       ``POST /invocations`` may or may not have created a run
     +-- KernelReconcileError             a previous try's create cannot be settled; names the candidates
+    |   +-- KernelRunMismatchError       the recorded (or found) invocation is not this task's request
     +-- KernelStateStoreError            the retry-safety store cannot be read or written
     +-- KernelInvocationFailed           the invocation finished ``failed``
     +-- KernelWaitTimeout                the wait passed its deadline
@@ -48,6 +49,7 @@ __all__ = [
     "KernelReconcileError",
     "KernelRedirectError",
     "KernelResponseError",
+    "KernelRunMismatchError",
     "KernelServerError",
     "KernelStateStoreError",
     "KernelTransportError",
@@ -258,10 +260,22 @@ class KernelReconcileError(KernelError):
         super().__init__(message)
 
 
+class KernelRunMismatchError(KernelReconcileError):
+    """The invocation a run record (or a reconcile) points at is not this task's request: its app, action or
+    version differ, or it lacks the request's reconcile token. It is neither adopted nor cancelled (a record can
+    be edited by whoever may edit Airflow Variables). ``candidates`` holds its id; ``differences`` what differs.
+    """
+
+    def __init__(self, message: str, invocation_id: str, differences: Sequence[str]) -> None:
+        self.differences = list(differences)
+        super().__init__(message, [invocation_id])
+
+
 class KernelStateStoreError(KernelError):
     """The store that makes retries safe (``task_state_store`` or an Airflow Variable) could not be used.
 
-    Raised before any ``POST``: without the store a retry could not know about this try's run.
+    Raised before any ``POST``: without the store a retry could not know about this try's run. (When only the
+    write of the created invocation's id fails, the operator logs it and follows the run instead.)
     """
 
 

@@ -429,6 +429,7 @@ def list_invocations(
     query: str | None = None,
     limit: int | None = None,
     page_size: int = MAX_PAGE_SIZE,
+    offset: int = 0,
 ) -> Operation[list[Invocation]]:
     """``GET /invocations`` across pages (newest first).
 
@@ -442,6 +443,7 @@ def list_invocations(
     :param query: Kernel's free-text search.
     :param limit: the most invocations returned in all; None follows every page (see :func:`paginate`).
     :param page_size: invocations asked for per request, at most 100.
+    :param offset: how many matching invocations to skip first (a caller reading one page at a time).
     :raises KernelInputError: ``deployment_id`` is not a Kernel id (before any request).
     """
     if deployment_id is not None:
@@ -455,7 +457,7 @@ def list_invocations(
         "since": since,
         "query": query,
     }
-    items = yield from paginate(LIST_INVOCATIONS, filters, limit, page_size)
+    items = yield from paginate(LIST_INVOCATIONS, filters, limit, page_size, offset)
     return [Invocation.from_api(i) for i in items]
 
 
@@ -479,8 +481,11 @@ def list_apps(
     return [AppVersion.from_api(i) for i in items if isinstance(i, Mapping)]
 
 
-def paginate(endpoint: Endpoint, filters: Mapping[str, Any], limit: int | None, page_size: int) -> Operation[list[Any]]:
-    """Every item of a listing, page by page (``limit`` / ``offset`` query, ``x-has-more`` / ``x-next-offset``).
+def paginate(
+    endpoint: Endpoint, filters: Mapping[str, Any], limit: int | None, page_size: int, offset: int = 0
+) -> Operation[list[Any]]:
+    """Every item of a listing from ``offset`` on, page by page (``limit`` / ``offset`` query, ``x-has-more`` /
+    ``x-next-offset``).
 
     It stops on an empty page, on ``x-has-more`` other than ``true``, on a missing or zero ``x-next-offset``, or on
     one that does not move forward (a server that would otherwise keep it looping), and once ``limit`` items
@@ -488,7 +493,7 @@ def paginate(endpoint: Endpoint, filters: Mapping[str, Any], limit: int | None, 
     """
     page_size = max(1, min(page_size, MAX_PAGE_SIZE))
     items: list[Any] = []
-    offset = 0
+    offset = max(0, int(offset))
     while limit is None or len(items) < limit:
         want = page_size if limit is None else min(page_size, limit - len(items))
         response: ApiResponse = yield ApiCall(

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from dataclasses import replace
 from functools import cached_property, partial
 from typing import Any
 
@@ -39,6 +40,8 @@ class KernelHook(BaseHook):
     :param retry_policy: replaces the retry bounds read from the connection (tests and benchmarks use this).
     :param component: the Airflow component making the calls (e.g. ``"triggerer"``), added to the User-Agent
         so Kernel-side request logs show where a request came from. It changes nothing else.
+    :param rate_limit_wait: replaces only the connection's ``rate_limit_wait`` (the 429 budget, seconds); its
+        other retry settings stay in force. Ignored when ``retry_policy`` is given.
     """
 
     conn_name_attr = "kernel_conn_id"
@@ -51,11 +54,13 @@ class KernelHook(BaseHook):
         kernel_conn_id: str = default_conn_name,
         retry_policy: RetryPolicy | None = None,
         component: str | None = None,
+        rate_limit_wait: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.kernel_conn_id = kernel_conn_id
         self.component = component
+        self.rate_limit_wait = rate_limit_wait
         self._retry_override = retry_policy
         self._client: KernelClient | None = None
         self._async_settings: KernelSettings | None = None
@@ -122,6 +127,9 @@ class KernelHook(BaseHook):
             airflow_version=AIRFLOW_VERSION,
             component=self.component,
         )
+        if self.rate_limit_wait is not None:
+            # Only the 429 budget is the caller's: max_retries, max_retry_wait... stay the connection's.
+            settings = replace(settings, retry=replace(settings.retry, rate_limit_budget=float(self.rate_limit_wait)))
         _mask(settings.api_key)
         if settings.plain_http:  # only with allow_insecure_http: true (refused otherwise)
             log.warning("Kernel base URL %s is plain http: the API key travels unencrypted.", settings.base_url)
@@ -167,23 +175,28 @@ class KernelHook(BaseHook):
         """:meth:`invoke` without blocking the event loop."""
         return await (await self.aget_client()).ainvoke(app_name, action_name, **options)
 
-    def create_invocation(self, request: Mapping[str, Any], *, retry: RetryPolicy | None = None) -> Invocation:
+    def create_invocation(
+        self,
+        request: Mapping[str, Any],
+        *,
+        retry: RetryPolicy | None = None,
+        before_send: Callable[[], None] | None = None,
+    ) -> Invocation:
         """``POST /invocations`` with a validated body; never re-sent once it may have reached Kernel.
 
         :param retry: the retry bounds of this create only (None: the hook's).
+        :param before_send: called right before each attempt is sent (the operator records its window there).
         """
-        return self.client.create_invocation(request, retry=retry)
+        return self.client.create_invocation(request, retry=retry, before_send=before_send)
 
     async def acreate_invocation(self, request: Mapping[str, Any]) -> Invocation:
         """:meth:`create_invocation` without blocking the event loop."""
         return await (await self.aget_client()).acreate_invocation(request)
 
-    def create_window_seconds(self, request: Mapping[str, Any], *, retry: RetryPolicy | None = None) -> float:
-        """The longest a create of ``request`` can take before it can no longer reach Kernel (no request).
-
-        :param retry: the retry bounds the create will use (None: the hook's).
-        """
-        return self.client.create_window_seconds(request, retry=retry)
+    def create_attempt_seconds(self, request: Mapping[str, Any]) -> float:
+        """The longest one attempt of a create of ``request`` can take before Kernel can no longer act on it (no
+        request)."""
+        return self.client.create_attempt_seconds(request)
 
     def get_invocation(self, invocation_id: str) -> Invocation:
         """The invocation's current state (``GET /invocations/{id}``)."""

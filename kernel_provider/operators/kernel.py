@@ -155,11 +155,15 @@ class KernelInvokeOperator(BaseOperator):
         Kernel's ``async_timeout_seconds``, which bounds the run on Kernel's side.
     :param stream_logs: copy the action's log lines into the task log while waiting.
     :param cancel_on_kill: cancel the invocation when the task is killed, marked failed/success or cleared
-        (default True; for deferred tasks this needs Airflow 3.3+).
+        (default True; for deferred tasks this needs Airflow 3.3+). Airflow clears a task that is running on a
+        worker by killing it and giving it a new try (state ``restarting``); where it keeps ``max_tries`` (2.11,
+        and 3.x when the killed try ended failed) that try is a retry here, so with False it re-attaches to the
+        run that kept going instead of starting afresh.
     :param reattach_on_retry: on an automatic retry, re-join the invocation a previous try started if it is still
         running, return its output if it succeeded, invoke again only if it failed (default True). False: a retry
-        cancels a previous try's run that is still going and starts a new one (never two at once). A clear
-        always starts a new run, whatever this says.
+        cancels a previous try's run that is still going and starts a new one (never two at once). A clear of a
+        finished or deferred task starts a new run, whatever this says (of one running on a worker: see
+        ``cancel_on_kill``).
     :param reconcile_token: add a random per-try token to the payload (key ``_airflow_kernel_token``; the payload
         must be a JSON object, and the action sees the extra key) so that a create whose answer was lost is
         matched to its invocation exactly. Without it (default), a lost answer is settled only when Kernel lists no
@@ -239,14 +243,10 @@ class KernelInvokeOperator(BaseOperator):
     @cached_property
     def hook(self) -> KernelHook:
         """The hook of ``kernel_conn_id`` (created on first use, when the task runs: never at DAG parse), with
-        ``rate_limit_wait`` as its 429 budget when given."""
-        from kernel_provider.client.retry import RetryPolicy
+        ``rate_limit_wait`` as its 429 budget when given (the connection's other retry settings kept)."""
         from kernel_provider.hooks.kernel import KernelHook
 
-        policy = None
-        if self.rate_limit_wait is not None:
-            policy = RetryPolicy(rate_limit_budget=float(self.rate_limit_wait))
-        return KernelHook(kernel_conn_id=self.kernel_conn_id, retry_policy=policy)
+        return KernelHook(kernel_conn_id=self.kernel_conn_id, rate_limit_wait=self.rate_limit_wait)
 
     # --- execute -------------------------------------------------------------------------------------------
 
@@ -411,7 +411,7 @@ class KernelInvokeOperator(BaseOperator):
             self._retire(record, request)
             records.forget()
             return None
-        invocation = self._settle(record, request, records) if record.pending else self._lookup(record)
+        invocation = self._settle(record, request, records) if record.pending else self._lookup(record, request)
         if invocation is None:
             return None
         if not self.reattach_on_retry and not invocation.is_terminal:
@@ -419,9 +419,12 @@ class KernelInvokeOperator(BaseOperator):
             return None
         return invocation
 
-    def _lookup(self, record: RunRecord) -> Invocation | None:
-        """A retry: the previous try's invocation if it is to be continued (running, or finished well)."""
+    def _lookup(self, record: RunRecord, request: dict[str, Any]) -> Invocation | None:
+        """A retry: the previous try's invocation if it is to be continued (running, or finished well). It must
+        be this task's request (:func:`~kernel_provider.reconcile.check_same_request`) before anything is done
+        with it: continued, cancelled, or replaced."""
         from kernel_provider.client.errors import KernelNotFoundError
+        from kernel_provider.reconcile import check_same_request
 
         assert record.invocation_id is not None
         try:
@@ -429,6 +432,7 @@ class KernelInvokeOperator(BaseOperator):
         except KernelNotFoundError:
             self.log.info("The previous try's invocation %s no longer exists; invoking again.", record.invocation_id)
             return None
+        check_same_request(invocation, self._with_token(request, record.token), record.token, source="the run record")
         if invocation.failed:
             self.log.info(
                 "The previous try's invocation %s failed (%s); invoking again.",
@@ -464,7 +468,7 @@ class KernelInvokeOperator(BaseOperator):
             self.log.info("Try %d's create started nothing; invoking now.", record.try_number)
             return None
         self.log.warning("Try %d's create started invocation %s; continuing it.", record.try_number, outcome.ours.id)
-        records.put(records.new(invocation_id=outcome.ours.id))
+        self._record_created(records, outcome.ours, record.token)
         return outcome.ours
 
     def _retire(self, record: RunRecord, request: dict[str, Any]) -> None:
@@ -491,7 +495,11 @@ class KernelInvokeOperator(BaseOperator):
                 invocation_id = outcome.ours.id if outcome.ours is not None else None
             if invocation_id is None:
                 return
+            from kernel_provider.reconcile import check_same_request
+
             previous = self.hook.get_invocation(invocation_id)
+            # Never cancel on a record's word alone: it must name this task's request (else: a warning below).
+            check_same_request(previous, self._with_token(request, record.token), record.token, source="the run record")
             if not previous.is_terminal:
                 self._cancel(previous.id, "the task instance was cleared and starts a new run")
         except Exception as exc:
@@ -568,23 +576,41 @@ class KernelInvokeOperator(BaseOperator):
             request["version"],
             "async" if request.get("async") else "sync",
         )
-        sent = time.time()
-        # Recorded before the request (and the task fails here if it cannot be): if this worker dies
-        # mid-request, the retry looks for what the request started before it invokes again.
-        window_end = sent + self.hook.create_window_seconds(body, retry=retry)
-        records.put(records.new(sent_at=sent, window_end=window_end, token=token))
+        attempt_seconds = self.hook.create_attempt_seconds(body)
+        sent: list[float] = []
+
+        def record_attempt() -> None:
+            # Recorded right before each attempt (and the task fails here, unsent, if it cannot be): if this
+            # worker dies mid-request, the retry lists only this attempt's window. Earlier attempts were
+            # answered (429, refused connection) and created nothing, so the 429 budget is no part of it.
+            now = time.time()
+            records.put(records.new(sent_at=now, window_end=now + attempt_seconds, token=token))
+            sent.append(now)
+
         try:
-            invocation = self.hook.create_invocation(body, retry=retry)
+            invocation = self.hook.create_invocation(body, retry=retry, before_send=record_attempt)
         except KernelAmbiguousCreateError as exc:
             self.log.warning("%s Reconciling by listing recent invocations.", exc)
-            window = CreateWindow(datetime.fromtimestamp(sent, timezone.utc), datetime.now(timezone.utc))
+            window = CreateWindow(datetime.fromtimestamp(sent[-1], timezone.utc), datetime.now(timezone.utc))
             invocation = self._reconcile_now(exc, body, window, token)
         except KernelError:
             records.forget()  # refused (4xx, 429 budget, connection refused): certainly nothing was created
             raise
-        records.put(records.new(invocation_id=invocation.id))
         self.log.info("Created invocation %s (%s).", invocation.id, invocation.raw_status)
+        self._record_created(records, invocation, token)
         return invocation
+
+    def _record_created(self, records: RunRecordStore, invocation: Invocation, token: str | None) -> None:
+        """Replace the pending record by the invocation's id. When that write fails the run already exists in
+        Kernel: this try follows it (the id is kept for ``on_kill`` and pushed to XCom) and says what a retry
+        will make of the record left behind, instead of failing as if nothing had been invoked."""
+        from kernel_provider.client.errors import KernelStateStoreError
+
+        self.invocation_id = invocation.id
+        try:
+            records.put(records.new(invocation_id=invocation.id, token=token))
+        except KernelStateStoreError as exc:
+            self.log.warning("%s", exc)
 
     def _reconcile_now(
         self, exc: KernelAmbiguousCreateError, body: dict[str, Any], window: CreateWindow, token: str | None
@@ -607,11 +633,13 @@ class KernelInvokeOperator(BaseOperator):
         """List and judge (see :mod:`kernel_provider.reconcile`); unsettled answers fail loudly, naming the
         candidates and what a person should check."""
         from kernel_provider.client.errors import KernelReconcileError
-        from kernel_provider.reconcile import reconcile
+        from kernel_provider.reconcile import check_same_request, reconcile
 
         outcome = reconcile(
             body, window, token, list_invocations=self.hook.list_invocations, get_invocation=self.hook.get_invocation
         )
+        if outcome.ours is not None:
+            check_same_request(outcome.ours, body, token, source="the reconcile of a create that got no answer")
         if outcome.settled or not loudly:
             return outcome
         ids = [i.id for i in outcome.candidates]

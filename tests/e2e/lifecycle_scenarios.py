@@ -251,6 +251,52 @@ def clear_deferred_task(h: Harness) -> None:
     assert ti["try_number"] == 2, ti
 
 
+def clear_task_waiting_on_a_worker(h: Harness, cancel_on_kill: bool) -> str:
+    """A person clears a task that waits on a worker. Airflow moves it to ``restarting``, kills it and gives it a
+    new try. Airflow 3.3 raises ``max_tries`` (as a clear does) when the killed try ended cleanly and keeps it
+    when that try ended failed, so the new try is a clear or a retry to the provider. With ``cancel_on_kill=True``
+    the kill cancelled the run either way and the try invokes anew. With False the try either re-attaches to the
+    run that kept going (``max_tries`` kept) or starts afresh after stopping it (raised): never two runs at once."""
+    dag_id, task_id = ("lc_clear_running" if cancel_on_kill else "lc_clear_running_keep"), "invoke"
+    h.wait_for_dag(dag_id)
+    gate = h.new_gate()
+    run_id = h.trigger(dag_id, {"gate": gate})
+    [created] = wait_gate_invocations(h, gate, 1, timeout=120)
+
+    def streams(after: int) -> Any:
+        return lambda: [
+            r
+            for r in h.kernel_requests(created["id"])
+            if r["seq"] > after and r["route"] == "/invocations/{id}/events" and not marked(r)
+        ]
+
+    h.wait_until("the worker to follow the invocation's event stream", streams(0), timeout=60)
+    assert h.ti(dag_id, run_id, task_id)["state"] == "running"
+    cleared = last_seq(h)
+    h.clear_tasks(dag_id, run_id, [task_id])
+    ti = wait_ti(h, dag_id, run_id, task_id, ("running",), timeout=120, min_try=2)
+    # The gate stays shut until try 2 has decided: a second run, or the first one followed again.
+    h.wait_until(
+        "try 2 to invoke anew or follow the first run",
+        lambda: len(h.gate_invocations(gate)) == 2 or streams(cleared)(),
+        timeout=60,
+    )
+    invocations = h.gate_invocations(gate)
+    if cancel_on_kill:
+        assert len(invocations) == 2, creates_summary(h, gate)
+    if len(invocations) == 2:
+        assert h.invocation(created["id"])["status"] == "failed", "the first run was left going next to a new one"
+        expected = next(i["id"] for i in invocations if i["id"] != created["id"])
+    else:
+        expected = created["id"]  # re-attached: the clear reached the provider as a retry
+    h.open_gate(gate)
+    assert h.wait_run_done(dag_id, run_id, timeout=120) == "success", h.task_instances(dag_id, run_id)
+    assert h.xcom(dag_id, run_id, task_id) == {"id": expected, "result": {"gate": gate}}
+    assert len(h.gate_invocations(gate)) == len(invocations), creates_summary(h, gate)
+    assert ti["try_number"] == 2
+    return "re-attached" if expected == created["id"] else "started afresh"
+
+
 def mark_deferred_task(h: Harness, state: str) -> None:
     """Row 4. Mark a deferred task success/failed: its invocation is cancelled with its browsers, and nothing is
     invoked again (the DAG has retries=1: marking must not turn into a retry)."""

@@ -22,6 +22,7 @@ from lifecycle_scenarios import (
     RESTART_LINES,
     clear_deferred_task,
     clear_finished_submit_only_run,
+    clear_task_waiting_on_a_worker,
     creates_summary,
     execution_timeout_while_deferred,
     kernel_line_counts,
@@ -283,6 +284,17 @@ def test_worker_killed_while_waiting_retry_reattaches_to_its_run(airflow_e2e: Ai
     assert e2e.xcom(dag_id, run_id, task_id) == {"id": created["id"], "result": {"gate": gate}}
     assert len(e2e.gate_invocations(gate)) == 1, f"invoked twice: {creates_summary(e2e, gate)}"
     assert e2e.ti(dag_id, run_id, task_id)["try_number"] == 2
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize("cancel_on_kill", [True, False])
+def test_clear_of_a_task_waiting_on_a_worker_follows_cancel_on_kill(
+    airflow_e2e: AirflowE2E, cancel_on_kill: bool
+) -> None:
+    """A person clears a task that waits on a worker (see ``clear_task_waiting_on_a_worker``): never two runs at
+    once; with ``cancel_on_kill=True`` the new try always starts afresh."""
+    outcome = clear_task_waiting_on_a_worker(airflow_e2e, cancel_on_kill)
+    print(f"\n[e2e] cancel_on_kill={cancel_on_kill}: {outcome}")
 
 
 # --- row 8 ------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from lifecycle_scenarios import (
     VARIABLE_PREFIX,
     clear_deferred_task,
     clear_finished_submit_only_run,
+    clear_task_waiting_on_a_worker,
     execution_timeout_while_deferred,
     mark_deferred_task,
 )
@@ -75,3 +76,13 @@ def test_af2_execution_timeout_while_deferred_is_ended_by_the_trigger(airflow2_e
         assert sweep not in text, f"the scheduler's trigger_timeout sweep ended the wait ({sweep!r} in the log)"
     left = airflow2_e2e.variables(f"{VARIABLE_PREFIX}lc_exec_timeout.")
     assert left == [], f"retry-safety Variables left behind: {left}"
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize("cancel_on_kill", [True, False])
+def test_af2_clear_of_a_task_waiting_on_a_worker_follows_cancel_on_kill(
+    airflow2_e2e: Airflow2E2E, cancel_on_kill: bool
+) -> None:
+    """The same clear on 2.11: never two runs at once; with ``cancel_on_kill=True`` the new try starts afresh."""
+    outcome = clear_task_waiting_on_a_worker(airflow2_e2e, cancel_on_kill)
+    print(f"\n[e2e] cancel_on_kill={cancel_on_kill}: {outcome}")

@@ -151,6 +151,22 @@ with _dag("lc_crash_wait"):
         **RETRY,
     )
 
+# A person clears a task that waits on a worker: Airflow kills it and retries it (``restarting``, max_tries kept).
+for _dag_id, _cancel in (("lc_clear_running", True), ("lc_clear_running_keep", False)):
+    with _dag(_dag_id):
+        KernelInvokeOperator(
+            task_id="invoke",
+            app_name="gate",
+            action_name="wait",
+            payload=_payload(),
+            deferrable=False,
+            wait_mode="stream",
+            poll_interval=2,
+            timeout=600,
+            cancel_on_kill=_cancel,
+            **RETRY,
+        )
+
 # Row 8: a streaming deferred wait whose action logs before, during and after a triggerer restart.
 with _dag("lc_triggerer_restart"):
     KernelInvokeOperator(
