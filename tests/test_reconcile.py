@@ -156,7 +156,7 @@ def test_judge_tolerates_a_record_with_no_fields_but_the_id() -> None:
 def fan_out(count: int, *, started: float, token: bool = True) -> list[Invocation]:
     """``count`` runs of the same action from other task instances (each with its own token when ``token``)."""
     payloads = [add_token(REQUEST["payload"], f"{n:024d}") if token else REQUEST["payload"] for n in range(count)]
-    return [inv(f"other{started}-{n}", started=started, payload=p) for n, p in enumerate(payloads)]
+    return [inv(f"other{round(started * 1000)}_{n}", started=started, payload=p) for n, p in enumerate(payloads)]
 
 
 def test_with_a_token_a_busy_listing_is_paged_until_the_carrier_never_too_many() -> None:
