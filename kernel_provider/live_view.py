@@ -49,7 +49,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from kernel_provider.client.errors import KernelApiError, KernelError, KernelInputError, KernelNotFoundError
 
@@ -110,8 +110,9 @@ def live_view_ttl(end_time: float | None, now: float | None = None) -> int:
 def with_read_only(url: str) -> str:
     """``url`` with ``readOnly=true`` in its query (replacing any ``readOnly`` it had)."""
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "readOnly"]
-    return urlunsplit(parts._replace(query=urlencode([*query, ("readOnly", "true")])))
+    # Raw segments, not decoded and re-encoded: a token must reach Kernel byte for byte.
+    kept = [p for p in parts.query.split("&") if p and p.split("=", 1)[0] != "readOnly"]
+    return urlunsplit(parts._replace(query="&".join([*kept, "readOnly=true"])))
 
 
 def mask_url(url: str) -> None:
