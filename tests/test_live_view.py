@@ -149,12 +149,13 @@ def test_an_expired_url_is_refused(gated_kernel):
     wait_until(lambda: httpx.get(url).status_code == 410, "the URL to expire", timeout=10)
 
 
-def test_control_opts_into_a_control_url_that_is_masked_and_never_logged(gated_kernel, caplog, capfd):
+@pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "worker"])
+def test_control_opts_into_a_control_url_that_is_masked_and_never_logged(gated_kernel, caplog, capfd, deferrable):
     from airflow.providers.common.compat.sdk import redact
 
     gate = gated_kernel.gate()
     opened = gate.open_when(seen(gated_kernel, LIVE_VIEW_ROUTE, method="POST"), "the wait to mint a live view")
-    dr = run_dag(gate_dag(gate, payload=gate.payload(browsers=1), deferrable=True, live_view="control"))
+    dr = run_dag(gate_dag(gate, payload=gate.payload(browsers=1), deferrable=deferrable, live_view="control"))
     opened()
     assert states(dr) == {"invoke": "success"}
     url = xcom(dr, "invoke", key=XCOM_LIVE_VIEW_URL)
