@@ -322,6 +322,16 @@ def test_serialize_is_primitives_only_and_deadline_is_absolute():
     assert rebuilt.serialize() == (classpath, kwargs)
 
 
+@pytest.mark.parametrize(("given", "kept"), [(True, "read"), (False, "off"), ("control", "control")])
+def test_live_view_is_serialized_as_its_mode(given, kept):
+    """An older provider serialized a bool: it still rebuilds, as the mode it meant."""
+    _, kwargs = KernelInvocationTrigger(invocation_id="abc", live_view=given, log_cursor_seeded=False).serialize()
+    assert (kwargs["live_view"], kwargs["log_cursor_seeded"]) == (kept, False)
+    assert KernelInvocationTrigger(**kwargs).serialize()[1] == kwargs
+    with pytest.raises(ValueError, match="live_view"):
+        KernelInvocationTrigger(invocation_id="abc", live_view="write")
+
+
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="mode"):
         KernelInvocationTrigger(invocation_id="abc", mode="carrier-pigeon")
