@@ -11,9 +11,10 @@ invocation's browsers (``GET /invocations/{id}/browsers``):
   last, at most ``MAX_SCHEDULED_LISTS`` times (after 5, 20, 80 and 320 s). Once a browser is known, or the schedule
   is spent, only log lines trigger lists.
 
-Request cost per wait (``live_view=True``): one list at the start, plus at most ``MAX_SCHEDULED_LISTS`` on the
+Request cost per wait (``live_view`` not off): one list at the start, plus at most ``MAX_SCHEDULED_LISTS`` on the
 schedule, plus at most ``MAX_HINTED_LISTS`` from log lines: a run that never opens a browser and never logs the
-word costs at most 5 lists however long it runs. An action that opens its browser right away costs 1-2 lists.
+word costs at most 5 lists however long it runs. An action that opens its browser right away costs 1-2 lists,
+plus one ``POST /browsers/{id}/live_view`` per headful browser seen.
 When the run **failed**: one ``GET /browsers/{id}/replays`` per browser seen (at most
 ``MAX_REPLAY_BROWSERS``; one more browser list first if none was seen), all within ``REPLAY_BUDGET`` seconds.
 Nothing after a run that succeeded.
