@@ -11,14 +11,31 @@ invocation's browsers (``GET /invocations/{id}/browsers``):
   last, at most ``MAX_SCHEDULED_LISTS`` times (after 5, 20, 80 and 320 s). Once a browser is known, or the schedule
   is spent, only log lines trigger lists.
 
-Request cost per wait (``live_view=True``): one list at the start, plus at most ``MAX_SCHEDULED_LISTS`` on the
+Request cost per wait (``live_view`` not off): one list at the start, plus at most ``MAX_SCHEDULED_LISTS`` on the
 schedule, plus at most ``MAX_HINTED_LISTS`` from log lines: a run that never opens a browser and never logs the
-word costs at most 5 lists however long it runs. An action that opens its browser right away costs 1-2 lists.
+word costs at most 5 lists however long it runs. An action that opens its browser right away costs 1-2 lists,
+plus one ``POST /browsers/{id}/live_view`` per headful browser seen.
 When the run **failed**: one ``GET /browsers/{id}/replays`` per browser seen (at most
 ``MAX_REPLAY_BROWSERS``; one more browser list first if none was seen), all within ``REPLAY_BUDGET`` seconds.
 Nothing after a run that succeeded.
 
-Each browser's live-view URL is logged once per wait; the first one is also handed to ``publish`` (the task's
+**What is published.** The ``browser_live_view_url`` Kernel lists gives *control* of the browser (which may be
+logged in through a saved profile), so it is never published as such. For each headful browser a
+:class:`LiveViewPublisher` mints a URL with ``POST /browsers/{id}/live_view``:
+
+* ``live_view="read"`` (the default; ``True`` means the same): an ``access: read`` URL, which cannot send input
+  whatever its query says, valid ``ttl_seconds`` = the task's remaining time (its deadline), at most
+  :data:`MAX_TTL_SECONDS` (1 hour; also the TTL when the task has no deadline). It is logged and published.
+* ``live_view="control"``: an ``access: control`` URL, same TTL, registered with Airflow's secret masker and never
+  logged (the log says where to find it); published to XCom and the link for the people allowed to see them.
+* ``live_view=False`` (or ``"off"``): no browser is listed, nothing is minted, logged or published.
+
+Headless browsers have no live view: nothing is asked for them. Where Kernel answers 404 or 405 to the route (an
+older deployment), the listed URL is used with ``readOnly=true`` added (a client-side hint a reader can drop) and
+the task logs ONE warning that the link is not a credential-safe read-only URL. Any other failure publishes nothing
+for that browser (a warning), never the listed URL.
+
+Each browser's URL is minted and reported once per wait; the first one is also handed to ``publish`` (the task's
 "Kernel live view" link) and carried in the wait's event (key ``live_view_url``), from which the resumed task
 sets the link too. Listing problems are logged, never raised: a wait must not fail because of them.
 """
@@ -28,11 +45,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from kernel_provider.client.errors import KernelError, KernelNotFoundError
+from kernel_provider.client.errors import KernelApiError, KernelError, KernelInputError, KernelNotFoundError
 
 #: A log line matching this may announce a new browser: list the run's browsers again.
 BROWSER_HINT = re.compile(r"browser", re.IGNORECASE)
@@ -47,6 +67,159 @@ MAX_REPLAY_BROWSERS = 10
 REPLAY_BUDGET = 15.0
 #: Key of the first live-view URL in the wait's event (absent when the run showed no browser with a live view).
 LIVE_VIEW_EVENT_KEY = "live_view_url"
+#: The values of ``live_view``: mint read-only URLs (default), control URLs, or nothing.
+READ, CONTROL, OFF = "read", "control", "off"
+LIVE_VIEW_MODES = (READ, CONTROL, OFF)
+#: Longest life of a published live-view URL, in seconds: the TTL of a task without a deadline, and the cap of
+#: one with a later one. A link in a log outlives the task; an hour covers watching a run, not reusing its link.
+MAX_TTL_SECONDS = 3600
+#: Statuses with which Kernel says it does not know the live-view route (an older deployment): fall back.
+ROUTE_MISSING = (404, 405)
+NOT_CREDENTIAL_SAFE = (
+    "Kernel does not offer POST /browsers/{id}/live_view here (HTTP %s): the Kernel live view link of %s is the "
+    "browser's listed URL with readOnly=true added, which is NOT a credential-safe read-only URL (readOnly is a "
+    "hint a reader can drop; the URL can steer the browser). Share it only with people allowed to control it."
+)
+
+
+def check_live_view(value: Any) -> str:
+    """``live_view`` as one of :data:`LIVE_VIEW_MODES`: True and "read" are ``read``; False, None and "off" are
+    ``off``; "control" is ``control``.
+
+    :raises KernelInputError: anything else, naming the field and the values it takes.
+    """
+    if value is True or value == READ:
+        return READ
+    if value is False or value is None or value == OFF:
+        return OFF
+    if value == CONTROL:
+        return CONTROL
+    raise KernelInputError(
+        "live_view", f"must be 'read', 'control', 'off', True or False, got {value!r}.", "The default is 'read'."
+    )
+
+
+def live_view_ttl(end_time: float | None, now: float | None = None) -> int:
+    """The ``ttl_seconds`` of a URL minted now for a task whose wait ends at ``end_time`` (epoch seconds; None:
+    no deadline): the time left, rounded up, at least 1 and at most :data:`MAX_TTL_SECONDS`."""
+    if end_time is None:
+        return MAX_TTL_SECONDS
+    left = end_time - (time.time() if now is None else now)
+    return max(1, min(MAX_TTL_SECONDS, math.ceil(left)))
+
+
+def with_read_only(url: str) -> str:
+    """``url`` with ``readOnly=true`` in its query (replacing any ``readOnly`` it had)."""
+    parts = urlsplit(url)
+    # Raw segments, not decoded and re-encoded: a token must reach Kernel byte for byte.
+    kept = [p for p in parts.query.split("&") if p and p.split("=", 1)[0] != "readOnly"]
+    return urlunsplit(parts._replace(query="&".join([*kept, "readOnly=true"])))
+
+
+def mask_url(url: str) -> None:
+    """Register a control URL with Airflow's secret masker (logs, rendered fields). Best effort."""
+    try:
+        from airflow.providers.common.compat.sdk import mask_secret
+
+        mask_secret(url)
+    except Exception:  # masking is defence in depth: the URL is never logged by the provider anyway
+        logging.getLogger(__name__).debug("Could not register a live-view URL with the secret masker.")
+
+
+class LiveViewPublisher:
+    """Decides, for one task, which live-view URL of a browser is published (see the module docstring).
+
+    :param mode: ``read``, ``control`` or ``off`` (see :func:`check_live_view`).
+    :param end_time: the task's deadline (epoch seconds; None: none): bounds each URL's ``ttl_seconds``.
+    :param log: where the single fallback warning goes.
+    :param mask: registers a control URL with the secret masker (a trigger passes one that runs off its loop).
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        end_time: float | None,
+        log: logging.Logger | Any,
+        mask: Callable[[str], Any] | None = mask_url,
+    ) -> None:
+        self.mode = check_live_view(mode)
+        self.end_time = end_time
+        self.log = log
+        self.mask = mask
+        self.warned = False
+
+    def request(self, browser: Any) -> dict[str, Any] | None:
+        """The keywords of the hook's ``create_live_view`` for ``browser``; None when nothing is to be minted
+        (``off``, or a headless browser: Kernel lists no live view for it and refuses the route)."""
+        if self.mode == OFF or not browser.browser_live_view_url:
+            return None
+        return {
+            "session_id": browser.session_id,
+            "access": self.mode,
+            "ttl_seconds": live_view_ttl(self.end_time),
+        }
+
+    def settle(self, browser: Any, minted: Any) -> str:
+        """The URL to publish from what the route answered (a ``LiveView`` or the ``KernelError`` raised); ""
+        when there is none. Logs the fallback warning once per publisher."""
+        if isinstance(minted, KernelApiError) and minted.status_code in ROUTE_MISSING:
+            if not self.warned:
+                self.warned = True
+                self.log.warning(NOT_CREDENTIAL_SAFE, minted.status_code, browser.session_id)
+            url = browser.browser_live_view_url
+            url = with_read_only(url) if self.mode == READ else url
+        elif isinstance(minted, KernelError):
+            self.log.warning(
+                "Could not create a %s live-view URL of Kernel browser %s: %s. No link is published for it.",
+                self.mode,
+                browser.session_id,
+                minted,
+            )
+            return ""
+        else:
+            url = minted.url
+        return url
+
+    def publish_line(self, browser: Any, url: str) -> str:
+        """The log line announcing ``url`` (a control URL is not written out: it is a credential)."""
+        if self.mode == CONTROL:
+            return (
+                f"Kernel live view (control) of browser {browser.session_id}: in the task's Kernel live view link "
+                "and XCom (not logged: it steers the browser)."
+            )
+        return f"Kernel live view of browser {browser.session_id}: {url}"
+
+    def url(self, hook: Any, browser: Any) -> str:
+        """Mint (or fall back to) the URL to publish for ``browser`` on this thread; "" for none. Never raises."""
+        request = self.request(browser)
+        if request is None:
+            return ""
+        try:
+            minted: Any = hook.create_live_view(**request)
+        except KernelError as exc:
+            minted = exc
+        return self._masked(self.settle(browser, minted))
+
+    async def aurl(self, hook: Any, browser: Any) -> str:
+        """:meth:`url` without blocking the event loop."""
+        request = self.request(browser)
+        if request is None:
+            return ""
+        try:
+            minted: Any = await hook.acreate_live_view(**request)
+        except KernelError as exc:
+            minted = exc
+        url = self.settle(browser, minted)
+        if url and self.mode == CONTROL and self.mask is not None:
+            masked = self.mask(url)
+            if asyncio.iscoroutine(masked):
+                await masked
+        return url
+
+    def _masked(self, url: str) -> str:
+        if url and self.mode == CONTROL and self.mask is not None:
+            self.mask(url)
+        return url
 
 
 class BrowserWatch:
@@ -56,6 +229,8 @@ class BrowserWatch:
     :param invocation_id: the run.
     :param log: where the URLs are logged (the trigger's logger: the task log).
     :param publish: awaited with the first live-view URL (e.g. to push the link's XCom); its errors are logged.
+    :param publisher: which URL of each browser is published (None: read-only URLs, TTL capped at
+        :data:`MAX_TTL_SECONDS`).
     """
 
     def __init__(
@@ -64,11 +239,13 @@ class BrowserWatch:
         invocation_id: str,
         log: logging.Logger | Any,
         publish: Callable[[str], Awaitable[None]] | None = None,
+        publisher: LiveViewPublisher | None = None,
     ) -> None:
         self.hook = hook
         self.invocation_id = invocation_id
         self.log = log
         self.publish = publish
+        self.publisher = publisher or LiveViewPublisher(READ, None, log)
         #: session id -> live-view URL ("" for a browser without one), in the order they were first seen.
         self.seen: dict[str, str] = {}
         self.lists = 0
@@ -130,14 +307,18 @@ class BrowserWatch:
         for browser in browsers:
             if browser.session_id in self.seen:
                 continue
-            url = browser.browser_live_view_url
-            self.seen[browser.session_id] = url
-            if not url:
+            self.seen[browser.session_id] = ""
+            if not browser.browser_live_view_url:
                 self.log.info(
-                    "Kernel browser %s of invocation %s has no live view.", browser.session_id, self.invocation_id
+                    "Kernel browser %s of invocation %s has no live view (headless).",
+                    browser.session_id,
+                    self.invocation_id,
                 )
                 continue
-            self.log.info("Kernel live view of browser %s: %s", browser.session_id, url)
+            url = self.seen[browser.session_id] = await self.publisher.aurl(self.hook, browser)
+            if not url:
+                continue
+            self.log.info("%s", self.publisher.publish_line(browser, url))
             self.first_url = self.first_url or url
             if not self._published and self.publish is not None:
                 self._published = True

@@ -1,5 +1,6 @@
 """Live view and replays (kernel_provider/live_view.py) in real DAG runs against the emulator: each browser's
-live-view URL logged once, the "Kernel live view" link, the request cost, and a failed run's replays."""
+read-only live-view URL minted, logged once and linked (never the listed control URL), its TTL, ``live_view``'s
+"control" and off, the fallback where Kernel lacks the route, the request cost, and a failed run's replays."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.airflow_helpers import (
     seen,
     states,
     ti_map,
+    wait_until,
     xcom,
 )
 
@@ -31,6 +33,7 @@ __all__ = ["gated_kernel"]  # a fixture
 
 BROWSERS = "/invocations/{id}/browsers"
 REPLAYS = "/browsers/{id}/replays"
+LIVE_VIEW_ROUTE = "/browsers/{id}/live_view"
 LIVE_LINE = re.compile(r"Kernel live view of browser (\w+): (\S+)")
 #: What Airflow 3's task log does to anything that looks like a JWT; the live-view URLs of Kernel and of the
 #: emulator carry one (``?jwt=``), so their logged form is redacted.
@@ -40,6 +43,16 @@ JWT = re.compile(r"eyJ[.A-Za-z0-9_-]+")
 def as_logged(url: str) -> str:
     """A URL as it may appear in a task log: its JWT redacted (Airflow 3) or whole (Airflow 2)."""
     return JWT.sub("eyJ***", url)
+
+
+def grant_of(emulator: Any, url: str) -> Any:
+    """What the emulator minted ``url`` as (its browser, access and expiry); KeyError when it did not mint it."""
+    return emulator.store.browser_sessions.live_views.by_token[url.rsplit("/", 1)[-1]]
+
+
+def refuses_input(url: str) -> bool:
+    """Whether the page behind ``url`` refuses input (403), whatever its query says."""
+    return httpx.post(f"{url}/input", params={"readOnly": "false"}, data={"text": "x"}).status_code == 403
 
 
 def live_lines(caplog: Any, capfd: Any) -> list[tuple[str, str]]:
@@ -83,27 +96,117 @@ def test_each_browser_logged_once_and_the_link_opens_the_first(gated_kernel, cap
     assert states(dr) == {"invoke": "success"}
     browsers = browsers_of(gated_kernel)
     logged = live_lines(caplog, capfd)
-    expected = [(b["session_id"], as_logged(b["browser_live_view_url"])) for b in browsers]
-    assert sorted(set(logged)) == sorted(expected)
+    assert sorted({session for session, _ in logged}) == sorted(b["session_id"] for b in browsers)
     assert len(logged) == len(set(logged)), "a live-view URL was logged twice"
-    first = browsers[0]["browser_live_view_url"]
-    assert first.startswith(f"{gated_kernel.url}/live/")
-    assert xcom(dr, "invoke", key=XCOM_LIVE_VIEW_URL) == first
+    for session, url in logged:  # each a read-only URL Kernel minted for that browser: it takes no input
+        assert (grant_of(gated_kernel, url).session_id, grant_of(gated_kernel, url).access) == (session, "read")
+        assert refuses_input(url)
+    logs = all_logs(caplog, capfd)
+    assert not [b for b in browsers if b["browser_live_view_url"] in logs], "a control URL reached the log"
+    first = xcom(dr, "invoke", key=XCOM_LIVE_VIEW_URL)
+    assert (grant_of(gated_kernel, first).session_id, grant_of(gated_kernel, first).access) == (
+        browsers[0]["session_id"],
+        "read",
+    )
     assert_link(dr, "invoke", first)
     # The cost: one list at the start and one for the log line (a third only if the first came before the browsers
-    # existed and the line took over FIRST_INTERVAL to arrive); no replay lookups for a run that succeeded.
+    # existed and the line took over FIRST_INTERVAL to arrive), one URL per browser; no replay lookups for a run
+    # that succeeded.
     assert 2 <= count_requests(gated_kernel, BROWSERS) <= 3
+    assert count_requests(gated_kernel, LIVE_VIEW_ROUTE, "POST") == 2
     assert count_requests(gated_kernel, REPLAYS) == 0
 
 
-def test_live_view_false_sends_no_browser_request(gated_kernel):
+@pytest.mark.parametrize("off", [False, "off"])
+def test_live_view_off_publishes_nothing_and_sends_no_browser_request(gated_kernel, caplog, capfd, off):
     gate = gated_kernel.gate()
     opened = gate.open_when(seen(gated_kernel, EVENTS), "the trigger to follow the stream")
-    dr = run_dag(gate_dag(gate, payload=gate.payload(browsers=1, say=["browser"]), deferrable=True, live_view=False))
+    dr = run_dag(gate_dag(gate, payload=gate.payload(browsers=1, say=["browser"]), deferrable=True, live_view=off))
     opened()
     assert states(dr) == {"invoke": "success"}
     assert count_requests(gated_kernel, BROWSERS) == 0
+    assert count_requests(gated_kernel, LIVE_VIEW_ROUTE, "POST") == 0
     assert xcom(dr, "invoke", key=XCOM_LIVE_VIEW_URL) is None
+    assert "Kernel live view" not in all_logs(caplog, capfd)
+
+
+@pytest.mark.parametrize(("timeout", "ttl_at_most"), [(30, 30), (None, 3600)], ids=["timeout", "no-deadline"])
+def test_the_url_lasts_no_longer_than_the_task_may_wait(gated_kernel, timeout, ttl_at_most):
+    import time
+
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, LIVE_VIEW_ROUTE, method="POST"), "the wait to mint a live view")
+    started = time.time()
+    dr = run_dag(gate_dag(gate, payload=gate.payload(browsers=1), deferrable=True, timeout=timeout))
+    opened()
+    assert states(dr) == {"invoke": "success"}
+    grant = grant_of(gated_kernel, xcom(dr, "invoke", key=XCOM_LIVE_VIEW_URL))
+    assert grant.expires_ns is not None
+    assert grant.expires_ns / 1e9 <= started + ttl_at_most + 1  # the deadline (or the cap) bounds ttl_seconds
+    assert grant.expires_ns / 1e9 > started + min(ttl_at_most, 30) - 10
+
+
+def test_an_expired_url_is_refused(gated_kernel):
+    """A task with 3 s to wait mints a URL that works for at most 3 s: afterwards Kernel refuses it."""
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, LIVE_VIEW_ROUTE, method="POST"), "the wait to mint a live view")
+    dr = run_dag(gate_dag(gate, payload=gate.payload(browsers=1, max_seconds=30), deferrable=False, timeout=3))
+    opened()
+    url = xcom(dr, "invoke", key=XCOM_LIVE_VIEW_URL)
+    assert grant_of(gated_kernel, url).access == "read"
+    wait_until(lambda: httpx.get(url).status_code == 410, "the URL to expire", timeout=10)
+
+
+@pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "worker"])
+def test_control_opts_into_a_control_url_that_is_masked_and_never_logged(gated_kernel, caplog, capfd, deferrable):
+    from airflow.providers.common.compat.sdk import redact
+
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, LIVE_VIEW_ROUTE, method="POST"), "the wait to mint a live view")
+    dr = run_dag(gate_dag(gate, payload=gate.payload(browsers=1), deferrable=deferrable, live_view="control"))
+    opened()
+    assert states(dr) == {"invoke": "success"}
+    url = xcom(dr, "invoke", key=XCOM_LIVE_VIEW_URL)
+    logs = all_logs(caplog, capfd)  # the run's, before this test's own request below is logged
+    assert url not in logs and "Kernel live view (control) of browser" in logs
+    assert grant_of(gated_kernel, url).access == "control"
+    assert httpx.post(f"{url}/input", data={"text": "x"}).status_code == 204  # it does steer the browser
+    assert redact(f"see {url}") == "see ***"  # registered with the secret masker
+
+
+def test_where_kernel_lacks_the_route_the_listed_url_gets_read_only_and_one_warning(gated_kernel, caplog, capfd):
+    import logging
+
+    gated_kernel.set_faults([{"route": "POST /browsers/{id}/live_view", "fault": {"status": 404}}])
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, BROWSERS, at_least=2), "the wait to list the run's browsers twice")
+    payload = gate.payload(browsers=2, say=["opened the browser"])
+    with caplog.at_level(logging.WARNING):
+        dr = run_dag(gate_dag(gate, payload=payload, deferrable=True))
+    opened()
+    assert states(dr) == {"invoke": "success"}
+    browsers = browsers_of(gated_kernel)
+    assert count_requests(gated_kernel, LIVE_VIEW_ROUTE, "POST", status=404) == 2  # one per browser
+    assert xcom(dr, "invoke", key=XCOM_LIVE_VIEW_URL) == browsers[0]["browser_live_view_url"] + "?readOnly=true"
+    warned = [r for r in caplog.records if "NOT a credential-safe read-only URL" in r.getMessage()]
+    count = len(warned) or capfd.readouterr().out.count("NOT a credential-safe read-only URL")
+    assert count == 1 and all(r.levelno == logging.WARNING for r in warned)
+
+
+def test_a_headless_browser_publishes_nothing_and_logs_no_error(gated_kernel, caplog, capfd):
+    import logging
+
+    gate = gated_kernel.gate()
+    opened = gate.open_when(seen(gated_kernel, BROWSERS, at_least=2), "the wait to list the run's browsers twice")
+    payload = gate.payload(browsers=1, headless=True, say=["opened the browser"])
+    with caplog.at_level(logging.INFO):
+        dr = run_dag(gate_dag(gate, payload=payload, deferrable=True))
+    opened()
+    assert states(dr) == {"invoke": "success"}
+    assert count_requests(gated_kernel, LIVE_VIEW_ROUTE, "POST") == 0  # Kernel serves it for headful ones only
+    assert xcom(dr, "invoke", key=XCOM_LIVE_VIEW_URL) is None
+    assert "has no live view (headless)" in all_logs(caplog, capfd)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "worker"])
@@ -144,13 +247,19 @@ def test_sensor_sets_the_live_view_link(gated_kernel, caplog, capfd):
     opened()
     assert states(dr) == {"invoke": "success", "watch": "success"}
     (browser,) = browsers_of(gated_kernel)
-    assert xcom(dr, "watch", key=XCOM_LIVE_VIEW_URL) == browser["browser_live_view_url"]
-    assert_link(dr, "watch", browser["browser_live_view_url"])
-    assert (browser["session_id"], as_logged(browser["browser_live_view_url"])) in live_lines(caplog, capfd)
+    url = xcom(dr, "watch", key=XCOM_LIVE_VIEW_URL)
+    assert (grant_of(gated_kernel, url).session_id, grant_of(gated_kernel, url).access) == (
+        browser["session_id"],
+        "read",
+    )
+    assert refuses_input(url)
+    assert_link(dr, "watch", url)
+    assert (browser["session_id"], url) in live_lines(caplog, capfd)
 
 
 def client_hook(emulator: Any) -> Any:
     """The hook's two async methods the watch uses, straight to a client of the emulator (no Airflow connection)."""
+    from kernel_provider.client.browsers import BrowserApi
     from kernel_provider.client.client import KernelClient
     from kernel_provider.client.settings import KernelSettings
 
@@ -159,6 +268,7 @@ def client_hook(emulator: Any) -> Any:
     class Hook:
         ainvocation_browsers = client.ainvocation_browsers
         alist_replays = client.alist_replays
+        acreate_live_view = BrowserApi(client).alive_view
 
     return Hook()
 

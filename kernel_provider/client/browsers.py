@@ -34,9 +34,10 @@ from kernel_provider.client.errors import (
     KernelError,
     KernelInputError,
     KernelNotFoundError,
+    KernelResponseError,
     KernelTransportError,
 )
-from kernel_provider.client.models import Browser
+from kernel_provider.client.models import Browser, parse_timestamp
 from kernel_provider.client.operations import ApiCall, Endpoint, Operation, create_may_have_happened, paginate
 from kernel_provider.client.trust import require_id, require_path_name
 
@@ -48,6 +49,8 @@ GET_BROWSER = Endpoint("GET", "/browsers/{id}")
 DELETE_BROWSER = Endpoint("DELETE", "/browsers/{id}")  # deleting twice: a 404, read as "already gone"
 ACQUIRE_BROWSER = Endpoint("POST", "/browser_pools/{id}/acquire", idempotent=False)
 RELEASE_BROWSER = Endpoint("POST", "/browser_pools/{id}/release")  # releasing twice frees nothing more
+# Each call mints a fresh URL and Kernel stores nothing, so a repeat only mints another: safe to retry.
+CREATE_LIVE_VIEW = Endpoint("POST", "/browsers/{id}/live_view")
 
 #: Kernel's bounds of ``timeout_seconds`` (seconds without a CDP or live-view connection before it ends a browser).
 TIMEOUT_RANGE = (10, 259_200)
@@ -78,6 +81,24 @@ OPTIONS = (
     "reuse",
 )
 _POOL_OPTIONS = {"pool", "acquire_timeout_seconds", "reuse"}
+#: What a live-view URL of ``POST /browsers/{id}/live_view`` lets its holder do: watch, or also click and type.
+LIVE_VIEW_ACCESS = ("read", "control")
+#: Kernel's bounds of a live-view URL's ``ttl_seconds`` (one year at most).
+LIVE_VIEW_TTL_RANGE = (1, 31_536_000)
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """A live-view URL minted by ``POST /browsers/{id}/live_view``.
+
+    :param url: the URL (a credential: a ``control`` one steers the browser; kept out of the repr).
+    :param access: ``read`` (shows the browser, accepts no input, whatever its query says) or ``control``.
+    :param expires_at: when it stops working; None when it lasts until the browser is deleted (or released).
+    """
+
+    url: str = field(repr=False)
+    access: str
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -294,6 +315,25 @@ def release_browser(pool: str, session_id: str, *, reuse: bool = True) -> Operat
     return True
 
 
+def create_live_view(session_id: str, *, access: str, ttl_seconds: int | None = None) -> Operation[LiveView]:
+    """``POST /browsers/{id}/live_view``: a live-view URL of a headful browser with ``access`` (``read`` or
+    ``control``) for ``ttl_seconds`` (None: until the browser is deleted). Kernel refuses it for headless browsers.
+
+    :raises KernelInputError: ``access`` or ``ttl_seconds`` is out of range (before any request).
+    :raises KernelResponseError: the answer has no absolute http(s) URL, or grants other access than asked.
+    """
+    if access not in LIVE_VIEW_ACCESS:
+        raise KernelInputError("access", f"must be one of {', '.join(LIVE_VIEW_ACCESS)}, got {access!r}.")
+    body: dict[str, Any] = {"access": access}
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = _int_in("ttl_seconds", ttl_seconds, *LIVE_VIEW_TTL_RANGE)
+    view = yield ApiCall(CREATE_LIVE_VIEW, {"id": session_id}, body=body, parse=_parse_live_view)
+    if view.access != access:
+        # A wider grant than asked must not be published as a read-only link.
+        raise KernelResponseError(f"Kernel answered a {view.access!r} live view to a request for {access!r}.")
+    return view
+
+
 # --- running them -----------------------------------------------------------------------------------------
 
 
@@ -354,6 +394,17 @@ class BrowserApi:
         """``DELETE /browsers/{id}``; False when it was already gone."""
         return self.client.execute(delete_browser(require_id("session_id", session_id)))
 
+    def live_view(self, *, session_id: str, access: str, ttl_seconds: int | None = None) -> LiveView:
+        """``POST /browsers/{id}/live_view`` (see :func:`create_live_view`)."""
+        return self.client.execute(
+            create_live_view(_name("session_id", session_id), access=access, ttl_seconds=ttl_seconds)
+        )
+
+    async def alive_view(self, *, session_id: str, access: str, ttl_seconds: int | None = None) -> LiveView:
+        """:meth:`live_view` without blocking the event loop."""
+        operation = create_live_view(_name("session_id", session_id), access=access, ttl_seconds=ttl_seconds)
+        return await self.client.aexecute(operation)
+
 
 def _open(request: BrowserRequest) -> Operation[Browser]:
     if request.pool:
@@ -369,6 +420,17 @@ def _close(request: BrowserRequest, session_id: str) -> Operation[bool]:
 
 def _parse_browser(response: Any) -> Browser:
     return Browser.from_api(response.json())
+
+
+def _parse_live_view(response: Any) -> LiveView:
+    data = response.json()
+    data = data if isinstance(data, Mapping) else {}
+    url, access = data.get("url"), data.get("access")
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+        raise KernelResponseError("Kernel's live view answer has no absolute http(s) url.")
+    if access not in LIVE_VIEW_ACCESS:
+        raise KernelResponseError(f"Kernel's live view answer has an unknown access {access!r}.")
+    return LiveView(url=url, access=access, expires_at=parse_timestamp(data.get("expires_at")))
 
 
 def _could_be(browser: Browser, body: Mapping[str, Any], low: datetime, high: datetime) -> bool:

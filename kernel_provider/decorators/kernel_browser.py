@@ -27,9 +27,12 @@ instead, and the task log says so. An ``async def`` function gets Playwright's a
 
 The browser is deleted (released to its pool) when the function returns or raises, on ``execution_timeout`` and
 when the task is killed (``on_kill``); a worker killed outright (SIGKILL) leaves it to Kernel's
-``timeout_seconds`` without a connection. The live-view URL is logged, pushed as XCom
-``kernel_browser_live_view_url`` and shown as the task's **Kernel browser live view** link. The function's return
-value is the task's (XCom ``return_value``).
+``timeout_seconds`` without a connection. ``live_view`` decides what is published of a headful browser's live view
+(logged, pushed as XCom ``kernel_browser_live_view_url`` and shown as the task's **Kernel browser live view**
+link): ``"read"`` (default) a read-only URL minted with ``POST /browsers/{id}/live_view`` for the task's
+``execution_timeout`` (at most an hour), ``"control"`` a control URL (masked, not logged), False/``"off"`` nothing
+(see :mod:`kernel_provider.live_view`). A headless browser has no live view: nothing is published. The
+function's return value is the task's (XCom ``return_value``).
 
 Airflow finds the decorator through the provider info's ``task-decorators`` entry (name ``kernel_browser``).
 """
@@ -40,6 +43,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -58,6 +62,7 @@ from kernel_provider.client.browsers import OPTIONS
 from kernel_provider.client.models import Browser
 from kernel_provider.decorators.output import XComPushForDecorators
 from kernel_provider.hooks.kernel_browser import KernelBrowserHook
+from kernel_provider.live_view import LiveViewPublisher, check_live_view
 
 #: Parameter names the decorator fills in (see the module docstring).
 INJECTED = ("page", "browser", "kernel_browser", "cdp_url")
@@ -68,6 +73,7 @@ BROWSER_KEYWORDS = {**{name: name for name in OPTIONS if name != "pool"}, "brows
 POOL_ONLY = ("acquire_timeout_seconds", "reuse")
 XCOM_LIVE_VIEW_URL = "kernel_browser_live_view_url"
 XCOM_SESSION_ID = "kernel_browser_session_id"
+_UNSET = object()
 #: Seconds ``on_kill`` may spend deleting: the worker is stopping the task and will not wait long.
 ON_KILL_BUDGET = 15.0
 NO_PLAYWRIGHT = (
@@ -84,11 +90,13 @@ class KernelBrowserLiveViewLink(BaseOperatorLink):
     def get_link(self, operator: Any, dttm: Any = None, *, ti_key: Any = None) -> str:
         """The live-view URL the task pushed (XCom ``kernel_browser_live_view_url``); "" when there is none.
 
-        :param operator: the task.
+        :param operator: the task; a live one that published no URL gets "" without an XCom lookup.
         :param dttm: Airflow 2's logical date argument, unused (``ti_key`` identifies the try).
         :param ti_key: the task instance whose XCom is read; None gives "".
         """
-        if ti_key is None:
+        # Airflow 3 evaluates the links when the task ends; looking up an XCom never pushed (headless browser,
+        # failed create, live_view off) logs "XCom not found" as an ERROR in a healthy run.
+        if ti_key is None or getattr(operator, "live_view_url", _UNSET) is None:
             return ""
         return XCom.get_value(key=XCOM_LIVE_VIEW_URL, ti_key=ti_key) or ""
 
@@ -111,12 +119,15 @@ class _KernelBrowserTask(BaseOperator):
     op_kwargs: Mapping[str, Any]
     kernel_conn_id: str
     browser_options: dict[str, Any]
+    live_view: bool | str
+    live_view_url: str | None
 
     def execute(self, context: Any) -> Any:
         """Create the browser, run the function with what it asks for, delete the browser; return its result."""
         hook = KernelBrowserHook(kernel_conn_id=self.kernel_conn_id)
         self._browser_hook = hook
         session = hook.browser(**self.browser_options)  # options checked here, before any request
+        self._publisher = LiveViewPublisher(check_live_view(self.live_view), self._deadline(), self.log)
         context_merge(context, self.op_kwargs)
         kwargs = dict(determine_kwargs(self.python_callable, self.op_args, context))
         wanted = [name for name in INJECTED if name in inspect.signature(self.python_callable).parameters]
@@ -183,11 +194,17 @@ class _KernelBrowserTask(BaseOperator):
         if names:
             self.log.warning(NO_PLAYWRIGHT.format(names=", ".join(names)))
 
+    def _deadline(self) -> float | None:
+        timeout = self.execution_timeout
+        return None if timeout is None else time.time() + timeout.total_seconds()
+
     def _announce(self, context: Any, browser: Browser) -> None:
-        url = browser.browser_live_view_url  # logged by the hook as the browser is created
         ti = context["ti"]
         ti.xcom_push(key=XCOM_SESSION_ID, value=browser.session_id)
+        url = self._publisher.url(self._browser_hook, browser)
         if url:
+            self.live_view_url = url
+            self.log.info("%s", self._publisher.publish_line(browser, url))
             ti.xcom_push(key=XCOM_LIVE_VIEW_URL, value=url)
             link_key = getattr(KernelBrowserLiveViewLink(), "xcom_key", None)
             if link_key:
@@ -212,6 +229,7 @@ class _KernelBrowserDecoratedOperator(XComPushForDecorators, DecoratedOperator, 
     :param op_kwargs: keyword arguments of the function (templated; XComArgs resolved).
     :param kernel_conn_id: the Kernel connection (default ``kernel_default``).
     :param browser_options: the browser's options (the decorator's keywords; ``start_url`` is templated).
+    :param live_view: ``"read"`` (default), ``"control"`` or False/``"off"``: see the module docstring.
     :param kwargs: ``BaseOperator`` parameters (``task_id``, ``retries``, ``execution_timeout``...).
     """
 
@@ -231,10 +249,14 @@ class _KernelBrowserDecoratedOperator(XComPushForDecorators, DecoratedOperator, 
         op_kwargs: Mapping[str, Any] | None = None,
         kernel_conn_id: str = "kernel_default",
         browser_options: Mapping[str, Any] | None = None,
+        live_view: bool | str = "read",
         **kwargs: Any,
     ) -> None:
         self.kernel_conn_id = kernel_conn_id
         self.browser_options = dict(browser_options or {})
+        self.live_view = check_live_view(live_view)  # a wrong value fails at DAG parse
+        #: The published live-view URL once the browser is up (the link reads its XCom only then).
+        self.live_view_url = None
         super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs, **kwargs)
 
 
@@ -284,8 +306,9 @@ def kernel_browser_task(python_callable: Callable[..., Any] | None = None, **kwa
     :param python_callable: the function (``@task.kernel_browser`` without parentheses uses Kernel's defaults).
     :param kwargs: browser options (``headless``, ``stealth``, ``timeout_seconds``, ``profile``,
         ``save_profile_changes``, ``proxy_id``, ``viewport``, ``start_url``, ``kiosk_mode``, or ``browser_pool``,
-        the Kernel browser pool to acquire from, with ``acquire_timeout_seconds`` and ``reuse``),
-        ``kernel_conn_id``, and ``BaseOperator``'s parameters: ``pool`` is the Airflow pool the task runs in.
+        the Kernel browser pool to acquire from, with ``acquire_timeout_seconds`` and ``reuse``), ``live_view``
+        (``"read"``, ``"control"`` or False; see the module docstring), ``kernel_conn_id``, and ``BaseOperator``'s
+        parameters: ``pool`` is the Airflow pool the task runs in.
     """
     browser_options = {option: kwargs.pop(name) for name, option in BROWSER_KEYWORDS.items() if name in kwargs}
     orphans = [name for name in POOL_ONLY if name in browser_options and browser_options.get("pool") is None]

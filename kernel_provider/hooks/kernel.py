@@ -20,6 +20,7 @@ from typing import Any
 from airflow import __version__ as AIRFLOW_VERSION
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 
+from kernel_provider.client.browsers import BrowserApi, LiveView
 from kernel_provider.client.client import KernelClient
 from kernel_provider.client.errors import KernelConnectionConfigError, KernelError, KernelTransportError
 from kernel_provider.client.models import AppAction, AppVersion, Browser, Invocation, Replay
@@ -244,6 +245,16 @@ class KernelHook(BaseHook):
         browsers = await (await self.aget_client()).ainvocation_browsers(invocation_id)
         self.mask_browser_urls(browsers)
         return browsers
+
+    def create_live_view(self, *, session_id: str, access: str, ttl_seconds: int | None = None) -> LiveView:
+        """``POST /browsers/{id}/live_view``: a ``read`` or ``control`` live-view URL of a headful browser, valid
+        ``ttl_seconds`` (None: until the browser is deleted). The URL is a credential."""
+        return BrowserApi(self.client).live_view(session_id=session_id, access=access, ttl_seconds=ttl_seconds)
+
+    async def acreate_live_view(self, *, session_id: str, access: str, ttl_seconds: int | None = None) -> LiveView:
+        """:meth:`create_live_view` without blocking the event loop."""
+        api = BrowserApi(await self.aget_client())
+        return await api.alive_view(session_id=session_id, access=access, ttl_seconds=ttl_seconds)
 
     def list_replays(self, browser_id: str) -> list[Replay]:
         """The recordings of a browser session; :class:`KernelNotFoundError` when Kernel no longer knows it."""

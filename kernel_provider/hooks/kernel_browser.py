@@ -176,12 +176,9 @@ class KernelBrowserSession:
             self.close(budget=INTERRUPTED_CREATE_BUDGET, raise_errors=False)
             raise KernelError(f"Task killed while Kernel browser {browser.session_id} was being created; deleted it.")
         how = f"acquired from pool {self.request.pool!r}" if self.request.pool else "created"
-        log.info(
-            "Kernel browser %s %s; live view: %s",
-            browser.session_id,
-            how,
-            browser.browser_live_view_url or "(none: headless)",
-        )
+        # Not the listed live-view URL: it steers the browser (see KernelHook.create_live_view for a read-only one).
+        view = "headful (live view)" if browser.browser_live_view_url else "headless (no live view)"
+        log.info("Kernel browser %s %s; %s.", browser.session_id, how, view)
         return browser
 
     def _take(self) -> Browser | None:

@@ -29,6 +29,7 @@ from kernel_provider.completion import (
     validate_event,
     wait_deadline,
 )
+from kernel_provider.live_view import CONTROL, LIVE_VIEW_EVENT_KEY, READ, check_live_view, mask_url
 
 if TYPE_CHECKING:
     from kernel_provider.client.errors import KernelAmbiguousCreateError
@@ -107,11 +108,11 @@ def push_live_view_link(task: Any, context: Any, event: Mapping[str, Any]) -> No
     :param task: the running operator or sensor (``self``). Not ``context["task"]``: on Airflow 3.0 that is the
         task before ``prepare_for_execution()`` copied it, not the one Airflow reads the link from afterwards.
     """
-    from kernel_provider.live_view import LIVE_VIEW_EVENT_KEY
-
     url = event.get(LIVE_VIEW_EVENT_KEY)
     if not isinstance(url, str) or not url:
         return
+    if check_live_view(getattr(task, "live_view", READ)) == CONTROL:
+        mask_url(url)  # this worker's log masker has not seen it: the wait ran elsewhere
     task.live_view_url = url
     ti = context["ti"]
     try:
@@ -178,10 +179,13 @@ class KernelInvokeOperator(BaseOperator):
         ``DateTimeTrigger``) until ``Retry-After`` (jittered, 5 to 60 s) has passed, then POSTs again.
         Pools are the other lever: a pool sized to your Kernel concurrency limit keeps tasks from queueing at
         Kernel at all.
-    :param live_view: while waiting, learn the run's browsers, log each one's live-view URL once and point the
-        task's "Kernel live view" link at the first; when the run failed, log the view URLs of its browsers'
-        replays (default True). Costs a few ``GET /invocations/{id}/browsers`` per wait (see the README's *Live
-        view and replays*); False sends none.
+    :param live_view: ``"read"`` (default; True means the same): while waiting, learn the run's browsers, mint a
+        read-only live-view URL of each headful one (``POST /browsers/{id}/live_view``, valid for the task's
+        remaining time, at most an hour), log it once and point the task's "Kernel live view" link at the first;
+        when the run failed, log the view URLs of its browsers' replays. ``"control"``: publish control URLs
+        instead (they steer the browser: masked, never logged; only for people allowed to act in it).
+        False or ``"off"``: no browser request, nothing published. Costs a few ``GET /invocations/{id}/browsers``
+        per wait plus one ``POST`` per browser (see the README's *Live view and replays*).
     :param kernel_conn_id: Airflow connection of type ``kernel``.
     """
 
@@ -211,7 +215,7 @@ class KernelInvokeOperator(BaseOperator):
         validate_action: bool = False,
         fail_on_failure: bool = True,
         rate_limit_wait: float | None = None,
-        live_view: bool = True,
+        live_view: bool | str = "read",
         kernel_conn_id: str = "kernel_default",
         **kwargs: Any,
     ) -> None:
@@ -263,6 +267,7 @@ class KernelInvokeOperator(BaseOperator):
         check_seconds("poll_interval", self.poll_interval, allow_none=False, exclusive=True)
         check_seconds("timeout", self.timeout, exclusive=True)
         check_seconds("rate_limit_wait", self.rate_limit_wait)
+        check_live_view(self.live_view)
         if self.wait_mode not in WAIT_MODES:
             raise KernelError(f"wait_mode: must be one of {', '.join(WAIT_MODES)}, got {self.wait_mode!r}.")
         if self.deferrable and self.wait_for_completion and not self.invoke_async:
@@ -383,7 +388,7 @@ class KernelInvokeOperator(BaseOperator):
             stream_logs=self.stream_logs,
             cancel_on_kill=self.cancel_on_kill,
             cancel_on_timeout=True,
-            live_view=bool(self.live_view),
+            live_view=check_live_view(self.live_view),
             try_number=running_try(context),
             resume_not_before=time.time() + MIN_DEFERRAL if self.deferrable else None,
         )

@@ -35,6 +35,7 @@ from kernel_provider.completion import (
     validate_event,
     wait_deadline,
 )
+from kernel_provider.live_view import check_live_view
 from kernel_provider.operators.kernel import KernelLiveViewLink, push_live_view_link
 
 if TYPE_CHECKING:
@@ -101,9 +102,11 @@ class KernelInvocationSensor(BaseSensorOperator):
         the wait through Airflow's trigger timeout. Ignored (the sensor starts on a worker, as before) on
         Airflow < 3.3, when not deferrable, or when ``invocation_id`` is neither text nor a plain ``task.output``.
         ``dag.test()`` runs no trigger for a task that starts there: pass False to test such a DAG with it.
-    :param live_view: deferrable: learn the run's browsers while waiting, log each one's live-view URL once and
-        point the task's "Kernel live view" link at the first; log the replays of a failed run (default True).
-        Poke and reschedule mode do not watch browsers.
+    :param live_view: deferrable: ``"read"`` (default; True means the same) learns the run's browsers while
+        waiting, mints a read-only live-view URL of each headful one (valid for the wait's remaining time, at most
+        an hour; an hour when the sensor starts in the triggerer), logs it once and points the task's "Kernel
+        live view" link at the first; logs the replays of a failed run. ``"control"``: control URLs instead
+        (masked, never logged). False or ``"off"``: none of it. Poke and reschedule mode do not watch browsers.
     """
 
     template_fields: Sequence[str] = ("invocation_id",)
@@ -120,7 +123,7 @@ class KernelInvocationSensor(BaseSensorOperator):
         wait_mode: str = "stream",
         stream_logs: bool = True,
         start_from_trigger: bool = True,
-        live_view: bool = True,
+        live_view: bool | str = "read",
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("poke_interval", 5.0 if deferrable else 30.0)
@@ -131,7 +134,7 @@ class KernelInvocationSensor(BaseSensorOperator):
         self.fail_on_failure = fail_on_failure
         self.wait_mode = wait_mode
         self.stream_logs = stream_logs
-        self.live_view = live_view
+        self.live_view = check_live_view(live_view)  # a wrong value fails at DAG parse, before any request
         #: The first browser's live-view URL once a wait has reported one (the "Kernel live view" link).
         self.live_view_url: str | None = None
         self.start_from_trigger = False
@@ -154,7 +157,9 @@ class KernelInvocationSensor(BaseSensorOperator):
                 "mode": self.wait_mode,
                 "stream_logs": bool(self.stream_logs),
                 "cancel_on_kill": False,
-                "live_view": bool(self.live_view),
+                "live_view": self.live_view,
+                # No worker seeds the log position: the trigger must not read an XCom that may not exist.
+                "log_cursor_seeded": False,
             },
             next_method="execute_complete",
             next_kwargs=None,
@@ -203,7 +208,7 @@ class KernelInvocationSensor(BaseSensorOperator):
                 mode=self.wait_mode,
                 stream_logs=self.stream_logs,
                 cancel_on_kill=False,
-                live_view=bool(self.live_view),
+                live_view=self.live_view,
                 try_number=running_try(context),
                 resume_not_before=time.time() + MIN_DEFERRAL,
             ),

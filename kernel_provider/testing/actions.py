@@ -37,8 +37,9 @@ class ActionContext(Protocol):
 
     invocation_id: str
 
-    def create_browser(self) -> dict[str, Any]:
-        """Create a fake browser session bound to the invocation and return its JSON form."""
+    def create_browser(self, headless: bool = False) -> dict[str, Any]:
+        """Create a fake browser session bound to the invocation and return its JSON form (a headless one has
+        no ``browser_live_view_url``, as on Kernel)."""
         ...
 
     def start_replay(self, session_id: str | None = None) -> dict[str, Any]:
@@ -238,7 +239,8 @@ async def _slow(ctx: ActionContext, payload: Any) -> Any:
 async def _browse(ctx: ActionContext, payload: Any) -> Any:
     args = _as_dict(payload)
     count = int(args.get("count", 1))
-    sessions = [ctx.create_browser()["session_id"] for _ in range(count)]
+    headless = bool(args.get("headless", False))
+    sessions = [ctx.create_browser(headless)["session_id"] for _ in range(count)]
     if args.get("record") and sessions:
         ctx.start_replay(sessions[0])
     print(f"created {count} browser(s)")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import secrets
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from kernel_provider.testing.chromium import ChromiumProcess
@@ -45,7 +47,8 @@ class BrowserSession:
             "created_at": format_ns(self.created_ns),
             "cdp_ws_url": self.process.cdp_ws_url,
             "webdriver_ws_url": f"ws://127.0.0.1:{self.process.port}/session",
-            "browser_live_view_url": live_view_url(self.base_url, self.session_id),
+            # Kernel lists no live view for a headless browser.
+            "browser_live_view_url": None if req.get("headless") else live_view_url(self.base_url, self.session_id),
             "base_url": f"{self.base_url}/browsers/{self.session_id}",
             "headless": bool(req.get("headless", False)),
             "stealth": bool(req.get("stealth", False)),
@@ -61,6 +64,45 @@ class BrowserSession:
         if self.deleted_ns is not None:
             out["deleted_at"] = format_ns(self.deleted_ns)
         return out
+
+
+@dataclass
+class LiveViewGrant:
+    """A live-view URL minted by ``POST /browsers/{id}/live_view``: its token opens ``/live/t/{token}``.
+
+    :param session_id: the browser it shows.
+    :param access: ``read`` (the page takes no input) or ``control``.
+    :param expires_ns: when it stops working (None: when the browser ends, as on Kernel).
+    """
+
+    session_id: str
+    access: str
+    expires_ns: int | None = None
+
+    def expired(self) -> bool:
+        """Whether its ``ttl_seconds`` have passed."""
+        return self.expires_ns is not None and now_ns() >= self.expires_ns
+
+
+class LiveViewGrants:
+    """Every live-view URL minted by one emulator, by token, and the input its pages received."""
+
+    def __init__(self) -> None:
+        self.by_token: dict[str, LiveViewGrant] = {}
+        #: ``(session_id, how)`` of each input accepted: ``how`` is ``control`` (a minted URL) or ``listed``.
+        self.inputs: list[tuple[str, str]] = []
+
+    def mint(self, session_id: str, access: str, ttl_seconds: int | None) -> tuple[str, LiveViewGrant]:
+        """A new unguessable token for ``session_id``."""
+        expires = None if ttl_seconds is None else now_ns() + ttl_seconds * 1_000_000_000
+        token = secrets.token_urlsafe(24)
+        grant = self.by_token[token] = LiveViewGrant(session_id, access, expires)
+        return token, grant
+
+    def clear(self) -> None:
+        """Forget every URL and input (emulator reset)."""
+        self.by_token.clear()
+        self.inputs.clear()
 
 
 class Pool:
@@ -97,6 +139,8 @@ class BrowserSessions:
         self.pools: dict[str, Pool] = {}
         self.created = 0
         self.ended_by_reason: dict[str, int] = {}
+        #: Live-view URLs minted by ``POST /browsers/{id}/live_view`` (any browser: an invocation's too).
+        self.live_views = LiveViewGrants()
         self._expiry: asyncio.Task[None] | None = None
         _ALL_MANAGERS.add(self)
 
@@ -169,6 +213,7 @@ class BrowserSessions:
         self.pools.clear()
         self.created = 0
         self.ended_by_reason = {}
+        self.live_views.clear()
 
     def stats(self) -> dict[str, Any]:
         """Counters for ``/_emulator/stats``: ``live`` is the number of running Chromium-backed browsers."""

@@ -25,6 +25,8 @@ _ROUTES = (
     (re.compile(r"^/browsers/[^/]+/replays$"), "/browsers/{id}/replays"),
     (re.compile(r"^/browsers/[^/]+/replays/[^/]+$"), "/browsers/{id}/replays/{replay_id}"),
     (re.compile(r"^/browsers/[^/]+/replays/[^/]+/stop$"), "/browsers/{id}/replays/{replay_id}/stop"),
+    # live views (kernel_provider/testing/live.py)
+    (re.compile(r"^/browsers/[^/]+/live_view$"), "/browsers/{id}/live_view"),
     (re.compile(r"^/browser_pools$"), "/browser_pools"),
     (re.compile(r"^/browser_pools/[^/]+/acquire$"), "/browser_pools/{id}/acquire"),
     (re.compile(r"^/browser_pools/[^/]+/release$"), "/browser_pools/{id}/release"),

@@ -26,8 +26,8 @@ class _Context:
         self._store = store
         self._inv = inv
 
-    def create_browser(self) -> dict[str, Any]:
-        return self._store.create_browser(self._inv)
+    def create_browser(self, headless: bool = False) -> dict[str, Any]:
+        return self._store.create_browser(self._inv, headless)
 
     def start_replay(self, session_id: str | None = None) -> dict[str, Any]:
         return start_replay(self._store, self._inv, session_id)

@@ -407,7 +407,8 @@ class Store:
             task.cancel()
 
     # ------------------------------------------------------------------ browsers
-    def create_browser(self, inv: InvocationRecord) -> dict[str, Any]:
+    def create_browser(self, inv: InvocationRecord, headless: bool = False) -> dict[str, Any]:
+        """A fake browser held by ``inv`` (headful by default, as Kernel's; a headless one has no live view)."""
         session = new_id()
         host = f"browser-{session[:8]}.kernel-emulator.invalid"
         browser: dict[str, Any] = {
@@ -415,9 +416,9 @@ class Store:
             "created_at": format_ns(now_ns()),
             "cdp_ws_url": f"wss://{host}:8443/browser/cdp?session={session}",
             "webdriver_ws_url": f"wss://{host}:8443/browser/webdriver/session?session={session}",
-            "browser_live_view_url": live_view_url(self.base_url, session),
+            "browser_live_view_url": None if headless else live_view_url(self.base_url, session),
             "base_url": f"https://{host}:8443/browser/kernel",
-            "headless": True,
+            "headless": headless,
             "stealth": False,
             "gpu": False,
             "kiosk_mode": False,

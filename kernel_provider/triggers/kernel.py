@@ -56,7 +56,14 @@ from kernel_provider.client.models import Invocation, InvocationStatus
 from kernel_provider.client.text import safe_log_lines, safe_text
 from kernel_provider.completion import ERROR, FAILED, TIMEOUT, WAIT_MODES, event_for_invocation, make_event
 from kernel_provider.hooks.kernel import KernelHook
-from kernel_provider.live_view import LIVE_VIEW_EVENT_KEY, BrowserWatch
+from kernel_provider.live_view import (
+    LIVE_VIEW_EVENT_KEY,
+    OFF,
+    BrowserWatch,
+    LiveViewPublisher,
+    check_live_view,
+    mask_url,
+)
 
 try:  # Airflow 3: the standard provider's timer; Airflow 2: core's
     from airflow.providers.standard.triggers.temporal import DateTimeTrigger
@@ -125,14 +132,20 @@ class KernelInvocationTrigger(BaseTrigger):
         seconds) before firing the ``timeout`` event, whose ``cancelled`` says whether that worked. For waits
         whose task might never resume to cancel (Airflow 2's deferral timeout); a sensor that only watches
         leaves it False. It does not change when the deadline is.
-    :param live_view: learn the run's browsers while waiting, log each one's live-view URL once and set the
-        task's "Kernel live view" link to the first; when the run failed, log its browsers' replays (see
-        :mod:`kernel_provider.live_view` for when it lists and what that costs in requests). False (the default
-        here, so a trigger serialized by an older provider version keeps its old requests; the operator and the
-        sensor pass True by default): none of it.
+    :param live_view: ``"read"``: learn the run's browsers while waiting, mint a read-only live-view URL of each
+        headful one (``POST /browsers/{id}/live_view``, ``ttl_seconds`` = the time to ``end_time``, at most an
+        hour), log it once and set the task's "Kernel live view" link to the first; when the run failed, log its
+        browsers' replays (see :mod:`kernel_provider.live_view` for when it lists, what that costs in requests,
+        and the fallback where Kernel lacks the route). ``"control"``: the same with control URLs, masked and not
+        logged. ``"off"`` (False, the default here, so a trigger serialized by an older provider version keeps its
+        old requests; the operator and the sensor pass ``"read"`` by default): none of it. True means ``"read"``.
     :param try_number: the try of the task instance that deferred, echoed in the event (``try_number``) so the
         resumed task can tell a previous try's result from its own (see
         :func:`kernel_provider.completion.from_an_earlier_try`). None: not echoed.
+    :param log_cursor_seeded: the deferring task pushed the empty log position (:func:`seed_log_cursor`) before
+        the trigger first ran, so reading it can never miss. False (a sensor that starts in the triggerer, with no
+        worker to seed it): the position is not read, since reading an XCom that was never written logs an
+        "XCom not found" ERROR in Airflow 3's triggerer; a restarted trigger may then log lines again.
     :param resume_not_before: absolute wall-clock time (``time.time()`` seconds) before which a wait run by the
         triggerer does not report its event, even when the invocation finished sooner: the deferring task sets it
         :data:`MIN_DEFERRAL` seconds after it deferred. Ignored for waits without a task instance (a worker's
@@ -152,9 +165,10 @@ class KernelInvocationTrigger(BaseTrigger):
         max_stream_failures: int = 5,
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = False,
-        live_view: bool = False,
+        live_view: bool | str = False,
         try_number: int | None = None,
         resume_not_before: float | None = None,
+        log_cursor_seeded: bool = True,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -170,7 +184,8 @@ class KernelInvocationTrigger(BaseTrigger):
         self.max_stream_failures = int(max_stream_failures)
         self.cancel_on_kill = bool(cancel_on_kill)
         self.cancel_on_timeout = bool(cancel_on_timeout)
-        self.live_view = bool(live_view)
+        self.live_view = check_live_view(live_view)
+        self.log_cursor_seeded = bool(log_cursor_seeded)
         self.try_number = None if try_number is None else int(try_number)
         self.resume_not_before = None if resume_not_before is None else float(resume_not_before)
         #: The task instance whose link a wait on a worker (no ``task_instance``) sets; see :meth:`link_to`.
@@ -197,6 +212,7 @@ class KernelInvocationTrigger(BaseTrigger):
                 "live_view": self.live_view,
                 "try_number": self.try_number,
                 "resume_not_before": self.resume_not_before,
+                "log_cursor_seeded": self.log_cursor_seeded,
             },
         )
 
@@ -212,6 +228,10 @@ class KernelInvocationTrigger(BaseTrigger):
         key = _ti_key(getattr(self, "task_instance", None)) or self._link_key
         if key is not None:
             await _in_db_thread(_write_live_view, key, url)
+
+    async def mask_live_view(self, url: str) -> None:
+        """Register a control URL with the secret masker, off the loop (Airflow 3 asks the supervisor)."""
+        await _in_db_thread(mask_url, url)
 
     @property
     def hook(self) -> KernelHook:
@@ -365,8 +385,11 @@ class _Waiter:
         self.replay: Counter[str] = Counter()  # of those, the ones a resumed stream may send again
         self.cursor = trigger._cursor
         self.watch: BrowserWatch | None = None
-        if trigger.live_view:
-            self.watch = BrowserWatch(trigger.hook, trigger.invocation_id, trigger.log, trigger.publish_live_view)
+        if trigger.live_view != OFF:
+            publisher = LiveViewPublisher(trigger.live_view, trigger.end_time, trigger.log, trigger.mask_live_view)
+            self.watch = BrowserWatch(
+                trigger.hook, trigger.invocation_id, trigger.log, trigger.publish_live_view, publisher
+            )
 
     async def run(self) -> dict[str, Any]:
         """The wait, with the run's browsers watched beside it (and their replays reported if it failed)."""
@@ -854,7 +877,10 @@ class _LogCursor:
         return None if key is None else cls(trigger, key)
 
     async def load(self) -> Mapping[str, Any] | None:
-        """The saved position of this task instance's try, or None (none saved, another try's, unreadable)."""
+        """The saved position of this task instance's try, or None (none saved, another try's, unreadable; or
+        never seeded by the deferring task, when it is not read at all: see ``log_cursor_seeded``)."""
+        if not self.t.log_cursor_seeded:
+            return None
         try:
             value = await _in_db_thread(_read_cursor, self.key)
         except Exception as exc:

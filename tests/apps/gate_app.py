@@ -66,7 +66,7 @@ async def wait(ctx: Any, payload: Any) -> Any:
     before, after = int(args.get("before", 0)), int(args.get("after", 0))
     interval = float(args.get("interval", 0.0))
     for _ in range(int(args.get("browsers", 0))):
-        ctx.create_browser()
+        ctx.create_browser(bool(args.get("headless", False)))
     if args.get("record"):
         ctx.start_replay()  # records the first browser (listed by GET /browsers/{id}/replays)
     await _numbered(0, before, interval)

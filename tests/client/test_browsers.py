@@ -214,3 +214,47 @@ def test_browser_model_reads_kernels_fields_and_keeps_unknown_ones() -> None:
         90,
     )
     assert parsed.created_at is not None and parsed.extra == {"region": "us-east"}
+
+
+def test_a_live_view_request_is_kernels_body_and_its_answer_is_typed() -> None:
+    send, calls = canned(
+        answer(200, {"url": "https://k/browser/live?jwt=t", "access": "read", "expires_at": "2030-01-01T00:00:00Z"})
+    )
+    view = drive(browsers.create_live_view("b 1", access="read", ttl_seconds=60), send)
+    (call,) = calls
+    assert (call.endpoint.method, call.path, call.body) == (
+        "POST",
+        "/browsers/b%201/live_view",
+        {"access": "read", "ttl_seconds": 60},
+    )
+    assert (view.url, view.access, view.expires_at) == (
+        "https://k/browser/live?jwt=t",
+        "read",
+        datetime(2030, 1, 1, tzinfo=timezone.utc),
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"url": "javascript:alert(1)", "access": "read"},  # not a URL a link may open
+        {"url": "/browser/live", "access": "read"},  # not absolute
+        {"url": "https://k/live", "access": "control"},  # more than was asked: never published as read-only
+        {"url": "https://k/live", "access": "admin"},
+        ["https://k/live"],
+    ],
+)
+def test_a_live_view_answer_that_is_not_what_was_asked_is_refused(body: Any) -> None:
+    from kernel_provider.client.errors import KernelResponseError
+
+    send, _ = canned(answer(200, body))
+    with pytest.raises(KernelResponseError):
+        drive(browsers.create_live_view("b1", access="read"), send)
+
+
+@pytest.mark.parametrize(("access", "ttl", "field"), [("write", None, "access"), ("read", 0, "ttl_seconds")])
+def test_a_wrong_live_view_request_fails_before_any_request(access: str, ttl: Any, field: str) -> None:
+    send, calls = canned()
+    with pytest.raises(KernelInputError, match=field):
+        drive(browsers.create_live_view("b1", access=access, ttl_seconds=ttl), send)
+    assert calls == []

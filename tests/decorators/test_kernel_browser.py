@@ -18,14 +18,23 @@ from kernel_provider.decorators.kernel_browser import (
     kernel_browser_task,
 )
 from tests.airflow_helpers import all_logs, make_dag, run_dag, states, task, ti_map, xcom
-from tests.helpers import live_page
 from tests.kernel_browsers import SITE_PRODUCTS, live_browsers, needs_chromium, site_url
 
 pytestmark = [*needs_chromium, pytest.mark.usefixtures("airflow_db")]
 __all__ = ["site_url"]  # the fixture, imported for the tests below
+LIVE_VIEW_ROUTE = "/browsers/{id}/live_view"
 
 
-def test_the_function_gets_a_connected_page_and_its_result_is_the_tasks(kernel_conn_env: Any, site_url: str) -> None:
+def error_lines(caplog: pytest.LogCaptureFixture, capfd: Any) -> list[str]:
+    """Every ERROR line of the run: Python log records and the lines Airflow 3's structlog printed."""
+    printed = capfd.readouterr()
+    lines = [line for text in (printed.out, printed.err) for line in text.splitlines() if "[error" in line]
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] + lines
+
+
+def test_the_function_gets_a_connected_page_and_its_result_is_the_tasks(
+    kernel_conn_env: Any, site_url: str, caplog: pytest.LogCaptureFixture, capfd: Any
+) -> None:
     with make_dag("kb_page") as dag:
 
         @task.kernel_browser(headless=True, timeout_seconds=60)
@@ -43,18 +52,102 @@ def test_the_function_gets_a_connected_page_and_its_result_is_the_tasks(kernel_c
 
         scrape(site_url)
 
-    run = run_dag(dag)
+    with caplog.at_level(logging.INFO):
+        run = run_dag(dag)
     assert states(run) == {"scrape": "success"}
+    assert error_lines(caplog, capfd) == []  # the README's example logs no ERROR (no "XCom not found" for a link)
     assert xcom(run, "scrape") == SITE_PRODUCTS  # rendered by the page's script: a real browser read it
     session_id = xcom(run, "scrape", XCOM_SESSION_ID)
-    live_view = xcom(run, "scrape", XCOM_LIVE_VIEW_URL)
-    assert live_page(live_view) == f"{kernel_conn_env.url}/live/{session_id}"
-    link_key = getattr(KernelBrowserLiveViewLink(), "xcom_key", None)  # Airflow 3 shows the link from this XCom
-    if link_key:
-        assert xcom(run, "scrape", link_key) == live_view
+    # Headless: Kernel lists no live view and serves the route only for headful browsers; nothing is published.
+    assert xcom(run, "scrape", XCOM_LIVE_VIEW_URL) is None
+    assert kernel_conn_env.requests(route=LIVE_VIEW_ROUTE) == []
     assert live_browsers(kernel_conn_env) == 0
     assert kernel_conn_env.stats()["browser_sessions"]["ended"] == {"deleted": 1}
     assert [r["path"] for r in kernel_conn_env.requests(method="DELETE")] == [f"/browsers/{session_id}"]
+
+
+def grant_of(emulator: Any, url: str) -> Any:
+    """What the emulator minted ``url`` as (browser, access, expiry)."""
+    return emulator.store.browser_sessions.live_views.by_token[url.rsplit("/", 1)[-1]]
+
+
+def test_a_headful_browser_publishes_a_read_only_url_for_the_tasks_time(
+    kernel_conn_env: Any, caplog: pytest.LogCaptureFixture, capfd: Any
+) -> None:
+    import time
+    from datetime import timedelta
+
+    import httpx
+
+    with make_dag("kb_read") as dag:
+
+        @task.kernel_browser(timeout_seconds=30, execution_timeout=timedelta(seconds=90))
+        def watched(kernel_browser: Any) -> str:
+            return str(kernel_browser.browser_live_view_url)
+
+        watched()
+
+    started = time.time()
+    run = run_dag(dag)
+    assert states(run) == {"watched": "success"}
+    listed, url = xcom(run, "watched"), xcom(run, "watched", XCOM_LIVE_VIEW_URL)
+    grant = grant_of(kernel_conn_env, url)
+    assert (grant.session_id, grant.access) == (xcom(run, "watched", XCOM_SESSION_ID), "read")
+    assert grant.expires_ns / 1e9 <= started + 90 + 1  # no longer than execution_timeout
+    link_key = getattr(KernelBrowserLiveViewLink(), "xcom_key", None)  # Airflow 3 shows the link from this XCom
+    if link_key:
+        assert xcom(run, "watched", link_key) == url
+    logs = all_logs(caplog, capfd)
+    assert f"Kernel live view of browser {grant.session_id}: {url}" in logs
+    assert listed not in logs  # the listed URL steers the browser: never logged
+    assert len(kernel_conn_env.requests(route=LIVE_VIEW_ROUTE)) == 1
+    # Before the browser is deleted the read URL takes no input; after, it is refused altogether.
+    assert httpx.post(f"{url}/input", data={"text": "x"}).status_code in (403, 410)
+
+
+def test_control_publishes_a_masked_control_url_and_off_publishes_nothing(kernel_conn_env: Any) -> None:
+    from airflow.providers.common.compat.sdk import redact
+
+    with make_dag("kb_modes") as dag:
+
+        @task.kernel_browser(timeout_seconds=30, live_view="control")
+        def steered(kernel_browser: Any) -> None:
+            return None
+
+        @task.kernel_browser(timeout_seconds=30, live_view=False)
+        def unseen(kernel_browser: Any) -> None:
+            return None
+
+        steered()
+        unseen()
+
+    run = run_dag(dag)
+    assert states(run) == {"steered": "success", "unseen": "success"}
+    url = xcom(run, "steered", XCOM_LIVE_VIEW_URL)
+    assert grant_of(kernel_conn_env, url).access == "control"
+    assert redact(f"see {url}") == "see ***"
+    assert xcom(run, "unseen", XCOM_LIVE_VIEW_URL) is None
+    assert len(kernel_conn_env.requests(route=LIVE_VIEW_ROUTE)) == 1  # the control one only
+
+
+def test_a_failed_browser_create_logs_no_xcom_error(
+    kernel_conn_env: Any, caplog: pytest.LogCaptureFixture, capfd: Any
+) -> None:
+    kernel_conn_env.set_faults([{"route": "POST /browsers", "fault": {"browser_launch": "fail"}}])
+    with make_dag("kb_no_browser") as dag:
+
+        @task.kernel_browser(headless=True, timeout_seconds=30, retries=0)
+        def never(page: Any) -> None:
+            raise AssertionError("must not run")
+
+        never()
+
+    with caplog.at_level(logging.INFO):
+        run = run_dag(dag)
+    assert states(run) == {"never": "failed"}
+    errors = error_lines(caplog, capfd)
+    assert errors, "the task's own failure is reported"
+    assert [line for line in errors if "XCom not found" in line] == []
 
 
 def test_browser_model_cdp_url_and_async_functions(kernel_conn_env: Any) -> None:

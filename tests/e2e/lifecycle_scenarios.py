@@ -309,15 +309,19 @@ def mark_deferred_task(h: Harness, state: str) -> None:
     wait_browsers(h, invocation["id"], 2)
     wait_triggerer_follows(h, invocation["id"])
     assert h.invocation(invocation["id"])["status"] == "running"
-    # While the task is deferred, its trigger (a real triggerer's) points the "Kernel live view" link at the
-    # run's first browser.
+    # While the task is deferred, its trigger (a real triggerer's) points the "Kernel live view" link at a
+    # read-only URL it minted for the run's first browser (never the listed URL, which steers the browser).
+    import httpx
+
     first_browser = h.invocation(invocation["id"])["_emulator"]["browsers"][0]
     live = h.wait_until(
         "the trigger to publish the live-view link",
         lambda: h.xcom(dag_id, run_id, task_id, key="kernel_live_view_url"),
         timeout=60,
     )
-    assert live == first_browser["browser_live_view_url"], (live, first_browser)
+    assert live != first_browser["browser_live_view_url"] and "/live/t/" in live, (live, first_browser)
+    assert '<dd id="access">read</dd>' in httpx.get(live, timeout=10).text
+    assert httpx.post(f"{live}/input", data={"text": "x"}, timeout=10).status_code == 403
     assert h.ti(dag_id, run_id, task_id)["state"] == "deferred"
 
     started = time.monotonic()

@@ -17,7 +17,6 @@ import pytest
 from kernel_provider.client.errors import KernelAmbiguousBrowserCreateError, KernelInputError
 from kernel_provider.hooks.kernel_browser import KernelBrowserHook
 from kernel_provider.testing import KernelEmulator
-from tests.helpers import live_page
 from tests.kernel_browsers import live_browsers, needs_chromium
 
 pytestmark = needs_chromium
@@ -46,12 +45,36 @@ def test_the_block_gets_a_connected_browser_and_deletes_it(hook: KernelBrowserHo
     with hook.browser(headless=True, timeout_seconds=60, viewport=(1280, 800)) as browser:
         assert cdp_answers(browser)
         assert browser.timeout_seconds == 60 and browser.headless
-        assert live_page(browser.browser_live_view_url).endswith(f"/live/{browser.session_id}")
+        assert browser.browser_live_view_url == ""  # Kernel lists no live view for a headless browser
         assert live_browsers(kernel_conn_env) == 1
         assert hook.open_session_ids == [browser.session_id]
     assert live_browsers(kernel_conn_env) == 0
     assert hook.open_session_ids == []
     assert (calls(kernel_conn_env, "POST", "/browsers"), calls(kernel_conn_env, "DELETE", "/browsers/{id}")) == (1, 1)
+
+
+def test_create_live_view_mints_read_and_control_urls_of_a_headful_browser(
+    hook: KernelBrowserHook, kernel_conn_env: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from kernel_provider.client.errors import KernelBadRequestError, KernelInputError
+
+    with caplog.at_level(logging.INFO), hook.browser(timeout_seconds=60) as browser:
+        read = hook.create_live_view(session_id=browser.session_id, access="read", ttl_seconds=60)
+        control = asyncio.run(hook.acreate_live_view(session_id=browser.session_id, access="control"))
+        grants = kernel_conn_env.store.browser_sessions.live_views.by_token
+        assert grants[read.url.rsplit("/", 1)[-1]].access == "read" and read.access == "read"
+        assert read.expires_at is not None and control.expires_at is None
+        assert grants[control.url.rsplit("/", 1)[-1]].access == "control"
+        assert control.url not in repr(control)  # a credential stays out of reprs
+        assert httpx.post(f"{read.url}/input", data={"text": "x"}).status_code == 403
+        with pytest.raises(KernelInputError, match="ttl_seconds"):
+            hook.create_live_view(session_id=browser.session_id, access="read", ttl_seconds=0)
+        assert browser.browser_live_view_url not in caplog.text  # the listed (control) URL is never logged
+    assert "headful (live view)" in caplog.text
+    with hook.browser(headless=True) as headless, pytest.raises(KernelBadRequestError, match="headful"):
+        hook.create_live_view(session_id=headless.session_id, access="read")
 
 
 def test_an_exception_in_the_block_still_deletes_the_browser(hook: KernelBrowserHook, kernel_conn_env: Any) -> None:

@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from kernel_provider.testing import KernelEmulator
-from tests.helpers import live_page
 from tests.kernel_browsers import chromium_running, live_browsers, needs_chromium
 
 pytestmark = needs_chromium
@@ -44,7 +43,7 @@ def test_create_list_get_delete_and_cdp_really_connects(http: httpx.Client, kern
     assert created.status_code == 200, created.text
     browser = created.json()
     assert {"session_id", "created_at", "cdp_ws_url", "webdriver_ws_url", "headless", "stealth"} <= set(browser)
-    assert live_page(browser["browser_live_view_url"]) == f"{kernel_emulator.url}/live/{browser['session_id']}"
+    assert browser["browser_live_view_url"] is None  # Kernel lists no live view for a headless browser
     session_id = browser["session_id"]
     assert [b["session_id"] for b in http.get("/browsers").json()] == [session_id]
     assert http.get(f"/browsers/{session_id}").json()["timeout_seconds"] == 30

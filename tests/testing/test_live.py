@@ -115,3 +115,87 @@ def test_a_recording_of_an_unknown_browser_is_a_404_naming_the_browser(http, met
 def test_replay_routes_need_the_key(kernel_emulator):
     assert httpx.get(f"{kernel_emulator.url}/browsers/x/replays").status_code == 401
     assert kernel_emulator.requests(route="/browsers/{id}/replays")[-1]["auth"] == "missing"
+
+
+# --- POST /browsers/{id}/live_view and the pages of the URLs it mints --------------------------------------
+
+
+def minted(http: httpx.Client, session_id: str, **body: Any) -> dict[str, Any]:
+    answer = http.post(f"/browsers/{session_id}/live_view", json=body)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def test_a_read_url_shows_the_run_but_takes_no_input(http, kernel_emulator):
+    inv = browse(http, kernel_emulator, count=1, seconds=30)
+    (browser,) = browsers_of(http, inv["id"])
+    view = minted(http, browser["session_id"], access="read")
+    assert set(view) == {"url", "access"} and view["access"] == "read"  # no expires_at without a TTL
+    assert view["url"].startswith(f"{kernel_emulator.url}/live/t/")
+    assert browser["session_id"] not in view["url"]  # nothing in it leads to the listed (control) URL
+
+    page = httpx.get(view["url"])  # no key: a person's browser opens it
+    assert page.status_code == 200
+    assert '<dd id="access">read</dd>' in page.text and f'<dd id="invocation">{inv["id"]}</dd>' in page.text
+    assert "<form" not in page.text and browser["session_id"] not in page.text
+    refused = httpx.post(f"{view['url']}/input", params={"readOnly": "false"}, data={"text": "click"})
+    assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
+    assert kernel_emulator.store.browser_sessions.live_views.inputs == []
+
+
+def test_a_control_url_takes_input_and_the_listed_url_gives_control_too(http, kernel_emulator):
+    inv = browse(http, kernel_emulator, count=1, seconds=30)
+    (browser,) = browsers_of(http, inv["id"])
+    view = minted(http, browser["session_id"], access="control", ttl_seconds=60)
+    assert view["access"] == "control" and view["expires_at"].endswith("Z")
+    page = httpx.get(view["url"])
+    assert '<form id="input"' in page.text
+    assert httpx.post(f"{view['url']}/input", data={"text": "type"}).status_code == 204
+    # The listed URL is Kernel's control URL: readOnly=true only hides the form, the input still goes through.
+    hinted = httpx.get(browser["browser_live_view_url"], params={"readOnly": "true"})
+    assert "<form" not in hinted.text
+    assert httpx.post(f"{browser['browser_live_view_url']}/input", data={"text": "x"}).status_code == 204
+    sessions = kernel_emulator.store.browser_sessions.live_views.inputs
+    assert sessions == [(browser["session_id"], "control"), (browser["session_id"], "listed")]
+
+
+def test_a_url_stops_working_after_its_ttl_and_when_its_browser_ends(http, kernel_emulator):
+    import time
+
+    inv = browse(http, kernel_emulator, count=1, seconds=30)
+    (browser,) = browsers_of(http, inv["id"])
+    short = minted(http, browser["session_id"], access="control", ttl_seconds=1)
+    lasting = minted(http, browser["session_id"], access="read")
+    assert httpx.get(short["url"]).status_code == 200
+    time.sleep(1.2)
+    assert httpx.get(short["url"]).status_code == 410
+    assert httpx.post(f"{short['url']}/input", data={"text": "late"}).status_code == 410
+    assert httpx.get(lasting["url"]).status_code == 200
+    http.patch(f"/invocations/{inv['id']}", json={"status": "failed"})  # its browsers go
+    assert httpx.get(lasting["url"]).status_code == 410
+    assert httpx.get(f"{kernel_emulator.url}/live/t/nosuchtoken").status_code == 404
+
+
+def test_headless_browsers_have_no_live_view_and_the_route_refuses_them(http, kernel_emulator):
+    inv = browse(http, kernel_emulator, count=1, seconds=30, headless=True)
+    (browser,) = browsers_of(http, inv["id"])
+    assert browser["headless"] is True and browser["browser_live_view_url"] is None
+    refused = http.post(f"/browsers/{browser['session_id']}/live_view", json={"access": "read"})
+    assert refused.status_code == 400 and "headful" in refused.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({}, "access"), ({"access": "admin"}, "access"), ({"access": "read", "ttl_seconds": 0}, "ttl_seconds")],
+)
+def test_the_route_checks_its_body(http, kernel_emulator, body, field):
+    inv = browse(http, kernel_emulator, count=1, seconds=30)
+    (browser,) = browsers_of(http, inv["id"])
+    refused = http.post(f"/browsers/{browser['session_id']}/live_view", json=body)
+    assert refused.status_code == 400 and field in refused.json()["message"]
+
+
+def test_the_route_needs_the_key_and_a_known_browser(http, kernel_emulator):
+    assert httpx.post(f"{kernel_emulator.url}/browsers/x/live_view", json={"access": "read"}).status_code == 401
+    missing = http.post("/browsers/nosuchbrowser/live_view", json={"access": "read"})
+    assert (missing.status_code, missing.json()["code"]) == (404, "not_found")

@@ -322,6 +322,16 @@ def test_serialize_is_primitives_only_and_deadline_is_absolute():
     assert rebuilt.serialize() == (classpath, kwargs)
 
 
+@pytest.mark.parametrize(("given", "kept"), [(True, "read"), (False, "off"), ("control", "control")])
+def test_live_view_is_serialized_as_its_mode(given, kept):
+    """An older provider serialized a bool: it still rebuilds, as the mode it meant."""
+    _, kwargs = KernelInvocationTrigger(invocation_id="abc", live_view=given, log_cursor_seeded=False).serialize()
+    assert (kwargs["live_view"], kwargs["log_cursor_seeded"]) == (kept, False)
+    assert KernelInvocationTrigger(**kwargs).serialize()[1] == kwargs
+    with pytest.raises(ValueError, match="live_view"):
+        KernelInvocationTrigger(invocation_id="abc", live_view="write")
+
+
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="mode"):
         KernelInvocationTrigger(invocation_id="abc", mode="carrier-pigeon")
@@ -767,3 +777,35 @@ async def test_a_log_cursor_that_cannot_be_stored_never_fails_the_wait(gated_ker
     await t.cleanup()
     assert event["status"] == "succeeded"
     assert kernel_lines(inv_id, caplog, capfd) == [f"line {i}" for i in range(4)]
+
+
+@pytest.mark.skipif(not AF3, reason="Airflow 3's triggerer reads XComs through its supervisor, which logs a miss")
+async def test_a_sensor_started_in_the_triggerer_reads_no_cursor_it_never_seeded(
+    gated_kernel, airflow_ti, caplog, capfd
+):
+    """A sensor that starts in the triggerer has no worker to seed the log position: its trigger must not read
+    it (a miss logs "XCom not found" as an ERROR in the triggerer), and still saves it as the lines go."""
+    import logging
+
+    from kernel_provider.sensors.kernel import STARTS_FROM_TRIGGER, KernelInvocationSensor
+
+    if not STARTS_FROM_TRIGGER:
+        pytest.skip("sensors start in the triggerer from Airflow 3.3")
+    ti, dr = airflow_ti
+    inv_id, gate = start_gated(gated_kernel, before=2, after=2, interval=0.02)
+    gate.open()
+    sensor = KernelInvocationSensor(task_id="watch", invocation_id=inv_id, deferrable=True, live_view=False)
+    assert sensor.start_from_trigger
+    t = KernelInvocationTrigger(**sensor.start_trigger_args.trigger_kwargs)
+    t.task_instance = ti  # what the triggerer hands it
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO):
+        event = await run_to_event(t)
+        await t.cleanup()
+    assert event["status"] == "succeeded"
+    printed = capfd.readouterr()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    errors += [line for line in (printed.out + printed.err).splitlines() if "[error" in line]
+    assert errors == []
+    cursor = await asyncio.to_thread(xcom, dr, "noop", LOG_CURSOR_XCOM_KEY)
+    assert cursor["invocation_id"] == inv_id and cursor["since"]  # written all the same
