@@ -28,6 +28,7 @@ import html
 import json
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -35,6 +36,7 @@ from starlette.routing import Route
 
 from kernel_provider.testing.browser_sessions import LiveViewGrant
 from kernel_provider.testing.responses import error_response, json_response, store_of
+from kernel_provider.testing.signing import QUERY_PARAM
 from kernel_provider.testing.store import FoundBrowser
 from kernel_provider.testing.timeutil import format_ns
 from kernel_provider.testing.wire import strict_json
@@ -97,7 +99,10 @@ async def live_view(request: Request) -> Response:
     if isinstance(found, Response):
         return found
     read_only = request.query_params.get("readOnly") == "true"  # a hint: the input endpoint still accepts
-    form = "" if read_only else _input_form(f"/live/{found.session_id}/input")
+    # The form posts with the page's own signed token: without it the input would be refused (401).
+    signed = request.query_params.get(QUERY_PARAM)
+    action = f"/live/{found.session_id}/input" + (f"?{QUERY_PARAM}={quote(signed, safe='')}" if signed else "")
+    form = "" if read_only else _input_form(action)
     return _view(request, found, ("session", "Browser session", found.session_id), form)
 
 

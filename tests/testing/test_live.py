@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import httpx
@@ -54,6 +56,10 @@ def test_live_view_url_opens_the_runs_page_without_a_key(http, kernel_emulator):
     assert "  created 1 browser(s)\n" in page.text  # the run's log lines, as text (not the stream's JSON)
     assert '"event"' not in page.text
     assert 'http-equiv="refresh"' in page.text  # refreshed while the run goes on
+    # The listed URL gives control (as on Kernel): its form posts with the page's own signed token, and gets in.
+    action = re.search(r'<form id="input" method="post" action="([^"]+)"', page.text).group(1)
+    sent = httpx.post(kernel_emulator.url + html.unescape(action), data={"text": "x"})
+    assert sent.status_code == 204, sent.text
 
     http.patch(f"/invocations/{inv['id']}", json={"status": "failed"})
     ended = httpx.get(url)
@@ -154,7 +160,8 @@ def test_a_control_url_takes_input_and_the_listed_url_gives_control_too(http, ke
     # The listed URL is Kernel's control URL: readOnly=true only hides the form, the input still goes through.
     hinted = httpx.get(browser["browser_live_view_url"], params={"readOnly": "true"})
     assert "<form" not in hinted.text
-    assert httpx.post(f"{browser['browser_live_view_url']}/input", data={"text": "x"}).status_code == 204
+    listed = httpx.URL(browser["browser_live_view_url"])  # its signed token stays in the query
+    assert httpx.post(listed.copy_with(path=listed.path + "/input"), data={"text": "x"}).status_code == 204
     sessions = kernel_emulator.store.browser_sessions.live_views.inputs
     assert sessions == [(browser["session_id"], "control"), (browser["session_id"], "listed")]
 
