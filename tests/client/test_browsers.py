@@ -220,11 +220,11 @@ def test_a_live_view_request_is_kernels_body_and_its_answer_is_typed() -> None:
     send, calls = canned(
         answer(200, {"url": "https://k/browser/live?jwt=t", "access": "read", "expires_at": "2030-01-01T00:00:00Z"})
     )
-    view = drive(browsers.create_live_view("b 1", access="read", ttl_seconds=60), send)
+    view = drive(browsers.create_live_view("b1", access="read", ttl_seconds=60), send)
     (call,) = calls
     assert (call.endpoint.method, call.path, call.body) == (
         "POST",
-        "/browsers/b%201/live_view",
+        "/browsers/b1/live_view",
         {"access": "read", "ttl_seconds": 60},
     )
     assert (view.url, view.access, view.expires_at) == (
