@@ -51,6 +51,18 @@ WORKER_KILLED = (
     r"finished with state failed, but the task instance's state attribute is running",
 )
 
+#: What Airflow 3 logs when a person clears a task that is still running on a worker: the API server has moved the
+#: try to the history table, so the worker's supervisor is told to stop and its last reports find no task instance.
+RUNNING_TASK_CLEARED = (
+    r"TaskInstance not in live table but archived in history",
+    r"Task Instance not found",
+    r"Server indicated the task shouldn't be running anymore",
+    r"API server error",
+    r"Recovery retry of terminal-state API call failed",
+    r"Failed to report terminal task state to supervisor",
+    r"Task killed!",
+)
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _ERROR_FORMATS = (
     re.compile(r"^\S+\s+\[\s*(?:error|critical|fatal|exception)\s*\]", re.I),  # structlog console

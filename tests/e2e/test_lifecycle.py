@@ -37,7 +37,7 @@ from lifecycle_scenarios import (
     wait_ti,
 )
 
-from tests.e2e.error_audit import WORKER_KILLED, task_failed
+from tests.e2e.error_audit import RUNNING_TASK_CLEARED, WORKER_KILLED, task_failed
 
 AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 pytestmark = [
@@ -288,6 +288,8 @@ def test_worker_killed_while_waiting_retry_reattaches_to_its_run(airflow_e2e: Ai
 
 @pytest.mark.timeout(360)
 @pytest.mark.parametrize("cancel_on_kill", [True, False])
+# Airflow's own lines for a cleared running try, and the try's end when on_kill cancelled its run.
+@pytest.mark.expect_error_lines(*RUNNING_TASK_CLEARED, task_failed("KernelInvocationFailed"))
 def test_clear_of_a_task_waiting_on_a_worker_follows_cancel_on_kill(
     airflow_e2e: AirflowE2E, cancel_on_kill: bool
 ) -> None:
