@@ -62,6 +62,8 @@ RUNNING_TASK_CLEARED = (
     r"Failed to report terminal task state to supervisor",
     r"Task killed!",
 )
+#: What Airflow 2 logs when a person clears a task that is still running on a worker: the task gets SIGTERM.
+RUNNING_TASK_CLEARED_AF2 = (r"ERROR - Received SIGTERM\. Terminating subprocesses", r"ERROR - Stacktrace:")
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _ERROR_FORMATS = (

@@ -22,7 +22,7 @@ from lifecycle_scenarios import (
     mark_deferred_task,
 )
 
-from tests.e2e.error_audit import RUN_FAILED, task_failed
+from tests.e2e.error_audit import RUN_FAILED, RUNNING_TASK_CLEARED_AF2, task_failed
 
 AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 pytestmark = [
@@ -80,6 +80,7 @@ def test_af2_execution_timeout_while_deferred_is_ended_by_the_trigger(airflow2_e
 
 @pytest.mark.timeout(360)
 @pytest.mark.parametrize("cancel_on_kill", [True, False])
+@pytest.mark.expect_error_lines(*RUNNING_TASK_CLEARED_AF2, task_failed())  # SIGTERM ends the cleared try
 def test_af2_clear_of_a_task_waiting_on_a_worker_follows_cancel_on_kill(
     airflow2_e2e: Airflow2E2E, cancel_on_kill: bool
 ) -> None:
