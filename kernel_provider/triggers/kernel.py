@@ -716,10 +716,16 @@ async def _in_db_thread(fn: Callable[..., T], *args: Any) -> T:
     triggerer's supervisor to answer, and if that never happens (the triggerer is going down) a pool thread would
     hang the process at exit, which joins pool threads. At most ``MAX_DB_CALLS_IN_FLIGHT`` calls run at once.
     """
+    if _supervisor_channel() == "InProcessSupervisorComms":
+        # dag.test()'s in-process channel answers at once, and it is not safe from threads: a call from another
+        # thread drops SUPERVISOR_COMMS for whichever call overlaps it, and the task then fails to report its end.
+        return fn(*args)
     loop = asyncio.get_running_loop()
     slots = _DB_SLOTS.get(loop)
     if slots is None:
-        slots = _DB_SLOTS[loop] = asyncio.Semaphore(MAX_DB_CALLS_IN_FLIGHT)
+        # In an Airflow 3 task (a wait on a worker) one call at a time: one task's wait gains nothing from more.
+        in_task = _supervisor_channel() not in ("", "TriggerCommsDecoder")
+        slots = _DB_SLOTS[loop] = asyncio.Semaphore(1 if in_task else MAX_DB_CALLS_IN_FLIGHT)
     async with slots:
         answer: asyncio.Future[T] = loop.create_future()
 
@@ -744,6 +750,24 @@ async def _in_db_thread(fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wait_for(answer, DB_CALL_TIMEOUT)
 
 
+def _supervisor_channel() -> str:
+    """The class name of this process's channel to its Airflow 3 supervisor ("" on Airflow 2 or without one).
+
+    By name: importing the triggerer's module into a worker just to compare would be heavy.
+    """
+    try:
+        from airflow.sdk.execution_time import task_runner
+    except ImportError:  # Airflow 2: no Task SDK
+        return ""
+    channel = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    return "" if channel is None else type(channel).__name__
+
+
+def _in_triggerer() -> bool:
+    """Whether this process is an Airflow 3 triggerer (its supervisor channel is the triggerer's)."""
+    return _supervisor_channel() == "TriggerCommsDecoder"
+
+
 def _serve_loop_from_this_thread(loop: asyncio.AbstractEventLoop) -> None:
     """Tell asgiref that this thread works for ``loop``, as its own ``sync_to_async`` threads do.
 
@@ -755,14 +779,10 @@ def _serve_loop_from_this_thread(loop: asyncio.AbstractEventLoop) -> None:
     triggerer (whose loop runs until the process ends): a wait on a worker (``wait_in_worker``) has its own short
     loop, which could close with such a call still scheduled on it.
     """
-    try:
-        from airflow.sdk.execution_time import task_runner
-        from asgiref.sync import SyncToAsync
-    except ImportError:  # Airflow 2: no Task SDK, nothing to mark
+    if not _in_triggerer():
         return
-    # By name: importing the triggerer's module into a worker just to compare would be heavy.
-    if type(getattr(task_runner, "SUPERVISOR_COMMS", None)).__name__ != "TriggerCommsDecoder":
-        return
+    from asgiref.sync import SyncToAsync
+
     SyncToAsync.threadlocal.main_event_loop = loop
     SyncToAsync.threadlocal.main_event_loop_pid = os.getpid()
 
