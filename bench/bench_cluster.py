@@ -272,9 +272,20 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                 request_log_size=50 * args.waits + 10_000,
             )
 
+        # One triggerer at first (the other is the failover's spare); ready once the Airflow services are healthy.
+        service_names = ("api-server", "scheduler", "dag-processor", "triggerer1", "worker1", "worker2")
+
         def write_dags(self) -> None:
             text = DAG_TEMPLATE.format(waits=args.waits, poll_interval=args.poll_interval)
             (self.dags / "bench_cluster_dags.py").write_text(textwrap.dedent(text))
+
+        def build_env(self) -> None:
+            super().build_env()
+            self.env["AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG"] = str(args.waits)
+            self.env["AIRFLOW__CORE__MAX_MAP_LENGTH"] = str(max(1024, args.waits))
+
+        def ready(self) -> bool:
+            return bool(self.healthy())
 
     settings_keys = (
         "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC",
@@ -285,16 +296,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     c = BenchCluster(base)
     try:
-        c.write_dags()
-        c.start_backing()
-        c.start_emulator()
-        c.build_env()
-        c.env["AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG"] = str(args.waits)
-        c.env["AIRFLOW__CORE__MAX_MAP_LENGTH"] = str(max(1024, args.waits))
-        c.migrate()
-        for name in ("api-server", "scheduler", "dag-processor", "triggerer1", "worker1", "worker2"):
-            c.start(name)
-        c.wait_until("the cluster to be healthy", c.healthy, timeout=240, interval=1.0)
+        c.start_all()
         c.wait_for_dag("bench_cluster_warmup", timeout=180)
         warm_gate = c.new_gate()
         c.open_gate(warm_gate)

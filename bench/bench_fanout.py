@@ -122,24 +122,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ideal = args.tasks / args.concurrency * args.action_seconds
     results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-fanout-") as base:
-        e2e = FanoutAirflow(Path(base))
-        try:
-            e2e.write_dags()
-            e2e.start_emulator()
-            e2e.build_env()
-            e2e.migrate()
-            for name in harness.SERVICES:
-                e2e.start(name)
-            e2e.wait_until("all Airflow services to be healthy", e2e.healthy, timeout=150, interval=1.0)
-            e2e.emulator.client.configure(org_concurrency=args.concurrency, retry_after=1)
-            for label in ("new", "old"):
-                dag_id = f"bench_fanout_{label}"
-                e2e.wait_for_dag(dag_id)
-                results[label] = run_one(e2e, dag_id, args.tasks, timeout=max(600.0, 10 * ideal))
-                print(f"[bench_fanout] {label}: {results[label]}", flush=True)
-        finally:
-            e2e.stop_all()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-fanout-") as base,
+        harness.running(FanoutAirflow(Path(base)), audit=False) as e2e,
+    ):
+        e2e.emulator.client.configure(org_concurrency=args.concurrency, retry_after=1)
+        for label in ("new", "old"):
+            dag_id = f"bench_fanout_{label}"
+            e2e.wait_for_dag(dag_id)
+            results[label] = run_one(e2e, dag_id, args.tasks, timeout=max(600.0, 10 * ideal))
+            print(f"[bench_fanout] {label}: {results[label]}", flush=True)
 
     rows = []
     for label, r in results.items():

@@ -10,13 +10,12 @@ from __future__ import annotations
 import datetime
 import inspect
 import re
-import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-import pytest
 from airflow import __version__ as AIRFLOW_VERSION
+
+from tests.helpers import wait_until
 
 AF2 = AIRFLOW_VERSION.startswith("2.")
 AF3 = not AF2
@@ -182,86 +181,3 @@ def all_logs(caplog: Any, capfd: Any) -> str:
 def requests_for(emulator: Any, invocation_id: str) -> list[dict[str, Any]]:
     """Every request the emulator recorded whose path names ``invocation_id``."""
     return [r for r in emulator.requests() if invocation_id in r["path"]]
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> Any:
-    """Poll ``predicate`` until it returns something truthy (a readiness wait, never an assertion on time)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
-
-
-GATED_APP = str(Path(__file__).parent / "apps" / "gate_app.py")
-
-
-class Gate:
-    """A closed gate for the ``gate`` app's ``wait`` action; ``open()`` lets the invocation finish."""
-
-    def __init__(self, directory: Any, name: str = "gate") -> None:
-        self.path = str(directory / name)
-
-    def payload(self, **kwargs: Any) -> dict[str, Any]:
-        return {"gate": self.path, **kwargs}
-
-    def open(self) -> None:
-        with open(self.path, "w"):
-            pass
-
-    def open_when(self, predicate: Any, what: str, timeout: float = 120.0) -> Any:
-        """Open the gate from a background thread once ``predicate()`` is true (e.g. a request was seen)."""
-        import threading
-
-        errors: list[BaseException] = []
-
-        def watch() -> None:
-            try:
-                wait_until(predicate, what, timeout)
-            except BaseException as exc:  # reported by join()
-                errors.append(exc)
-            self.open()
-
-        thread = threading.Thread(target=watch, daemon=True)
-        thread.start()
-
-        def join() -> None:
-            thread.join(timeout)
-            if errors:
-                raise errors[0]
-
-        return join
-
-
-@pytest.fixture
-def gated_kernel(kernel_emulator_factory: Any, monkeypatch: Any, tmp_path: Any) -> Any:
-    """An emulator that also serves the ``gate`` app (tests/apps/gate_app.py), set as ``kernel_default``.
-
-    ``.gate(name)`` makes a closed :class:`Gate`. Import this fixture into a test module to use it.
-    """
-    from kernel_provider.testing import airflow_connection
-
-    emulator = kernel_emulator_factory(apps=[GATED_APP])
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_KERNEL_DEFAULT",
-        airflow_connection(emulator.url, emulator.token),
-    )
-    emulator.gate = lambda name="gate": Gate(tmp_path, name)
-    return emulator
-
-
-def count_requests(emulator: Any, route: str, method: str = "GET", status: int | None = None) -> int:
-    """How many requests of a templated route (e.g. ``/invocations/{id}/events``) the emulator has seen."""
-    return sum(1 for r in emulator.requests(route=route, method=method) if status is None or r["status"] == status)
-
-
-def seen(emulator: Any, route: str, at_least: int = 1, method: str = "GET") -> Any:
-    """A predicate for :meth:`Gate.open_when`: the route was requested ``at_least`` times."""
-    return lambda: count_requests(emulator, route, method) >= at_least
-
-
-EVENTS = "/invocations/{id}/events"
-GET_ONE = "/invocations/{id}"

@@ -1,14 +1,24 @@
 """Test set-up shared by every test: an isolated AIRFLOW_HOME with a migrated SQLite metadata DB.
 
-The environment is prepared here, before anything imports airflow, so tests never touch a user's Airflow.
+The environment is prepared here, before anything imports airflow, so tests never touch a user's Airflow. Under
+pytest-xdist each worker gets a home of its own below the leg's (``<AIRFLOW_HOME>/gw0`` ...): SQLite, task logs
+and ``airflow.cfg`` are never shared between processes that run tests at the same time. The DB is migrated once
+per leg (under a lock) and copied into each worker's home.
+
+Tests that never need Airflow are listed in ``AIRFLOW_FREE`` and marked ``airflow_free``: ``make test`` runs them
+once per dependency set with Airflow made unimportable (``tests/block_airflow.py``), which also proves the list
+right, and the Airflow legs deselect them.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,11 +31,86 @@ try:
 except Exception:
     pass
 os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow" / _major))
+LEG_HOME = Path(os.environ["AIRFLOW_HOME"])
+_worker = os.environ.get("PYTEST_XDIST_WORKER")
+if _worker:
+    os.environ["AIRFLOW_HOME"] = str(LEG_HOME / _worker)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "example_dags"))
 os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+
+#: Test modules and folders (relative to ``tests/``) that never import Airflow: the client core, the emulator,
+#: the audits of layout and dependencies. Run with Airflow blocked, so an entry that needs it fails loudly.
+AIRFLOW_FREE = (
+    "client/",
+    "testing/",
+    "security/test_emulator_access.py",
+    "security/test_emulator_bind.py",
+    "security/test_emulator_sandbox.py",
+    "security/test_live_view_credentials.py",
+    "test_completion.py",
+    "test_dependencies.py",
+    "test_layout.py",
+    "test_reconcile.py",
+    "e2e/test_error_audit.py",
+    "e2e/test_harness_env.py",
+)
+
+
+def _airflow_free(where: str) -> bool:
+    """Whether ``where`` (a path relative to ``tests/``) is listed in, or inside a folder listed in, AIRFLOW_FREE."""
+    return any(where == entry or (entry.endswith("/") and where.startswith(entry)) for entry in AIRFLOW_FREE)
+
+
+def _under_tests(path: Path) -> str | None:
+    tests = ROOT / "tests"
+    return path.relative_to(tests).as_posix() if tests in path.parents else None
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With Airflow blocked, only the AIRFLOW_FREE modules are collected (the others import Airflow)."""
+    if not config.pluginmanager.has_plugin("tests.block_airflow"):
+        return None
+    where = _under_tests(collection_path)
+    if where is None:
+        return None
+    if collection_path.suffix != ".py":  # a folder: walked when listed, inside a listed one, or holding an entry
+        holds_entry = any(entry.startswith(where + "/") for entry in AIRFLOW_FREE)
+        return None if _airflow_free(where + "/") or holds_entry else True
+    return None if _airflow_free(where) else True
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        where = _under_tests(Path(str(item.path)))
+        if where is not None and _airflow_free(where):
+            item.add_marker(pytest.mark.airflow_free)
+
+
+def _xdist_scope(nodeid: str) -> str:
+    """Which tests go to one xdist worker together: a test file's, and all e2e files' (they share one Airflow
+    harness per worker, ``airflow_e2e`` / ``airflow2_e2e``, so it starts once per leg)."""
+    path = nodeid.split("::", 1)[0]
+    where = path.removeprefix("tests/")
+    if where.startswith("e2e/test_") and not _airflow_free(where):
+        return "tests/e2e (shared Airflow)"
+    return path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, but with the e2e files as one unit (see ``_xdist_scope``). (xdist's ``loadgroup``
+    does not group under pytest 9: it renames node ids, which pytest 9 no longer lets a plugin do.)"""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedHarnessScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _xdist_scope(nodeid)
+
+    return SharedHarnessScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)
@@ -37,24 +122,56 @@ def _task_failures(monkeypatch: pytest.MonkeyPatch) -> None:
         record_task_failures(monkeypatch)
 
 
+def _migrate(home: Path) -> None:
+    env = {**os.environ, "AIRFLOW_HOME": str(home)}
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=env, stdout=subprocess.DEVNULL)
+    from importlib.metadata import version
+
+    if not version("apache-airflow").startswith("2."):
+        # DAGs written to the DB by tests belong to the "dags-folder" bundle, whose row a fresh DB lacks
+        # until a DAG processor has run.
+        sync = "from airflow.dag_processing.bundles.manager import DagBundlesManager as M; M().sync_bundles_to_db()"
+        subprocess.run([sys.executable, "-c", sync], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
-    """A migrated metadata DB (needed by dag.test()); migrated once per AIRFLOW_HOME and Airflow version."""
+    """A migrated metadata DB (needed by dag.test()): migrated once per leg and Airflow version, then copied into
+    each xdist worker's home (a migration costs 7-15 s; a copy, milliseconds)."""
     home = Path(os.environ["AIRFLOW_HOME"])
     from airflow import __version__ as airflow_version
 
-    stamp = home / f".migrated-{airflow_version}"
-    if not stamp.exists():
-        subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"],
-            check=True,
-            env=os.environ.copy(),
-            stdout=subprocess.DEVNULL,
-        )
-        if not airflow_version.startswith("2."):
-            # DAGs written to the DB by tests belong to the "dags-folder" bundle, whose row a fresh DB lacks
-            # until a DAG processor has run.
-            sync = "from airflow.dag_processing.bundles.manager import DagBundlesManager as M; M().sync_bundles_to_db()"
-            subprocess.run([sys.executable, "-c", sync], check=True, env=os.environ.copy(), stdout=subprocess.DEVNULL)
-        stamp.touch()
+    stamp = f".migrated-{airflow_version}"
+    if (home / stamp).exists():
+        return home
+    if home == LEG_HOME:
+        _migrate(home)
+    else:
+        template = LEG_HOME / "template"
+        template.mkdir(parents=True, exist_ok=True)
+        with open(LEG_HOME / ".template.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one worker migrates; the others wait, then copy
+            if not (template / stamp).exists():
+                _migrate(template)
+                (template / stamp).touch()
+        shutil.copyfile(template / "airflow.db", home / "airflow.db")
+    (home / stamp).touch()
     return home
+
+
+@pytest.fixture
+def gated_kernel(kernel_emulator_factory: Any, monkeypatch: Any, tmp_path: Any) -> Any:
+    """An emulator that also serves the ``gate`` app (tests/apps/gate_app.py), set as ``kernel_default``.
+
+    ``.gate(name)`` makes a closed :class:`tests.helpers.Gate`.
+    """
+    from kernel_provider.testing import airflow_connection
+    from tests.helpers import GATED_APP, Gate
+
+    emulator = kernel_emulator_factory(apps=[GATED_APP])
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KERNEL_DEFAULT",
+        airflow_connection(emulator.url, emulator.token),
+    )
+    emulator.gate = lambda name="gate": Gate(tmp_path, name)
+    return emulator

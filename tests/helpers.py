@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 from kernel_provider.client.retry import RetryPolicy
@@ -54,3 +56,69 @@ def load_e2e_harness() -> Any:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> Any:
+    """Poll ``predicate`` until it returns something truthy (a readiness wait, never an assertion on time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+GATED_APP = str(Path(__file__).parent / "apps" / "gate_app.py")
+
+
+class Gate:
+    """A closed gate for the ``gate`` app's ``wait`` action; ``open()`` lets the invocation finish."""
+
+    def __init__(self, directory: Any, name: str = "gate") -> None:
+        self.path = str(directory / name)
+
+    def payload(self, **kwargs: Any) -> dict[str, Any]:
+        return {"gate": self.path, **kwargs}
+
+    def open(self) -> None:
+        with open(self.path, "w"):
+            pass
+
+    def open_when(self, predicate: Any, what: str, timeout: float = 120.0) -> Any:
+        """Open the gate from a background thread once ``predicate()`` is true (e.g. a request was seen)."""
+        import threading
+
+        errors: list[BaseException] = []
+
+        def watch() -> None:
+            try:
+                wait_until(predicate, what, timeout)
+            except BaseException as exc:  # reported by join()
+                errors.append(exc)
+            self.open()
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+
+        def join() -> None:
+            thread.join(timeout)
+            if errors:
+                raise errors[0]
+
+        return join
+
+
+def count_requests(emulator: Any, route: str, method: str = "GET", status: int | None = None) -> int:
+    """How many requests of a templated route (e.g. ``/invocations/{id}/events``) the emulator has seen."""
+    return sum(1 for r in emulator.requests(route=route, method=method) if status is None or r["status"] == status)
+
+
+def seen(emulator: Any, route: str, at_least: int = 1, method: str = "GET") -> Any:
+    """A predicate for :meth:`Gate.open_when`: the route was requested ``at_least`` times."""
+    return lambda: count_requests(emulator, route, method) >= at_least
+
+
+EVENTS = "/invocations/{id}/events"
+GET_ONE = "/invocations/{id}"

@@ -25,7 +25,14 @@ from typing import Any
 
 import pytest
 
-from tests.airflow_helpers import AF2, make_dag, run_dag, states, task, wait_until
+from tests.airflow_helpers import (
+    AF2,
+    make_dag,
+    run_dag,
+    states,
+    task,
+)
+from tests.helpers import wait_until
 from tests.kernel_browsers import chromium_running, live_browsers, needs_chromium
 
 pytestmark = [*needs_chromium, pytest.mark.usefixtures("airflow_db")]

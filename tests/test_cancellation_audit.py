@@ -18,8 +18,14 @@ import pytest
 from kernel_provider.exceptions import KernelInvocationFailed
 from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.triggers.kernel import KernelInvocationTrigger
-from tests.airflow_helpers import make_dag, run_dag, states, ti_map, wait_until
+from tests.airflow_helpers import (
+    make_dag,
+    run_dag,
+    states,
+    ti_map,
+)
 from tests.chaos.harness import thread_ready_for_execute
+from tests.helpers import wait_until
 from tests.standins import DictStateStore, FakeTI
 
 BROWSE = {"count": 2, "seconds": 3600}  # two browsers, held for an hour unless the run is stopped

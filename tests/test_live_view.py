@@ -16,21 +16,16 @@ from kernel_provider.sensors.kernel import KernelInvocationSensor
 from kernel_provider.testing.timeutil import parse_timestamp_ns
 from tests.airflow_helpers import (
     AF2,
-    EVENTS,
     all_logs,
-    count_requests,
-    gated_kernel,
     make_dag,
     run_dag,
-    seen,
     states,
     ti_map,
-    wait_until,
     xcom,
 )
+from tests.helpers import EVENTS, count_requests, seen, wait_until
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
-__all__ = ["gated_kernel"]  # a fixture
 
 BROWSERS = "/invocations/{id}/browsers"
 REPLAYS = "/browsers/{id}/replays"

@@ -90,8 +90,12 @@ MIN_DEFERRAL = 5.0
 LOG_CURSOR_XCOM_KEY = "kernel_log_cursor"
 #: Shortest pause between two cursor writes of one trigger: a chatty action moves the cursor on every line.
 CURSOR_MIN_WRITE_INTERVAL = 1.0
-#: Longest a metadata-DB call (cursor read/write, task-instance lookup) is waited for.
+#: Longest a metadata-DB call (cursor write, task-instance lookup) is waited for.
 DB_CALL_TIMEOUT = 10.0
+#: Longest the saved log position is waited for when a trigger starts. Longer than other calls: the answer is
+#: what keeps lines from being logged twice, and it is asked while a triggerer that has just (re)started is busiest
+#: (on a loaded machine its supervisor took over 10 s to answer). The stream starts after it.
+CURSOR_READ_TIMEOUT = 60.0
 #: Pause before writing the cursor again after a failed write.
 CURSOR_RETRY_AFTER_FAILURE = 30.0
 #: Digests of lines sharing the cursor's timestamp kept in the cursor (lines rarely share a nanosecond).
@@ -709,8 +713,8 @@ MAX_DB_CALLS_IN_FLIGHT = 4
 _DB_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
-async def _in_db_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking metadata-DB (or supervisor) call off the event loop, waited for ``DB_CALL_TIMEOUT`` s.
+async def _in_db_thread(fn: Callable[..., T], *args: Any, timeout: float = DB_CALL_TIMEOUT) -> T:
+    """Run a blocking metadata-DB (or supervisor) call off the event loop, waited for ``timeout`` seconds.
 
     Each call gets a daemon thread of its own rather than a pool thread: on Airflow 3 the call waits for the
     triggerer's supervisor to answer, and if that never happens (the triggerer is going down) a pool thread would
@@ -747,7 +751,7 @@ async def _in_db_thread(fn: Callable[..., T], *args: Any) -> T:
                 loop.call_soon_threadsafe(settle, *outcome)
 
         threading.Thread(target=work, name="kernel-trigger-db", daemon=True).start()
-        return await asyncio.wait_for(answer, DB_CALL_TIMEOUT)
+        return await asyncio.wait_for(answer, timeout)
 
 
 def _supervisor_channel() -> str:
@@ -902,7 +906,7 @@ class _LogCursor:
         if not self.t.log_cursor_seeded:
             return None
         try:
-            value = await _in_db_thread(_read_cursor, self.key)
+            value = await _in_db_thread(_read_cursor, self.key, timeout=CURSOR_READ_TIMEOUT)
         except Exception as exc:
             self.log.warning(
                 "Could not read the saved log position of Kernel invocation %s (%s: %s); lines "

@@ -115,15 +115,10 @@ def browser_airflow_class() -> type:
 
 
 def start_airflow(af: Any) -> None:
-    """Emulator, metadata DB, the four services; returns once they are healthy and the example DAG is unpaused."""
-    harness = load_e2e_harness()
-    af.write_dags()
-    af.start_emulator()
-    af.build_env()
-    af.migrate()
-    for name in harness.SERVICES:
-        af.start(name)
-    af.wait_until("all Airflow services to be healthy", af.healthy, timeout=180, interval=1.0)
+    """Emulator, metadata DB, the four services (the e2e harness's one start-up); returns once they are healthy and
+    the example DAG is unpaused."""
+    af.ready_timeout = 180.0
+    af.start_all()
     af.wait_for_dag(EXAMPLE_DAG_ID, timeout=120)
 
 

@@ -20,7 +20,6 @@ import importlib.util
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,9 @@ class ClusterAirflow(harness.AirflowE2E):  # type: ignore[misc,name-defined]
 
     #: ``--capacity`` per triggerer service (others: Airflow's default, 1000).
     triggerer_capacity: dict[str, int] = {"triggerer1": TRIGGERER1_CAPACITY}
+    service_names = ("api-server", "scheduler", "dag-processor", *TRIGGERERS, *WORKERS)
+    ready_what = "the cluster to be healthy"
+    ready_timeout = 240.0
 
     def __init__(self, base: Path) -> None:
         super().__init__(base)
@@ -157,6 +159,9 @@ class ClusterAirflow(harness.AirflowE2E):  # type: ignore[misc,name-defined]
         service = self.services[name]
         return " ready." in service.log.read_text(errors="replace")
 
+    def ready(self) -> bool:
+        return self.cluster_healthy()
+
     def cluster_healthy(self) -> bool:
         return (
             self.healthy()
@@ -197,26 +202,9 @@ def airflow_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluste
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    started = time.monotonic()
-    cluster = ClusterAirflow(tmp_path_factory.mktemp("airflow-cluster"))
-    leftover: list[str] = []
-    try:
-        cluster.write_dags()
-        cluster.start_backing()
-        cluster.start_emulator()
-        cluster.build_env()
-        cluster.migrate()
-        for name in ("api-server", "scheduler", "dag-processor", *TRIGGERERS, *WORKERS):
-            cluster.start(name)
-        cluster.wait_until("the cluster to be healthy", cluster.cluster_healthy, timeout=240, interval=1.0)
+    with harness.running(ClusterAirflow(tmp_path_factory.mktemp("airflow-cluster"))) as cluster:
         cluster.api("POST", "/pools", json={"name": "kernel_cluster", "slots": 5, "include_deferred": True})
-        print(f"\n[cluster] healthy after {time.monotonic() - started:.1f}s in {cluster.base}")
         yield cluster
-        leftover = cluster.audit.check()
-    finally:
-        cluster.stop_all()
-    if leftover:
-        raise AssertionError("after the session's last cluster test: " + harness.failure_text(leftover))
 
 
 @pytest.fixture(autouse=True)

@@ -12,21 +12,18 @@ import pytest
 
 from kernel_provider.operators.kernel import XCOM_INVOCATION_ID
 from tests.airflow_helpers import (
-    EVENTS,
     all_logs,
-    gated_kernel,
     kernel_lines,
     make_dag,
     run_dag,
-    seen,
     states,
     task,
     ti_map,
     xcom,
 )
+from tests.helpers import EVENTS, seen
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
-__all__ = ["gated_kernel"]  # a fixture
 
 INLINE_TRIGGER = "[DAG TEST] running trigger in line"
 

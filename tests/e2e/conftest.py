@@ -28,6 +28,7 @@ fails it; the summary says how many log lines were read. Like users' deployments
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -344,18 +345,55 @@ class AirflowE2E:
         self.audit = ErrorAudit(self.suite_name(), [self.logs, self.home / "logs"])
         AUDITS.append(self.audit)
 
+    #: The Airflow services :meth:`start_all` starts, in this order.
+    service_names: tuple[str, ...] = SERVICES
+    #: What :meth:`start_all` waits for once they are started (the bounded wait's description).
+    ready_what = "all Airflow services to be healthy"
+    ready_timeout = 150.0
+
     def suite_name(self) -> str:
         """How the ERROR-line audit names this harness in the test summary."""
         return f"e2e on Airflow {'.'.join(map(str, AIRFLOW_VERSION))}"
 
     # --- set-up ----------------------------------------------------------------------------------------
 
+    def start_all(self) -> float:
+        """Start everything, in order (the one start-up of every harness: e2e, 2.11, browser, cluster): DAG files,
+        backing services, emulator, environment, metadata DB, the Airflow services; returns the seconds it took,
+        once :meth:`ready` holds."""
+        started = time.monotonic()
+        self.write_dags()
+        self.start_backing()
+        self.start_emulator()
+        self.build_env()
+        self.migrate()
+        for name in self.service_names:
+            self.start(name)
+        self.after_start()
+        self.wait_until(self.ready_what, self.ready, timeout=self.ready_timeout, interval=1.0)
+        return time.monotonic() - started
+
+    def start_backing(self) -> None:
+        """Services the metadata DB or executor need before Airflow starts (none here; the cluster's PostgreSQL and
+        Redis)."""
+
+    def after_start(self) -> None:
+        """Anything to start once the Airflow services are (nothing here; Airflow 2.11's DB helper)."""
+
+    def ready(self) -> bool:
+        """Whether the harness can take tests (here: every Airflow service healthy)."""
+        return bool(self.healthy())
+
+    def deploy(self, paths: list[Path]) -> None:
+        """Add DAG files to the running harness (the DAG processor finds them within its refresh interval, 5 s):
+        a test module that needs other DAGs costs seconds, not a new Airflow start. Wait with ``wait_for_dag``."""
+        for path in paths:
+            shutil.copy(path, self.dags / path.name)
+
     def write_dags(self) -> None:
         """Deploy ``dag_files`` (default: the e2e DAGs, the lifecycle DAGs and the async-sensor example)."""
         default = [HERE / "dags" / "e2e_kernel_dags.py", LIFECYCLE_DAGS, EXAMPLE_DAG]
-        for path in default if self.dag_files is None else self.dag_files:
-            if path.exists():
-                shutil.copy(path, self.dags / path.name)
+        self.deploy([path for path in (default if self.dag_files is None else self.dag_files) if path.exists()])
 
     def start_emulator(self) -> None:
         from urllib.parse import urlsplit
@@ -913,8 +951,14 @@ class Airflow2E2E(AirflowE2E):
         super().__init__(base)
         self.agent: DbAgent | None = None
 
+    service_names = SERVICES_AF2
+    ready_what = "the scheduler and triggerer to heartbeat"
+
     def write_dags(self) -> None:
         shutil.copy(LIFECYCLE_DAGS, self.dags / LIFECYCLE_DAGS.name)
+
+    def after_start(self) -> None:
+        self.start_agent()
 
     def build_env(self) -> None:
         from cryptography.fernet import Fernet
@@ -1015,66 +1059,47 @@ class Airflow2E2E(AirflowE2E):
         return list(self._agent().call("triggers", dag_id=dag_id, run_id=run_id))
 
 
-@pytest.fixture(scope="module")
-def e2e_dag_files() -> list[Path] | None:
-    """The DAG files ``airflow_e2e`` deploys (None: the default set); a test module overrides it for others."""
-    return None
+H = TypeVar("H", bound=AirflowE2E)
 
 
-@pytest.fixture(scope="module")
-def airflow_e2e(tmp_path_factory: pytest.TempPathFactory, e2e_dag_files: list[Path] | None) -> Iterator[AirflowE2E]:
-    """A running Airflow 3.x with the Kernel emulator; shared by every test of the module."""
+@contextlib.contextmanager
+def running(harness: H, *, audit: bool = True) -> Iterator[H]:
+    """``harness`` started (:meth:`AirflowE2E.start_all`), then stopped with every process it started, whatever
+    happens. With ``audit``, ERROR lines left unchecked after the last test fail the fixture."""
+    leftover: list[str] = []
+    try:
+        took = harness.start_all()
+        print(f"\n[{harness.suite_name()}] ready after {took:.1f}s in {harness.base}")
+        yield harness
+        if audit:
+            leftover = harness.audit.check()
+    finally:
+        harness.stop_all()
+    if leftover:
+        raise AssertionError("after the last test on this harness: " + failure_text(leftover))
+
+
+@pytest.fixture(scope="session")
+def airflow_e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowE2E]:
+    """A running Airflow 3.x with the Kernel emulator, shared by every e2e test of the session (on one xdist worker:
+    tests/conftest.py groups them); a module needing other DAGs adds them with :meth:`AirflowE2E.deploy`."""
     if AIRFLOW_VERSION < (3, 0):
         pytest.skip(SKIP_REASON)
     if not AIRFLOW.exists():
         pytest.skip(f"no airflow executable next to {sys.executable}")
-    started = time.monotonic()
-    e2e = AirflowE2E(tmp_path_factory.mktemp("airflow-e2e"))
-    leftover: list[str] = []
-    try:
-        e2e.dag_files = e2e_dag_files
-        e2e.write_dags()
-        e2e.start_emulator()
-        e2e.build_env()
-        e2e.migrate()
-        for name in SERVICES:
-            e2e.start(name)
-        e2e.wait_until("all Airflow services to be healthy", e2e.healthy, timeout=150, interval=1.0)
-        print(f"\n[e2e] Airflow services healthy after {time.monotonic() - started:.1f}s in {e2e.base}")
+    with running(AirflowE2E(tmp_path_factory.mktemp("airflow-e2e"))) as e2e:
         yield e2e
-        leftover = e2e.audit.check()
-    finally:
-        e2e.stop_all()
-    if leftover:
-        raise AssertionError("after the module's last test: " + failure_text(leftover))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def airflow2_e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow2E2E]:
-    """A running Airflow 2.11 (scheduler + triggerer) with the Kernel emulator; shared by a module's tests."""
+    """A running Airflow 2.11 (scheduler + triggerer) with the Kernel emulator, shared like ``airflow_e2e``."""
     if AIRFLOW_VERSION[0] != 2 or AIRFLOW_VERSION < (2, 11):
         pytest.skip(SKIP_REASON_AF2)
     if not AIRFLOW.exists():
         pytest.skip(f"no airflow executable next to {sys.executable}")
-    started = time.monotonic()
-    e2e = Airflow2E2E(tmp_path_factory.mktemp("airflow2-e2e"))
-    leftover: list[str] = []
-    try:
-        e2e.write_dags()
-        e2e.start_emulator()
-        e2e.build_env()
-        e2e.migrate()
-        for name in SERVICES_AF2:
-            e2e.start(name)
-        e2e.start_agent()
-        e2e.wait_until("the scheduler and triggerer to heartbeat", e2e.healthy, timeout=150, interval=1.0)
-        print(f"\n[e2e] Airflow 2.11 services healthy after {time.monotonic() - started:.1f}s in {e2e.base}")
+    with running(Airflow2E2E(tmp_path_factory.mktemp("airflow2-e2e"))) as e2e:
         yield e2e
-        leftover = e2e.audit.check()
-    finally:
-        e2e.stop_all()
-    if leftover:
-        raise AssertionError("after the module's last test: " + failure_text(leftover))
 
 
 @pytest.fixture

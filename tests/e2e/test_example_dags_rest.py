@@ -10,6 +10,7 @@ served on 127.0.0.1 (``site_url`` in the run's conf) and needs Chromium.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import ExitStack
 from importlib.metadata import version
 from pathlib import Path
@@ -33,13 +34,18 @@ BROWSER_DAG = "example_kernel_browser"
 AirflowE2E = Any  # the harness object of tests/e2e/conftest.py
 
 
-@pytest.fixture(scope="module")
-def e2e_dag_files() -> list[Path]:
-    """This module's Airflow runs the example DAGs."""
-    return DAG_FILES
+@pytest.fixture
+def examples_deployed(airflow_e2e: AirflowE2E) -> Iterator[AirflowE2E]:
+    """The example DAGs added to the session's Airflow, and paused again afterwards (the scheduled ones must not
+    start runs while later tests count what reaches Kernel)."""
+    airflow_e2e.deploy(DAG_FILES)
+    yield airflow_e2e
+    for dag_id in DAG_IDS:
+        airflow_e2e.api("PATCH", f"/dags/{dag_id}", json={"is_paused": True})
 
 
-def test_every_example_dag_succeeds_when_triggered_without_a_logical_date(airflow_e2e: AirflowE2E) -> None:
+def test_every_example_dag_succeeds_when_triggered_without_a_logical_date(examples_deployed: AirflowE2E) -> None:
+    airflow_e2e = examples_deployed
     # The fan-out example runs in the "kernel" pool, as its docstring tells users to create it.
     airflow_e2e.api("POST", "/pools", json={"name": "kernel", "slots": 4, "include_deferred": True})
     outcomes: dict[str, str] = {}

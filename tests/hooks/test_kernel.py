@@ -23,7 +23,7 @@ from kernel_provider.exceptions import (
     KernelTransportError,
 )
 from kernel_provider.hooks.kernel import KernelHook
-from tests.helpers import FAST_RETRY, conn_json, posts
+from tests.helpers import EVENTS, FAST_RETRY, conn_json, posts, seen
 
 
 @pytest.fixture
@@ -340,11 +340,20 @@ async def test_async_create_ambiguity_matches_the_sync_side(hook: KernelHook, ke
     assert len(posts(kernel_emulator)) == 1 and kernel_emulator.created_count() == 1
 
 
-async def test_stream_events_yields_logs_then_terminal_state(hook: KernelHook, kernel_emulator: Any) -> None:
+async def test_stream_events_yields_state_on_connect_then_logs_then_terminal_state(gated_kernel: Any) -> None:
+    # Gated, so the run is still going when the stream connects however slow the machine: a run that has already
+    # ended answers with its log history and the terminal state only.
+    gate = gated_kernel.gate()
     inv = await asyncio.to_thread(
-        hook.invoke, "demo", "logs", payload={"lines": 3, "interval": 0.05}, invoke_async=True
+        KernelHook(retry_policy=FAST_RETRY).invoke,
+        "gate",
+        "wait",
+        payload=gate.payload(after=3, interval=0.01),
+        invoke_async=True,
     )
+    opened = gate.open_when(seen(EVENTS), "the stream to connect")
     events = [e async for e in KernelHook().stream_events(inv.id, silence_timeout=10)]
+    opened()
     kinds = [e["event"] for e in events]
     assert kinds[0] == "invocation_state" and kinds[-1] == "invocation_state"
     assert events[-1]["invocation"]["status"] == "succeeded"

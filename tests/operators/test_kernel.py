@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from airflow import __version__ as AIRFLOW_VERSION
 
 from kernel_provider.exceptions import KernelError, KernelInputError
 from kernel_provider.hooks.kernel import KernelHook
@@ -26,31 +27,30 @@ from kernel_provider.operators.kernel import (
 from kernel_provider.sensors.kernel import KernelInvocationSensor
 from tests.airflow_helpers import (
     AF2,
-    EVENTS,
-    GET_ONE,
     START,
     TASK_FAILURES,
     all_logs,
-    gated_kernel,
     kernel_lines,
     make_dag,
     requests_for,
     run_dag,
-    seen,
     states,
     task,
     ti_map,
     xcom,
 )
-from tests.helpers import conn_json, only_invocation, posts
+from tests.helpers import EVENTS, GET_ONE, conn_json, only_invocation, posts, seen
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
-__all__ = ["gated_kernel"]  # a fixture
 
 INLINE_TRIGGER = "[DAG TEST] running trigger in line"
 DASHBOARD = "https://dashboard.onkernel.com"
-#: Size of the mapped fan-out: the issue's target, 100 (about 25-45 s); KERNEL_FANOUT_N=20 for a quick run.
-FANOUT = int(os.environ.get("KERNEL_FANOUT_N", "100"))
+#: Size of the mapped fan-out: the issue's target, 100 (about 25-45 s on Airflow 3.3 and 2.11); KERNEL_FANOUT_N=20
+#: for a quick run. On 3.0-3.2, 30: their dag.test() slows down as a run's task instances grow (200 task runs took
+#: over 15 minutes on 3.1.8 under CI's load), and 30 invokes against a limit of 5 already held by other work meet
+#: the limit just as surely. The cluster suite runs 100 deferred waits on a real scheduler.
+_SLOW_DAG_TEST = (3, 0) <= tuple(int(part) for part in AIRFLOW_VERSION.split(".")[:2]) < (3, 3)
+FANOUT = int(os.environ.get("KERNEL_FANOUT_N", "30" if _SLOW_DAG_TEST else "100"))
 
 
 def invoke_dag(prefix: str = "kernel_invoke", **op_kwargs: Any) -> Any:

@@ -21,19 +21,15 @@ import pytest
 from kernel_provider.client.text import LINE_LIMIT, safe_log_lines
 from kernel_provider.operators.kernel import KernelInvokeOperator
 from tests.airflow_helpers import (
-    EVENTS,
-    GATED_APP,
     TASK_FAILURES,
-    Gate,
     all_logs,
     make_dag,
     run_dag,
-    seen,
     states,
     task,
     xcom,
 )
-from tests.helpers import conn_json
+from tests.helpers import EVENTS, GATED_APP, Gate, conn_json, seen
 from tests.kernel_browsers import skip_without_chromium
 
 pytestmark = pytest.mark.usefixtures("airflow_db")

@@ -14,18 +14,15 @@ from kernel_provider.client.models import Invocation
 from kernel_provider.client.text import LINE_LIMIT, safe_log_lines, safe_text
 from kernel_provider.operators.kernel import KernelInvokeOperator
 from tests.airflow_helpers import (
-    EVENTS,
     TASK_FAILURES,
     all_logs,
-    gated_kernel,
     make_dag,
     run_dag,
-    seen,
     states,
     task,
 )
+from tests.helpers import EVENTS, seen
 
-__all__ = ["gated_kernel"]  # a fixture
 #: Raw characters that must never reach a log line or an exception text from Kernel.
 RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202e]")
 #: (what the action prints, what the task log must show).

@@ -16,24 +16,18 @@ from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.sensors.kernel import KernelInvocationSensor
 from kernel_provider.triggers.kernel import KernelInvocationTrigger
 from tests.airflow_helpers import (
-    EVENTS,
-    GET_ONE,
     all_logs,
-    gated_kernel,
     kernel_lines,
     make_dag,
     run_dag,
-    seen,
     states,
     xcom,
 )
+from tests.helpers import EVENTS, GET_ONE, seen
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 INLINE_TRIGGER = "[DAG TEST] running trigger in line"
-
-
-__all__ = ["gated_kernel"]  # a fixture
 
 
 def sensor_dag(action: str, payload: Any, app: str = "demo", **sensor_kwargs: Any) -> Any:

@@ -22,25 +22,17 @@ from kernel_provider.triggers.kernel import LOG_CURSOR_XCOM_KEY, KernelInvocatio
 from tests.airflow_helpers import (
     AF2,
     AF3,
-    EVENTS,
-    GET_ONE,
-    gated_kernel,
     kernel_lines,
     make_dag,
     requests_for,
     run_dag,
-    seen,
     task,
     ti_map,
-    wait_until,
     xcom,
 )
-from tests.helpers import conn_json
+from tests.helpers import EVENTS, GET_ONE, conn_json, seen, wait_until
 
 EVENT_KEYS = {"status", "invocation_id", "status_reason", "message", "cancelled"}
-
-
-__all__ = ["gated_kernel"]  # a fixture
 
 
 def start(action: str, payload: Any = None, app: str = "demo") -> str:

@@ -1,0 +1,74 @@
+"""Run make targets ("legs") side by side and report each one's wall time and result.
+
+Usage: ``python .ci/legs.py [-j N] TARGET [TARGET ...]`` (``make test`` calls it): at most N legs at once (default:
+all), started in the order given. Each leg is ``make TARGET`` in its own
+process with its output in ``test-artifacts/legs/TARGET.log``; a leg's whole output is printed when it ends, so
+the CI log reads leg by leg, never interleaved. The exit status is non-zero if any leg failed.
+
+Why side by side: the legs wait far more than they compute (Airflow services starting, Kernel's own floors, the
+browser), so on CI's two cores they overlap well; see the README's Development section for the figures.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / "test-artifacts" / "legs"
+SUMMARY = re.compile(r"^=+ (.*(passed|failed|error|skipped|deselected).*) in [0-9.]+s.*=+$")
+
+
+def _start(target: str) -> tuple[subprocess.Popen[bytes], float, Path]:
+    log = LOGS / f"{target}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["make", "--no-print-directory", target], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    print(f"==> leg {target} started (log: {log.relative_to(ROOT)})", flush=True)
+    return proc, time.monotonic(), log
+
+
+def main(argv: list[str]) -> int:
+    jobs = 0
+    if argv[:1] == ["-j"] and len(argv) > 1:
+        jobs, argv = int(argv[1]), argv[2:]
+    targets = argv
+    if not targets:
+        print(__doc__)
+        return 2
+    LOGS.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    waiting = list(targets)
+    running: dict[str, tuple[subprocess.Popen[bytes], float, Path]] = {}
+    results: list[tuple[str, int, float, list[str]]] = []
+    while running or waiting:
+        while waiting and (jobs <= 0 or len(running) < jobs):
+            target = waiting.pop(0)
+            running[target] = _start(target)
+        time.sleep(1.0)
+        for target, (proc, began, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[target]
+            wall = time.monotonic() - began
+            text = log.read_text(errors="replace")
+            print(f"\n==> leg {target}: exit {proc.returncode} after {wall / 60:.1f} min", flush=True)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            summaries = [m.group(1) for line in text.splitlines() if (m := SUMMARY.match(line.strip()))]
+            results.append((target, proc.returncode or 0, wall, summaries))
+    total = time.monotonic() - started
+    print(f"\n==> legs: {len(results)} in {total / 60:.1f} min wall")
+    width = max(len(target) for target, *_ in results)
+    for target, code, wall, summaries in sorted(results, key=lambda r: targets.index(r[0])):
+        verdict = "ok  " if code == 0 else f"FAIL({code})"
+        print(f"    {target:<{width}}  {verdict}  {wall / 60:5.1f} min  {' | '.join(summaries) or '-'}")
+    return 0 if all(code == 0 for _, code, *_ in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
