@@ -109,14 +109,15 @@ test-free-floors: .venv-floors/.installed
 
 ## make test-matrix: the suite on every supported Airflow minor (2.11, 3.0, 3.1, 3.2, 3.3), side by side.
 test-matrix: system-deps $(VENV)/.cluster-installed $(VENV_AF2)/.installed .venv-af30/.installed .venv-af31/.installed .venv-af32/.installed
-	@$(PYTHON) .ci/legs.py test-free test-af2 test-af30 test-af31 test-af32 test-af3
+	@$(PYTHON) .ci/legs.py -j 4 test-af3 test-af32 test-af31 test-af30 test-af2 test-free@5
 
 ## make test: lint + type check, the Airflow-free tests, the whole suite on Airflow 3.3 (browser and cluster
 ## suites included), on Airflow 2.11 (its own e2e included), the unit suite on the dependency floors and on
 ## Airflow 3.1 without its e2e. The venvs and system packages are installed first, then the legs run side by side
-## (.ci/legs.py prints each leg's output as it ends, and a table of wall times).
+## (.ci/legs.py prints each leg's output as it ends, and a table of wall times). The longest leg (3.3) runs at
+## normal priority, the others a little nicer (@N), so it gets the CPU first when they compete.
 test: deps
-	@$(PYTHON) .ci/legs.py lint test-free test-af3 test-af2 test-floors test-free-floors test-af31-unit
+	@$(PYTHON) .ci/legs.py test-af3 test-af31-unit@2 test-af2@2 test-floors@2 test-free@5 test-free-floors@5 lint@10
 
 ## make test-fast: the edit-run loop: the Airflow-free tests and the unit tests on Airflow 3.3 (no e2e, browser,
 ## cluster, Chromium, chaos or live tests).

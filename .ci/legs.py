@@ -1,7 +1,8 @@
 """Run make targets ("legs") side by side and report each one's wall time and result.
 
-Usage: ``python .ci/legs.py [-j N] TARGET [TARGET ...]`` (``make test`` calls it): at most N legs at once (default:
-all), started in the order given. Each leg is ``make TARGET`` in its own
+Usage: ``python .ci/legs.py [-j N] TARGET[@NICE] ...`` (``make test`` calls it): at most N legs at once (default:
+all), started in the order given; ``@NICE`` runs a leg at that niceness, so that the longest leg, which decides
+the wall time, gets the CPU first when the legs compete for it. Each leg is ``make TARGET`` in its own
 process with its output in ``test-artifacts/legs/TARGET.log``; a leg's whole output is printed when it ends, so
 the CI log reads leg by leg, never interleaved. The exit status is non-zero if any leg failed.
 
@@ -22,12 +23,13 @@ LOGS = ROOT / "test-artifacts" / "legs"
 SUMMARY = re.compile(r"^=+ (.*(passed|failed|error|skipped|deselected).*) in [0-9.]+s.*=+$")
 
 
-def _start(target: str) -> tuple[subprocess.Popen[bytes], float, Path]:
+def _start(target: str, nice: int) -> tuple[subprocess.Popen[bytes], float, Path]:
     log = LOGS / f"{target}.log"
+    command = ["make", "--no-print-directory", target]
+    if nice:
+        command = ["nice", "-n", str(nice), *command]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            ["make", "--no-print-directory", target], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     print(f"==> leg {target} started (log: {log.relative_to(ROOT)})", flush=True)
     return proc, time.monotonic(), log
 
@@ -36,7 +38,8 @@ def main(argv: list[str]) -> int:
     jobs = 0
     if argv[:1] == ["-j"] and len(argv) > 1:
         jobs, argv = int(argv[1]), argv[2:]
-    targets = argv
+    niceness = {target: int(nice or 0) for target, _, nice in (arg.partition("@") for arg in argv)}
+    targets = list(niceness)
     if not targets:
         print(__doc__)
         return 2
@@ -48,7 +51,7 @@ def main(argv: list[str]) -> int:
     while running or waiting:
         while waiting and (jobs <= 0 or len(running) < jobs):
             target = waiting.pop(0)
-            running[target] = _start(target)
+            running[target] = _start(target, niceness[target])
         time.sleep(1.0)
         for target, (proc, began, log) in list(running.items()):
             if proc.poll() is None:

@@ -248,6 +248,8 @@ def test_marking_a_deferred_task_failed_cancels_the_invocation(airflow_e2e: Airf
         timeout=30,
     )
     assert e2e.emulator.client.invocation(invocation_id)["status"] == "running"
+    # Other tests on this shared harness may keep runs (and their browsers) alive on purpose (cancel_on_kill=False).
+    live_before = e2e.emulator.client.stats()["browsers_live"]
 
     started = time.monotonic()
     e2e.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", json={"new_state": "failed"})
@@ -258,7 +260,7 @@ def test_marking_a_deferred_task_failed_cancels_the_invocation(airflow_e2e: Airf
     )
     assert time.monotonic() - started < 60
     assert invocation["_emulator"]["browsers"] == []
-    assert e2e.emulator.client.stats()["browsers_live"] == 0
+    assert e2e.emulator.client.stats()["browsers_live"] <= live_before - 2  # both gone from Kernel, not only the run
 
     requests = e2e.kernel_requests(invocation_id)
     patches = [r for r in requests if r["method"] == "PATCH"]

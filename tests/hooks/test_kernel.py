@@ -351,7 +351,7 @@ async def test_stream_events_yields_state_on_connect_then_logs_then_terminal_sta
         payload=gate.payload(after=3, interval=0.01),
         invoke_async=True,
     )
-    opened = gate.open_when(seen(EVENTS), "the stream to connect")
+    opened = gate.open_when(seen(gated_kernel, EVENTS), "the stream to connect")
     events = [e async for e in KernelHook().stream_events(inv.id, silence_timeout=10)]
     opened()
     kinds = [e["event"] for e in events]
