@@ -113,6 +113,23 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return SharedHarnessScheduling(config, log)
 
 
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Reports hold only UTF-8-encodable text: the hostile-data tests make Airflow log lone surrogates, and an
+    xdist worker cannot send a report holding one (the whole leg would end in an INTERNALERROR)."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(title, _encodable(content)) for title, content in report.sections]
+    if report.longrepr is not None:
+        text = str(report.longrepr)
+        if _encodable(text) != text:
+            report.longrepr = _encodable(text)
+
+
 @pytest.fixture(autouse=True)
 def _task_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test's task exceptions, for ``airflow_helpers.all_logs`` (see ``record_task_failures``)."""
