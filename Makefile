@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 # pytest-xdist per leg: each worker has its own AIRFLOW_HOME (tests/conftest.py); a test file stays on one worker
 # and so do the e2e files, which share one Airflow harness (tests/conftest.py), so it starts once per leg. The legs
 # mostly wait, so workers outnumber cores.
-XDIST ?= -n 3 --dist loadfile
+XDIST ?= -n 3 --dist loadfile --durations=15
 IMPORT_CHECK = -c "import airflow, kernel_provider, kernel, starlette, uvicorn, sse_starlette, httpx_sse, pytest, xdist" >/dev/null
 
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
@@ -114,10 +114,10 @@ test-matrix: system-deps $(VENV)/.cluster-installed $(VENV_AF2)/.installed .venv
 ## make test: lint + type check, the Airflow-free tests, the whole suite on Airflow 3.3 (browser and cluster
 ## suites included), on Airflow 2.11 (its own e2e included), the unit suite on the dependency floors and on
 ## Airflow 3.1 without its e2e. The venvs and system packages are installed first, then the legs run side by side
-## (.ci/legs.py prints each leg's output as it ends, and a table of wall times). The longest leg (3.3) runs at
-## normal priority, the others a little nicer (@N), so it gets the CPU first when they compete.
+## (.ci/legs.py prints each leg's output as it ends, and a table of wall times). The two longest legs (3.3, 3.1) run at
+## normal priority, the others a little nicer (@N), so they get the CPU first when the legs compete.
 test: deps
-	@$(PYTHON) .ci/legs.py test-af3 test-af31-unit@2 test-af2@2 test-floors@2 test-free@5 test-free-floors@5 lint@10
+	@$(PYTHON) .ci/legs.py test-af3 test-af31-unit test-af2@2 test-floors@2 test-free@5 test-free-floors@5 lint@10
 
 ## make test-fast: the edit-run loop: the Airflow-free tests and the unit tests on Airflow 3.3 (no e2e, browser,
 ## cluster, Chromium, chaos or live tests).
