@@ -45,6 +45,13 @@ def task_failed(exc_type: str = r"\w+") -> str:
 RUN_FAILED = r"ERROR - Marking run <DagRun .*> failed"
 
 
+#: Airflow 2.x, when a deferred try resumes after its ``execution_timeout`` has already passed (the trigger's
+#: deadline event came first, and on a loaded machine the resume is queued late): the task's timeout alarm fires at
+#: once and its task log says so at ERROR. The task fails with a timeout either way; the trigger has already
+#: cancelled the run.
+TIMED_OUT_ON_RESUME_AF2 = r"ERROR - Process timed out, PID"
+
+
 #: What the scheduler logs when a test SIGKILLs a worker (its task has no heartbeat, then the executor reports it).
 WORKER_KILLED = (
     r"Detected a task instance without a heartbeat",

@@ -22,7 +22,7 @@ from lifecycle_scenarios import (
     mark_deferred_task,
 )
 
-from tests.e2e.error_audit import RUN_FAILED, RUNNING_TASK_CLEARED_AF2, task_failed
+from tests.e2e.error_audit import RUN_FAILED, RUNNING_TASK_CLEARED_AF2, TIMED_OUT_ON_RESUME_AF2, task_failed
 
 AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 pytestmark = [
@@ -65,7 +65,7 @@ def test_af2_mark_deferred_task_cancels_its_run_and_invokes_nothing(airflow2_e2e
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.expect_error_lines(task_failed(), RUN_FAILED)
+@pytest.mark.expect_error_lines(task_failed(), RUN_FAILED, TIMED_OUT_ON_RESUME_AF2)
 def test_af2_execution_timeout_while_deferred_is_ended_by_the_trigger(airflow2_e2e: Airflow2E2E) -> None:
     """Row 5 on 2.11: 2.11 sets trigger_timeout = start + execution_timeout and its scheduler sweep would fail
     the task with TaskDeferralTimeout (execute_complete never runs). The provider's trigger deadline comes first:
