@@ -338,8 +338,6 @@ class AirflowE2E:
         self.emulator: Any = None
         self.proxy: HoldingProxy | None = None
         self.env: dict[str, str] = {}
-        #: The DAG files :meth:`write_dags` deploys (None: the default set).
-        self.dag_files: list[Path] | None = None
         self.http = httpx.Client(base_url=self.api_url, timeout=30.0)
         #: The ERROR-line audit over the service logs and everything under ``$AIRFLOW_HOME/logs``.
         self.audit = ErrorAudit(self.suite_name(), [self.logs, self.home / "logs"])
@@ -391,9 +389,10 @@ class AirflowE2E:
             shutil.copy(path, self.dags / path.name)
 
     def write_dags(self) -> None:
-        """Deploy ``dag_files`` (default: the e2e DAGs, the lifecycle DAGs and the async-sensor example)."""
-        default = [HERE / "dags" / "e2e_kernel_dags.py", LIFECYCLE_DAGS, EXAMPLE_DAG]
-        self.deploy([path for path in (default if self.dag_files is None else self.dag_files) if path.exists()])
+        """Deploy the e2e DAGs, the lifecycle DAGs and the async-sensor example (more later: :meth:`deploy`)."""
+        self.deploy(
+            [path for path in (HERE / "dags" / "e2e_kernel_dags.py", LIFECYCLE_DAGS, EXAMPLE_DAG) if path.exists()]
+        )
 
     def start_emulator(self) -> None:
         from urllib.parse import urlsplit
