@@ -343,14 +343,18 @@ class KernelInvocationTrigger(BaseTrigger):
         self.log.info("Task instance %s %s; cancelling Kernel invocation %s.", key.label, why, self.invocation_id)
         if await self._cancel(f"Airflow task instance {why}", CLEANUP_CANCEL_BUDGET):
             # The run has an outcome (cancelled): its record would otherwise stay as an Airflow Variable for ever.
-            from kernel_provider.run_record import forget_airflow2_record
+            await self._forget_airflow2_record(key)
 
-            try:
-                await _in_db_thread(
-                    forget_airflow2_record, key.dag_id, key.task_id, key.run_id, key.map_index, self.invocation_id
-                )
-            except Exception as exc:
-                self.log.warning("Could not remove the run record of task instance %s: %s", key.label, exc)
+    async def _forget_airflow2_record(self, key: _TiKey) -> None:
+        """Remove the task instance's record Variable once this trigger gave the run its outcome (Airflow 2)."""
+        from kernel_provider.run_record import forget_airflow2_record
+
+        try:
+            await _in_db_thread(
+                forget_airflow2_record, key.dag_id, key.task_id, key.run_id, key.map_index, self.invocation_id
+            )
+        except Exception as exc:
+            self.log.warning("Could not remove the run record of task instance %s: %s", key.label, exc)
 
     async def _deadline_passed(self) -> dict[str, Any]:
         message = f"Invocation {self.invocation_id} did not finish before the deadline."
@@ -358,6 +362,11 @@ class KernelInvocationTrigger(BaseTrigger):
         if self.cancel_on_timeout:
             cancelled = await self._cancel("the Airflow task's timeout passed", TIMEOUT_CANCEL_BUDGET)
             message += " The trigger cancelled it." if cancelled else " The trigger could not cancel it."
+        key = _ti_key(getattr(self, "task_instance", None))
+        if cancelled and AIRFLOW_2 and key is not None:
+            # Airflow 2 resumes a try whose execution_timeout has passed by failing it at once, before
+            # execute_complete (which would remove the record) runs: the trigger that ended the run removes it.
+            await self._forget_airflow2_record(key)
         return make_event(TIMEOUT, self.invocation_id, message=message, cancelled=cancelled)
 
     async def _cancel(self, why: str, budget: float) -> bool:

@@ -29,6 +29,7 @@ fails it; the summary says how many log lines were read. Like users' deployments
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import secrets
@@ -90,6 +91,7 @@ SKIP_REASON_AF2 = (
 #: How long a task may go without a heartbeat before the scheduler fails it (Airflow 3.3). Low, so a SIGKILLed
 #: worker is noticed in seconds; the supervisor heartbeats every ``[workers] min_heartbeat_interval`` (3 s here).
 TI_HEARTBEAT_TIMEOUT = 20
+DB_LOCKED_PATIENCE = 60.0  # seconds a REST call is repeated while SQLite is locked
 
 
 def _free_port() -> int:
@@ -450,7 +452,9 @@ class AirflowE2E:
                 "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+                # SQLite has one writer; with four services and the test writing, a write can wait on the lock
+                # longer than the driver's 5 s default and fail ("Database error", an ERROR line): wait longer.
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}?timeout=60",
                 "AIRFLOW__API__BASE_URL": self.api_url,
                 "AIRFLOW__API__PORT": str(self.port),
                 "AIRFLOW__API__HOST": "127.0.0.1",
@@ -578,10 +582,22 @@ class AirflowE2E:
 
     # --- REST API ---------------------------------------------------------------------------------------
 
-    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+    def api(self, method: str, path: str, *, conflict_ok: bool = False, **kwargs: Any) -> Any:
+        """One REST call. SQLite's single writer makes the api-server answer 500 "Database error" when a busy
+        scheduler holds the lock past the busy timeout (seen with six legs on two cores): the call is repeated, for
+        up to :data:`DB_LOCKED_PATIENCE` seconds. Every caller's request is safe to repeat (``trigger`` names its
+        run); ``conflict_ok`` takes a 409 as "the earlier attempt went through"."""
         if "Authorization" not in self.http.headers:
             self._authorize()
-        response = self.http.request(method, f"/api/v2{path}", **kwargs)
+        deadline = time.monotonic() + DB_LOCKED_PATIENCE
+        while True:
+            response = self.http.request(method, f"/api/v2{path}", **kwargs)
+            locked = response.status_code == 500 and "Database error" in response.text
+            if not locked or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        if conflict_ok and response.status_code == 409:
+            return None
         if response.status_code >= 400:
             raise AssertionError(f"{method} {path} -> HTTP {response.status_code}: {response.text[:1000]}")
         return response.json() if response.content else None
@@ -605,8 +621,11 @@ class AirflowE2E:
         self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        run = self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
-        return str(run["dag_run_id"])
+        """Start a run with ``logical_date`` null; its id is chosen here, so a repeated POST cannot start two."""
+        run_id = f"manual__{datetime.datetime.now(datetime.timezone.utc).isoformat()}"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
+        self.api("POST", f"/dags/{dag_id}/dagRuns", json=body, conflict_ok=True)
+        return run_id
 
     def run_state(self, dag_id: str, run_id: str) -> str:
         return str(self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"])

@@ -610,6 +610,28 @@ async def test_airflow2_cleanup_removes_the_record_of_the_run_it_cancelled_only(
 
 
 @pytest.mark.skipif(AF3, reason="Airflow 2 only")
+async def test_airflow2_deadline_cancel_removes_the_record_only_when_the_cancel_held(kernel_conn_env, airflow_ti):
+    """Airflow 2 fails a try resumed after its execution_timeout before execute_complete runs, so the trigger that
+    cancelled the run at its deadline removes the record; a cancel Kernel refused leaves it for the task."""
+    from airflow.models import Variable
+
+    from kernel_provider.run_record import VARIABLE_PREFIX, RunRecord
+
+    ti, _ = airflow_ti
+    key = VARIABLE_PREFIX + ".".join(str(p) for p in (ti.dag_id, ti.task_id, ti.run_id, ti.map_index))
+    for refused in (True, False):
+        inv_id = start("slow")
+        Variable.set(key, RunRecord(inv_id, 1, 0).to_json())
+        rules = [{"route": "PATCH /invocations/{id}", "fault": {"status": 409}}] if refused else []
+        kernel_conn_env.set_faults({"rules": rules})
+        t = trigger(inv_id, end_time=time.time() - 1, cancel_on_timeout=True)
+        t.task_instance = ti
+        assert (await run_to_event(t))["cancelled"] is not refused
+        assert (Variable.get(key, default_var=None) is not None) is refused
+    Variable.delete(key)
+
+
+@pytest.mark.skipif(AF3, reason="Airflow 2 only")
 async def test_airflow2_cleanup_after_the_event_or_without_cancel_on_kill_never_cancels(kernel_conn_env, airflow_ti):
     ti, dr = airflow_ti
     set_ti_state(dr, "scheduled", "__fail__")
