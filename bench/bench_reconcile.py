@@ -34,7 +34,7 @@ LAST_RESULT: dict[str, Any] | None = None
 
 def run(runs: int = 10_000, rounds: int = 3) -> dict[str, Any]:
     from kernel_provider.hooks.kernel import KernelHook
-    from kernel_provider.reconcile import TOKEN_KEY, CreateWindow, add_token, new_token, reconcile
+    from kernel_provider.client.reconcile import TOKEN_KEY, CreateWindow, add_token, new_token, reconcile
 
     with emulator(retention_count=0, request_log_size=0) as _emu:
         hook = KernelHook()

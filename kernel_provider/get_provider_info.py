@@ -6,6 +6,13 @@ from typing import Any
 
 from kernel_provider import __version__
 
+#: Class paths of the extra links in provider 0.1 (the same classes, re-exported there).
+LEGACY_LINK_PATHS = (
+    "kernel_provider.operators.kernel.KernelInvocationLink",
+    "kernel_provider.operators.kernel.KernelLiveViewLink",
+    "kernel_provider.decorators.kernel_browser.KernelBrowserLiveViewLink",
+)
+
 
 def get_provider_info() -> dict[str, Any]:
     """Describe the provider: its hook, connection form, operators, sensors, triggers and extra links."""
@@ -69,9 +76,11 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": [
-            "kernel_provider.operators.kernel.KernelInvocationLink",
-            "kernel_provider.operators.kernel.KernelLiveViewLink",
-            "kernel_provider.decorators.kernel_browser.KernelBrowserLiveViewLink",
+            "kernel_provider.links.KernelInvocationLink",
+            "kernel_provider.links.KernelLiveViewLink",
+            "kernel_provider.links.KernelBrowserLiveViewLink",
+            # Where 0.1 defined them: Airflow 2 finds a serialized DAG's links by these paths until it re-parses it.
+            *LEGACY_LINK_PATHS,
         ],
         "task-decorators": [
             {"class-name": "kernel_provider.decorators.kernel.kernel_task", "name": "kernel"},

@@ -50,10 +50,8 @@ AIRFLOW_FREE = (
     "security/test_emulator_bind.py",
     "security/test_emulator_sandbox.py",
     "security/test_live_view_credentials.py",
-    "test_completion.py",
     "test_dependencies.py",
     "test_layout.py",
-    "test_reconcile.py",
     "e2e/test_error_audit.py",
     "e2e/test_harness_env.py",
 )

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "kernel_provider"
 #: Where an HTTP status may be compared with a number: the status -> error class map and the retry policy.
 STATUS_HOMES = {PACKAGE / "client" / "errors.py", PACKAGE / "client" / "retry.py"}
-OPERATIONS = "kernel_provider.client.operations"
+#: The API as data (endpoints, calls, operations): the client runs them; only the hooks may reach past it.
+API_AS_DATA = {"kernel_provider.client.wire", "kernel_provider.client.invocations"}
 
 
 def provider_files() -> Iterator[Path]:
@@ -183,7 +184,7 @@ def imported_names(path: Path) -> Iterator[tuple[ast.AST, str]]:
             yield from ((node, f"{base}.{alias.name}") for alias in node.names)
 
 
-def test_only_the_client_and_the_hook_import_the_operations_module() -> None:
+def test_only_the_client_and_the_hook_import_the_api_as_data() -> None:
     allowed = {PACKAGE / "hooks" / "kernel.py"}
     offenders = sorted(
         {
@@ -191,9 +192,10 @@ def test_only_the_client_and_the_hook_import_the_operations_module() -> None:
             for path in provider_files()
             if PACKAGE / "client" not in path.parents and path not in allowed
             for node, name in imported_names(path)
-            if name == OPERATIONS
+            if name in API_AS_DATA
         }
     )
     assert not offenders, (
-        "only kernel_provider/client/ and hooks/kernel.py may import the operations module: " + ", ".join(offenders)
+        "only kernel_provider/client/ and hooks/kernel.py may import the wire and invocations modules: "
+        + ", ".join(offenders)
     )

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kernel_provider.operators.kernel import XCOM_LIVE_VIEW_URL, KernelInvokeOperator, KernelLiveViewLink
+from kernel_provider.links import XCOM_LIVE_VIEW_URL, KernelLiveViewLink
+from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.sensors.kernel import KernelInvocationSensor
 from kernel_provider.testing.timeutil import parse_timestamp_ns
 from tests.airflow_helpers import (
@@ -304,7 +305,7 @@ def test_the_schedule_backs_off_and_ends_while_no_browser_is_known(kernel_emulat
     without browsers costs 1 + MAX_SCHEDULED_LISTS lists. Exact: the watch runs well past its last scheduled list."""
     import logging
 
-    from kernel_provider import live_view
+    from kernel_provider.client import browser_watch as live_view
 
     monkeypatch.setattr(live_view, "FIRST_INTERVAL", 0.1)
     monkeypatch.setattr(live_view, "BACKOFF", 2.0)
@@ -320,7 +321,7 @@ def test_the_schedule_backs_off_and_ends_while_no_browser_is_known(kernel_emulat
 def test_the_schedule_stops_once_a_browser_is_known(kernel_emulator, monkeypatch):
     import logging
 
-    from kernel_provider import live_view
+    from kernel_provider.client import browser_watch as live_view
     from tests.airflow_helpers import wait_until
 
     monkeypatch.setattr(live_view, "FIRST_INTERVAL", 0.1)
@@ -336,7 +337,7 @@ def test_a_browser_kernel_no_longer_knows_is_not_fatal(kernel_emulator, caplog):
     """A replay lookup for a browser that is gone (404) is logged and skipped; the others are still reported."""
     import logging
 
-    from kernel_provider.live_view import BrowserWatch
+    from kernel_provider.client.browser_watch import BrowserWatch
 
     log = logging.getLogger("test.live_view")
     watch = BrowserWatch(client_hook(kernel_emulator), "no-such-invocation", log)

@@ -9,9 +9,12 @@
 
 Modules: :mod:`~kernel_provider.client.errors` (the exception tree), :mod:`~kernel_provider.client.settings`,
 :mod:`~kernel_provider.client.models`, :mod:`~kernel_provider.client.validation`,
-:mod:`~kernel_provider.client.retry`, :mod:`~kernel_provider.client.operations` (the API as data, no I/O),
-:mod:`~kernel_provider.client.transport` (requests and httpx), :mod:`~kernel_provider.client.client`, and
-:mod:`~kernel_provider.client.browsers` (standalone browsers and pools).
+:mod:`~kernel_provider.client.retry`, :mod:`~kernel_provider.client.wire` (the API as data, no I/O),
+:mod:`~kernel_provider.client.invocations` (invocations and apps), :mod:`~kernel_provider.client.browsers`
+(standalone browsers and pools), :mod:`~kernel_provider.client.transport` (requests and httpx),
+:mod:`~kernel_provider.client.client`, and the wait: :mod:`~kernel_provider.client.follow`,
+:mod:`~kernel_provider.client.events`, :mod:`~kernel_provider.client.browser_watch`,
+:mod:`~kernel_provider.client.reconcile`.
 Nothing here imports Airflow. Importing this package is cheap (the operator's module imports
 ``kernel_provider.client.validation`` at every DAG parse): the names below load their modules on first use.
 """

@@ -37,9 +37,10 @@ from kernel_provider.client.errors import (
     KernelResponseError,
     KernelTransportError,
 )
+from kernel_provider.client.invocations import create_may_have_happened
 from kernel_provider.client.models import Browser, parse_timestamp
-from kernel_provider.client.operations import ApiCall, Endpoint, Operation, create_may_have_happened, paginate
 from kernel_provider.client.trust import require_id, require_path_name
+from kernel_provider.client.wire import ApiCall, Endpoint, Operation, paginate
 
 T = TypeVar("T")
 

@@ -6,10 +6,11 @@
     invocation = client.invoke("my-app", "scrape", payload={"url": "https://example.com"})
     print(invocation.status, invocation.result)
 
-Every method runs an operation of :mod:`kernel_provider.client.operations` (each written once) over the sync
-transport (requests) or the async one (httpx) of :mod:`kernel_provider.client.transport`, every request under the
-retry policy of :mod:`kernel_provider.client.retry`: a request Kernel certainly never acted on, or one that is
-safe to repeat, is retried within the policy's bounds; a create that may have reached Kernel is never re-sent
+Every method runs an operation of :mod:`kernel_provider.client.invocations` or
+:mod:`~kernel_provider.client.browsers` (each written once) over the sync transport (requests) or the async one
+(httpx) of :mod:`kernel_provider.client.transport`, every request under the retry policy of
+:mod:`kernel_provider.client.retry`: a request Kernel certainly never acted on, or one that is safe to repeat, is
+retried within the policy's bounds; a create that may have reached Kernel is never re-sent
 (:class:`~kernel_provider.client.errors.KernelAmbiguousCreateError`).
 """
 
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 import tenacity
 
-from kernel_provider.client import operations
+from kernel_provider.client import invocations, wire
 from kernel_provider.client.errors import (
     KernelApiError,
     KernelAuthError,
@@ -35,12 +36,12 @@ from kernel_provider.client.errors import (
     KernelTransportError,
 )
 from kernel_provider.client.models import AppAction, AppVersion, Browser, Invocation, Replay
-from kernel_provider.client.operations import ApiCall, Operation
 from kernel_provider.client.retry import RetryPolicy
 from kernel_provider.client.settings import KernelSettings
 from kernel_provider.client.transport import AsyncTransport, SyncTransport
 from kernel_provider.client.trust import require_id
 from kernel_provider.client.validation import build_invoke_request, check_seconds, require_name
+from kernel_provider.client.wire import ApiCall, Operation
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -103,9 +104,9 @@ class KernelClient:
         retry: RetryPolicy | None = None,
         before_send: Callable[[], None] | None = None,
     ) -> T:
-        """Run any operation of :mod:`kernel_provider.client.operations` on this thread.
+        """Run any operation (see :mod:`kernel_provider.client.wire`) on this thread.
 
-        :param operation: e.g. ``operations.get_invocation("abc")``.
+        :param operation: e.g. ``invocations.get_invocation("abc")``.
         :param budget: seconds the whole operation may take: each request's timeouts and retries are cut to the
             time left, and no request starts once it is spent (a :class:`KernelTransportError` then). None: the
             settings' full timeouts and retries.
@@ -115,13 +116,13 @@ class KernelClient:
         :raises KernelError: what the operation raises once the retry policy gives up.
         """
         deadline = _deadline(budget)
-        return operations.drive(operation, lambda call: self._send(call, deadline, retry, before_send))
+        return wire.drive(operation, lambda call: self._send(call, deadline, retry, before_send))
 
     async def aexecute(self, operation: Operation[T], *, budget: float | None = None) -> T:
         """:meth:`execute` without blocking the event loop, with the same retries; a refused key is read again
         once (see ``refresh``)."""
         deadline = _deadline(budget)
-        return await operations.adrive(operation, lambda call: self._asend(call, deadline))
+        return await wire.adrive(operation, lambda call: self._asend(call, deadline))
 
     # --- invocations ------------------------------------------------------------------------------------------
 
@@ -197,11 +198,11 @@ class KernelClient:
             raises the first 429 at once, for a caller that waits it out elsewhere.
         :param before_send: called right before each attempt is sent (see :meth:`execute`).
         """
-        return self.execute(operations.create_invocation(request), retry=retry, before_send=before_send)
+        return self.execute(invocations.create_invocation(request), retry=retry, before_send=before_send)
 
     async def acreate_invocation(self, request: Mapping[str, Any]) -> Invocation:
         """:meth:`create_invocation` without blocking the event loop."""
-        return await self.aexecute(operations.create_invocation(request))
+        return await self.aexecute(invocations.create_invocation(request))
 
     def create_window_seconds(self, request: Mapping[str, Any], *, retry: RetryPolicy | None = None) -> float:
         """The longest a create of ``request`` can take from its first send until it can no longer reach Kernel:
@@ -219,7 +220,7 @@ class KernelClient:
     def create_attempt_seconds(self, request: Mapping[str, Any]) -> float:
         """The longest one attempt of a create of ``request`` can take from its send until Kernel can no longer
         act on it: the connect plus the read timeout. No request is made."""
-        read = self.settings.request_timeout if request.get("async") else operations.SYNC_INVOKE_READ_TIMEOUT
+        read = self.settings.request_timeout if request.get("async") else invocations.SYNC_INVOKE_READ_TIMEOUT
         return self.settings.connect_timeout + read
 
     def get_invocation(self, invocation_id: str) -> Invocation:
@@ -228,24 +229,24 @@ class KernelClient:
         :raises KernelInputError: ``invocation_id`` is not a non-empty string; nothing was sent.
         :raises KernelNotFoundError: Kernel does not know it.
         """
-        return self.execute(operations.get_invocation(require_id("invocation_id", invocation_id)))
+        return self.execute(invocations.get_invocation(require_id("invocation_id", invocation_id)))
 
     async def aget_invocation(self, invocation_id: str) -> Invocation:
         """:meth:`get_invocation` without blocking the event loop."""
-        return await self.aexecute(operations.get_invocation(require_id("invocation_id", invocation_id)))
+        return await self.aexecute(invocations.get_invocation(require_id("invocation_id", invocation_id)))
 
     def list_invocations(self, **filters: Any) -> list[Invocation]:
         """All invocations matching ``filters``, newest first, pages followed.
 
-        :param filters: the keyword arguments of :func:`~kernel_provider.client.operations.list_invocations`
+        :param filters: the keyword arguments of :func:`~kernel_provider.client.invocations.list_invocations`
             (``app_name``, ``version``, ``action_name``, ``status``, ``since``, ``limit``, ...). ``limit`` caps
             the total; without it every page is read.
         """
-        return self.execute(operations.list_invocations(**filters))
+        return self.execute(invocations.list_invocations(**filters))
 
     async def alist_invocations(self, **filters: Any) -> list[Invocation]:
         """:meth:`list_invocations` without blocking the event loop."""
-        return await self.aexecute(operations.list_invocations(**filters))
+        return await self.aexecute(invocations.list_invocations(**filters))
 
     def cancel_invocation(
         self, invocation_id: str, reason: str | None = None, *, budget: float | None = None
@@ -276,11 +277,11 @@ class KernelClient:
 
         def step(name: str, operation: Operation[Any]) -> None:
             try:
-                outcomes[name] = (True, operations.drive(operation, lambda call: self._send(call, deadline)))
+                outcomes[name] = (True, wire.drive(operation, lambda call: self._send(call, deadline)))
             except BaseException as exc:  # handed to the caller below, on its own thread
                 outcomes[name] = (False, exc)
 
-        patch, delete = operations.cancel_steps(invocation_id, reason)
+        patch, delete = invocations.cancel_steps(invocation_id, reason)
         threads = [
             threading.Thread(
                 target=step, args=(name, operation), daemon=True, name=f"kernel-cancel-{name}-{invocation_id}"
@@ -292,7 +293,7 @@ class KernelClient:
         for thread in threads:
             # Daemon threads: one still waiting for Kernel when the budget ends must not keep the process alive.
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return operations.cancel_result(invocation_id, budget, outcomes.get("patch"), outcomes.get("delete"))
+        return invocations.cancel_result(invocation_id, budget, outcomes.get("patch"), outcomes.get("delete"))
 
     async def acancel_invocation(
         self, invocation_id: str, reason: str | None = None, *, budget: float | None = None
@@ -306,11 +307,11 @@ class KernelClient:
 
         async def step(operation: Operation[Any]) -> tuple[bool, Any]:
             try:
-                return True, await operations.adrive(operation, lambda call: self._asend(call, deadline))
+                return True, await wire.adrive(operation, lambda call: self._asend(call, deadline))
             except KernelError as exc:
                 return False, exc
 
-        patch, delete = operations.cancel_steps(invocation_id, reason)
+        patch, delete = invocations.cancel_steps(invocation_id, reason)
         tasks = {
             name: asyncio.ensure_future(step(operation)) for name, operation in (("delete", delete), ("patch", patch))
         }
@@ -322,23 +323,23 @@ class KernelClient:
             for task in tasks.values():
                 task.cancel()  # no-op for the finished ones; a request still out ends with the budget
         outcomes = {name: task.result() for name, task in tasks.items() if task.done() and not task.cancelled()}
-        return operations.cancel_result(invocation_id, budget, outcomes.get("patch"), outcomes.get("delete"))
+        return invocations.cancel_result(invocation_id, budget, outcomes.get("patch"), outcomes.get("delete"))
 
     def list_browsers(self, invocation_id: str) -> list[dict[str, Any]]:
         """The browsers the invocation holds, as Kernel describes them (empty once they are deleted)."""
-        return self.execute(operations.list_browsers(require_id("invocation_id", invocation_id)))
+        return self.execute(invocations.list_browsers(require_id("invocation_id", invocation_id)))
 
     async def ainvocation_browsers(self, invocation_id: str) -> list[Browser]:
         """The browsers the invocation holds, typed (live-view URLs included), without blocking the loop."""
-        return await self.aexecute(operations.invocation_browsers(require_id("invocation_id", invocation_id)))
+        return await self.aexecute(invocations.invocation_browsers(require_id("invocation_id", invocation_id)))
 
     def list_replays(self, browser_id: str) -> list[Replay]:
         """The recordings of a browser session (``GET /browsers/{id}/replays``)."""
-        return self.execute(operations.list_replays(require_id("browser_id", browser_id)))
+        return self.execute(invocations.list_replays(require_id("browser_id", browser_id)))
 
     async def alist_replays(self, browser_id: str) -> list[Replay]:
         """:meth:`list_replays` without blocking the event loop."""
-        return await self.aexecute(operations.list_replays(require_id("browser_id", browser_id)))
+        return await self.aexecute(invocations.list_replays(require_id("browser_id", browser_id)))
 
     async def stream_events(
         self, invocation_id: str, *, since: str | None = None, silence_timeout: float = 60.0
@@ -357,7 +358,7 @@ class KernelClient:
         :param silence_timeout: seconds without any byte (Kernel sends heartbeats) before the stream counts as
             broken. Not a bound on the whole stream.
         """
-        call = operations.event_stream(require_id("invocation_id", invocation_id), since)
+        call = invocations.event_stream(require_id("invocation_id", invocation_id), since)
         async with contextlib.AsyncExitStack() as stack:
             data = await self._with_fresh_settings(
                 lambda settings: self.async_transport.open_events(stack, call, settings, silence_timeout),
@@ -381,10 +382,10 @@ class KernelClient:
     def list_apps(self, **filters: Any) -> list[AppVersion]:
         """The deployed app versions and their actions, pages followed.
 
-        :param filters: the keyword arguments of :func:`~kernel_provider.client.operations.list_apps`
+        :param filters: the keyword arguments of :func:`~kernel_provider.client.invocations.list_apps`
             (``app_name``, ``version``, ``query``, ``limit``, ``page_size``).
         """
-        return self.execute(operations.list_apps(**filters))
+        return self.execute(invocations.list_apps(**filters))
 
     def get_action(self, app_name: str, action_name: str, version: str = "latest") -> AppAction:
         """The action's description, from ``GET /apps``.
@@ -423,7 +424,7 @@ class KernelClient:
         unreachable host. Never raises."""
         url = self.settings.base_url
         try:
-            operations.drive(operations.check_connection(), lambda call: self._send(call, None, CHECK_POLICY))
+            wire.drive(invocations.check_connection(), lambda call: self._send(call, None, CHECK_POLICY))
         except KernelAuthError as exc:
             return False, (
                 f"Kernel at {url} rejected the API key (HTTP {exc.status_code}: {exc.message}). "
@@ -467,7 +468,7 @@ class KernelClient:
                 if before_send is not None:
                     before_send()
                 response = self.transport.request(*_fitted(call, settings, deadline))
-                operations.raise_for_status(call, response)
+                wire.raise_for_status(call, response)
         return call.parse(response)
 
     async def _asend(self, call: ApiCall[T], deadline: float | None) -> T:
@@ -480,7 +481,7 @@ class KernelClient:
         async for attempt in tenacity.AsyncRetrying(**self._retrying(call, deadline, None)):
             with attempt:
                 response = await self.async_transport.request(*_fitted(call, settings, deadline))
-                operations.raise_for_status(call, response)
+                wire.raise_for_status(call, response)
         return call.parse(response)
 
     async def _with_fresh_settings(self, attempt: Callable[[KernelSettings], Awaitable[T]], again: str) -> T:

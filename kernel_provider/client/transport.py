@@ -1,8 +1,8 @@
 """How a request reaches Kernel: one synchronous transport (requests) and one asynchronous (httpx, plus the
 server-sent event stream through httpx-sse).
 
-Each turns one :class:`~kernel_provider.client.operations.ApiCall` into an
-:class:`~kernel_provider.client.operations.ApiResponse`, or into a :class:`KernelTransportError` whose
+Each turns one :class:`~kernel_provider.client.wire.ApiCall` into an
+:class:`~kernel_provider.client.wire.ApiResponse`, or into a :class:`KernelTransportError` whose
 ``request_sent`` says whether Kernel may have seen the request (the retry policy and the create rule depend on it).
 Neither retries nor interprets a status: that is the client's job (see :mod:`kernel_provider.client.client`).
 Neither follows a redirect: a 3xx comes back as the answer, and the client turns it into
@@ -31,9 +31,9 @@ import httpx
 import requests
 
 from kernel_provider.client.errors import KernelConnectionConfigError, KernelTransportError, is_error_status
-from kernel_provider.client.operations import ApiCall, ApiResponse, raise_for_status
 from kernel_provider.client.settings import KernelSettings
 from kernel_provider.client.trust import is_printable_ascii
+from kernel_provider.client.wire import ApiCall, ApiResponse, raise_for_status
 
 #: Requests one event loop has in flight at once (open event streams excluded). A triggerer that (re)starts
 #: 1,000 waits would otherwise build and send 1,000 requests in one loop iteration: the loop stalls for a

@@ -31,7 +31,7 @@ when the task is killed (``on_kill``); a worker killed outright (SIGKILL) leaves
 (logged, pushed as XCom ``kernel_browser_live_view_url`` and shown as the task's **Kernel browser live view**
 link): ``"read"`` (default) a read-only URL minted with ``POST /browsers/{id}/live_view`` for the task's
 ``execution_timeout`` (at most an hour), ``"control"`` a control URL (masked, not logged), False/``"off"`` nothing
-(see :mod:`kernel_provider.live_view`). A headless browser has no live view: nothing is published. The
+(see :mod:`kernel_provider.client.browser_watch`). A headless browser has no live view: nothing is published. The
 function's return value is the task's (XCom ``return_value``).
 
 Airflow finds the decorator through the provider info's ``task-decorators`` entry (name ``kernel_browser``).
@@ -49,20 +49,20 @@ from typing import Any, ClassVar
 
 from airflow.providers.common.compat.sdk import (
     BaseOperator,
-    BaseOperatorLink,
     DecoratedOperator,
     TaskDecorator,
-    XCom,
     context_merge,
     determine_kwargs,
     task_decorator_factory,
 )
 
+from kernel_provider.client.browser_watch import LiveViewPublisher, check_live_view
 from kernel_provider.client.browsers import OPTIONS
 from kernel_provider.client.models import Browser
 from kernel_provider.decorators.output import XComPushForDecorators
 from kernel_provider.hooks.kernel_browser import KernelBrowserHook
-from kernel_provider.live_view import LiveViewPublisher, check_live_view
+from kernel_provider.links import XCOM_BROWSER_LIVE_VIEW_URL, XCOM_BROWSER_SESSION_ID, KernelBrowserLiveViewLink
+from kernel_provider.utils.secrets import mask_url
 
 #: Parameter names the decorator fills in (see the module docstring).
 INJECTED = ("page", "browser", "kernel_browser", "cdp_url")
@@ -71,34 +71,12 @@ INJECTED = ("page", "browser", "kernel_browser", "cdp_url")
 BROWSER_KEYWORDS = {**{name: name for name in OPTIONS if name != "pool"}, "browser_pool": "pool"}
 #: Options that only mean something with ``browser_pool``.
 POOL_ONLY = ("acquire_timeout_seconds", "reuse")
-XCOM_LIVE_VIEW_URL = "kernel_browser_live_view_url"
-XCOM_SESSION_ID = "kernel_browser_session_id"
-_UNSET = object()
 #: Seconds ``on_kill`` may spend deleting: the worker is stopping the task and will not wait long.
 ON_KILL_BUDGET = 15.0
 NO_PLAYWRIGHT = (
     "Playwright is not installed, so {names} receive(s) the browser's CDP URL (text) instead of Playwright "
     "objects. Install it with: pip install 'airflow-provider-kernel[browser]'."
 )
-
-
-class KernelBrowserLiveViewLink(BaseOperatorLink):
-    """The "Kernel browser live view" button of a ``@task.kernel_browser`` task: watch its browser."""
-
-    name = "Kernel browser live view"
-
-    def get_link(self, operator: Any, dttm: Any = None, *, ti_key: Any = None) -> str:
-        """The live-view URL the task pushed (XCom ``kernel_browser_live_view_url``); "" when there is none.
-
-        :param operator: the task; a live one that published no URL gets "" without an XCom lookup.
-        :param dttm: Airflow 2's logical date argument, unused (``ti_key`` identifies the try).
-        :param ti_key: the task instance whose XCom is read; None gives "".
-        """
-        # Airflow 3 evaluates the links when the task ends; looking up an XCom never pushed (headless browser,
-        # failed create, live_view off) logs "XCom not found" as an ERROR in a healthy run.
-        if ti_key is None or getattr(operator, "live_view_url", _UNSET) is None:
-            return ""
-        return XCom.get_value(key=XCOM_LIVE_VIEW_URL, ti_key=ti_key) or ""
 
 
 def playwright_available() -> bool:
@@ -127,7 +105,7 @@ class _KernelBrowserTask(BaseOperator):
         hook = KernelBrowserHook(kernel_conn_id=self.kernel_conn_id)
         self._browser_hook = hook
         session = hook.browser(**self.browser_options)  # options checked here, before any request
-        self._publisher = LiveViewPublisher(check_live_view(self.live_view), self._deadline(), self.log)
+        self._publisher = LiveViewPublisher(check_live_view(self.live_view), self._deadline(), self.log, mask_url)
         context_merge(context, self.op_kwargs)
         kwargs = dict(determine_kwargs(self.python_callable, self.op_args, context))
         wanted = [name for name in INJECTED if name in inspect.signature(self.python_callable).parameters]
@@ -200,12 +178,12 @@ class _KernelBrowserTask(BaseOperator):
 
     def _announce(self, context: Any, browser: Browser) -> None:
         ti = context["ti"]
-        ti.xcom_push(key=XCOM_SESSION_ID, value=browser.session_id)
+        ti.xcom_push(key=XCOM_BROWSER_SESSION_ID, value=browser.session_id)
         url = self._publisher.url(self._browser_hook, browser)
         if url:
             self.live_view_url = url
             self.log.info("%s", self._publisher.publish_line(browser, url))
-            ti.xcom_push(key=XCOM_LIVE_VIEW_URL, value=url)
+            ti.xcom_push(key=XCOM_BROWSER_LIVE_VIEW_URL, value=url)
             link_key = getattr(KernelBrowserLiveViewLink(), "xcom_key", None)
             if link_key:
                 # Airflow 3 reads extra links from this XCom, which it writes only when the task ends: written now,

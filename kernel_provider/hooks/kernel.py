@@ -140,7 +140,7 @@ class KernelHook(BaseHook):
     def mask_browser_urls(browsers: Iterable[Browser]) -> None:
         """Register the URLs that control each browser (``cdp_ws_url``, ``webdriver_ws_url``) with Airflow's
         secret masker, so a log line or error that quotes one shows ``***``. The live-view URL is left to the
-        code that decides what to publish (see :mod:`kernel_provider.live_view`)."""
+        code that decides what to publish (see :mod:`kernel_provider.client.browser_watch`)."""
         for browser in browsers:
             for url in (browser.cdp_ws_url, browser.webdriver_ws_url):
                 if url:

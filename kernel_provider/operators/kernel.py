@@ -8,45 +8,39 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
+from airflow.providers.common.compat.sdk import BaseOperator, conf
 
+from kernel_provider.client.browser_watch import check_live_view
 from kernel_provider.client.errors import KernelError, KernelRateLimitError, KernelWaitTimeout
+from kernel_provider.client.events import ERROR, FAILED, TIMEOUT, WAIT_MODES, validate_event
 from kernel_provider.client.text import safe_text
 from kernel_provider.client.validation import build_invoke_request, check_seconds
-from kernel_provider.completion import (
-    ERROR,
-    FAILED,
-    TIMEOUT,
-    WAIT_MODES,
-    finish,
-    from_an_earlier_try,
-    running_try,
-    validate_event,
-    wait_deadline,
+from kernel_provider.links import (
+    XCOM_INVOCATION_ID,
+    XCOM_INVOCATION_URL,
+    KernelInvocationLink,
+    KernelLiveViewLink,
+    push_live_view_link,
 )
-from kernel_provider.live_view import CONTROL, LIVE_VIEW_EVENT_KEY, READ, check_live_view, mask_url
+from kernel_provider.utils.completion import finish, from_an_earlier_try, running_try, wait_deadline
 
 if TYPE_CHECKING:
     from kernel_provider.client.errors import KernelAmbiguousCreateError
     from kernel_provider.client.models import Invocation
+    from kernel_provider.client.reconcile import CreateWindow, Outcome
     from kernel_provider.client.retry import RetryPolicy
     from kernel_provider.hooks.kernel import KernelHook
-    from kernel_provider.reconcile import CreateWindow, Outcome
-    from kernel_provider.run_record import RunRecord, RunRecordStore
+    from kernel_provider.utils.run_record import RunRecord, RunRecordStore
 
 # The hook (requests, httpx, tenacity) and the trigger are imported when a task runs, not when a DAG file is
 # parsed: DAG parsing imports this module for every DAG that uses the operator.
 
 log = logging.getLogger(__name__)
-XCOM_INVOCATION_ID = "invocation_id"
-XCOM_INVOCATION_URL = "invocation_url"
-#: XCom of the first browser's live-view URL, pushed by the wait (trigger or worker) once it has seen the browser.
-XCOM_LIVE_VIEW_URL = "kernel_live_view_url"
 #: Seconds ``on_kill`` may spend cancelling: the worker is stopping the task and will not wait long.
 ON_KILL_BUDGET = 15.0
 #: Shortest and longest single deferral of a deferrable create that Kernel refused with 429 (before jitter). The
@@ -58,78 +52,12 @@ RATE_LIMIT_MAX_DEFER = 60.0
 _UNSET = object()
 
 
-class KernelInvocationLink(BaseOperatorLink):
-    """The "Kernel invocation" button on a task: opens the invocation in Kernel's dashboard."""
-
-    name = "Kernel invocation"
-
-    def get_link(self, operator: Any, dttm: Any = None, *, ti_key: Any = None) -> str:
-        """The dashboard URL the task pushed as XCom ``invocation_url``; "" when there is none (yet).
-
-        :param operator: the task; one that never created an invocation gets "" without an XCom lookup.
-        :param dttm: Airflow 2's logical date argument, unused (``ti_key`` identifies the try).
-        :param ti_key: the task instance whose XCom is read; None (no run to link to) gives "".
-        """
-        # A live operator that never created an invocation has nothing to link: skip the XCom lookup, which
-        # Airflow 3 would otherwise report as an error next to the task's real one.
-        if ti_key is None or getattr(operator, "invocation_id", _UNSET) is None:
-            return ""
-        return XCom.get_value(key=XCOM_INVOCATION_URL, ti_key=ti_key) or ""
-
-
-class KernelLiveViewLink(BaseOperatorLink):
-    """The "Kernel live view" button on a task: opens the live view of the run's first browser.
-
-    The wait pushes the URL (XCom ``kernel_live_view_url``) as soon as it has seen a browser with a live view, so
-    the button works while the run is going; "" before that, and for runs without browsers. After the run the
-    button still points at that URL, which Kernel stops serving once the browser is gone.
-    """
-
-    name = "Kernel live view"
-
-    def get_link(self, operator: Any, dttm: Any = None, *, ti_key: Any = None) -> str:
-        """The live-view URL the wait pushed; "" when there is none (yet).
-
-        :param operator: the task (operator or sensor).
-        :param dttm: Airflow 2's logical date argument, unused (``ti_key`` identifies the try).
-        :param ti_key: the task instance whose XCom is read; None gives "".
-        """
-        # A live task that saw no live view has nothing to link: skip the lookup, which Airflow 3 would report as
-        # an "XCom not found" error in every healthy run's log (it evaluates the links when the task ends).
-        if ti_key is None or getattr(operator, "live_view_url", _UNSET) is None:
-            return ""
-        return XCom.get_value(key=XCOM_LIVE_VIEW_URL, ti_key=ti_key) or ""
-
-
-def push_live_view_link(task: Any, context: Any, event: Mapping[str, Any]) -> None:
-    """Point the "Kernel live view" link at the URL a finished wait reports (``live_view_url`` of its event), for
-    a wait that could not set it while running (e.g. ``dag.test()``'s in-line trigger). Best effort.
-
-    :param task: the running operator or sensor (``self``). Not ``context["task"]``: on Airflow 3.0 that is the
-        task before ``prepare_for_execution()`` copied it, not the one Airflow reads the link from afterwards.
-    """
-    url = event.get(LIVE_VIEW_EVENT_KEY)
-    if not isinstance(url, str) or not url:
-        return
-    if check_live_view(getattr(task, "live_view", READ)) == CONTROL:
-        mask_url(url)  # this worker's log masker has not seen it: the wait ran elsewhere
-    task.live_view_url = url
-    ti = context["ti"]
-    try:
-        ti.xcom_push(key=XCOM_LIVE_VIEW_URL, value=url)
-        link_key = getattr(KernelLiveViewLink(), "xcom_key", None)
-        if link_key:
-            ti.xcom_push(key=link_key, value=url)
-    except Exception as exc:  # a link is not worth failing a finished run over
-        log.warning("Could not set the Kernel live view link: %s", exc)
-
-
 class KernelInvokeOperator(BaseOperator):
     """Invokes an action of a deployed Kernel app (``POST /invocations``) and returns its output.
 
     The invocation is created on the worker in ``execute()``, never in a trigger. Before the ``POST`` the task
     instance records that a create is in flight, and then which invocation it got (see
-    :mod:`kernel_provider.run_record`), so an automatic retry continues its own run instead of starting a second
+    :mod:`kernel_provider.utils.run_record`), so an automatic retry continues its own run instead of starting a second
     one, while a person's clear starts a fresh run. The id also goes to XCom (``invocation_id``,
     ``invocation_url``).
 
@@ -280,7 +208,7 @@ class KernelInvokeOperator(BaseOperator):
         :returns: the action's decoded output (or the invocation id with ``wait_for_completion=False``; the
             failure dict with ``fail_on_failure=False``).
         """
-        from kernel_provider.run_record import RunRecordStore
+        from kernel_provider.utils.run_record import RunRecordStore
 
         request = self._validated_request()
         records = RunRecordStore(context)
@@ -298,7 +226,7 @@ class KernelInvokeOperator(BaseOperator):
 
         :param event: the timer's payload, ``{"rate_limit_deadline", "attempt"}``.
         """
-        from kernel_provider.run_record import RunRecordStore
+        from kernel_provider.utils.run_record import RunRecordStore
 
         if not isinstance(event, dict) or not isinstance(event.get("rate_limit_deadline"), (int, float)):
             raise KernelError(f"The rate-limit timer returned no usable event ({event!r}); the task did not invoke.")
@@ -325,14 +253,14 @@ class KernelInvokeOperator(BaseOperator):
         if self.deferrable:
             # No GET first: the create's (or the re-attach's) answer says it is not finished, and the trigger
             # learns the current state from the first event of the stream (or its first GET in poll mode).
-            from kernel_provider.triggers.kernel import seed_log_cursor
+            from kernel_provider.triggers.log_cursor import seed_log_cursor
 
             seed_log_cursor(context["ti"], invocation.id)
             self.defer(trigger=trigger, method_name="execute_complete")
         latest = self.hook.get_invocation(invocation.id)
         if latest.is_terminal:
             return self._finish(latest, records)
-        from kernel_provider.wait import wait_in_worker
+        from kernel_provider.triggers.in_worker import wait_in_worker
 
         self.log.info("Waiting on this worker for invocation %s.", invocation.id)
         trigger.link_to(context["ti"])
@@ -340,7 +268,7 @@ class KernelInvokeOperator(BaseOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         """Resumes the task when the wait is over (called by Airflow after deferral, or directly)."""
-        from kernel_provider.run_record import RunRecordStore
+        from kernel_provider.utils.run_record import RunRecordStore
 
         event = validate_event(event)
         stale_try = from_an_earlier_try(event, context)
@@ -399,7 +327,7 @@ class KernelInvokeOperator(BaseOperator):
         Reads the record (failing before any request when it cannot), tells a retry from a clear, and on a
         clear stops the old run if it is provably ours and still going.
         """
-        from kernel_provider.run_record import TryKind, classify
+        from kernel_provider.utils.run_record import TryKind, classify
 
         record = records.get()
         kind = classify(record, records.max_tries)
@@ -426,10 +354,10 @@ class KernelInvokeOperator(BaseOperator):
 
     def _lookup(self, record: RunRecord, request: dict[str, Any]) -> Invocation | None:
         """A retry: the previous try's invocation if it is to be continued (running, or finished well). It must
-        be this task's request (:func:`~kernel_provider.reconcile.check_same_request`) before anything is done
+        be this task's request (:func:`~kernel_provider.client.reconcile.check_same_request`) before anything is done
         with it: continued, cancelled, or replaced."""
         from kernel_provider.client.errors import KernelNotFoundError
-        from kernel_provider.reconcile import check_same_request
+        from kernel_provider.client.reconcile import check_same_request
 
         assert record.invocation_id is not None
         try:
@@ -457,7 +385,7 @@ class KernelInvokeOperator(BaseOperator):
 
     def _settle(self, record: RunRecord, request: dict[str, Any], records: RunRecordStore) -> Invocation | None:
         """A retry after a create that never got an answer (the worker died, or Kernel's answer was lost)."""
-        from kernel_provider.reconcile import CreateWindow
+        from kernel_provider.client.reconcile import CreateWindow
 
         assert record.sent_at is not None and record.window_end is not None
         window = CreateWindow.from_epoch(record.sent_at, record.window_end)
@@ -493,14 +421,14 @@ class KernelInvokeOperator(BaseOperator):
                         datetime.fromtimestamp(record.sent_at or 0, timezone.utc).isoformat(),
                     )
                     return
-                from kernel_provider.reconcile import CreateWindow
+                from kernel_provider.client.reconcile import CreateWindow
 
                 window = CreateWindow.from_epoch(record.sent_at, record.window_end)
                 outcome = self._reconcile(self._with_token(request, record.token), window, record.token, loudly=False)
                 invocation_id = outcome.ours.id if outcome.ours is not None else None
             if invocation_id is None:
                 return
-            from kernel_provider.reconcile import check_same_request
+            from kernel_provider.client.reconcile import check_same_request
 
             previous = self.hook.get_invocation(invocation_id)
             # Never cancel on a record's word alone: it must name this task's request (else: a warning below).
@@ -513,7 +441,7 @@ class KernelInvokeOperator(BaseOperator):
     def _with_token(self, request: dict[str, Any], token: str | None) -> dict[str, Any]:
         if token is None:
             return request
-        from kernel_provider.reconcile import add_token
+        from kernel_provider.client.reconcile import add_token
 
         return {**request, "payload": add_token(request.get("payload"), token)}
 
@@ -542,7 +470,7 @@ class KernelInvokeOperator(BaseOperator):
     def _defer_for_rate_limit(self, exc: KernelRateLimitError, wait: float, deadline: float, attempt: int) -> None:
         """Defer on a timer until Kernel's ``Retry-After`` (jittered, capped) has passed, within the budget; past
         it, fail naming ``rate_limit_wait``. The run record was already forgotten: a 429 created nothing."""
-        from kernel_provider.triggers.kernel import KernelRateLimitTimer
+        from kernel_provider.triggers.rate_limit import KernelRateLimitTimer
 
         left = deadline - time.time()
         if left <= 0:
@@ -570,7 +498,7 @@ class KernelInvokeOperator(BaseOperator):
 
     def _create(self, request: dict[str, Any], records: RunRecordStore, retry: RetryPolicy | None = None) -> Invocation:
         from kernel_provider.client.errors import KernelAmbiguousCreateError
-        from kernel_provider.reconcile import CreateWindow, new_token
+        from kernel_provider.client.reconcile import CreateWindow, new_token
 
         token = new_token() if self.reconcile_token else None
         body = self._with_token(request, token)
@@ -635,10 +563,10 @@ class KernelInvokeOperator(BaseOperator):
     def _reconcile(
         self, body: dict[str, Any], window: CreateWindow, token: str | None, *, loudly: bool = True
     ) -> Outcome:
-        """List and judge (see :mod:`kernel_provider.reconcile`); unsettled answers fail loudly, naming the
+        """List and judge (see :mod:`kernel_provider.client.reconcile`); unsettled answers fail loudly, naming the
         candidates and what a person should check."""
         from kernel_provider.client.errors import KernelReconcileError
-        from kernel_provider.reconcile import check_same_request, reconcile
+        from kernel_provider.client.reconcile import check_same_request, reconcile
 
         outcome = reconcile(
             body, window, token, list_invocations=self.hook.list_invocations, get_invocation=self.hook.get_invocation

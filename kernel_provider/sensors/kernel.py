@@ -8,7 +8,6 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow import __version__ as AIRFLOW_VERSION
 from airflow.providers.common.compat.sdk import (
     AirflowSensorTimeout,
     AirflowSkipException,
@@ -17,6 +16,7 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
+from kernel_provider.client.browser_watch import check_live_view
 from kernel_provider.client.errors import (
     KernelError,
     KernelInvocationFailed,
@@ -24,19 +24,11 @@ from kernel_provider.client.errors import (
     KernelServerError,
     KernelTransportError,
 )
+from kernel_provider.client.events import ERROR, TIMEOUT, WAIT_MODES, validate_event
 from kernel_provider.client.validation import check_seconds
-from kernel_provider.completion import (
-    ERROR,
-    TIMEOUT,
-    WAIT_MODES,
-    finish,
-    from_an_earlier_try,
-    running_try,
-    validate_event,
-    wait_deadline,
-)
-from kernel_provider.live_view import check_live_view
-from kernel_provider.operators.kernel import KernelLiveViewLink, push_live_view_link
+from kernel_provider.links import KernelLiveViewLink, push_live_view_link
+from kernel_provider.utils.completion import finish, from_an_earlier_try, running_try, wait_deadline
+from kernel_provider.version_compat import AIRFLOW_V_3_3_PLUS
 
 if TYPE_CHECKING:
     from kernel_provider.hooks.kernel import KernelHook
@@ -47,16 +39,8 @@ if TYPE_CHECKING:
 TRIGGER_CLASSPATH = "kernel_provider.triggers.kernel.KernelInvocationTrigger"
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
-
-
 #: Airflow 3.3+ renders a task's templated fields in the triggerer for a task that starts there.
-STARTS_FROM_TRIGGER = _version_tuple(AIRFLOW_VERSION) >= (3, 3)
+STARTS_FROM_TRIGGER = AIRFLOW_V_3_3_PLUS
 
 
 def _as_template(value: Any) -> str | None:
@@ -195,7 +179,8 @@ class KernelInvocationSensor(BaseSensorOperator):
         invocation = self.hook.get_invocation(invocation_id)
         if invocation.is_terminal:
             return self._complete(invocation_id)
-        from kernel_provider.triggers.kernel import MIN_DEFERRAL, KernelInvocationTrigger, seed_log_cursor
+        from kernel_provider.triggers.kernel import MIN_DEFERRAL, KernelInvocationTrigger
+        from kernel_provider.triggers.log_cursor import seed_log_cursor
 
         seed_log_cursor(context["ti"], invocation_id)
 

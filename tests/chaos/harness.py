@@ -585,7 +585,7 @@ def verdict(
 
 def _untokened(result: Any) -> Any:
     """The echo action returns its payload, which carries the reconcile token: compare without it."""
-    from kernel_provider.reconcile import TOKEN_KEY
+    from kernel_provider.client.reconcile import TOKEN_KEY
 
     if isinstance(result, dict) and TOKEN_KEY in result:
         return {k: v for k, v in result.items() if k != TOKEN_KEY}

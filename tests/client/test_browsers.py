@@ -20,7 +20,7 @@ from kernel_provider.client.errors import (
     KernelTransportError,
 )
 from kernel_provider.client.models import Browser
-from kernel_provider.client.operations import drive
+from kernel_provider.client.wire import drive
 from tests.client.test_operations import answer, canned
 
 

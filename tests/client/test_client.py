@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kernel_provider.client import KernelClient, KernelSettings, RetryPolicy, operations
+from kernel_provider.client import KernelClient, KernelSettings, RetryPolicy, invocations
 from kernel_provider.client.errors import KernelAuthError, KernelInputError, KernelTransportError
 from kernel_provider.client.transport import close_loop_resources, loop_resources
 from tests.helpers import FAST_RETRY
@@ -93,7 +93,7 @@ def test_a_budget_bounds_a_call_that_cannot_connect() -> None:
     )
     started = time.monotonic()
     with pytest.raises(KernelTransportError) as raised:
-        client.execute(operations.get_invocation("a" * 24), budget=0.5)
+        client.execute(invocations.get_invocation("a" * 24), budget=0.5)
     assert not raised.value.request_sent and time.monotonic() - started < 2.0
     with pytest.raises(KernelInputError, match="budget"):
         client.cancel_invocation("a" * 24, budget=0)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kernel_provider.operators.kernel import XCOM_INVOCATION_ID
+from kernel_provider.links import XCOM_INVOCATION_ID
 from tests.airflow_helpers import (
     all_logs,
     kernel_lines,

@@ -11,12 +11,8 @@ import httpx
 import pytest
 
 from kernel_provider.decorators import kernel_browser as decorator_module
-from kernel_provider.decorators.kernel_browser import (
-    XCOM_LIVE_VIEW_URL,
-    XCOM_SESSION_ID,
-    KernelBrowserLiveViewLink,
-    kernel_browser_task,
-)
+from kernel_provider.decorators.kernel_browser import kernel_browser_task
+from kernel_provider.links import XCOM_BROWSER_LIVE_VIEW_URL, XCOM_BROWSER_SESSION_ID, KernelBrowserLiveViewLink
 from tests.airflow_helpers import all_logs, make_dag, run_dag, states, task, ti_map, xcom
 from tests.kernel_browsers import SITE_PRODUCTS, live_browsers, needs_chromium, site_url
 
@@ -57,9 +53,9 @@ def test_the_function_gets_a_connected_page_and_its_result_is_the_tasks(
     assert states(run) == {"scrape": "success"}
     assert error_lines(caplog, capfd) == []  # the README's example logs no ERROR (no "XCom not found" for a link)
     assert xcom(run, "scrape") == SITE_PRODUCTS  # rendered by the page's script: a real browser read it
-    session_id = xcom(run, "scrape", XCOM_SESSION_ID)
+    session_id = xcom(run, "scrape", XCOM_BROWSER_SESSION_ID)
     # Headless: Kernel lists no live view and serves the route only for headful browsers; nothing is published.
-    assert xcom(run, "scrape", XCOM_LIVE_VIEW_URL) is None
+    assert xcom(run, "scrape", XCOM_BROWSER_LIVE_VIEW_URL) is None
     assert kernel_conn_env.requests(route=LIVE_VIEW_ROUTE) == []
     assert live_browsers(kernel_conn_env) == 0
     assert kernel_conn_env.stats()["browser_sessions"]["ended"] == {"deleted": 1}
@@ -88,9 +84,9 @@ def test_a_headful_browser_publishes_a_read_only_url_for_the_tasks_time(
 
     run = run_dag(dag)
     assert states(run) == {"watched": "success"}
-    listed, url = xcom(run, "watched"), xcom(run, "watched", XCOM_LIVE_VIEW_URL)
+    listed, url = xcom(run, "watched"), xcom(run, "watched", XCOM_BROWSER_LIVE_VIEW_URL)
     grant = grant_of(kernel_conn_env, url)
-    assert (grant.session_id, grant.access) == (xcom(run, "watched", XCOM_SESSION_ID), "read")
+    assert (grant.session_id, grant.access) == (xcom(run, "watched", XCOM_BROWSER_SESSION_ID), "read")
     # No longer than execution_timeout, counted from the mint request at the latest (the task starts after it).
     from kernel_provider.testing.timeutil import parse_timestamp_ns
 
@@ -125,10 +121,10 @@ def test_control_publishes_a_masked_control_url_and_off_publishes_nothing(kernel
 
     run = run_dag(dag)
     assert states(run) == {"steered": "success", "unseen": "success"}
-    url = xcom(run, "steered", XCOM_LIVE_VIEW_URL)
+    url = xcom(run, "steered", XCOM_BROWSER_LIVE_VIEW_URL)
     assert grant_of(kernel_conn_env, url).access == "control"
     assert redact(f"see {url}") == "see ***"
-    assert xcom(run, "unseen", XCOM_LIVE_VIEW_URL) is None
+    assert xcom(run, "unseen", XCOM_BROWSER_LIVE_VIEW_URL) is None
     assert len(kernel_conn_env.requests(route=LIVE_VIEW_ROUTE)) == 1  # the control one only
 
 
@@ -170,7 +166,7 @@ def test_browser_model_cdp_url_and_async_functions(kernel_conn_env: Any) -> None
     run = run_dag(dag)
     assert states(run) == {"described": "success", "titled": "success"}
     session_id, same_url, timeout = xcom(run, "described")
-    assert (session_id, same_url, timeout) == (xcom(run, "described", XCOM_SESSION_ID), True, 30)
+    assert (session_id, same_url, timeout) == (xcom(run, "described", XCOM_BROWSER_SESSION_ID), True, 30)
     assert xcom(run, "titled") == "async works"
     assert live_browsers(kernel_conn_env) == 0
 

@@ -80,7 +80,13 @@ def _why(e2e: AirflowE2E, dag_id: str, run_id: str, state: str) -> str:
         text = "\n".join(e2e.task_logs(dag_id, run_id, task_id, map_index).values())
         reasons = [_exception(line) for line in text.splitlines()]
         found = [r for r in reasons if r]
-        parts.append(f"{task_id}[{map_index}] {ti_state}" + (f": {found[-1][:400]}" if found else ""))
+        if not found:  # failed from outside (e.g. the scheduler's heartbeat timeout): say what the log ends with
+            found = [" | ".join(line.strip()[:200] for line in text.splitlines()[-3:]) or "(no task log)"]
+        parts.append(f"{task_id}[{map_index}] {ti_state}: {found[-1][:600]}")
+    scheduler = "\n".join(p.read_text(errors="replace") for p in sorted(e2e.logs.glob("scheduler*.log")))
+    outside = [line for line in scheduler.splitlines() if run_id in line and ("heartbeat" in line or "zombie" in line)]
+    if outside:
+        parts.append("scheduler: " + outside[-1][:400])
     return "; ".join(parts)
 
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from kernel_provider.client.reconcile import MAX_SCAN, TOKEN_KEY, new_token
 from kernel_provider.exceptions import KernelReconcileError, KernelRunMismatchError
 from kernel_provider.operators.kernel import KernelInvokeOperator
-from kernel_provider.reconcile import MAX_SCAN, TOKEN_KEY, new_token
-from kernel_provider.run_record import RunRecord, RunRecordStore
 from kernel_provider.testing import airflow_connection
+from kernel_provider.utils.run_record import RunRecord, RunRecordStore
 from tests.standins import DictStateStore, FakeTI
 
 pytestmark = pytest.mark.usefixtures("airflow_db")

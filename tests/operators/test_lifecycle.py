@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from kernel_provider.client.reconcile import TOKEN_KEY, new_token
 from kernel_provider.exceptions import KernelReconcileError, KernelStateStoreError
 from kernel_provider.operators.kernel import KernelInvokeOperator
-from kernel_provider.reconcile import TOKEN_KEY, new_token
-from kernel_provider.run_record import RunRecordStore
+from kernel_provider.utils.run_record import RunRecordStore
 from tests.airflow_helpers import AF3
 from tests.standins import DictStateStore, FakeTI, ReadOnlyStateStore
 

@@ -10,15 +10,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from kernel_provider.client.browsers import LiveView
-from kernel_provider.client.errors import KernelApiError, KernelInputError, KernelServerError
-from kernel_provider.live_view import (
+from kernel_provider.client.browser_watch import (
     MAX_TTL_SECONDS,
     LiveViewPublisher,
     check_live_view,
     live_view_ttl,
     with_read_only,
 )
+from kernel_provider.client.browsers import LiveView
+from kernel_provider.client.errors import KernelApiError, KernelInputError, KernelServerError
 
 LISTED = "https://proxy.example/browser/live?jwt=abc"
 HEADFUL = SimpleNamespace(session_id="s1", browser_live_view_url=LISTED)

@@ -243,9 +243,11 @@ async def test_silent_stream_is_detected_and_the_wait_recovers(gated_kernel, cap
     assert kernel_lines(inv_id, caplog, capfd) == [f"line {i}" for i in range(4)]
 
 
-async def test_error_event_in_stream_is_resumed(kernel_conn_env):
-    inv_id = start("sleep", {"seconds": 0.5})
-    kernel_conn_env.set_faults(
+async def test_error_event_in_stream_is_resumed(gated_kernel):
+    """The run ends only once the stream was opened again: exactly one resumed stream, however slow the machine."""
+    inv_id, gate = start_gated(gated_kernel, result="ok")
+    opened = gate.open_when(seen(gated_kernel, EVENTS, at_least=2), "the stream to be opened again")
+    gated_kernel.set_faults(
         {
             "rules": [
                 {
@@ -260,8 +262,9 @@ async def test_error_event_in_stream_is_resumed(kernel_conn_env):
         }
     )
     event = await run_to_event(trigger(inv_id))
+    opened()
     assert event["status"] == "succeeded"
-    streams = [r for r in requests_for(kernel_conn_env, inv_id) if r["route"] == "/invocations/{id}/events"]
+    streams = [r for r in requests_for(gated_kernel, inv_id) if r["route"] == EVENTS]
     assert len(streams) == 2
 
 
@@ -593,7 +596,7 @@ async def test_airflow2_cleanup_removes_the_record_of_the_run_it_cancelled_only(
     """A marked task's record Variable would stay for ever; a newer try's record (naming another run) stays."""
     from airflow.models import Variable
 
-    from kernel_provider.run_record import VARIABLE_PREFIX, RunRecord
+    from kernel_provider.utils.run_record import VARIABLE_PREFIX, RunRecord
 
     ti, dr = airflow_ti
     key = VARIABLE_PREFIX + ".".join(str(p) for p in (ti.dag_id, ti.task_id, ti.run_id, ti.map_index))
@@ -615,7 +618,7 @@ async def test_airflow2_deadline_cancel_removes_the_record_only_when_the_cancel_
     cancelled the run at its deadline removes the record; a cancel Kernel refused leaves it for the task."""
     from airflow.models import Variable
 
-    from kernel_provider.run_record import VARIABLE_PREFIX, RunRecord
+    from kernel_provider.utils.run_record import VARIABLE_PREFIX, RunRecord
 
     ti, _ = airflow_ti
     key = VARIABLE_PREFIX + ".".join(str(p) for p in (ti.dag_id, ti.task_id, ti.run_id, ti.map_index))

@@ -26,8 +26,9 @@ logged in through a saved profile), so it is never published as such. For each h
 * ``live_view="read"`` (the default; ``True`` means the same): an ``access: read`` URL, which cannot send input
   whatever its query says, valid ``ttl_seconds`` = the task's remaining time (its deadline), at most
   :data:`MAX_TTL_SECONDS` (1 hour; also the TTL when the task has no deadline). It is logged and published.
-* ``live_view="control"``: an ``access: control`` URL, same TTL, registered with Airflow's secret masker and never
-  logged (the log says where to find it); published to XCom and the link for the people allowed to see them.
+* ``live_view="control"``: an ``access: control`` URL, same TTL, registered with Airflow's secret masker
+  (through the ``mask`` callback the task hands in) and never logged (the log says where to find it);
+  published to XCom and the link for the people allowed to see them.
 * ``live_view=False`` (or ``"off"``): no browser is listed, nothing is minted, logged or published.
 
 Headless browsers have no live view: nothing is asked for them. Where Kernel answers 404 or 405 to the route (an
@@ -116,23 +117,14 @@ def with_read_only(url: str) -> str:
     return urlunsplit(parts._replace(query="&".join([*kept, "readOnly=true"])))
 
 
-def mask_url(url: str) -> None:
-    """Register a control URL with Airflow's secret masker (logs, rendered fields). Best effort."""
-    try:
-        from airflow.providers.common.compat.sdk import mask_secret
-
-        mask_secret(url)
-    except Exception:  # masking is defence in depth: the URL is never logged by the provider anyway
-        logging.getLogger(__name__).debug("Could not register a live-view URL with the secret masker.")
-
-
 class LiveViewPublisher:
     """Decides, for one task, which live-view URL of a browser is published (see the module docstring).
 
     :param mode: ``read``, ``control`` or ``off`` (see :func:`check_live_view`).
     :param end_time: the task's deadline (epoch seconds; None: none): bounds each URL's ``ttl_seconds``.
     :param log: where the single fallback warning goes.
-    :param mask: registers a control URL with the secret masker (a trigger passes one that runs off its loop).
+    :param mask: registers a control URL with the secret masker (the client knows no Airflow: a task passes
+        :func:`kernel_provider.utils.secrets.mask_url`, a trigger one that runs it off its loop). None: no masking.
     """
 
     def __init__(
@@ -140,7 +132,7 @@ class LiveViewPublisher:
         mode: str,
         end_time: float | None,
         log: logging.Logger | Any,
-        mask: Callable[[str], Any] | None = mask_url,
+        mask: Callable[[str], Any] | None = None,
     ) -> None:
         self.mode = check_live_view(mode)
         self.end_time = end_time

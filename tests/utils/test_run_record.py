@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kernel_provider.exceptions import KernelStateStoreError
-from kernel_provider.run_record import STATE_KEY, RunRecord, RunRecordStore, TryKind, classify
+from kernel_provider.utils.run_record import STATE_KEY, RunRecord, RunRecordStore, TryKind, classify
 from tests.standins import BrokenStateStore, DictStateStore, FakeTI
 
 #: An ERROR line as structlog (Airflow 3's console and JSON renderers) or stdlib logging prints it.

@@ -1,4 +1,4 @@
-"""Pure rules of ``kernel_provider.completion`` that no server can provoke on every Airflow version."""
+"""Pure rules of ``kernel_provider.utils.completion`` that no server can provoke on every Airflow version."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from kernel_provider.completion import from_an_earlier_try, make_event, running_try
+from kernel_provider.client.events import make_event
+from kernel_provider.utils.completion import from_an_earlier_try, running_try
 
 
 def event_of_try(try_number: int | None) -> dict:

@@ -1,7 +1,7 @@
-"""What the operator and the sensor share about a finished wait: the trigger's events and the final step.
+"""What the operator and the sensor share about ending a task: its wait's deadline, whether an event is from an
+earlier try, and the task's result from a finished invocation.
 
-Trigger events are small (status, invocation id, reason, message) because Airflow stores them in its metadata
-DB; the output itself is fetched by the worker once the wait is over.
+The events themselves are defined in :mod:`kernel_provider.client.events`.
 """
 
 from __future__ import annotations
@@ -12,57 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 from kernel_provider.client.errors import KernelError, KernelInvocationFailed
-from kernel_provider.client.models import Invocation, InvocationStatus
-
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-TIMEOUT = "timeout"
-ERROR = "error"
-#: How a wait follows an invocation: Kernel's event stream (default) or plain polling.
-WAIT_MODES = ("stream", "poll")
-#: The only statuses a trigger event may carry. Anything else (or no event) is an error, never a success.
-EVENT_STATUSES = frozenset({SUCCEEDED, FAILED, TIMEOUT, ERROR})
-
-
-def make_event(
-    status: str, invocation_id: str, *, status_reason: str | None = None, message: str = "", cancelled: bool = False
-) -> dict[str, Any]:
-    """The payload of a trigger event (small: Airflow stores it in its metadata DB).
-
-    :param status: one of :data:`EVENT_STATUSES`.
-    :param invocation_id: the invocation the event is about.
-    :param status_reason: Kernel's reason for a final state, if any.
-    :param message: a human-readable summary, cut to 2,000 characters.
-    :param cancelled: the trigger itself cancelled the invocation (at the deadline, ``cancel_on_timeout``), so the
-        task need not; False says nothing was cancelled by the trigger, not that the run is still going.
-    """
-    return {
-        "status": status,
-        "invocation_id": invocation_id,
-        "status_reason": status_reason,
-        "message": message[:2000],
-        "cancelled": bool(cancelled),
-    }
-
-
-def event_for_invocation(invocation: Invocation) -> dict[str, Any]:
-    """The event of a finished invocation."""
-    status = SUCCEEDED if invocation.status is InvocationStatus.SUCCEEDED else FAILED
-    return make_event(
-        status, invocation.id, status_reason=invocation.status_reason, message=f"Invocation {invocation.id} {status}."
-    )
-
-
-def validate_event(event: Any) -> dict[str, Any]:
-    """Check an event from the trigger against the allow-list; raise on anything unexpected."""
-    if not isinstance(event, Mapping):
-        raise KernelError(f"The Kernel trigger returned no usable event ({event!r}); the wait did not complete.")
-    status = event.get("status")
-    if status not in EVENT_STATUSES:
-        raise KernelError(f"The Kernel trigger returned an unknown status {status!r}: {dict(event)!r}")
-    if not isinstance(event.get("invocation_id"), str) or not event["invocation_id"]:
-        raise KernelError(f"The Kernel trigger returned an event without invocation id: {dict(event)!r}")
-    return dict(event)
+from kernel_provider.client.models import Invocation
+from kernel_provider.version_compat import AIRFLOW_2
 
 
 def running_try(context: Any) -> int | None:
@@ -130,13 +81,7 @@ def wait_deadline(
         started = getattr(getattr(ti, "start_date", None), "timestamp", None)
         start = started() if callable(started) else now
         budget = execution_timeout.total_seconds()
-        if deferred and _airflow2():
+        if deferred and AIRFLOW_2:
             budget -= min(AIRFLOW2_DEFERRAL_LEAD, budget / 4)
         limits.append(start + budget)
     return min(limits) if limits else None
-
-
-def _airflow2() -> bool:
-    from airflow import __version__
-
-    return __version__.startswith("2.")

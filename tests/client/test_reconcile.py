@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from kernel_provider.client.models import Invocation
-from kernel_provider.exceptions import KernelInputError
-from kernel_provider.reconcile import (
+from kernel_provider.client.reconcile import (
     CLOCK_MARGIN,
     MAX_SCAN,
     PAGE_SIZE,
@@ -26,6 +25,7 @@ from kernel_provider.reconcile import (
     judge,
     reconcile,
 )
+from kernel_provider.exceptions import KernelInputError
 
 SENT = datetime(2026, 11, 29, 12, 0, 0, tzinfo=timezone.utc)
 WINDOW = CreateWindow(SENT, SENT + timedelta(seconds=3))
@@ -208,8 +208,8 @@ def test_a_run_shifted_onto_the_next_page_is_weighed_once() -> None:
 
 
 def test_an_adopted_run_must_be_the_requests_own() -> None:
+    from kernel_provider.client.reconcile import check_same_request
     from kernel_provider.exceptions import KernelRunMismatchError
-    from kernel_provider.reconcile import check_same_request
 
     token = "t" * 24
     body = {**REQUEST, "payload": add_token(REQUEST["payload"], token)}

@@ -31,6 +31,7 @@ from enum import Enum
 from typing import Any
 
 from kernel_provider.client.errors import KernelStateStoreError
+from kernel_provider.version_compat import AIRFLOW_2
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class RunRecordStore:
 
     def get(self) -> RunRecord | None:
         """The record a previous try left, or None."""
-        if self._state_store is None and self.try_number <= 1 and not _is_af2():
+        if self._state_store is None and self.try_number <= 1 and not AIRFLOW_2:
             # Airflow 3.0-3.2 (Variable-backed record): try 1 has no previous try, so there is nothing to read,
             # and the Task SDK logs an ERROR ("Variable not found") for every missing Variable it is asked for,
             # which would mark every healthy first try. (Airflow 3 gives every new try, retry or clear, a higher
@@ -254,7 +255,7 @@ def _variable_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str
 def _read_variable(key: str) -> Any:
     # Airflow 2's Variable.get names its default ``default_var``; Airflow 3's, ``default``.
     variable = _variable()
-    return variable.get(key, default_var=None) if _is_af2() else variable.get(key, default=None)
+    return variable.get(key, default_var=None) if AIRFLOW_2 else variable.get(key, default=None)
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -267,9 +268,3 @@ def _variable() -> Any:
     except ImportError:
         from airflow.models import Variable  # type: ignore[no-redef]
     return Variable
-
-
-def _is_af2() -> bool:
-    from airflow import __version__
-
-    return __version__.startswith("2.")
