@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from kernel_provider.testing.config import DEFAULT_TOKEN
-from kernel_provider.testing.store import count_created
+from kernel_provider.testing.introspection import count_created, wait_for_status
 
 
 class EmulatorClient:
@@ -118,21 +117,3 @@ class EmulatorClient:
 
     def apps(self) -> list[dict[str, Any]]:
         return list(self._get("/_emulator/apps"))
-
-
-def wait_for_status(
-    lookup: Callable[[str], dict[str, Any] | None],
-    invocation_id: str,
-    statuses: tuple[str, ...],
-    timeout: float,
-    interval: float,
-) -> dict[str, Any]:
-    """Poll ``lookup(invocation_id)`` until its ``status`` is one of ``statuses``; raises ``TimeoutError``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        inv = lookup(invocation_id)
-        if inv is not None and inv["status"] in statuses:
-            return inv
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"invocation {invocation_id} not in {statuses} after {timeout}s: {inv}")
-        time.sleep(interval)

@@ -12,9 +12,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kernel_provider.testing.faults import StreamFault
+from kernel_provider.testing.invocation import STATUSES, InvocationRecord
 from kernel_provider.testing.middleware import FAULT_SCOPE_KEY
 from kernel_provider.testing.responses import BadRequest, error_response, json_response, store_of
-from kernel_provider.testing.store import STATUSES, InvocationRecord, Store
+from kernel_provider.testing.runner import sync_cap_exceeded
+from kernel_provider.testing.store import Store
 from kernel_provider.testing.timeutil import format_ns, now_ns, parse_since
 from kernel_provider.testing.wire import dumps, strict_json
 
@@ -93,7 +95,7 @@ async def create_invocation(request: Request) -> Response:
     try:
         await asyncio.wait_for(inv.done.wait(), store.config.sync_timeout)
     except asyncio.TimeoutError:
-        store.runner.sync_cap_exceeded(inv)
+        sync_cap_exceeded(store, inv)
     return json_response(inv.invoke_response(store.legacy), 200)
 
 

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kernel_provider.testing.actions import build_registry
-from kernel_provider.testing.client import EmulatorClient, wait_for_status
+from kernel_provider.testing.client import EmulatorClient
 from kernel_provider.testing.config import EmulatorConfig
 from kernel_provider.testing.faults import FaultPlan
-from kernel_provider.testing.store import TERMINAL, Store, count_created
+from kernel_provider.testing.introspection import count_created, wait_for_status
+from kernel_provider.testing.invocation import TERMINAL
+from kernel_provider.testing.runner import start_action
+from kernel_provider.testing.store import Store
 
 T = TypeVar("T")
 FaultsArg = FaultPlan | dict[str, Any] | list[Any] | str | Path | None
@@ -47,7 +50,8 @@ class KernelEmulator:
         registry = build_registry(
             self.config.apps, self.config.app_versions, self.config.demo_versions, self.config.env_vars
         )
-        self.store = Store(self.config, registry, _load_faults(self.config.faults, self.config.seed))
+        faults = _load_faults(self.config.faults, self.config.seed)
+        self.store = Store(self.config, registry, faults, start_action=start_action)
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
