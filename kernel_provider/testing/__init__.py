@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from kernel_provider.testing.config import DEFAULT_TOKEN, DEMO_APP_NAME, EmulatorConfig, airflow_connection
 
 if TYPE_CHECKING:
-    from kernel_provider.testing.client import EmulatorClient
+    from kernel_provider.testing.emulator_client import EmulatorClient
     from kernel_provider.testing.faults import Fault, FaultPlan
     from kernel_provider.testing.server import EmulatorProcess, KernelEmulator, spawn_emulator
 
@@ -39,7 +39,7 @@ _LAZY = {
     "KernelEmulator": "kernel_provider.testing.server",
     "EmulatorProcess": "kernel_provider.testing.server",
     "spawn_emulator": "kernel_provider.testing.server",
-    "EmulatorClient": "kernel_provider.testing.client",
+    "EmulatorClient": "kernel_provider.testing.emulator_client",
     "FaultPlan": "kernel_provider.testing.faults",
     "Fault": "kernel_provider.testing.faults",
 }

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kernel_provider.testing.actions import build_registry
-from kernel_provider.testing.client import EmulatorClient
 from kernel_provider.testing.config import EmulatorConfig
+from kernel_provider.testing.emulator_client import EmulatorClient
 from kernel_provider.testing.faults import FaultPlan
 from kernel_provider.testing.introspection import count_created, wait_for_status
 from kernel_provider.testing.invocation import TERMINAL
