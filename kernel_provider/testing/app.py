@@ -20,8 +20,9 @@ from starlette.types import ASGIApp
 
 from kernel_provider.testing.admin import ADMIN_ROUTES
 from kernel_provider.testing.browsers import BROWSER_ROUTES
-from kernel_provider.testing.live import LIVE_ROUTES
+from kernel_provider.testing.live_view import LIVE_VIEW_ROUTES
 from kernel_provider.testing.middleware import EmulatorMiddleware
+from kernel_provider.testing.replay_routes import REPLAY_ROUTES
 from kernel_provider.testing.responses import error_response
 from kernel_provider.testing.routes import API_ROUTES
 from kernel_provider.testing.store import Store
@@ -29,7 +30,8 @@ from kernel_provider.testing.store import Store
 
 def build_app(store: Store) -> ASGIApp:
     """The full ASGI application for a store."""
-    routes = [*API_ROUTES, *BROWSER_ROUTES, *LIVE_ROUTES, *ADMIN_ROUTES]
+    # The order is Starlette's matching order: the first route whose path and method match serves the request.
+    routes = [*API_ROUTES, *BROWSER_ROUTES, *LIVE_VIEW_ROUTES, *REPLAY_ROUTES, *ADMIN_ROUTES]
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(404, "not_found", f"no route for {request.method} {request.url.path}")

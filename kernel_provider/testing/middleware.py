@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kernel_provider.testing.access import SAFE_METHODS, HostRules, token_valid
 from kernel_provider.testing.admin import LOGIN_PATH, login_page
 from kernel_provider.testing.faults import Fault, HttpFault
-from kernel_provider.testing.replays import LIVE_PREFIX
+from kernel_provider.testing.live_view_urls import GRANT_PREFIX, LIVE_PREFIX
 from kernel_provider.testing.responses import ADMIN_PREFIX, error_response, json_response, route_template
 from kernel_provider.testing.signing import ADMIN_COOKIE, LIVE_ACCESS_SCOPE_KEY, QUERY_PARAM, admin_cookie_valid, verify
 from kernel_provider.testing.store import Store
@@ -31,9 +31,6 @@ BROWSER_FAULT_SCOPE_KEY = "kernel_emulator.browser_fault"
 #: What a state-changing ``/_emulator/`` request must send (a cross-site form can only send three other types).
 ADMIN_MEDIA_TYPE = "application/json"
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
-#: Live-view URLs minted by ``POST /browsers/{id}/live_view`` (:mod:`~.live`): ``/live/t/{token}``, where the
-#: unguessable token in the path is the credential, checked (unknown, expired) by their page itself.
-MINTED_LIVE_PREFIX = f"{LIVE_PREFIX}t/"
 
 
 def _abort_connection(send: Send) -> bool:
@@ -123,7 +120,7 @@ class EmulatorMiddleware:
         return None
 
     def _live_refusal(self, scope: Scope, headers: dict[bytes, str]) -> Response | None:
-        if scope["path"].startswith(MINTED_LIVE_PREFIX):
+        if scope["path"].startswith(GRANT_PREFIX):  # a minted URL: its page checks the token in its path
             return None
         session_id = scope["path"][len(LIVE_PREFIX) :].split("/", 1)[0]
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))

@@ -21,7 +21,8 @@ from kernel_provider.testing.capture import install as install_capture
 from kernel_provider.testing.config import EmulatorConfig
 from kernel_provider.testing.faults import FaultPlan
 from kernel_provider.testing.invocation import STATUSES, InvocationRecord
-from kernel_provider.testing.replays import Recordings, live_view_url
+from kernel_provider.testing.live_view_urls import live_view_url
+from kernel_provider.testing.replays import Recordings
 from kernel_provider.testing.timeutil import format_ns, new_id, now_ns
 from kernel_provider.testing.wire import dumps
 
