@@ -16,7 +16,8 @@ A :class:`Fault` has two typed parts: an :class:`HttpFault` (status, raw body, d
 the middleware, and a :class:`StreamFault` (cut, silent, error event, raw data), applied by the event stream.
 ``browser_launch`` (``"fail"``, ``"crash"`` or ``"slow"``) is a third kind, for ``POST /browsers`` and a pool's
 acquire: the browser does not start (500), its Chromium dies right after the answer, or it takes 2 s longer to start
-(the request read, nothing answered yet: what a client interrupted mid-create leaves behind). See :mod:`~.browsers`.
+(the request read, nothing answered yet: what a client interrupted mid-create leaves behind). See
+:mod:`~.browser_routes`.
 
 A ``status`` fault answers Kernel's ``Error`` body ``{code, message}`` (``code``/``message`` override the
 defaults) plus the optional ``details`` (a list of ``{code, message}``) and ``inner_error`` (``{code, message}``)
@@ -87,7 +88,7 @@ def default_error_code(status: int) -> str:
 
 _STREAM_KEYS = {"cut_after_events", "silent", "error_event", "error_then_close", "raw_sse_data"}
 _HTTP_KEYS = _FAULT_KEYS - _STREAM_KEYS - {"browser_launch"}
-#: Values of the ``browser_launch`` kind (applied by :mod:`~kernel_provider.testing.browsers`).
+#: Values of the ``browser_launch`` kind (applied by :mod:`~.browser_routes`).
 BROWSER_LAUNCH_FAULTS = ("fail", "crash", "slow")
 
 

@@ -2,7 +2,7 @@
 the token check, the request log and HTTP faults.
 
 It sits outside Starlette so that it can abort the TCP connection (``drop`` faults) through uvicorn's transport.
-Stream faults are not applied here: they are handed to the event stream (:mod:`~.routes`) in the ASGI scope.
+Stream faults are not applied here: they are handed to the event stream (:mod:`~.invocation_routes`) in the ASGI scope.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from kernel_provider.testing.timeutil import format_ns, now_ns
 
 #: The ASGI scope key under which the middleware hands a :class:`~.faults.StreamFault` to the event stream.
 FAULT_SCOPE_KEY = "kernel_emulator.fault"
-#: The ASGI scope key under which it hands a ``browser_launch`` fault to the browser routes (:mod:`~.browsers`).
+#: The ASGI scope key under which it hands a ``browser_launch`` fault to the browser routes (:mod:`~.browser_routes`).
 BROWSER_FAULT_SCOPE_KEY = "kernel_emulator.browser_fault"
 #: What a state-changing ``/_emulator/`` request must send (a cross-site form can only send three other types).
 ADMIN_MEDIA_TYPE = "application/json"
