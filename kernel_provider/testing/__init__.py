@@ -19,7 +19,8 @@ from kernel_provider.testing.config import DEFAULT_TOKEN, DEMO_APP_NAME, Emulato
 
 if TYPE_CHECKING:
     from kernel_provider.testing.emulator_client import EmulatorClient
-    from kernel_provider.testing.faults import Fault, FaultPlan
+    from kernel_provider.testing.fault_plan import FaultPlan
+    from kernel_provider.testing.faults import Fault
     from kernel_provider.testing.server import EmulatorProcess, KernelEmulator, spawn_emulator
 
 __all__ = [
@@ -40,7 +41,7 @@ _LAZY = {
     "EmulatorProcess": "kernel_provider.testing.server",
     "spawn_emulator": "kernel_provider.testing.server",
     "EmulatorClient": "kernel_provider.testing.emulator_client",
-    "FaultPlan": "kernel_provider.testing.faults",
+    "FaultPlan": "kernel_provider.testing.fault_plan",
     "Fault": "kernel_provider.testing.faults",
 }
 

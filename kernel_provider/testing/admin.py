@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from kernel_provider.testing.access import token_valid
-from kernel_provider.testing.faults import FaultPlan
+from kernel_provider.testing.fault_plan import FaultPlan
 from kernel_provider.testing.responses import error_response, json_response, store_of
 from kernel_provider.testing.signing import ADMIN_COOKIE, admin_cookie
 

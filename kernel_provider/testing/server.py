@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from kernel_provider.testing.actions import build_registry
 from kernel_provider.testing.config import EmulatorConfig
 from kernel_provider.testing.emulator_client import EmulatorClient
-from kernel_provider.testing.faults import FaultPlan
+from kernel_provider.testing.fault_plan import FaultPlan
 from kernel_provider.testing.introspection import count_created, wait_for_status
 from kernel_provider.testing.invocation import TERMINAL
 from kernel_provider.testing.runner import start_action

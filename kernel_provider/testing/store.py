@@ -19,7 +19,7 @@ from kernel_provider.testing.actions import ActionSpec, AppRegistry
 from kernel_provider.testing.browser_sessions import BrowserSessions
 from kernel_provider.testing.capture import install as install_capture
 from kernel_provider.testing.config import EmulatorConfig
-from kernel_provider.testing.faults import FaultPlan
+from kernel_provider.testing.fault_plan import FaultPlan
 from kernel_provider.testing.invocation import STATUSES, InvocationRecord
 from kernel_provider.testing.live_view_urls import live_view_url
 from kernel_provider.testing.replays import Recordings
