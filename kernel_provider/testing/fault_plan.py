@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernel_provider.testing.faults import Fault
+from kernel_provider.testing.faults import Fault, check_object
 
 _RULE_KEYS = {"route", "sequence", "rate", "times", "fault", "name"}
 _PLAN_KEYS = {"seed", "rules", "legacy_status_reason", "plain_text_failure_output"}
@@ -57,11 +57,7 @@ class FaultRule:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FaultRule:
         """Build and validate a rule from its JSON form."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a fault rule must be a JSON object, got {data!r}")
-        unknown = set(data) - _RULE_KEYS
-        if unknown:
-            raise ValueError(f"unknown fault rule keys: {sorted(unknown)}")
+        check_object(data, "fault rule", _RULE_KEYS)
         sequence = data.get("sequence")
         if sequence is not None:
             if not isinstance(sequence, list):

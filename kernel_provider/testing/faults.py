@@ -63,6 +63,20 @@ _DEFAULT_CODES = {
 }
 
 
+def check_object(data: Any, kind: str, allowed: set[str]) -> None:
+    """Raise ``ValueError`` unless ``data`` is a JSON object whose keys are all ``allowed``.
+
+    :param data: the decoded JSON.
+    :param kind: what it should be, for the message (``fault``, ``fault rule``).
+    :param allowed: the keys it may have.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"a {kind} must be a JSON object, got {data!r}")
+    unknown = set(data) - allowed
+    if unknown:
+        raise ValueError(f"unknown {kind} keys: {sorted(unknown)}")
+
+
 def default_error_code(status: int) -> str:
     """The ``Error.code`` the emulator uses for an injected status without an explicit ``code``."""
     return _DEFAULT_CODES.get(status, "internal_error" if status >= 500 else "error")
@@ -231,11 +245,7 @@ class Fault:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Fault:
         """Build and validate a fault from its JSON form."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a fault must be a JSON object, got {data!r}")
-        unknown = set(data) - _FAULT_KEYS
-        if unknown:
-            raise ValueError(f"unknown fault keys: {sorted(unknown)}")
+        check_object(data, "fault", _FAULT_KEYS)
         launch = data.get("browser_launch")
         if launch is not None and launch not in BROWSER_LAUNCH_FAULTS:
             raise ValueError(f"browser_launch must be one of {BROWSER_LAUNCH_FAULTS}, got {launch!r}")
