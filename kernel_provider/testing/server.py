@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kernel_provider.testing.actions import build_registry
+from kernel_provider.testing.apps import build_registry
 from kernel_provider.testing.config import EmulatorConfig
 from kernel_provider.testing.emulator_client import EmulatorClient
 from kernel_provider.testing.fault_plan import FaultPlan

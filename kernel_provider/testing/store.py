@@ -15,7 +15,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from kernel_provider.testing.actions import ActionSpec, AppRegistry
+from kernel_provider.testing.actions import ActionSpec
+from kernel_provider.testing.apps import AppRegistry
 from kernel_provider.testing.browser_sessions import BrowserSessions
 from kernel_provider.testing.capture import install as install_capture
 from kernel_provider.testing.config import EmulatorConfig
