@@ -9,6 +9,11 @@ Heavy imports are deferred: ``import kernel_provider.testing`` stays cheap.
 * :class:`FaultPlan` - scripted, seeded fault injection.
 * ``DEMO_APP_NAME`` - the built-in app (``demo``) with actions echo, sleep, logs, fail, plain_fail, slow,
   browse, big, blocking, counter.
+
+The modules form layers, each importing only its own or lower ones (``tests/testing/test_emulator_layers.py``
+checks it): building blocks (config, faults, signing, ...) -> what the emulator keeps (apps, invocations,
+browsers, the :mod:`~.store`) -> :mod:`~.runner` -> HTTP (middleware, routes, :mod:`~.app`) -> :mod:`~.server`
+and the entry points -> this package, which only re-exports. Submodules never import from it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule on first use (the server and its web stack are heavy)."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -133,6 +133,7 @@ class EmulatorMiddleware:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse, record, fault or pass on one request (see the class docstring)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -61,6 +61,7 @@ class KernelEmulator:
     # ------------------------------------------------------------------ properties
     @property
     def host(self) -> str:
+        """The address it binds."""
         return self.config.host
 
     @property
@@ -78,6 +79,7 @@ class KernelEmulator:
 
     @property
     def tokens(self) -> tuple[str, ...]:
+        """Every accepted API token."""
         return tuple(self.config.tokens)
 
     @property
@@ -89,6 +91,7 @@ class KernelEmulator:
 
     @property
     def running(self) -> bool:
+        """Whether its server thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------ start / stop
@@ -204,10 +207,12 @@ class KernelEmulator:
         return new
 
     def clear_faults(self) -> None:
+        """Replace the fault plan with an empty one."""
         self.set_faults(None)
 
     @property
     def faults(self) -> FaultPlan:
+        """The fault plan in force (with its progress)."""
         return self.store.faults
 
     def reset(self) -> None:
@@ -257,6 +262,7 @@ class EmulatorProcess:
 
     @property
     def pid(self) -> int:
+        """The subprocess's process id."""
         return self.proc.pid
 
     def stop(self, timeout: float = 10.0) -> int:
