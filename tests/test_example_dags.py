@@ -99,7 +99,7 @@ def test_dagbag_parses_every_example_without_network(monkeypatch: pytest.MonkeyP
 
 
 def test_demo_app_defines_every_action_the_dags_use() -> None:
-    from kernel_provider.testing.actions import load_app_file
+    from kernel_provider.testing.apps import load_app_file
 
     apps = load_app_file(DEMO_APP)
     used = {action for tasks in KERNEL_TASKS.values() for action in tasks.values()}

@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from kernel_provider.testing.access import token_valid
-from kernel_provider.testing.faults import FaultPlan
+from kernel_provider.testing.fault_plan import FaultPlan
 from kernel_provider.testing.responses import error_response, json_response, store_of
 from kernel_provider.testing.signing import ADMIN_COOKIE, admin_cookie
 
@@ -66,21 +66,25 @@ async def admin_login(request: Request) -> Response:
 
 
 async def admin_health(request: Request) -> Response:
+    """``GET /_emulator/health``: ``{"status": "ok", "invocations", "live"}``."""
     store = store_of(request)
     return json_response({"status": "ok", "invocations": len(store.invocations), "live": store.live_total})
 
 
 async def admin_stats(request: Request) -> Response:
+    """``GET /_emulator/stats``: the counters (:meth:`~.store.Store.stats`)."""
     return json_response(store_of(request).stats())
 
 
 async def admin_requests(request: Request) -> Response:
+    """``GET /_emulator/requests``: the request log, filtered by ``path``, ``method``, ``route``."""
     params = request.query_params
     entries = store_of(request).requests(params.get("path"), params.get("method"), params.get("route"))
     return json_response(entries)
 
 
 async def admin_faults(request: Request) -> Response:
+    """``GET``: the fault plan with its progress; ``POST``/``PUT``: replace it (400 for an invalid plan)."""
     store = store_of(request)
     if request.method == "GET":
         return json_response(store.faults.to_json())
@@ -94,17 +98,20 @@ async def admin_faults(request: Request) -> Response:
 
 
 async def admin_reset(request: Request) -> Response:
+    """``POST /_emulator/reset``: forget invocations, counters, the request log and faults."""
     store = store_of(request)
     store.reset()
     return json_response({"status": "reset"})
 
 
 async def admin_invocations(request: Request) -> Response:
+    """``GET /_emulator/invocations``: every retained invocation with its ``_emulator`` section."""
     store = store_of(request)
     return json_response([inv.admin_dict() for inv in store.invocations.values()])
 
 
 async def admin_invocation(request: Request) -> Response:
+    """``GET /_emulator/invocations/{id}``: one of them, else 404."""
     inv = store_of(request).invocations.get(request.path_params["id"])
     if inv is None:
         return error_response(404, "not_found", "invocation not found")
@@ -112,6 +119,7 @@ async def admin_invocation(request: Request) -> Response:
 
 
 async def admin_config(request: Request) -> Response:
+    """``GET``: the public settings; ``POST``: change run-time ones first (400 when refused)."""
     store = store_of(request)
     if request.method == "POST":
         try:
@@ -125,6 +133,7 @@ async def admin_config(request: Request) -> Response:
 
 
 async def admin_apps(request: Request) -> Response:
+    """``GET /_emulator/apps``: every deployed app version."""
     return json_response([v.summary() for v in store_of(request).registry.versions.values()])
 
 

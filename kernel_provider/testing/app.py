@@ -1,10 +1,13 @@
 """The emulator's ASGI application, assembled from its parts.
 
 * :mod:`~.middleware` - authentication, the request log, HTTP faults (transport aborts included);
-* :mod:`~.routes` - Kernel's API and the SSE follow stream; :mod:`~.admin` - the ``/_emulator/`` routes;
-* :mod:`~.store` - invocation records and their state machine; :mod:`~.runner` - the action runner;
-* :mod:`~.browsers` - standalone browsers and pools (:mod:`~.browser_sessions`), each a real Chromium
-  (:mod:`~.chromium`).
+* :mod:`~.invocation_routes` - Kernel's ``/invocations`` and ``/apps`` and the SSE follow stream;
+* :mod:`~.browser_routes` - standalone browsers and pools (kept by :mod:`~.browser_sessions`), each a real
+  Chromium (:mod:`~.chromium`);
+* :mod:`~.live_view` - the live-view pages; :mod:`~.replay_routes` - Kernel's replay API;
+* :mod:`~.admin` - the ``/_emulator/`` routes.
+
+Behind the routes: :mod:`~.store` keeps the invocations and their state machine, :mod:`~.runner` runs actions.
 """
 
 from __future__ import annotations
@@ -19,17 +22,19 @@ from starlette.routing import Match
 from starlette.types import ASGIApp
 
 from kernel_provider.testing.admin import ADMIN_ROUTES
-from kernel_provider.testing.browsers import BROWSER_ROUTES
-from kernel_provider.testing.live import LIVE_ROUTES
+from kernel_provider.testing.browser_routes import BROWSER_ROUTES
+from kernel_provider.testing.invocation_routes import INVOCATION_ROUTES
+from kernel_provider.testing.live_view import LIVE_VIEW_ROUTES
 from kernel_provider.testing.middleware import EmulatorMiddleware
+from kernel_provider.testing.replay_routes import REPLAY_ROUTES
 from kernel_provider.testing.responses import error_response
-from kernel_provider.testing.routes import API_ROUTES
 from kernel_provider.testing.store import Store
 
 
 def build_app(store: Store) -> ASGIApp:
     """The full ASGI application for a store."""
-    routes = [*API_ROUTES, *BROWSER_ROUTES, *LIVE_ROUTES, *ADMIN_ROUTES]
+    # The order is Starlette's matching order: the first route whose path and method match serves the request.
+    routes = [*INVOCATION_ROUTES, *BROWSER_ROUTES, *LIVE_VIEW_ROUTES, *REPLAY_ROUTES, *ADMIN_ROUTES]
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(404, "not_found", f"no route for {request.method} {request.url.path}")

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import secrets
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 from kernel_provider.testing.chromium import ChromiumProcess
-from kernel_provider.testing.replays import live_view_url
+from kernel_provider.testing.live_view_urls import LiveViewGrants, live_view_url
 from kernel_provider.testing.timeutil import format_ns, new_id, now_ns
 
 DEFAULT_TIMEOUT = 60
@@ -64,45 +62,6 @@ class BrowserSession:
         if self.deleted_ns is not None:
             out["deleted_at"] = format_ns(self.deleted_ns)
         return out
-
-
-@dataclass
-class LiveViewGrant:
-    """A live-view URL minted by ``POST /browsers/{id}/live_view``: its token opens ``/live/t/{token}``.
-
-    :param session_id: the browser it shows.
-    :param access: ``read`` (the page takes no input) or ``control``.
-    :param expires_ns: when it stops working (None: when the browser ends, as on Kernel).
-    """
-
-    session_id: str
-    access: str
-    expires_ns: int | None = None
-
-    def expired(self) -> bool:
-        """Whether its ``ttl_seconds`` have passed."""
-        return self.expires_ns is not None and now_ns() >= self.expires_ns
-
-
-class LiveViewGrants:
-    """Every live-view URL minted by one emulator, by token, and the input its pages received."""
-
-    def __init__(self) -> None:
-        self.by_token: dict[str, LiveViewGrant] = {}
-        #: ``(session_id, how)`` of each input accepted: ``how`` is ``control`` (a minted URL) or ``listed``.
-        self.inputs: list[tuple[str, str]] = []
-
-    def mint(self, session_id: str, access: str, ttl_seconds: int | None) -> tuple[str, LiveViewGrant]:
-        """A new unguessable token for ``session_id``."""
-        expires = None if ttl_seconds is None else now_ns() + ttl_seconds * 1_000_000_000
-        token = secrets.token_urlsafe(24)
-        grant = self.by_token[token] = LiveViewGrant(session_id, access, expires)
-        return token, grant
-
-    def clear(self) -> None:
-        """Forget every URL and input (emulator reset)."""
-        self.by_token.clear()
-        self.inputs.clear()
 
 
 class Pool:

@@ -63,6 +63,7 @@ class StreamProxy:
         self._fallback = fallback
 
     def write(self, text: str) -> int:
+        """Write to the current invocation's sink, else to the wrapped stream."""
         sink = current_sink.get()
         if sink is not None:
             return sink.write(text)
@@ -74,10 +75,12 @@ class StreamProxy:
             return len(text)
 
     def writelines(self, lines: Any) -> None:
+        """Write each line as :meth:`write` does."""
         for line in lines:
             self.write(line)
 
     def flush(self) -> None:
+        """Flush the wrapped stream; inside an action nothing (its sink emits whole lines, the rest at its end)."""
         sink = current_sink.get()
         if sink is not None:
             return
@@ -87,6 +90,7 @@ class StreamProxy:
             pass
 
     def __getattr__(self, name: str) -> Any:
+        """Everything else is the wrapped stream's (``encoding``, ``fileno``...)."""
         return getattr(self._wrapped, name)
 
 

@@ -33,6 +33,7 @@ APP_IMPORT_MESSAGE = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``kernel-emulator`` argument parser: one flag per :class:`~.config.EmulatorConfig` field, plus its own."""
     parser = argparse.ArgumentParser(
         prog="kernel-emulator",
         description="Local emulator of the Kernel (onkernel.com) invocation API, with fault injection. Every route "

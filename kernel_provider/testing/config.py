@@ -262,6 +262,7 @@ class EmulatorConfig:
 
     @classmethod
     def from_namespace(cls, namespace: argparse.Namespace) -> EmulatorConfig:
+        """A config from parsed flags (names that are no field are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in vars(namespace).items() if k in names})
 

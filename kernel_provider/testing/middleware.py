@@ -2,7 +2,7 @@
 the token check, the request log and HTTP faults.
 
 It sits outside Starlette so that it can abort the TCP connection (``drop`` faults) through uvicorn's transport.
-Stream faults are not applied here: they are handed to the event stream (:mod:`~.routes`) in the ASGI scope.
+Stream faults are not applied here: they are handed to the event stream (:mod:`~.invocation_routes`) in the ASGI scope.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kernel_provider.testing.access import SAFE_METHODS, HostRules, token_valid
 from kernel_provider.testing.admin import LOGIN_PATH, login_page
 from kernel_provider.testing.faults import Fault, HttpFault
-from kernel_provider.testing.replays import LIVE_PREFIX
+from kernel_provider.testing.live_view_urls import GRANT_PREFIX, LIVE_PREFIX
 from kernel_provider.testing.responses import ADMIN_PREFIX, error_response, json_response, route_template
 from kernel_provider.testing.signing import ADMIN_COOKIE, LIVE_ACCESS_SCOPE_KEY, QUERY_PARAM, admin_cookie_valid, verify
 from kernel_provider.testing.store import Store
@@ -26,14 +26,11 @@ from kernel_provider.testing.timeutil import format_ns, now_ns
 
 #: The ASGI scope key under which the middleware hands a :class:`~.faults.StreamFault` to the event stream.
 FAULT_SCOPE_KEY = "kernel_emulator.fault"
-#: The ASGI scope key under which it hands a ``browser_launch`` fault to the browser routes (:mod:`~.browsers`).
+#: The ASGI scope key under which it hands a ``browser_launch`` fault to the browser routes (:mod:`~.browser_routes`).
 BROWSER_FAULT_SCOPE_KEY = "kernel_emulator.browser_fault"
 #: What a state-changing ``/_emulator/`` request must send (a cross-site form can only send three other types).
 ADMIN_MEDIA_TYPE = "application/json"
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
-#: Live-view URLs minted by ``POST /browsers/{id}/live_view`` (:mod:`~.live`): ``/live/t/{token}``, where the
-#: unguessable token in the path is the credential, checked (unknown, expired) by their page itself.
-MINTED_LIVE_PREFIX = f"{LIVE_PREFIX}t/"
 
 
 def _abort_connection(send: Send) -> bool:
@@ -123,7 +120,7 @@ class EmulatorMiddleware:
         return None
 
     def _live_refusal(self, scope: Scope, headers: dict[bytes, str]) -> Response | None:
-        if scope["path"].startswith(MINTED_LIVE_PREFIX):
+        if scope["path"].startswith(GRANT_PREFIX):  # a minted URL: its page checks the token in its path
             return None
         session_id = scope["path"][len(LIVE_PREFIX) :].split("/", 1)[0]
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -136,6 +133,7 @@ class EmulatorMiddleware:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse, record, fault or pass on one request (see the class docstring)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -3,24 +3,21 @@
 A recording is started by ``POST /browsers/{id}/replays`` or by an action through its context
 (``ctx.start_replay()``), stopped by ``POST /browsers/{id}/replays/{replay_id}/stop`` or when its browser goes
 away, and listed by ``GET /browsers/{id}/replays`` with a ``replay_view_url`` pointing at the emulator's own
-replay page (:mod:`~kernel_provider.testing.live`). Recordings outlive their browser, as Kernel's do.
+replay page (:mod:`~.live_view`). Recordings outlive their browser, as Kernel's do. The replay routes are
+:mod:`~.replay_routes`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kernel_provider.testing.signing import signed_url
+from kernel_provider.testing.live_view_urls import live_view_url
 from kernel_provider.testing.timeutil import format_ns, new_id, now_ns
 
-#: Where the emulator serves live views and replay pages (opened with the signed token their URL carries).
-LIVE_PREFIX = "/live/"
-
-
-def live_view_url(base_url: str, session_id: str, suffix: str = "") -> str:
-    """The emulator's live-view page of a browser session (or a page under it), signed for that session."""
-    return signed_url(base_url, session_id, suffix)
+if TYPE_CHECKING:
+    from kernel_provider.testing.invocation import InvocationRecord
+    from kernel_provider.testing.store import Store
 
 
 @dataclass
@@ -79,10 +76,10 @@ class Recordings:
         self.by_session.clear()
 
 
-def start_replay(store: Any, inv: Any, session_id: str | None = None) -> dict[str, Any]:
+def start_replay(store: Store, inv: InvocationRecord, session_id: str | None = None) -> dict[str, Any]:
     """What an action's ``ctx.start_replay()`` does: start recording one of its invocation's browsers.
 
-    :param store: the emulator's :class:`~kernel_provider.testing.store.Store`.
+    :param store: the emulator's :class:`~.store.Store`.
     :param inv: the running invocation's record.
     :param session_id: the browser to record (default: the invocation's first). ``ValueError`` when the
         invocation holds no such browser, or it is recording already.

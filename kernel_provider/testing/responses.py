@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kernel_provider.testing.store import Store
+from kernel_provider.testing.store import FoundBrowser, Store
 from kernel_provider.testing.wire import dumps
 
 ADMIN_PREFIX = "/_emulator/"
@@ -18,14 +18,14 @@ _ROUTES = (
     (re.compile(r"^/invocations/[^/]+/browsers$"), "/invocations/{id}/browsers"),
     (re.compile(r"^/invocations/[^/]+$"), "/invocations/{id}"),
     (re.compile(r"^/apps$"), "/apps"),
-    # standalone browsers and pools (kernel_provider/testing/browsers.py)
+    # standalone browsers and pools (browser_routes.py)
     (re.compile(r"^/browsers$"), "/browsers"),
     (re.compile(r"^/browsers/[^/]+$"), "/browsers/{id}"),
-    # replays (kernel_provider/testing/live.py)
+    # replays (replay_routes.py)
     (re.compile(r"^/browsers/[^/]+/replays$"), "/browsers/{id}/replays"),
     (re.compile(r"^/browsers/[^/]+/replays/[^/]+$"), "/browsers/{id}/replays/{replay_id}"),
     (re.compile(r"^/browsers/[^/]+/replays/[^/]+/stop$"), "/browsers/{id}/replays/{replay_id}/stop"),
-    # live views (kernel_provider/testing/live.py)
+    # live views (live_view.py)
     (re.compile(r"^/browsers/[^/]+/live_view$"), "/browsers/{id}/live_view"),
     (re.compile(r"^/browser_pools$"), "/browser_pools"),
     (re.compile(r"^/browser_pools/[^/]+/acquire$"), "/browser_pools/{id}/acquire"),
@@ -48,6 +48,7 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """``body`` as compact JSON."""
     return Response(dumps(body), status, headers, "application/json")
 
 
@@ -56,5 +57,14 @@ class BadRequest(Exception):
 
 
 def store_of(request: Request) -> Store:
+    """The store of the app serving ``request``."""
     store: Store = request.app.state.store
     return store
+
+
+def named_browser(request: Request) -> FoundBrowser | Response:
+    """The browser a ``/browsers/{id}/...`` route names (any the emulator created, ended ones too), or its 404."""
+    found = store_of(request).find_browser(request.path_params["id"])
+    if found is None:
+        return error_response(404, "not_found", f"browser session {request.path_params['id']!r} not found")
+    return found

@@ -15,11 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kernel_provider.testing.actions import build_registry
-from kernel_provider.testing.client import EmulatorClient, wait_for_status
+from kernel_provider.testing.apps import build_registry
 from kernel_provider.testing.config import EmulatorConfig
-from kernel_provider.testing.faults import FaultPlan
-from kernel_provider.testing.store import TERMINAL, Store, count_created
+from kernel_provider.testing.emulator_client import EmulatorClient
+from kernel_provider.testing.fault_plan import FaultPlan
+from kernel_provider.testing.introspection import count_created, wait_for_status
+from kernel_provider.testing.invocation import TERMINAL
+from kernel_provider.testing.runner import start_action
+from kernel_provider.testing.store import Store
 
 T = TypeVar("T")
 FaultsArg = FaultPlan | dict[str, Any] | list[Any] | str | Path | None
@@ -47,7 +50,8 @@ class KernelEmulator:
         registry = build_registry(
             self.config.apps, self.config.app_versions, self.config.demo_versions, self.config.env_vars
         )
-        self.store = Store(self.config, registry, _load_faults(self.config.faults, self.config.seed))
+        faults = _load_faults(self.config.faults, self.config.seed)
+        self.store = Store(self.config, registry, faults, start_action=start_action)
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -57,6 +61,7 @@ class KernelEmulator:
     # ------------------------------------------------------------------ properties
     @property
     def host(self) -> str:
+        """The address it binds."""
         return self.config.host
 
     @property
@@ -74,6 +79,7 @@ class KernelEmulator:
 
     @property
     def tokens(self) -> tuple[str, ...]:
+        """Every accepted API token."""
         return tuple(self.config.tokens)
 
     @property
@@ -85,6 +91,7 @@ class KernelEmulator:
 
     @property
     def running(self) -> bool:
+        """Whether its server thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
     # ------------------------------------------------------------------ start / stop
@@ -200,10 +207,12 @@ class KernelEmulator:
         return new
 
     def clear_faults(self) -> None:
+        """Replace the fault plan with an empty one."""
         self.set_faults(None)
 
     @property
     def faults(self) -> FaultPlan:
+        """The fault plan in force (with its progress)."""
         return self.store.faults
 
     def reset(self) -> None:
@@ -253,6 +262,7 @@ class EmulatorProcess:
 
     @property
     def pid(self) -> int:
+        """The subprocess's process id."""
         return self.proc.pid
 
     def stop(self, timeout: float = 10.0) -> int:

@@ -1,5 +1,6 @@
-"""The emulator's store: invocation records, their state machine and logs, browsers, counters, retention, the request
-log. Running the actions is :mod:`~kernel_provider.testing.runner`'s job.
+"""The emulator's store: the invocations (:mod:`~.invocation`) and their state machine and logs, the browsers they
+hold, counters, retention, the request log. Running the actions is not its job: it hands each new invocation to the
+``start_action`` callback it was given (the emulator gives it :func:`~.runner.start_action`).
 
 Everything here is touched only from the emulator's event-loop thread (action worker threads hand their log
 lines over with ``call_soon_threadsafe``), so no locking is needed. In-process callers on other threads go
@@ -9,153 +10,26 @@ through :meth:`KernelEmulator._call`, which runs the accessor on the loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from kernel_provider.testing import capture
-from kernel_provider.testing.actions import ActionSpec, AppRegistry
+from kernel_provider.testing.actions import ActionSpec
+from kernel_provider.testing.apps import AppRegistry
 from kernel_provider.testing.browser_sessions import BrowserSessions
+from kernel_provider.testing.capture import install as install_capture
 from kernel_provider.testing.config import EmulatorConfig
-from kernel_provider.testing.faults import FaultPlan
-from kernel_provider.testing.replays import Recordings, live_view_url
-from kernel_provider.testing.runner import ActionRunner
+from kernel_provider.testing.fault_plan import FaultPlan
+from kernel_provider.testing.invocation import STATUSES, InvocationRecord
+from kernel_provider.testing.live_view_urls import live_view_url
+from kernel_provider.testing.replays import Recordings
 from kernel_provider.testing.timeutil import format_ns, new_id, now_ns
 from kernel_provider.testing.wire import dumps
 
-TERMINAL = frozenset({"succeeded", "failed"})
-STATUSES = ("queued", "running", "succeeded", "failed")
-LEGACY_REASONS = {
-    "queued": "Invocation queued for execution",
-    "running": "Invocation is running",
-    "succeeded": "Invocation completed successfully",
-}
-MAX_LOG_LINES = 20_000
-
-# A queued SSE message: (encoded JSON, is_terminal_state)
-StreamItem = tuple[str, bool]
-
-
-class InvocationRecord:
-    """One invocation as the emulator keeps it, with its attachments (the provider's model is ``Invocation``)."""
-
-    __slots__ = (
-        "action_name",
-        "app_name",
-        "browsers",
-        "deployment_id",
-        "done",
-        "finished_at",
-        "finished_ns",
-        "id",
-        "is_async",
-        "logs",
-        "output",
-        "payload",
-        "project_id",
-        "sink",
-        "started_at",
-        "started_ns",
-        "status",
-        "status_reason",
-        "subscribers",
-        "task",
-        "timeout_seconds",
-        "timer",
-        "version",
-    )
-
-    def __init__(
-        self,
-        app_name: str,
-        version: str,
-        action_name: str,
-        payload: str | None,
-        is_async: bool,
-        timeout_seconds: int,
-        project_id: str | None,
-        deployment_id: str,
-    ) -> None:
-        self.id = new_id()
-        self.app_name = app_name
-        self.version = version
-        self.action_name = action_name
-        self.payload = payload
-        self.is_async = is_async
-        self.timeout_seconds = timeout_seconds
-        self.project_id = project_id
-        self.deployment_id = deployment_id
-        self.status = "queued"
-        self.output: str | None = None
-        self.status_reason: str | None = None
-        self.started_ns = now_ns()
-        self.started_at = format_ns(self.started_ns)
-        self.finished_ns: int | None = None
-        self.finished_at: str | None = None
-        self.logs: deque[tuple[int, str]] = deque(maxlen=MAX_LOG_LINES)
-        self.subscribers: list[asyncio.Queue[StreamItem]] = []
-        self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.browsers: list[dict[str, Any]] = []
-        self.done = asyncio.Event()
-        self.sink: capture.LogSink | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    def _reason(self, legacy: bool) -> str | None:
-        if self.status_reason is not None:
-            return self.status_reason
-        return LEGACY_REASONS.get(self.status) if legacy else None
-
-    def to_dict(self, legacy: bool = False) -> dict[str, Any]:
-        """Kernel's ``Invocation`` JSON object."""
-        out: dict[str, Any] = {
-            "id": self.id,
-            "app_name": self.app_name,
-            "version": self.version,
-            "action_name": self.action_name,
-            "status": self.status,
-        }
-        if self.payload is not None:
-            out["payload"] = self.payload
-        if self.output is not None:
-            out["output"] = self.output
-        reason = self._reason(legacy)
-        if reason is not None:
-            out["status_reason"] = reason
-        out["started_at"] = self.started_at
-        if self.finished_at is not None:
-            out["finished_at"] = self.finished_at
-        return out
-
-    def invoke_response(self, legacy: bool = False) -> dict[str, Any]:
-        """The ``InvokeResponse`` JSON object (POST /invocations)."""
-        out: dict[str, Any] = {"id": self.id, "action_name": self.action_name, "status": self.status}
-        reason = self._reason(legacy)
-        if reason is not None:
-            out["status_reason"] = reason
-        if self.output is not None:
-            out["output"] = self.output
-        return out
-
-    def admin_dict(self) -> dict[str, Any]:
-        """Kernel's ``Invocation`` plus emulator-only details (admin routes)."""
-        out = self.to_dict()
-        out["_emulator"] = {
-            "async": self.is_async,
-            "async_timeout_seconds": self.timeout_seconds,
-            "project_id": self.project_id,
-            "deployment_id": self.deployment_id,
-            "browsers": list(self.browsers),
-            "log_lines": len(self.logs),
-            "subscribers": len(self.subscribers),
-            "action_running": self.task is not None and not self.task.done(),
-        }
-        return out
+#: What the store calls with each invocation it creates: ``start_action(store, record, spec, payload)`` schedules
+#: the run (payload: the decoded JSON value).
+StartAction = Callable[["Store", InvocationRecord, ActionSpec, Any], None]
 
 
 class FoundBrowser(NamedTuple):
@@ -169,9 +43,22 @@ class FoundBrowser(NamedTuple):
 
 
 class Store:
-    """The emulator's state and the invocation state machine."""
+    """The emulator's state and the invocation state machine.
 
-    def __init__(self, config: EmulatorConfig, registry: AppRegistry, faults: FaultPlan | None = None) -> None:
+    :param config: the emulator's settings (read live: ``POST /_emulator/config`` changes them in place).
+    :param registry: the apps and actions invocations may name.
+    :param faults: the fault plan (default: an empty one seeded from ``config.seed``).
+    :param start_action: schedules the run of each new invocation (see :data:`StartAction`).
+    """
+
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        registry: AppRegistry,
+        faults: FaultPlan | None = None,
+        *,
+        start_action: StartAction,
+    ) -> None:
         self.config = config
         self.registry = registry
         self.faults = faults or FaultPlan(seed=config.seed)
@@ -191,7 +78,7 @@ class Store:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = 0
         self.stopping: asyncio.Event | None = None
-        self.runner = ActionRunner(self)
+        self.start_action = start_action
         #: Standalone and pool browsers, each a real Chromium (:mod:`~.browser_sessions`).
         self.browser_sessions = BrowserSessions()
         #: The emulator's own address (set when the server starts): live-view and replay URLs point there.
@@ -208,7 +95,7 @@ class Store:
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         self.stopping = asyncio.Event()
-        capture.install()
+        install_capture()
 
     def shutdown(self) -> None:
         """Fail every live invocation (server stopping) so open streams get a terminal state and end."""
@@ -240,10 +127,12 @@ class Store:
 
     @property
     def legacy(self) -> bool:
+        """Whether answers carry the ``status_reason`` of older Kernel deployments (a fault plan toggle)."""
         return self.faults.legacy_status_reason
 
     # ------------------------------------------------------------------ request log
     def record_request(self, entry: dict[str, Any]) -> None:
+        """Append one request to the log, numbering it (``seq``); the middleware fills in its answer later."""
         self.request_seq += 1
         entry["seq"] = self.request_seq
         self.request_log.append(entry)
@@ -305,7 +194,7 @@ class Store:
         self.live_by_app[app_name] += 1
         self.created_total += 1
         self.created_by_key[(app_name, spec.name, payload)] += 1
-        self.runner.start(inv, spec, payload_value)
+        self.start_action(self, inv, spec, payload_value)
         if self.finished:
             self.evict()
         return inv
@@ -344,6 +233,7 @@ class Store:
         self._broadcast(inv, data, False)
 
     def state_event(self, inv: InvocationRecord) -> str:
+        """The ``invocation_state`` event of the follow stream for the invocation as it is now."""
         return dumps(
             {
                 "event": "invocation_state",
@@ -357,6 +247,7 @@ class Store:
             queue.put_nowait((data, terminal))
 
     def set_status(self, inv: InvocationRecord, status: str) -> None:
+        """Move a live invocation to another live status (``running``) and tell its followers."""
         self.by_status[inv.status] -= 1
         self.by_status[status] += 1
         inv.status = status
@@ -451,6 +342,7 @@ class Store:
 
     # ------------------------------------------------------------------ queries
     def iter_newest_first(self) -> Iterator[InvocationRecord]:
+        """The retained invocations, newest first."""
         return reversed(self.invocations.values())
 
     def search(
@@ -520,33 +412,3 @@ def _current_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:
         return None
-
-
-def count_created(
-    entries: list[dict[str, Any]], app: str | None = None, action: str | None = None, payload: Any = None
-) -> int:
-    """Sum ``created_by_key`` entries matching app/action/payload.
-
-    ``payload`` may be the exact JSON string sent, or any other value, which is compared with the decoded
-    payload.
-    """
-    total = 0
-    for entry in entries:
-        if app is not None and entry["app_name"] != app:
-            continue
-        if action is not None and entry["action_name"] != action:
-            continue
-        if payload is not None:
-            sent = entry["payload"]
-            if isinstance(payload, str):
-                if sent != payload:
-                    continue
-            else:
-                try:
-                    decoded = json.loads(sent) if sent else None
-                except ValueError:
-                    continue
-                if decoded != payload:
-                    continue
-        total += entry["count"]
-    return total

@@ -1,6 +1,6 @@
-"""Kernel's standalone browsers and browser pools in the emulator: ``/browsers`` (create, list, get, delete) and
-``/browser_pools`` (create, list, get, acquire, release), each browser a real local Chromium
-(:mod:`~kernel_provider.testing.chromium`).
+"""The routes of Kernel's standalone browsers and browser pools in the emulator: ``/browsers`` (create, list, get,
+delete) and ``/browser_pools`` (create, list, get, acquire, release), each browser a real local Chromium
+(:mod:`~.chromium`) kept by :mod:`~.browser_sessions`.
 
 Like Kernel, a browser ends after ``timeout_seconds`` without a CDP connection (checked every second; Kernel checks
 every 5 s): the emulator sees a connection as an established TCP connection to the browser's DevTools port. A
@@ -8,7 +8,7 @@ released pool browser is stopped (the pool starts a fresh one on the next acquir
 the browsers someone holds. ``KERNEL_EMULATOR_MAX_BROWSERS`` (default 8) caps live browsers: beyond it a create
 is refused with 429, as Kernel's browser concurrency limit does.
 
-Fault kind ``browser_launch`` (see :mod:`~kernel_provider.testing.faults`) on ``POST /browsers`` or an acquire:
+Fault kind ``browser_launch`` (see :mod:`~.faults`) on ``POST /browsers`` or an acquire:
 ``"fail"`` answers 500 ``browser_launch_failed`` and starts nothing; ``"crash"`` creates the browser, answers, and
 kills its Chromium half a second later (Kernel's session dies under the client); ``"slow"`` starts it
 :data:`SLOW_LAUNCH_SECONDS` later (a client that gives up meanwhile leaves a browser behind).
@@ -122,6 +122,7 @@ async def _launch(request: Request, body: dict[str, Any], pool: Pool | None) -> 
 
 
 async def create_browser(request: Request) -> Response:
+    """``POST /browsers``: start a standalone browser (400 for a bad body, 429 beyond the browser cap)."""
     try:
         body = await _object_body(request, required=False)
         _check_browser_fields(body)
@@ -164,6 +165,7 @@ def _param(request: Request, name: str, default: int, low: int, high: int | None
 
 
 async def list_browser_sessions(request: Request) -> Response:
+    """``GET /browsers``: one page of browsers, newest first (``status``: active, deleted or all)."""
     sessions = sessions_of(request)
     status = request.query_params.get("status") or "active"
     if status not in ("active", "deleted", "all"):
@@ -181,6 +183,7 @@ async def list_browser_sessions(request: Request) -> Response:
 
 
 async def get_browser(request: Request) -> Response:
+    """``GET /browsers/{id}``: a live browser (an ended one with ``include_deleted=true``), else 404."""
     sessions = sessions_of(request)
     session_id = request.path_params["id"]
     session = sessions.live.get(session_id)
@@ -192,6 +195,7 @@ async def get_browser(request: Request) -> Response:
 
 
 async def delete_browser(request: Request) -> Response:
+    """``DELETE /browsers/{id}``: stop a live browser (204), else 404."""
     sessions = sessions_of(request)
     session_id = request.path_params["id"]
     session = sessions.live.get(session_id)
@@ -202,6 +206,7 @@ async def delete_browser(request: Request) -> Response:
 
 
 async def create_pool(request: Request) -> Response:
+    """``POST /browser_pools``: a new pool (409 when its name is taken)."""
     sessions = sessions_of(request)
     try:
         body = await _object_body(request, required=True)
@@ -223,10 +228,12 @@ async def create_pool(request: Request) -> Response:
 
 
 async def list_pools(request: Request) -> Response:
+    """``GET /browser_pools``: every pool."""
     return json_response([p.to_dict() for p in sessions_of(request).pools.values()])
 
 
 async def get_pool(request: Request) -> Response:
+    """``GET /browser_pools/{id}``: a pool by id or name, else 404."""
     pool = sessions_of(request).pool(request.path_params["id"])
     if pool is None:
         return error_response(404, "not_found", f"browser pool {request.path_params['id']!r} not found")
@@ -234,6 +241,8 @@ async def get_pool(request: Request) -> Response:
 
 
 async def acquire(request: Request) -> Response:
+    """``POST /browser_pools/{id}/acquire``: a fresh browser of the pool, waiting up to
+    ``acquire_timeout_seconds`` (default 10) for a free slot; 204 when none came free."""
     pool = sessions_of(request).pool(request.path_params["id"])
     if pool is None:
         return error_response(404, "not_found", f"browser pool {request.path_params['id']!r} not found")
@@ -261,6 +270,7 @@ async def acquire(request: Request) -> Response:
 
 
 async def release(request: Request) -> Response:
+    """``POST /browser_pools/{id}/release``: stop a browser held from the pool (204), freeing its slot."""
     sessions = sessions_of(request)
     pool = sessions.pool(request.path_params["id"])
     if pool is None:

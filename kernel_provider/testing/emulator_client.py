@@ -1,21 +1,21 @@
 """``EmulatorClient``: the emulator's admin and introspection routes (``/_emulator/...``) over HTTP.
 
-Use it for an emulator running in another process (``kernel-emulator`` CLI, :meth:`KernelEmulator.spawn`); it
-offers the same introspection methods as the in-process :class:`~kernel_provider.testing.KernelEmulator`.
+Not to be confused with :mod:`kernel_provider.client`, the provider's client of Kernel's API. Use it for an
+emulator running in another process (``kernel-emulator`` CLI, :meth:`KernelEmulator.spawn`); it offers the same
+introspection methods as the in-process :class:`~kernel_provider.testing.KernelEmulator`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from kernel_provider.testing.config import DEFAULT_TOKEN
-from kernel_provider.testing.store import count_created
+from kernel_provider.testing.introspection import count_created, wait_for_status
 
 
 class EmulatorClient:
@@ -34,6 +34,7 @@ class EmulatorClient:
         )
 
     def close(self) -> None:
+        """Close the HTTP connections."""
         self._http.close()
 
     def __enter__(self) -> EmulatorClient:
@@ -54,6 +55,7 @@ class EmulatorClient:
         return response.json()
 
     def health(self) -> dict[str, Any]:
+        """``{"status": "ok", "invocations", "live"}``."""
         return dict(self._get("/_emulator/health"))
 
     def wait_ready(self, timeout: float = 10.0) -> None:
@@ -69,14 +71,17 @@ class EmulatorClient:
                 time.sleep(0.05)
 
     def stats(self) -> dict[str, Any]:
+        """Counters since start or reset: ``{"created", "created_by_key", "live", "by_status", ...}``."""
         return dict(self._get("/_emulator/stats"))
 
     def requests(
         self, path: str | None = None, method: str | None = None, route: str | None = None
     ) -> list[dict[str, Any]]:
+        """The request log (oldest first), optionally filtered by concrete or templated path, method, route."""
         return list(self._get("/_emulator/requests", path=path, method=method, route=route))
 
     def created_count(self, app: str | None = None, action: str | None = None, payload: Any = None) -> int:
+        """How many invocations were created for app/action/payload (payload: the JSON string or a value)."""
         return count_created(self.stats()["created_by_key"], app, action, payload)
 
     def set_faults(self, plan: dict[str, Any] | list[Any] | str | Path | None) -> dict[str, Any]:
@@ -88,18 +93,23 @@ class EmulatorClient:
         return dict(self._post("/_emulator/faults", plan))
 
     def clear_faults(self) -> None:
+        """Replace the fault plan with an empty one."""
         self.set_faults(None)
 
     def faults(self) -> dict[str, Any]:
+        """The fault plan as JSON, with each rule's progress."""
         return dict(self._get("/_emulator/faults"))
 
     def reset(self) -> None:
+        """Forget invocations, counters, the request log and the fault plan."""
         self._post("/_emulator/reset")
 
     def invocations(self) -> list[dict[str, Any]]:
+        """All retained invocations, oldest first, each with its ``_emulator`` section."""
         return list(self._get("/_emulator/invocations"))
 
     def invocation(self, invocation_id: str) -> dict[str, Any] | None:
+        """One invocation's JSON (plus an ``_emulator`` section), or None when unknown or evicted."""
         response = self._http.get(f"/_emulator/invocations/{invocation_id}")
         if response.status_code == 404:
             return None
@@ -117,22 +127,5 @@ class EmulatorClient:
         return dict(self._post("/_emulator/config", values))
 
     def apps(self) -> list[dict[str, Any]]:
+        """Every deployed app version (``AppVersionSummary`` objects)."""
         return list(self._get("/_emulator/apps"))
-
-
-def wait_for_status(
-    lookup: Callable[[str], dict[str, Any] | None],
-    invocation_id: str,
-    statuses: tuple[str, ...],
-    timeout: float,
-    interval: float,
-) -> dict[str, Any]:
-    """Poll ``lookup(invocation_id)`` until its ``status`` is one of ``statuses``; raises ``TimeoutError``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        inv = lookup(invocation_id)
-        if inv is not None and inv["status"] in statuses:
-            return inv
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"invocation {invocation_id} not in {statuses} after {timeout}s: {inv}")
-        time.sleep(interval)

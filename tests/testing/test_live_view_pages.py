@@ -1,4 +1,5 @@
-"""The emulator's live-view pages and Kernel's replay endpoints (kernel_provider/testing/live.py), over HTTP."""
+"""The emulator's live-view pages (kernel_provider/testing/live_view.py) and Kernel's replay endpoints
+(kernel_provider/testing/replay_routes.py), over HTTP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The emulator's live views and browser replays.
+"""The emulator's live views: the pages a browser's live-view URLs open, and Kernel's route that mints such URLs.
 
 * ``GET /live/{session_id}``: what a browser's ``browser_live_view_url`` opens. Kernel streams the browser's
   screen there; the emulator has no screen to show, so the page shows what a person watching a run wants to know:
@@ -14,12 +14,11 @@
   of a minted URL leaves out the session id and CDP URL, which would let a reader reach the listed URL.
 * ``POST /live/{session_id}/input``: the input of the listed ``browser_live_view_url``, which, as on Kernel, gives
   control: accepted (``readOnly=true`` on the page only hides the form, as Kernel's hint does).
-* ``GET /live/{session_id}/replays/{replay_id}``: what a replay's ``replay_view_url`` opens.
-* Kernel's replay API (``/browsers/{id}/replays``...), per the spec: start (201, 409 while recording), list,
-  download (202 + ``Retry-After`` while recording), stop.
+* ``GET /live/{session_id}/replays/{replay_id}``: what a replay's ``replay_view_url`` opens (Kernel's replay API
+  is :mod:`~.replay_routes`).
 
 The ``/live/`` pages need no API key: a person's browser opens them with the signed token their URL carries
-(checked by the middleware, see :mod:`~.signing`).
+(checked by the middleware, see :mod:`~.signing`); :mod:`~.live_view_urls` makes the URLs.
 """
 
 from __future__ import annotations
@@ -34,8 +33,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from kernel_provider.testing.browser_sessions import LiveViewGrant
-from kernel_provider.testing.responses import error_response, json_response, store_of
+from kernel_provider.testing.live_view_urls import GRANT_PREFIX, LiveViewGrant
+from kernel_provider.testing.responses import error_response, json_response, named_browser, store_of
 from kernel_provider.testing.signing import QUERY_PARAM
 from kernel_provider.testing.store import FoundBrowser
 from kernel_provider.testing.timeutil import format_ns
@@ -47,10 +46,6 @@ PAGE_LOG_LINES = 200
 REFRESH_SECONDS = 2
 #: Kernel's bounds of a live-view URL's ``ttl_seconds``.
 LIVE_VIEW_TTL_RANGE = (1, 31_536_000)
-#: Where a minted live-view URL points (the token follows).
-GRANT_PREFIX = "/live/t/"
-#: Placeholder bytes served as a finished recording's video (the emulator records nothing real).
-FAKE_VIDEO = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 
 
 def _page(title: str, body: str, refresh: bool) -> HTMLResponse:
@@ -225,7 +220,7 @@ async def replay_view(request: Request) -> Response:
 
 async def create_live_view(request: Request) -> Response:
     """``POST /browsers/{id}/live_view``: ``{"url", "access", "expires_at"?}`` (see the module docstring)."""
-    found = _api_browser(request)
+    found = named_browser(request)
     if isinstance(found, Response):
         return found
     try:
@@ -252,80 +247,11 @@ async def create_live_view(request: Request) -> Response:
     return json_response(answer)
 
 
-# --- Kernel's replay API -----------------------------------------------------------------------------------
-
-
-def _api_browser(request: Request) -> FoundBrowser | Response:
-    found = store_of(request).find_browser(request.path_params["id"])
-    if found is None:
-        return error_response(404, "not_found", f"browser session {request.path_params['id']!r} not found")
-    return found
-
-
-def _api_recording(request: Request) -> Any:
-    """The recording ``{replay_id}`` of browser ``{id}``, or the 404 that names whichever is missing."""
-    found = _api_browser(request)
-    if isinstance(found, Response):
-        return found
-    recording = store_of(request).replays.find(found.session_id, request.path_params["replay_id"])
-    if recording is None:
-        return error_response(404, "not_found", f"replay {request.path_params['replay_id']!r} not found")
-    return recording
-
-
-async def start_replay(request: Request) -> Response:
-    """``POST /browsers/{id}/replays``: 201 ``BrowserReplay``; 409 while one records; 404 for a gone browser."""
-    found = _api_browser(request)
-    if isinstance(found, Response):
-        return found
-    if not found.live:
-        return error_response(404, "not_found", f"browser session {found.session_id!r} has ended")
-    store = store_of(request)
-    recording = store.replays.start(found.session_id, store.base_url)
-    if recording is None:
-        return error_response(409, "conflict", f"browser session {found.session_id!r} is already recording")
-    return json_response(recording.to_dict(), 201)
-
-
-async def list_replays(request: Request) -> Response:
-    """``GET /browsers/{id}/replays``: a bare array of ``BrowserReplay`` (also for a browser that has ended)."""
-    found = _api_browser(request)
-    if isinstance(found, Response):
-        return found
-    return json_response([r.to_dict() for r in store_of(request).replays.of(found.session_id)])
-
-
-async def download_replay(request: Request) -> Response:
-    """``GET /browsers/{id}/replays/{replay_id}``: 202 + ``Retry-After`` while recording, else an (empty) mp4."""
-    recording = _api_recording(request)
-    if isinstance(recording, Response):
-        return recording
-    if recording.finished_ns is None:
-        return Response(status_code=202, headers={"Retry-After": "1"})
-    return Response(FAKE_VIDEO, 200, media_type="video/mp4")
-
-
-async def stop_replay(request: Request) -> Response:
-    """``POST /browsers/{id}/replays/{replay_id}/stop``: 200 (stopping a stopped recording is harmless)."""
-    recording = _api_recording(request)
-    if isinstance(recording, Response):
-        return recording
-    if recording.finished_ns is None:
-        from kernel_provider.testing.timeutil import now_ns
-
-        recording.finished_ns = now_ns()
-    return Response(status_code=200)
-
-
-LIVE_ROUTES = [
+LIVE_VIEW_ROUTES = [
     Route(GRANT_PREFIX + "{token}", granted_view, methods=["GET"]),
     Route(GRANT_PREFIX + "{token}/input", granted_input, methods=["POST"]),
     Route("/live/{session_id}", live_view, methods=["GET"]),
     Route("/live/{session_id}/input", listed_input, methods=["POST"]),
     Route("/browsers/{id}/live_view", create_live_view, methods=["POST"]),
     Route("/live/{session_id}/replays/{replay_id}", replay_view, methods=["GET"]),
-    Route("/browsers/{id}/replays", start_replay, methods=["POST"]),
-    Route("/browsers/{id}/replays", list_replays, methods=["GET"]),
-    Route("/browsers/{id}/replays/{replay_id}", download_replay, methods=["GET"]),
-    Route("/browsers/{id}/replays/{replay_id}/stop", stop_replay, methods=["POST"]),
 ]

@@ -1,4 +1,5 @@
-"""Kernel's API: the ``/invocations`` and ``/apps`` routes (input validation included) and the SSE follow stream."""
+"""Kernel's invocation API: the ``/invocations`` routes (input validation included), the SSE follow stream, and
+``/apps``, the deployed app versions invocations name."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kernel_provider.testing.faults import StreamFault
+from kernel_provider.testing.invocation import STATUSES, InvocationRecord
 from kernel_provider.testing.middleware import FAULT_SCOPE_KEY
 from kernel_provider.testing.responses import BadRequest, error_response, json_response, store_of
-from kernel_provider.testing.store import STATUSES, InvocationRecord, Store
+from kernel_provider.testing.runner import sync_cap_exceeded
+from kernel_provider.testing.store import Store
 from kernel_provider.testing.timeutil import format_ns, now_ns, parse_since
 from kernel_provider.testing.wire import dumps, strict_json
 
@@ -71,6 +74,8 @@ def _lookup(request: Request) -> InvocationRecord | Response:
 
 
 async def create_invocation(request: Request) -> Response:
+    """``POST /invocations``: 202 with the queued invocation when ``async``, else 200 once it ended (or
+    the sync cap failed it); 404 for an unknown app, version or action; 429 beyond a concurrency limit."""
     store = store_of(request)
     try:
         body = await _json_body(request)
@@ -93,7 +98,7 @@ async def create_invocation(request: Request) -> Response:
     try:
         await asyncio.wait_for(inv.done.wait(), store.config.sync_timeout)
     except asyncio.TimeoutError:
-        store.runner.sync_cap_exceeded(inv)
+        sync_cap_exceeded(store, inv)
     return json_response(inv.invoke_response(store.legacy), 200)
 
 
@@ -143,6 +148,7 @@ def _validate_create(body: dict[str, Any], payload_limit: int) -> tuple[str, str
 
 
 async def get_invocation(request: Request) -> Response:
+    """``GET /invocations/{id}``: the ``Invocation``, else 404."""
     found = _lookup(request)
     if isinstance(found, Response):
         return found
@@ -150,6 +156,8 @@ async def get_invocation(request: Request) -> Response:
 
 
 async def update_invocation(request: Request) -> Response:
+    """``PATCH /invocations/{id}``: end a live invocation as ``succeeded`` or ``failed`` and cancel its action
+    (``failed`` also deletes its browsers); a finished one is answered unchanged."""
     store = store_of(request)
     found = _lookup(request)
     if isinstance(found, Response):
@@ -175,6 +183,7 @@ async def update_invocation(request: Request) -> Response:
 
 
 async def list_invocations(request: Request) -> Response:
+    """``GET /invocations``: one page, newest first, filtered by the query (Kernel's ``X-*`` paging headers)."""
     store = store_of(request)
     params = request.query_params
     try:
@@ -202,6 +211,7 @@ async def list_invocations(request: Request) -> Response:
 
 
 async def list_browsers(request: Request) -> Response:
+    """``GET /invocations/{id}/browsers``: the browsers the invocation holds."""
     found = _lookup(request)
     if isinstance(found, Response):
         return found
@@ -209,6 +219,7 @@ async def list_browsers(request: Request) -> Response:
 
 
 async def delete_browsers(request: Request) -> Response:
+    """``DELETE /invocations/{id}/browsers``: delete them (204)."""
     found = _lookup(request)
     if isinstance(found, Response):
         return found
@@ -217,6 +228,7 @@ async def delete_browsers(request: Request) -> Response:
 
 
 async def list_apps(request: Request) -> Response:
+    """``GET /apps``: one page of deployed app versions, filtered by ``app_name``, ``version``, ``query``."""
     store = store_of(request)
     params = request.query_params
     try:
@@ -243,6 +255,7 @@ _NO_PING_SECONDS = 10**9
 
 
 async def follow_invocation(request: Request) -> Response:
+    """``GET /invocations/{id}/events``: the SSE follow stream (stream faults applied)."""
     store = store_of(request)
     found = _lookup(request)
     if isinstance(found, Response):
@@ -324,7 +337,7 @@ async def _event_stream(
             inv.subscribers.remove(queue)
 
 
-API_ROUTES = [
+INVOCATION_ROUTES = [
     Route("/invocations", create_invocation, methods=["POST"]),
     Route("/invocations", list_invocations, methods=["GET"]),
     Route("/invocations/{id}", get_invocation, methods=["GET"]),
