@@ -22,7 +22,7 @@ def run(calls: int = 1000) -> dict[str, float]:
 
     with emulator() as emu:
         hook = KernelHook()
-        invocation_id = hook.invoke("demo", "echo", payload={"bench": True}).id
+        invocation_id = hook.invoke("demo", "echo", payload={"bench": True}, invoke_async=False).id
         session = requests.Session()
         headers = {"Authorization": f"Bearer {emu.token}", "Accept": "application/json"}
         url = f"{emu.url}/invocations/{invocation_id}"

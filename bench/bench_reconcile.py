@@ -33,15 +33,15 @@ LAST_RESULT: dict[str, Any] | None = None
 
 
 def run(runs: int = 10_000, rounds: int = 3) -> dict[str, Any]:
-    from kernel_provider.hooks.kernel import KernelHook
     from kernel_provider.client.reconcile import TOKEN_KEY, CreateWindow, add_token, new_token, reconcile
+    from kernel_provider.hooks.kernel import KernelHook
 
     with emulator(retention_count=0, request_log_size=0) as _emu:
         hook = KernelHook()
         request = {"app_name": "demo", "action_name": "echo", "version": "latest", "payload": '{"n":0}'}
         sent = time.time()
         mine_token = new_token()
-        mine = hook.invoke("demo", "echo", payload={"n": 0, TOKEN_KEY: mine_token}).id
+        mine = hook.invoke("demo", "echo", payload={"n": 0, TOKEN_KEY: mine_token}, invoke_async=False).id
         window = CreateWindow(datetime.fromtimestamp(sent, timezone.utc), datetime.now(timezone.utc))
         absent = CreateWindow(
             datetime.fromtimestamp(sent - 60, timezone.utc), datetime.fromtimestamp(sent - 59, timezone.utc)
@@ -50,7 +50,7 @@ def run(runs: int = 10_000, rounds: int = 3) -> dict[str, Any]:
         started = time.perf_counter()
         with ThreadPoolExecutor(4) as pool:
             payloads = [{"n": 0, TOKEN_KEY: new_token()} for _ in range(runs)]
-            list(pool.map(lambda p: hook.invoke("demo", "echo", payload=p).id, payloads))
+            list(pool.map(lambda p: hook.invoke("demo", "echo", payload=p, invoke_async=False).id, payloads))
         seeded_seconds = time.perf_counter() - started
 
         sent_requests = _count_requests(hook)
@@ -71,7 +71,7 @@ def run(runs: int = 10_000, rounds: int = 3) -> dict[str, Any]:
             return "refused: more than 500 listed" if len(listed) > 500 else "decided"
 
         def plain_create() -> str:
-            hook.invoke("demo", "echo", payload={"n": 0})
+            hook.invoke("demo", "echo", payload={"n": 0}, invoke_async=False)
             return "created"
 
         subjects: dict[str, Callable[[], str]] = {

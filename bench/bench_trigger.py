@@ -318,7 +318,7 @@ def create_staggered(hook: Any, n: int, per_create_s: float, lead: float, spread
 
 def run_subject(emu: Any, hook: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
     emu.client.reset()
-    warm_id = hook.invoke("demo", "echo", payload={"warm": name}).id
+    warm_id = hook.invoke("demo", "echo", payload={"warm": name}, invoke_async=False).id
     # calibrate the create rate (for the staggered end times); these are finished before the waits start
     calibrate = time.perf_counter()
     for _ in range(10):

@@ -15,10 +15,12 @@ from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
 from kernel_provider.client.browser_watch import CONTROL, LIVE_VIEW_EVENT_KEY, READ, check_live_view
 from kernel_provider.utils.secrets import mask_url
 
+# One scheme: every key the provider writes starts with ``kernel_``.
+
 #: The invocation a Kernel task created or waited for (``KernelInvokeOperator``, ``@task.kernel``).
-XCOM_INVOCATION_ID = "invocation_id"
+XCOM_INVOCATION_ID = "kernel_invocation_id"
 #: The invocation's page in Kernel's dashboard; the "Kernel invocation" link opens it.
-XCOM_INVOCATION_URL = "invocation_url"
+XCOM_INVOCATION_URL = "kernel_invocation_url"
 #: The live view of the run's first browser, pushed by the wait (trigger or worker) once it has seen the browser.
 XCOM_LIVE_VIEW_URL = "kernel_live_view_url"
 #: The live view of a ``@task.kernel_browser`` task's browser.
@@ -26,7 +28,17 @@ XCOM_BROWSER_LIVE_VIEW_URL = "kernel_browser_live_view_url"
 #: The session id of a ``@task.kernel_browser`` task's browser.
 XCOM_BROWSER_SESSION_ID = "kernel_browser_session_id"
 #: Internal: a deferred wait's position in the action's log stream (see :mod:`kernel_provider.triggers.log_cursor`).
+#: Airflow shows every XCom of a task, and its triggerer (3.3.2) cannot write ``task_state_store``, where it would
+#: otherwise belong.
 LOG_CURSOR_XCOM_KEY = "kernel_log_cursor"
+
+#: The keys provider 0.1 wrote for the invocation (read by the link for task instances that version ran).
+LEGACY_XCOM_INVOCATION_ID = "invocation_id"
+LEGACY_XCOM_INVOCATION_URL = "invocation_url"
+#: The XCom scheme this version writes: 2 = every key starts with ``kernel_``; 1 = provider 0.1's. A wait echoes
+#: the scheme of the task that deferred it, so a task deferred by 0.1 and resumed by this version pushes its
+#: invocation under the new keys too (see ``KernelInvokeOperator.execute_complete``).
+XCOM_SCHEME = 2
 
 log = logging.getLogger(__name__)
 _UNSET = object()
@@ -38,7 +50,8 @@ class KernelInvocationLink(BaseOperatorLink):
     name = "Kernel invocation"
 
     def get_link(self, operator: Any, dttm: Any = None, *, ti_key: Any = None) -> str:
-        """The dashboard URL the task pushed as XCom ``invocation_url``; "" when there is none (yet).
+        """The dashboard URL the task pushed as XCom ``kernel_invocation_url`` (``invocation_url`` for a task
+        instance provider 0.1 ran); "" when there is none (yet).
 
         :param operator: the task; one that never created an invocation gets "" without an XCom lookup.
         :param dttm: Airflow 2's logical date argument, unused (``ti_key`` identifies the try).
@@ -48,7 +61,8 @@ class KernelInvocationLink(BaseOperatorLink):
         # Airflow 3 would otherwise report as an error next to the task's real one.
         if ti_key is None or getattr(operator, "invocation_id", _UNSET) is None:
             return ""
-        return XCom.get_value(key=XCOM_INVOCATION_URL, ti_key=ti_key) or ""
+        url = XCom.get_value(key=XCOM_INVOCATION_URL, ti_key=ti_key)
+        return url or XCom.get_value(key=LEGACY_XCOM_INVOCATION_URL, ti_key=ti_key) or ""
 
 
 class KernelLiveViewLink(BaseOperatorLink):

@@ -120,7 +120,7 @@ CLIENT_CASES: list[tuple[str, Callable[[KernelHook], Any], type[BaseException], 
     ),
     (
         "hook-async-timeout-without-async",
-        _invoke(async_timeout_seconds=60),
+        _invoke(invoke_async=False, async_timeout_seconds=60),
         KernelInputError,
         ("async_timeout_seconds", "asynchronous"),
     ),
@@ -214,7 +214,7 @@ def test_bad_connection_is_named_and_costs_no_request(
     conn = {k: (v.replace("{url}", kernel_emulator.url) if isinstance(v, str) else v) for k, v in conn.items()}
     monkeypatch.setenv("AIRFLOW_CONN_KERNEL_BAD", json.dumps(conn))
     with pytest.raises(KernelConnectionConfigError) as raised:
-        KernelHook("kernel_bad", retry_policy=FAST_RETRY).invoke("demo", "echo")
+        KernelHook("kernel_bad", retry_policy=FAST_RETRY).invoke("demo", "echo", invoke_async=False)
     for word in words:
         assert word in str(raised.value), str(raised.value)
     assert kernel_requests(kernel_emulator) == []
@@ -222,7 +222,7 @@ def test_bad_connection_is_named_and_costs_no_request(
 
 def test_unknown_connection_is_named(kernel_emulator: Any) -> None:
     with pytest.raises(KernelConnectionConfigError, match=r"kernel_conn_id='kernel_nope'.*AIRFLOW_CONN_KERNEL_NOPE"):
-        KernelHook("kernel_nope").invoke("demo", "echo")
+        KernelHook("kernel_nope").invoke("demo", "echo", invoke_async=False)
     assert kernel_requests(kernel_emulator) == []
 
 
@@ -295,7 +295,7 @@ def test_non_json_200_body_is_a_clear_response_error(hook: KernelHook, kernel_co
 def test_non_json_error_body_still_names_the_status(hook: KernelHook, kernel_conn_env: Any) -> None:
     kernel_conn_env.set_faults([{"route": CREATE, "fault": {"status": 403, "body": "Forbidden by proxy"}}])
     with pytest.raises(KernelApiError, match=r"Kernel API error 403 .*Forbidden by proxy"):
-        hook.invoke("demo", "echo")
+        hook.invoke("demo", "echo", invoke_async=False)
 
 
 def test_json_that_is_not_an_invocation_is_rejected(hook: KernelHook, kernel_conn_env: Any) -> None:

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.layering import MAX_LINES, package_modules, package_problems
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "kernel_provider"
 #: Where an HTTP status may be compared with a number: the status -> error class map and the retry policy.
@@ -103,11 +105,11 @@ from kernel_provider.testing.server import KernelEmulator
 emulator = KernelEmulator().start()
 try:
     client = KernelClient(KernelSettings.from_mapping({"host": emulator.url, "password": emulator.token}))
-    echoed = client.invoke("demo", "echo", payload={"hello": "world"})
+    echoed = client.invoke("demo", "echo", payload={"hello": "world"}, invoke_async=False)
 
     async def follow():
         started = await client.ainvoke("demo", "logs", payload={"lines": 2, "interval": 0.01}, invoke_async=True)
-        events = [event async for event in client.stream_events(started.id, silence_timeout=10)]
+        events = [event async for event in client.astream_events(started.id, silence_timeout=10)]
         final = await client.aget_invocation(started.id)
         await close_loop_resources()
         return events, final
@@ -199,3 +201,98 @@ def test_only_the_client_and_the_hook_import_the_api_as_data() -> None:
         "only kernel_provider/client/ and hooks/kernel.py may import the wire and invocations modules: "
         + ", ".join(offenders)
     )
+
+
+# --- (e) one layer order, no circle, small modules -----------------------------------------------------------
+
+#: The provider's layers, lowest first, by module or folder (a folder stands for every module in it). A module
+#: imports only its own layer or lower ones; the emulator (``testing``) is checked on its own and never imported.
+PROVIDER_LAYERS: tuple[tuple[str, ...], ...] = (
+    ("__init__", "version_compat", "get_provider_info"),
+    ("client",),  # Airflow-free: the client core
+    ("exceptions", "links", "utils"),
+    ("hooks",),
+    ("triggers",),
+    ("operators",),
+    ("sensors",),
+    ("decorators",),
+)
+
+
+def _expanded_layers() -> tuple[tuple[str, ...], ...]:
+    names = [
+        "__init__" if name == "kernel_provider" else name.removeprefix("kernel_provider.")
+        for name in package_modules(PACKAGE, "kernel_provider", exclude=("testing",))
+    ]
+
+    def members(entry: str) -> list[str]:
+        return [n for n in names if n == entry or n.startswith(entry + ".")]
+
+    return tuple(tuple(m for entry in layer for m in members(entry)) for layer in PROVIDER_LAYERS)
+
+
+def test_the_provider_has_one_layer_order_no_circle_and_no_long_module() -> None:
+    """Budget: :data:`tests.layering.MAX_LINES` lines a module, the emulator's too."""
+    problems = package_problems(
+        PACKAGE, "kernel_provider", MAX_LINES, _expanded_layers(), exclude=("testing",), init_on_top=False
+    )
+    assert not problems, "\n".join(problems)
+
+
+def test_the_provider_never_imports_the_emulator() -> None:
+    offenders = sorted(
+        where(path, node)
+        for path in provider_files()
+        for node, name in imported_names(path)
+        if name == "kernel_provider.testing" or name.startswith("kernel_provider.testing.")
+    )
+    assert not offenders, offenders
+
+
+#: Where a ``**kwargs`` may stay: Airflow forwards ``BaseOperator`` / ``BaseHook`` arguments through them.
+FORWARDS_AIRFLOW_ARGUMENTS = {
+    "KernelInvokeOperator.__init__",
+    "KernelInvocationSensor.__init__",
+    "KernelBaseHook.__init__",
+    "_KernelDecoratedOperator.__init__",
+    "_KernelBrowserDecoratedOperator.__init__",
+    "kernel_task",
+    "kernel_browser_task",
+}
+
+
+def catch_all_keywords(path: Path) -> list[str]:
+    """``Owner.method`` (or ``function``) of every public function of ``path`` that takes ``**kwargs``."""
+    found = []
+
+    def visit(node: ast.AST, owner: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, child.name)
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and child.args.kwarg is not None:
+                name = f"{owner}.{child.name}" if owner else child.name
+                if not child.name.startswith("_") or child.name == "__init__":
+                    found.append(name)
+
+    visit(ast.parse(path.read_text(), str(path)), "")
+    return found
+
+
+def test_public_signatures_name_their_parameters() -> None:
+    """No ``**options`` in a public method: an IDE completes every parameter and a typo fails at the call."""
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in provider_files()
+        for name in catch_all_keywords(path)
+        if name not in FORWARDS_AIRFLOW_ARGUMENTS
+    ]
+    assert not offenders, offenders
+
+
+def test_the_keyword_scan_sees_what_it_must(tmp_path: Path) -> None:
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        "class Hook:\n    def run(self, **options): ...\n    def _inner(self, **kw): ...\n"
+        "async def fetch(*, limit=None, **filters): ...\ndef ok(*, a: int) -> None: ...\n"
+    )
+    assert catch_all_keywords(planted) == ["Hook.run", "fetch"]

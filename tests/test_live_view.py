@@ -270,7 +270,7 @@ def client_hook(emulator: Any) -> Any:
     client = KernelClient(KernelSettings.from_mapping(host=emulator.url, password=emulator.token))
 
     class Hook:
-        ainvocation_browsers = client.ainvocation_browsers
+        alist_invocation_browsers = client.alist_invocation_browsers
         alist_replays = client.alist_replays
         acreate_live_view = BrowserApi(client).alive_view
 

@@ -289,7 +289,7 @@ class BrowserWatch:
         """One ``GET /invocations/{id}/browsers``; logs each browser not seen before. Never raises."""
         self.lists += 1
         try:
-            browsers = await self.hook.ainvocation_browsers(self.invocation_id)
+            browsers = await self.hook.alist_invocation_browsers(self.invocation_id)
         except KernelError as exc:
             if not self._failing:
                 self._failing = True

@@ -18,8 +18,6 @@ request may have reached Kernel, the create looks the browser up instead of send
 from __future__ import annotations
 
 import math
-import re
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,7 +37,8 @@ from kernel_provider.client.errors import (
 )
 from kernel_provider.client.invocations import create_may_have_happened
 from kernel_provider.client.models import Browser, parse_timestamp
-from kernel_provider.client.trust import require_id, require_path_name
+from kernel_provider.client.trust import require_id
+from kernel_provider.client.validation import BrowserRequest, require_int_in, require_name
 from kernel_provider.client.wire import ApiCall, Endpoint, Operation, paginate
 
 T = TypeVar("T")
@@ -53,12 +52,6 @@ RELEASE_BROWSER = Endpoint("POST", "/browser_pools/{id}/release")  # releasing t
 # Each call mints a fresh URL and Kernel stores nothing, so a repeat only mints another: safe to retry.
 CREATE_LIVE_VIEW = Endpoint("POST", "/browsers/{id}/live_view")
 
-#: Kernel's bounds of ``timeout_seconds`` (seconds without a CDP or live-view connection before it ends a browser).
-TIMEOUT_RANGE = (10, 259_200)
-VIEWPORT_WIDTH = (320, 7680)
-VIEWPORT_HEIGHT = (240, 4320)
-#: How a marker ``start_url`` begins; the rest is a random token (see the module docstring).
-MARKER_PREFIX = "about:blank#airflow-kernel-"
 #: Seconds added to each side of a create's window when matching browsers without a marker (clock skew).
 SKEW_SECONDS = 5.0
 #: The most browsers a lookup after a lost create lists.
@@ -67,21 +60,6 @@ LOOKUP_LIMIT = 500
 ACQUIRE_POLL_SECONDS = 60
 #: Extra read time beyond a long poll's length.
 ACQUIRE_READ_MARGIN = 30.0
-OPTIONS = (
-    "headless",
-    "stealth",
-    "timeout_seconds",
-    "profile",
-    "save_profile_changes",
-    "proxy_id",
-    "viewport",
-    "start_url",
-    "kiosk_mode",
-    "pool",
-    "acquire_timeout_seconds",
-    "reuse",
-)
-_POOL_OPTIONS = {"pool", "acquire_timeout_seconds", "reuse"}
 #: What a live-view URL of ``POST /browsers/{id}/live_view`` lets its holder do: watch, or also click and type.
 LIVE_VIEW_ACCESS = ("read", "control")
 #: Kernel's bounds of a live-view URL's ``ttl_seconds`` (one year at most).
@@ -100,89 +78,6 @@ class LiveView:
     url: str = field(repr=False)
     access: str
     expires_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class BrowserRequest:
-    """A checked browser request: either ``POST /browsers`` with :attr:`body`, or an acquire from :attr:`pool`.
-
-    :param body: the ``BrowserRequest`` JSON body (empty for a pool: the pool decides the browser's options).
-    :param pool: the pool's id or name; None for a standalone browser.
-    :param acquire_timeout_seconds: how long an acquire may wait for a free browser (None: Kernel's default).
-    :param reuse: on release, whether the pool keeps the browser (True) or replaces it with a fresh one.
-    :param marker: the ``start_url`` marker the body carries ("" when the caller chose a ``start_url``).
-    """
-
-    body: Mapping[str, Any] = field(default_factory=dict)
-    pool: str | None = None
-    acquire_timeout_seconds: int | None = None
-    reuse: bool = True
-    marker: str = ""
-
-
-def build_browser_request(**options: Any) -> BrowserRequest:
-    """Check browser options and build the request, before anything is sent.
-
-    :param headless: a headless browser (no live view on Kernel). Default Kernel's (False).
-    :param stealth: Kernel's stealth mode (fewer bot detections).
-    :param timeout_seconds: seconds without a CDP or live-view connection before Kernel ends the browser
-        (10..259200; Kernel's default 60). The bound on a browser whose task died without deleting it.
-    :param profile: a saved profile to load: its name, or ``{"id": ...}`` / ``{"name": ...}``.
-    :param save_profile_changes: save the session's changes (cookies, logins) back to ``profile`` at the end.
-    :param proxy_id: a proxy of your org to route the browser through.
-    :param viewport: ``{"width", "height"[, "refresh_rate"]}`` or a ``(width, height)`` pair, in pixels.
-    :param start_url: an http(s) URL Kernel opens on creation (best effort). Without one, a marker ``start_url``
-        (``about:blank#...``) lets a lost create be matched exactly (see the module docstring).
-    :param kiosk_mode: hide the address bar and tabs in the live view.
-    :param pool: acquire from this browser pool (id or name) instead of creating a browser; the pool decides the
-        browser's options, so the creation options above are refused with it.
-    :param acquire_timeout_seconds: with ``pool``: how long to wait for a free browser (>= 1).
-    :param reuse: with ``pool``: whether the pool keeps the released browser (default True).
-    :raises KernelInputError: naming the first wrong option and the fix.
-    """
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise KernelInputError(unknown[0], "is not a browser option.", f"Known options: {', '.join(OPTIONS)}.")
-    pool = options.get("pool")
-    if pool is not None:
-        pool = require_path_name("pool", pool)
-        clash = sorted(k for k, v in options.items() if k not in _POOL_OPTIONS and v is not None)
-        if clash:
-            raise KernelInputError(
-                clash[0],
-                "cannot be combined with pool: a pool's browsers all have the pool's options.",
-                "Drop it, or create a standalone browser (no pool).",
-            )
-        timeout = options.get("acquire_timeout_seconds")
-        if timeout is not None:
-            timeout = _int_in("acquire_timeout_seconds", timeout, 1, None)
-        return BrowserRequest(
-            pool=pool, acquire_timeout_seconds=timeout, reuse=_bool("reuse", options.get("reuse", True))
-        )
-    for name in ("acquire_timeout_seconds", "reuse"):
-        if options.get(name) is not None:
-            raise KernelInputError(name, "applies only to a browser pool.", "Pass pool=<pool name or id>, or drop it.")
-    body: dict[str, Any] = {}
-    for name in ("headless", "stealth", "kiosk_mode"):
-        if options.get(name) is not None:
-            body[name] = _bool(name, options[name])
-    if options.get("timeout_seconds") is not None:
-        body["timeout_seconds"] = _int_in("timeout_seconds", options["timeout_seconds"], *TIMEOUT_RANGE)
-    if options.get("proxy_id") is not None:
-        body["proxy_id"] = require_id("proxy_id", options["proxy_id"])
-    profile = _profile(options.get("profile"), options.get("save_profile_changes"))
-    if profile:
-        body["profile"] = profile
-    if options.get("viewport") is not None:
-        body["viewport"] = _viewport(options["viewport"])
-    start_url = options.get("start_url")
-    marker = ""
-    if start_url is None:
-        marker = MARKER_PREFIX + secrets.token_hex(12)
-        body["start_url"] = marker
-    else:
-        body["start_url"] = _url("start_url", start_url)
-    return BrowserRequest(body=body, marker=marker)
 
 
 # --- operations -------------------------------------------------------------------------------------------
@@ -327,7 +222,7 @@ def create_live_view(session_id: str, *, access: str, ttl_seconds: int | None = 
         raise KernelInputError("access", f"must be one of {', '.join(LIVE_VIEW_ACCESS)}, got {access!r}.")
     body: dict[str, Any] = {"access": access}
     if ttl_seconds is not None:
-        body["ttl_seconds"] = _int_in("ttl_seconds", ttl_seconds, *LIVE_VIEW_TTL_RANGE)
+        body["ttl_seconds"] = require_int_in("ttl_seconds", ttl_seconds, *LIVE_VIEW_TTL_RANGE)
     view = yield ApiCall(CREATE_LIVE_VIEW, {"id": session_id}, body=body, parse=_parse_live_view)
     if view.access != access:
         # A wider grant than asked must not be published as a read-only link.
@@ -398,12 +293,12 @@ class BrowserApi:
     def live_view(self, *, session_id: str, access: str, ttl_seconds: int | None = None) -> LiveView:
         """``POST /browsers/{id}/live_view`` (see :func:`create_live_view`)."""
         return self.client.execute(
-            create_live_view(_name("session_id", session_id), access=access, ttl_seconds=ttl_seconds)
+            create_live_view(require_name("session_id", session_id), access=access, ttl_seconds=ttl_seconds)
         )
 
     async def alive_view(self, *, session_id: str, access: str, ttl_seconds: int | None = None) -> LiveView:
         """:meth:`live_view` without blocking the event loop."""
-        operation = create_live_view(_name("session_id", session_id), access=access, ttl_seconds=ttl_seconds)
+        operation = create_live_view(require_name("session_id", session_id), access=access, ttl_seconds=ttl_seconds)
         return await self.client.aexecute(operation)
 
 
@@ -447,88 +342,3 @@ def _could_be(browser: Browser, body: Mapping[str, Any], low: datetime, high: da
         "start_url": browser.start_url,
     }
     return all(echoed[k] == body[k] for k in echoed if k in body and echoed[k] not in (None, ""))
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise KernelInputError(name, f"must be True or False, got {value!r}.", f"Pass {name}=True or {name}=False.")
-    return value
-
-
-def _int_in(name: str, value: Any, low: int, high: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise KernelInputError(name, f"must be a whole number, got {value!r}.", "Pass an int.")
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise KernelInputError(name, f"must be {bounds}, got {value}.", f"Pass a value {bounds}.")
-    return value
-
-
-def _name(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or value != value.strip():
-        raise KernelInputError(name, f"must be a non-empty string without surrounding spaces, got {value!r}.")
-    return value
-
-
-#: The longest URL sent (characters): far above any real page's, far below what would make Kernel refuse the body.
-URL_MAX_CHARS = 16_384
-#: Controls (and a lone surrogate) have no place in a URL: a browser would drop or re-encode them, so the URL Kernel
-#: opened would not be the one asked for.
-_URL_UNSAFE = re.compile("[\x00-\x20\x7f-\x9f\ud800-\udfff]")
-
-
-def _url(name: str, value: Any) -> str:
-    shown = repr(value)[:200]
-    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
-        raise KernelInputError(name, f"must be an http(s) URL, got {shown}.", "Pass e.g. 'https://example.com'.")
-    if len(value) > URL_MAX_CHARS:
-        raise KernelInputError(name, f"is {len(value)} characters long; at most {URL_MAX_CHARS} are sent.", "")
-    bad = _URL_UNSAFE.search(value)
-    if bad is not None:
-        raise KernelInputError(
-            name,
-            f"holds {bad.group()!a} at position {bad.start()}: no control character, space or lone surrogate "
-            "belongs in a URL.",
-            "Percent-encode it (urllib.parse.quote).",
-        )
-    return value
-
-
-def _profile(profile: Any, save_changes: Any) -> dict[str, Any]:
-    if profile is None:
-        if save_changes is not None:
-            raise KernelInputError(
-                "save_profile_changes", "needs a profile to save to.", "Pass profile=<name> as well, or drop it."
-            )
-        return {}
-    if isinstance(profile, str):
-        out: dict[str, Any] = {"name": _name("profile", profile)}
-    elif isinstance(profile, Mapping) and len(set(profile) & {"id", "name"}) == 1 and set(profile) <= {"id", "name"}:
-        key = "id" if "id" in profile else "name"
-        out = {key: _name(f"profile[{key!r}]", profile[key])}
-    else:
-        raise KernelInputError(
-            "profile", f"must be a profile name or {{'id': ...}} / {{'name': ...}}, got {profile!r}.", ""
-        )
-    name = out.get("name", "")
-    if "name" in out and (len(name) > 255 or not all(c.isascii() and (c.isalnum() or c in "._-") for c in name)):
-        raise KernelInputError("profile", "a profile name has 1-255 letters, digits, dots, underscores or hyphens.")
-    if save_changes is not None:
-        out["save_changes"] = _bool("save_profile_changes", save_changes)
-    return out
-
-
-def _viewport(value: Any) -> dict[str, int]:
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        value = {"width": value[0], "height": value[1]}
-    if not isinstance(value, Mapping) or not {"width", "height"} <= set(value) <= {"width", "height", "refresh_rate"}:
-        raise KernelInputError(
-            "viewport", f"must be {{'width', 'height'[, 'refresh_rate']}} or (width, height), got {value!r}.", ""
-        )
-    out = {
-        "width": _int_in("viewport['width']", value["width"], *VIEWPORT_WIDTH),
-        "height": _int_in("viewport['height']", value["height"], *VIEWPORT_HEIGHT),
-    }
-    if value.get("refresh_rate") is not None:
-        out["refresh_rate"] = _int_in("viewport['refresh_rate']", value["refresh_rate"], 1, 240)
-    return out

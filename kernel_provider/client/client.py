@@ -22,26 +22,24 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
+from datetime import datetime
 from typing import Any, TypeVar
 
-import tenacity
-
-from kernel_provider.client import invocations, wire
+import kernel_provider.client.invocations as invocations
+import kernel_provider.client.wire as wire
+from kernel_provider.client.caller import ApiCaller, deadline_after
 from kernel_provider.client.errors import (
     KernelApiError,
     KernelAuthError,
     KernelError,
-    KernelInputError,
     KernelTransportError,
 )
 from kernel_provider.client.models import AppAction, AppVersion, Browser, Invocation, Replay
 from kernel_provider.client.retry import RetryPolicy
-from kernel_provider.client.settings import KernelSettings
-from kernel_provider.client.transport import AsyncTransport, SyncTransport
 from kernel_provider.client.trust import require_id
-from kernel_provider.client.validation import build_invoke_request, check_seconds, require_name
-from kernel_provider.client.wire import ApiCall, Operation
+from kernel_provider.client.validation import build_invoke_request, check_seconds
+from kernel_provider.client.wire import MAX_PAGE_SIZE, Operation
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -50,79 +48,11 @@ log = logging.getLogger(__name__)
 CHECK_POLICY = RetryPolicy(max_attempts=2, max_elapsed=10, rate_limit_budget=10)
 
 
-class KernelClient:
-    """Talks to Kernel's API with one set of settings; safe to share between threads, and between the tasks of
+class KernelClient(ApiCaller):
+    """Talks to Kernel's API with one set of settings: one named method per operation, each with an ``a``-twin for
+    asyncio (parameters as :class:`~.caller.ApiCaller`'s). Safe to share between threads, and between the tasks of
     one event loop.
-
-    :param settings: where Kernel is and how to reach it. The attribute may be replaced later (the provider's hook
-        does, when it reads its connection again); each request uses the settings current when it starts.
-    :param retry: replaces ``settings.retry`` for every call, whatever settings are swapped in later. None: the
-        settings' own bounds.
-    :param refresh: an async callable that reads the settings anew from their source (the hook: the Airflow
-        connection). When Kernel refuses the key (401/403) of an async request or event stream, the first refused
-        call that still holds the current settings awaits it; if the settings it returns differ in URL, key,
-        project or CA bundle, that call is sent once more with them, else the refusal stands. Never a loop, and
-        never on the sync side (a worker reads its connection afresh on every task). None: a refusal is final.
     """
-
-    def __init__(
-        self,
-        settings: KernelSettings,
-        *,
-        retry: RetryPolicy | None = None,
-        refresh: Callable[[], Awaitable[KernelSettings]] | None = None,
-    ) -> None:
-        self.settings = settings
-        self._retry = retry
-        self._refresh = refresh
-        self._refresh_lock = asyncio.Lock()
-        #: The synchronous transport (one keep-alive session).
-        self.transport = SyncTransport()
-        #: The asynchronous transport (pools shared per event loop, see :class:`~.transport.LoopResources`).
-        self.async_transport = AsyncTransport()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.settings.base_url!r})"
-
-    @property
-    def retry(self) -> RetryPolicy:
-        """The retry bounds in force: the ``retry`` given to the client, else the current settings' own."""
-        return self._retry or self.settings.retry
-
-    def close(self) -> None:
-        """Close the sync transport's connections. The async pools belong to the event loop, not to one client:
-        close them with :func:`~kernel_provider.client.transport.close_loop_resources`."""
-        self.transport.close()
-
-    # --- drivers ----------------------------------------------------------------------------------------------
-
-    def execute(
-        self,
-        operation: Operation[T],
-        *,
-        budget: float | None = None,
-        retry: RetryPolicy | None = None,
-        before_send: Callable[[], None] | None = None,
-    ) -> T:
-        """Run any operation (see :mod:`kernel_provider.client.wire`) on this thread.
-
-        :param operation: e.g. ``invocations.get_invocation("abc")``.
-        :param budget: seconds the whole operation may take: each request's timeouts and retries are cut to the
-            time left, and no request starts once it is spent (a :class:`KernelTransportError` then). None: the
-            settings' full timeouts and retries.
-        :param retry: the retry bounds of this operation only (None: :attr:`retry`).
-        :param before_send: called right before each attempt of each request is sent; what it raises ends the
-            operation without sending (e.g. a create's caller recording the attempt's window first).
-        :raises KernelError: what the operation raises once the retry policy gives up.
-        """
-        deadline = _deadline(budget)
-        return wire.drive(operation, lambda call: self._send(call, deadline, retry, before_send))
-
-    async def aexecute(self, operation: Operation[T], *, budget: float | None = None) -> T:
-        """:meth:`execute` without blocking the event loop, with the same retries; a refused key is read again
-        once (see ``refresh``)."""
-        deadline = _deadline(budget)
-        return await wire.adrive(operation, lambda call: self._asend(call, deadline))
 
     # --- invocations ------------------------------------------------------------------------------------------
 
@@ -133,15 +63,16 @@ class KernelClient:
         *,
         version: str = "latest",
         payload: Any = None,
-        invoke_async: bool = False,
+        invoke_async: bool = True,
         async_timeout_seconds: int | None = None,
     ) -> Invocation:
         """Start one run of ``app_name``/``action_name`` (``POST /invocations``).
 
         :param version: the app version label.
         :param payload: the action's input: a dict/list/number/bool (JSON-encoded here) or JSON text.
-        :param invoke_async: return at once with a ``queued`` invocation instead of waiting (Kernel's ``async``).
-            False: Kernel runs the action within the request (capped by Kernel at ~100 s).
+        :param invoke_async: True (the default, as everywhere in the provider): return at once with a ``queued``
+            invocation (Kernel's ``async``). False: Kernel runs the action within the request (capped by Kernel at
+            ~100 s) and the invocation comes back finished.
         :param async_timeout_seconds: how long Kernel lets an async run go (10..3600; Kernel's default 900).
         :returns: the created invocation; for a sync invoke its final state and output.
         :raises KernelInputError: before any request, when a parameter is wrong.
@@ -165,7 +96,7 @@ class KernelClient:
         *,
         version: str = "latest",
         payload: Any = None,
-        invoke_async: bool = False,
+        invoke_async: bool = True,
         async_timeout_seconds: int | None = None,
     ) -> Invocation:
         """:meth:`invoke` without blocking the event loop."""
@@ -235,18 +166,77 @@ class KernelClient:
         """:meth:`get_invocation` without blocking the event loop."""
         return await self.aexecute(invocations.get_invocation(require_id("invocation_id", invocation_id)))
 
-    def list_invocations(self, **filters: Any) -> list[Invocation]:
-        """All invocations matching ``filters``, newest first, pages followed.
+    def list_invocations(
+        self,
+        *,
+        app_name: str | None = None,
+        version: str | None = None,
+        action_name: str | None = None,
+        deployment_id: str | None = None,
+        status: str | None = None,
+        since: str | datetime | None = None,
+        query: str | None = None,
+        limit: int | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        offset: int = 0,
+    ) -> list[Invocation]:
+        """``GET /invocations``, newest first, pages followed.
 
-        :param filters: the keyword arguments of :func:`~kernel_provider.client.invocations.list_invocations`
-            (``app_name``, ``version``, ``action_name``, ``status``, ``since``, ``limit``, ...). ``limit`` caps
-            the total; without it every page is read.
+        :param app_name: only this app's runs.
+        :param version: only runs of this app version.
+        :param action_name: only runs of this action.
+        :param deployment_id: only runs of this deployment.
+        :param status: only runs in this status (``queued``, ``running``, ``succeeded``, ``failed``).
+        :param since: only runs started at or after this time (a datetime, or Kernel's duration/timestamp text).
+        :param query: Kernel's free-text search.
+        :param limit: the most invocations returned in all; None reads every page.
+        :param page_size: invocations asked for per request, at most 100.
+        :param offset: how many of the newest to skip.
         """
-        return self.execute(invocations.list_invocations(**filters))
+        return self.execute(
+            invocations.list_invocations(
+                app_name=app_name,
+                version=version,
+                action_name=action_name,
+                deployment_id=deployment_id,
+                status=status,
+                since=since,
+                query=query,
+                limit=limit,
+                page_size=page_size,
+                offset=offset,
+            )
+        )
 
-    async def alist_invocations(self, **filters: Any) -> list[Invocation]:
+    async def alist_invocations(
+        self,
+        *,
+        app_name: str | None = None,
+        version: str | None = None,
+        action_name: str | None = None,
+        deployment_id: str | None = None,
+        status: str | None = None,
+        since: str | datetime | None = None,
+        query: str | None = None,
+        limit: int | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        offset: int = 0,
+    ) -> list[Invocation]:
         """:meth:`list_invocations` without blocking the event loop."""
-        return await self.aexecute(invocations.list_invocations(**filters))
+        return await self.aexecute(
+            invocations.list_invocations(
+                app_name=app_name,
+                version=version,
+                action_name=action_name,
+                deployment_id=deployment_id,
+                status=status,
+                since=since,
+                query=query,
+                limit=limit,
+                page_size=page_size,
+                offset=offset,
+            )
+        )
 
     def cancel_invocation(
         self, invocation_id: str, reason: str | None = None, *, budget: float | None = None
@@ -272,7 +262,7 @@ class KernelClient:
         """
         invocation_id = require_id("invocation_id", invocation_id)
         budget = check_seconds("budget", budget, exclusive=True)
-        deadline = _deadline(budget)
+        deadline = deadline_after(budget)
         outcomes: dict[str, tuple[bool, Any]] = {}
 
         def step(name: str, operation: Operation[Any]) -> None:
@@ -303,7 +293,7 @@ class KernelClient:
         cancelled; when this coroutine is cancelled, both requests are cancelled with it."""
         invocation_id = require_id("invocation_id", invocation_id)
         budget = check_seconds("budget", budget, exclusive=True)
-        deadline = _deadline(budget)
+        deadline = deadline_after(budget)
 
         async def step(operation: Operation[Any]) -> tuple[bool, Any]:
             try:
@@ -325,12 +315,12 @@ class KernelClient:
         outcomes = {name: task.result() for name, task in tasks.items() if task.done() and not task.cancelled()}
         return invocations.cancel_result(invocation_id, budget, outcomes.get("patch"), outcomes.get("delete"))
 
-    def list_browsers(self, invocation_id: str) -> list[dict[str, Any]]:
-        """The browsers the invocation holds, as Kernel describes them (empty once they are deleted)."""
-        return self.execute(invocations.list_browsers(require_id("invocation_id", invocation_id)))
+    def list_invocation_browsers(self, invocation_id: str) -> list[Browser]:
+        """``GET /invocations/{id}/browsers``: the browsers the invocation holds (none once they are deleted)."""
+        return self.execute(invocations.invocation_browsers(require_id("invocation_id", invocation_id)))
 
-    async def ainvocation_browsers(self, invocation_id: str) -> list[Browser]:
-        """The browsers the invocation holds, typed (live-view URLs included), without blocking the loop."""
+    async def alist_invocation_browsers(self, invocation_id: str) -> list[Browser]:
+        """:meth:`list_invocation_browsers` without blocking the event loop."""
         return await self.aexecute(invocations.invocation_browsers(require_id("invocation_id", invocation_id)))
 
     def list_replays(self, browser_id: str) -> list[Replay]:
@@ -341,7 +331,7 @@ class KernelClient:
         """:meth:`list_replays` without blocking the event loop."""
         return await self.aexecute(invocations.list_replays(require_id("browser_id", browser_id)))
 
-    async def stream_events(
+    async def astream_events(
         self, invocation_id: str, *, since: str | None = None, silence_timeout: float = 60.0
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Follow ``GET /invocations/{id}/events``: yields each event's JSON object as it arrives.
@@ -379,44 +369,61 @@ class KernelClient:
 
     # --- apps -------------------------------------------------------------------------------------------------
 
-    def list_apps(self, **filters: Any) -> list[AppVersion]:
-        """The deployed app versions and their actions, pages followed.
+    def list_apps(
+        self,
+        *,
+        app_name: str | None = None,
+        version: str | None = None,
+        query: str | None = None,
+        limit: int | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> list[AppVersion]:
+        """``GET /apps``: the deployed app versions and their actions, pages followed.
 
-        :param filters: the keyword arguments of :func:`~kernel_provider.client.invocations.list_apps`
-            (``app_name``, ``version``, ``query``, ``limit``, ``page_size``).
+        :param app_name: only this app (None: every app).
+        :param version: only this version label.
+        :param query: Kernel's free-text search.
+        :param limit: the most versions returned; None reads every page.
+        :param page_size: versions asked for per request, at most 100.
         """
-        return self.execute(invocations.list_apps(**filters))
+        return self.execute(
+            invocations.list_apps(app_name=app_name, version=version, query=query, limit=limit, page_size=page_size)
+        )
 
-    def get_action(self, app_name: str, action_name: str, version: str = "latest") -> AppAction:
+    async def alist_apps(
+        self,
+        *,
+        app_name: str | None = None,
+        version: str | None = None,
+        query: str | None = None,
+        limit: int | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> list[AppVersion]:
+        """:meth:`list_apps` without blocking the event loop."""
+        return await self.aexecute(
+            invocations.list_apps(app_name=app_name, version=version, query=query, limit=limit, page_size=page_size)
+        )
+
+    def get_action(self, app_name: str, action_name: str, *, version: str = "latest") -> AppAction:
         """The action's description, from ``GET /apps``.
 
+        :param app_name: the deployed app.
+        :param action_name: one of its actions.
+        :param version: the app version label.
         :raises KernelInputError: the app, version or action does not exist; the message lists what does (the
             deployed apps, the app's versions, or the version's actions).
         """
-        app_name = require_name("app_name", app_name)
-        action_name = require_name("action_name", action_name)
-        version = require_name("version", version)
-        versions = self.list_apps(app_name=app_name)
-        if not versions:
-            known = sorted({a.app_name for a in self.list_apps(limit=100)})
-            raise KernelInputError(
-                "app_name", f"no app {app_name!r} is deployed.", f"Deployed apps: {', '.join(known) or 'none'}."
-            )
-        match = next((v for v in versions if v.version == version), None)
-        if match is None:
-            raise KernelInputError(
-                "version",
-                f"app {app_name!r} has no version {version!r}.",
-                f"Versions: {', '.join(sorted(v.version for v in versions))}.",
-            )
-        action = next((a for a in match.actions if a.name == action_name), None)
-        if action is None:
-            raise KernelInputError(
-                "action_name",
-                f"{app_name}@{version} has no action {action_name!r}.",
-                f"Actions: {', '.join(sorted(match.action_names)) or 'none'}.",
-            )
-        return action
+        wanted = invocations.ActionName.checked(app_name, action_name, version)
+        versions = self.list_apps(app_name=wanted.app_name)
+        known = [] if versions else [v.app_name for v in self.list_apps(limit=100)]
+        return wanted.pick(versions, known)
+
+    async def aget_action(self, app_name: str, action_name: str, *, version: str = "latest") -> AppAction:
+        """:meth:`get_action` without blocking the event loop."""
+        wanted = invocations.ActionName.checked(app_name, action_name, version)
+        versions = await self.alist_apps(app_name=wanted.app_name)
+        known = [] if versions else [v.app_name for v in await self.alist_apps(limit=100)]
+        return wanted.pick(versions, known)
 
     def check_connection(self) -> tuple[bool, str]:
         """One cheap authenticated call (``GET /apps?limit=1``, few retries), answered in words a person
@@ -437,100 +444,3 @@ class KernelClient:
         except Exception as exc:  # a person reads the answer: any failure is reported, not raised
             return False, f"Connection test failed: {type(exc).__name__}: {exc}"
         return True, f"Connected to Kernel at {url}; the API key is valid."
-
-    # --- one request under the retry policy ---------------------------------------------------------------------
-
-    def _retrying(self, call: ApiCall[Any], deadline: float | None, policy: RetryPolicy | None) -> dict[str, Any]:
-        """tenacity's arguments for ``call``: the policy, fitted into the time left before ``deadline``."""
-        policy = policy or self.retry
-        describe = f"{call.endpoint.method} {call.path}"
-        if deadline is None:
-            return policy.tenacity_kwargs(idempotent=call.endpoint.idempotent, describe=describe)
-        retrying = policy.within(deadline - time.monotonic()).tenacity_kwargs(
-            idempotent=call.endpoint.idempotent, describe=describe
-        )
-        stop, wait = retrying["stop"], retrying["wait"]
-        # No new attempt once the time is spent, and no backoff that would outlast it.
-        retrying["stop"] = lambda state: stop(state) or deadline - time.monotonic() <= 0
-        retrying["wait"] = lambda state: max(0.0, min(wait(state), deadline - time.monotonic()))
-        return retrying
-
-    def _send(
-        self,
-        call: ApiCall[T],
-        deadline: float | None,
-        policy: RetryPolicy | None = None,
-        before_send: Callable[[], None] | None = None,
-    ) -> T:
-        settings = self.settings
-        for attempt in tenacity.Retrying(**self._retrying(call, deadline, policy)):
-            with attempt:
-                if before_send is not None:
-                    before_send()
-                response = self.transport.request(*_fitted(call, settings, deadline))
-                wire.raise_for_status(call, response)
-        return call.parse(response)
-
-    async def _asend(self, call: ApiCall[T], deadline: float | None) -> T:
-        return await self._with_fresh_settings(
-            lambda settings: self._asend_with(call, settings, deadline),
-            f"Sending {call.endpoint.method} {call.path} again",
-        )
-
-    async def _asend_with(self, call: ApiCall[T], settings: KernelSettings, deadline: float | None) -> T:
-        async for attempt in tenacity.AsyncRetrying(**self._retrying(call, deadline, None)):
-            with attempt:
-                response = await self.async_transport.request(*_fitted(call, settings, deadline))
-                wire.raise_for_status(call, response)
-        return call.parse(response)
-
-    async def _with_fresh_settings(self, attempt: Callable[[KernelSettings], Awaitable[T]], again: str) -> T:
-        """``attempt`` with the current settings; after a refused key, once more with settings read anew (if
-        they differ)."""
-        settings = self.settings
-        try:
-            return await attempt(settings)
-        except KernelAuthError:
-            fresh = await self._refreshed(settings)
-            if fresh is None:
-                raise
-            log.info("%s with the connection read anew.", again)
-            return await attempt(fresh)
-
-    async def _refreshed(self, rejected: KernelSettings) -> KernelSettings | None:
-        """Kernel refused ``rejected``: the settings to try once more, or None (the refusal is the error).
-
-        Many calls can be refused together after a key rotation: only the first one that still holds the current
-        settings reads them again; the others find the newer settings and use them.
-        """
-        if self._refresh is None:
-            return None
-        async with self._refresh_lock:
-            if self.settings is rejected:
-                log.info("Kernel refused the API key of connection %r; reading the connection again.", rejected.conn_id)
-                try:
-                    self.settings = await self._refresh()
-                except KernelError as exc:
-                    log.warning("Could not read connection %r again: %s", rejected.conn_id, exc)
-                    return None
-        current = self.settings
-        return None if current.same_credentials(rejected) else current
-
-
-def _deadline(budget: float | None) -> float | None:
-    """The ``time.monotonic()`` moment a budget of ``budget`` seconds (checked) ends; None for no budget."""
-    budget = check_seconds("budget", budget, exclusive=True)
-    return None if budget is None else time.monotonic() + budget
-
-
-def _fitted(call: ApiCall[T], settings: KernelSettings, deadline: float | None) -> tuple[ApiCall[T], KernelSettings]:
-    """``call`` and ``settings`` with every timeout cut to the time left; no time left is a transport error that
-    certainly sent nothing."""
-    if deadline is None:
-        return call, settings
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise KernelTransportError(
-            "no time left in the call's budget", request_sent=False, method=call.endpoint.method, path=call.path
-        )
-    return call.within(left), settings.within(left)

@@ -35,8 +35,8 @@ class InvocationSource(Protocol):
     async def aget_invocation(self, invocation_id: str) -> Invocation:
         """One read of the invocation."""
 
-    def stream_events(
-        self, invocation_id: str, *, since: str | None = None, silence_timeout: float | None = None
+    def astream_events(
+        self, invocation_id: str, *, since: str | None = None, silence_timeout: float = 60.0
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The invocation's event stream from ``since`` (one connection)."""
 
@@ -216,7 +216,9 @@ class InvocationFollower:
         """Read one connection of the stream. Returns (delivered new log lines?, final event, why it ended)."""
         progressed = False
         self.replay = Counter(self.seen_at_last)
-        events = self.source.stream_events(self.invocation_id, since=self.last_ts, silence_timeout=self.silence_timeout)
+        events = self.source.astream_events(
+            self.invocation_id, since=self.last_ts, silence_timeout=self.silence_timeout
+        )
         try:
             # aclosing: leaving the loop early (terminal state) must close the stream's response now, not
             # whenever the generator is garbage-collected (possibly after its event loop is gone).

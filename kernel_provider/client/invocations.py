@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -12,11 +13,13 @@ from kernel_provider.client.errors import (
     KernelAmbiguousCreateError,
     KernelApiError,
     KernelError,
+    KernelInputError,
     KernelServerError,
     KernelTransportError,
 )
-from kernel_provider.client.models import AppVersion, Browser, Invocation, Replay
+from kernel_provider.client.models import AppAction, AppVersion, Browser, Invocation, Replay
 from kernel_provider.client.trust import require_id
+from kernel_provider.client.validation import require_name
 from kernel_provider.client.wire import (
     MAX_PAGE_SIZE,
     ApiCall,
@@ -281,3 +284,46 @@ def list_apps(
 
 def _parse_invocation(response: ApiResponse) -> Invocation:
     return Invocation.from_api(response.json())
+
+
+@dataclass(frozen=True)
+class ActionName:
+    """An action asked for by name (``get_action``): checked once, then looked up in ``GET /apps`` answers."""
+
+    app_name: str
+    action_name: str
+    version: str
+
+    @classmethod
+    def checked(cls, app_name: Any, action_name: Any, version: Any) -> ActionName:
+        """The three names, each checked (:class:`KernelInputError` naming the field) before any request."""
+        return cls(
+            require_name("app_name", app_name),
+            require_name("action_name", action_name),
+            require_name("version", version),
+        )
+
+    def pick(self, versions: list[AppVersion], known_apps: list[str]) -> AppAction:
+        """The action among the app's ``versions``; :class:`KernelInputError` listing what exists when it does not
+        (``known_apps``: the deployed apps, listed only when the app has no version at all)."""
+        if not versions:
+            raise KernelInputError(
+                "app_name",
+                f"no app {self.app_name!r} is deployed.",
+                f"Deployed apps: {', '.join(sorted(set(known_apps))) or 'none'}.",
+            )
+        match = next((v for v in versions if v.version == self.version), None)
+        if match is None:
+            raise KernelInputError(
+                "version",
+                f"app {self.app_name!r} has no version {self.version!r}.",
+                f"Versions: {', '.join(sorted(v.version for v in versions))}.",
+            )
+        action = next((a for a in match.actions if a.name == self.action_name), None)
+        if action is None:
+            raise KernelInputError(
+                "action_name",
+                f"{self.app_name}@{self.version} has no action {self.action_name!r}.",
+                f"Actions: {', '.join(sorted(match.action_names)) or 'none'}.",
+            )
+        return action

@@ -102,18 +102,46 @@ class KernelSettings:
                 )
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None = None, /, **fields: Any) -> KernelSettings:
+    def from_mapping(
+        cls,
+        values: Mapping[str, Any] | None = None,
+        /,
+        *,
+        conn_id: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        password: str | None = None,
+        api_key: str | None = None,
+        extra: Mapping[str, Any] | str | None = None,
+        airflow_version: str | None = None,
+        component: str | None = None,
+    ) -> KernelSettings:
         """Settings from plain values (a mapping, keyword arguments, or both; keywords win), checked at once.
 
-        :param values: any of :data:`FIELDS`: ``conn_id`` (a label for messages, default ``kernel_default``),
-            ``host``, ``port``, ``password`` or ``api_key`` (the API key), ``extra`` (a mapping or JSON text with
-            the options in the module docstring), ``airflow_version`` and ``component`` (User-Agent only).
-        :param fields: the same, as keyword arguments.
-        :raises KernelConnectionConfigError: a field is unknown, the key is missing, the host is not an http(s)
-            URL, or an extra is of the wrong type or out of range; the message names the field and the fix.
-            Nothing is sent to Kernel to find out.
+        :param values: a mapping of any of :data:`FIELDS` (the keywords below), e.g. read from a file.
+        :param conn_id: a label for messages (default ``kernel_default``).
+        :param host: the API base URL (default Kernel's).
+        :param port: a port to put into ``host``.
+        :param password: the API key (as Airflow's connection holds it).
+        :param api_key: the API key, under its own name (``password`` wins when both are given).
+        :param extra: a mapping or JSON text with the options in the module docstring.
+        :param airflow_version: shown in the User-Agent only.
+        :param component: the calling component, shown in the User-Agent only.
+        :raises KernelConnectionConfigError: a field of ``values`` is unknown, the key is missing, the host is not
+            an http(s) URL, or an extra is of the wrong type or out of range; the message names the field and the
+            fix. Nothing is sent to Kernel to find out.
         """
-        given = {**(values or {}), **fields}
+        keywords = {
+            "conn_id": conn_id,
+            "host": host,
+            "port": port,
+            "password": password,
+            "api_key": api_key,
+            "extra": extra,
+            "airflow_version": airflow_version,
+            "component": component,
+        }
+        given = {**(values or {}), **{name: value for name, value in keywords.items() if value is not None}}
         conn_id = str(given.get("conn_id") or DEFAULT_CONN_ID)
         unknown = sorted(set(given) - FIELDS)
         if unknown:

@@ -28,11 +28,13 @@ Airflow finds the decorator through the provider info's ``task-decorators`` entr
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from airflow.providers.common.compat.sdk import (
     DecoratedOperator,
     TaskDecorator,
+    conf,
     context_merge,
     determine_kwargs,
     task_decorator_factory,
@@ -103,17 +105,63 @@ class _KernelDecoratedOperator(XComPushForDecorators, DecoratedOperator, KernelI
         self.payload = payload
 
 
-def kernel_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> TaskDecorator:
+def kernel_task(
+    python_callable: Callable[..., Any] | None = None,
+    *,
+    app_name: str,
+    action_name: str,
+    version: str = "latest",
+    invoke_async: bool = True,
+    async_timeout_seconds: int | None = None,
+    wait_for_completion: bool = True,
+    deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+    wait_mode: str = "stream",
+    poll_interval: float = 5.0,
+    timeout: float | timedelta | None = None,
+    stream_logs: bool = True,
+    cancel_on_kill: bool = True,
+    reattach_on_retry: bool = True,
+    reconcile_token: bool = False,
+    validate_action: bool = False,
+    fail_on_failure: bool = True,
+    rate_limit_wait: float | None = None,
+    live_view: bool | str = "read",
+    kernel_conn_id: str = "kernel_default",
+    **kwargs: Any,
+) -> TaskDecorator:
     """``@task.kernel``: wrap a function returning the payload into a :class:`KernelInvokeOperator` task.
 
-    :param python_callable: the function (when used as ``@task.kernel`` without parentheses, which fails: it
-        needs ``app_name`` and ``action_name``).
-    :param kwargs: the operator's parameters (``app_name``, ``action_name``, ``version``, ``deferrable``,
-        ``timeout``, ``wait_mode``, ...) and ``BaseOperator``'s (``task_id``, ``retries``, ``pool``...).
-        ``multiple_outputs`` defaults to False whatever the function's return annotation says: the annotation
-        describes the payload, not the action's output.
+    Every keyword but ``python_callable`` and ``kwargs`` is the operator's parameter of the same name, with the same
+    default and meaning (see :class:`KernelInvokeOperator`); ``payload`` is not one: the function returns it.
+
+    :param python_callable: the function (``@task.kernel`` without parentheses fails: it needs ``app_name`` and
+        ``action_name``).
+    :param kwargs: ``BaseOperator``'s parameters (``task_id``, ``retries``, ``pool``...). ``multiple_outputs``
+        defaults to False whatever the function's return annotation says: the annotation describes the payload,
+        not the action's output.
     """
     kwargs.setdefault("multiple_outputs", False)
     return task_decorator_factory(
-        python_callable=python_callable, decorated_operator_class=_KernelDecoratedOperator, **kwargs
+        python_callable=python_callable,
+        decorated_operator_class=_KernelDecoratedOperator,
+        app_name=app_name,
+        action_name=action_name,
+        version=version,
+        invoke_async=invoke_async,
+        async_timeout_seconds=async_timeout_seconds,
+        wait_for_completion=wait_for_completion,
+        deferrable=deferrable,
+        wait_mode=wait_mode,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        stream_logs=stream_logs,
+        cancel_on_kill=cancel_on_kill,
+        reattach_on_retry=reattach_on_retry,
+        reconcile_token=reconcile_token,
+        validate_action=validate_action,
+        fail_on_failure=fail_on_failure,
+        rate_limit_wait=rate_limit_wait,
+        live_view=live_view,
+        kernel_conn_id=kernel_conn_id,
+        **kwargs,
     )

@@ -57,8 +57,8 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from kernel_provider.client.browser_watch import LiveViewPublisher, check_live_view
-from kernel_provider.client.browsers import OPTIONS
 from kernel_provider.client.models import Browser
+from kernel_provider.client.validation import BROWSER_OPTIONS as OPTIONS
 from kernel_provider.decorators.output import XComPushForDecorators
 from kernel_provider.hooks.kernel_browser import KernelBrowserHook
 from kernel_provider.links import XCOM_BROWSER_LIVE_VIEW_URL, XCOM_BROWSER_SESSION_ID, KernelBrowserLiveViewLink
@@ -278,17 +278,53 @@ def _with_injected_parameters(function: Callable[..., Any]) -> Callable[..., Any
     return call
 
 
-def kernel_browser_task(python_callable: Callable[..., Any] | None = None, **kwargs: Any) -> TaskDecorator:
+def kernel_browser_task(
+    python_callable: Callable[..., Any] | None = None,
+    *,
+    headless: bool | None = None,
+    stealth: bool | None = None,
+    timeout_seconds: int | None = None,
+    profile: str | Mapping[str, str] | None = None,
+    save_profile_changes: bool | None = None,
+    proxy_id: str | None = None,
+    viewport: Mapping[str, int] | Sequence[int] | None = None,
+    start_url: str | None = None,
+    kiosk_mode: bool | None = None,
+    browser_pool: str | None = None,
+    acquire_timeout_seconds: int | None = None,
+    reuse: bool | None = None,
+    live_view: bool | str = "read",
+    kernel_conn_id: str = "kernel_default",
+    **kwargs: Any,
+) -> TaskDecorator:
     """``@task.kernel_browser``: run the function with a Kernel browser (see the module docstring).
 
+    The browser options (``headless`` ... ``reuse``) are those of
+    :func:`~kernel_provider.client.validation.build_browser_request`, None leaving each to Kernel, except that
+    Kernel's browser pool is ``browser_pool``: ``pool`` stays ``BaseOperator``'s, the Airflow pool the task runs in.
+    ``start_url`` is templated.
+
     :param python_callable: the function (``@task.kernel_browser`` without parentheses uses Kernel's defaults).
-    :param kwargs: browser options (``headless``, ``stealth``, ``timeout_seconds``, ``profile``,
-        ``save_profile_changes``, ``proxy_id``, ``viewport``, ``start_url``, ``kiosk_mode``, or ``browser_pool``,
-        the Kernel browser pool to acquire from, with ``acquire_timeout_seconds`` and ``reuse``), ``live_view``
-        (``"read"``, ``"control"`` or False; see the module docstring), ``kernel_conn_id``, and ``BaseOperator``'s
-        parameters: ``pool`` is the Airflow pool the task runs in.
+    :param live_view: ``"read"`` (default), ``"control"`` or False: see the module docstring.
+    :param kernel_conn_id: the Kernel connection.
+    :param kwargs: ``BaseOperator``'s parameters (``task_id``, ``retries``, ``pool``, ``execution_timeout``...).
     """
-    browser_options = {option: kwargs.pop(name) for name, option in BROWSER_KEYWORDS.items() if name in kwargs}
+    chosen = {
+        "headless": headless,
+        "stealth": stealth,
+        "timeout_seconds": timeout_seconds,
+        "profile": profile,
+        "save_profile_changes": save_profile_changes,
+        "proxy_id": proxy_id,
+        "viewport": viewport,
+        "start_url": start_url,
+        "kiosk_mode": kiosk_mode,
+        "browser_pool": browser_pool,
+        "acquire_timeout_seconds": acquire_timeout_seconds,
+        "reuse": reuse,
+    }
+    browser_options = {BROWSER_KEYWORDS[name]: value for name, value in chosen.items() if value is not None}
+    kwargs.update(live_view=live_view, kernel_conn_id=kernel_conn_id)
     orphans = [name for name in POOL_ONLY if name in browser_options and browser_options.get("pool") is None]
     if orphans:
         raise TypeError(

@@ -1,180 +1,92 @@
-"""``KernelHook``: the Airflow glue around :class:`~kernel_provider.client.client.KernelClient`.
+"""``KernelHook``: Kernel's invocations and apps from Airflow, through one connection of type ``kernel``.
 
-It reads the connection (type ``kernel``; fields in :mod:`kernel_provider.client.settings`), masks the API key
-(and the URLs that control a browser), warns about plain http the connection opted into, draws the connection form
-and answers ``airflow connections test``; every call goes to one ``KernelClient``. Workers call the plain
-methods, triggers the ``a``-methods and ``stream_events``.
+Everything connection-related (settings, the client, masking, the connection form and test) comes from
+:class:`~kernel_provider.hooks.base.KernelBaseHook`. Each method has an ``a``-twin with the same parameters for
+asyncio (triggers); the twins return the same types.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
-from dataclasses import replace
-from functools import cached_property, partial
+from collections.abc import AsyncGenerator, Callable, Mapping
+from datetime import datetime
 from typing import Any
 
-from airflow import __version__ as AIRFLOW_VERSION
-from airflow.providers.common.compat.sdk import BaseHook, mask_secret
-
-from kernel_provider.client.browsers import BrowserApi, LiveView
-from kernel_provider.client.client import KernelClient
-from kernel_provider.client.errors import KernelConnectionConfigError, KernelError, KernelTransportError
+from kernel_provider.client.errors import KernelTransportError
 from kernel_provider.client.models import AppAction, AppVersion, Browser, Invocation, Replay
 from kernel_provider.client.retry import MIN_BUDGET, RetryPolicy
-from kernel_provider.client.settings import KernelSettings
-from kernel_provider.client.transport import close_loop_resources, loop_resources
 from kernel_provider.client.validation import check_seconds
+from kernel_provider.client.wire import MAX_PAGE_SIZE
+from kernel_provider.hooks.base import SETTINGS_TTL, KernelBaseHook, close_shared_clients
 
-log = logging.getLogger(__name__)
-#: Seconds a hook reuses the connection it looked up without blocking before looking it up again.
-SETTINGS_TTL = 300.0
+__all__ = ["SETTINGS_TTL", "KernelHook", "close_shared_clients"]
 
 
-class KernelHook(BaseHook):
-    """Talks to Kernel through one Airflow connection (type ``kernel``), by way of a :class:`KernelClient`.
+class KernelHook(KernelBaseHook):
+    """Starts, reads, lists, follows and cancels Kernel invocations; lists apps and their actions.
 
     :param kernel_conn_id: the Airflow connection to use (default ``kernel_default``).
     :param retry_policy: replaces the retry bounds read from the connection (tests and benchmarks use this).
-    :param component: the Airflow component making the calls (e.g. ``"triggerer"``), added to the User-Agent
-        so Kernel-side request logs show where a request came from. It changes nothing else.
-    :param rate_limit_wait: replaces only the connection's ``rate_limit_wait`` (the 429 budget, seconds); its
-        other retry settings stay in force. Ignored when ``retry_policy`` is given.
+    :param component: the Airflow component making the calls (e.g. ``"triggerer"``), added to the User-Agent.
+    :param rate_limit_wait: replaces only the connection's ``rate_limit_wait`` (the 429 budget, seconds).
     """
 
-    conn_name_attr = "kernel_conn_id"
-    default_conn_name = "kernel_default"
-    conn_type = "kernel"
-    hook_name = "Kernel"
+    # --- invocations ------------------------------------------------------------------------------------------
 
-    def __init__(
+    def invoke(
         self,
-        kernel_conn_id: str = default_conn_name,
-        retry_policy: RetryPolicy | None = None,
-        component: str | None = None,
-        rate_limit_wait: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.kernel_conn_id = kernel_conn_id
-        self.component = component
-        self.rate_limit_wait = rate_limit_wait
-        self._retry_override = retry_policy
-        self._client: KernelClient | None = None
-        self._async_settings: KernelSettings | None = None
-        self._async_settings_at = 0.0
-        self._settings_lock = asyncio.Lock()
+        app_name: str,
+        action_name: str,
+        *,
+        version: str = "latest",
+        payload: Any = None,
+        invoke_async: bool = True,
+        async_timeout_seconds: int | None = None,
+    ) -> Invocation:
+        """Start one run of ``app_name``/``action_name`` (``POST /invocations``); never sent twice.
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(kernel_conn_id={self.kernel_conn_id!r})"
-
-    @classmethod
-    def shared(cls, kernel_conn_id: str, component: str | None = None) -> KernelHook:
-        """The hook all waits on the running event loop share for this connection (one lookup, one pool)."""
-        hooks, key = loop_resources().shared, (cls, kernel_conn_id, component)
-        if key not in hooks:
-            hooks[key] = cls(kernel_conn_id=kernel_conn_id, component=component)
-        return hooks[key]  # type: ignore[no-any-return]
-
-    @cached_property
-    def settings(self) -> KernelSettings:
-        """Settings from the connection, looked up synchronously once (worker side)."""
-        try:
-            conn = self.get_connection(self.kernel_conn_id)
-        except Exception as exc:
-            raise self._not_found(exc) from None
-        return self._settings_from(conn, conn.extra_dejson)
-
-    async def aget_settings(self) -> KernelSettings:
-        """Settings looked up without blocking the loop, cached ``SETTINGS_TTL`` seconds: all waits of a triggerer
-        share one hook (:meth:`shared`) and a rotated key must still be picked up (sooner: after a refusal).
-        :raises KernelConnectionConfigError: the connection is missing or malformed (no API key, bad extra...)."""
-        return self._cached_settings() or await self._load_settings()
-
-    def _cached_settings(self) -> KernelSettings | None:
-        return self._async_settings if time.monotonic() - self._async_settings_at < SETTINGS_TTL else None
-
-    async def _load_settings(self, reread: bool = False) -> KernelSettings:
-        """Look the connection up once for all waiters; ``reread`` (the client's ``refresh``, after Kernel refused
-        the key) looks even when the cached settings are fresh."""
-        from airflow.providers.common.compat.connection import get_async_connection
-
-        async with self._settings_lock:
-            if reread:
-                self._async_settings = None  # dropped even if the lookup fails: the next call looks again
-            elif cached := self._cached_settings():
-                return cached
-            try:
-                conn = await get_async_connection(self.kernel_conn_id)
-            except Exception as exc:
-                raise self._not_found(exc) from None
-            extra = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else conn.extra_dejson
-            settings = self._async_settings = self._settings_from(conn, extra)
-            self._async_settings_at = time.monotonic()
-            if self._client is not None:
-                self._client.settings = settings
-            return settings
-
-    def _settings_from(self, conn: Any, extra: Mapping[str, Any]) -> KernelSettings:
-        settings = KernelSettings.from_mapping(
-            conn_id=getattr(conn, "conn_id", None) or self.default_conn_name,
-            host=conn.host,
-            port=conn.port,
-            password=conn.password,
-            extra=extra,
-            airflow_version=AIRFLOW_VERSION,
-            component=self.component,
-        )
-        if self.rate_limit_wait is not None:
-            # Only the 429 budget is the caller's: max_retries, max_retry_wait... stay the connection's.
-            settings = replace(settings, retry=replace(settings.retry, rate_limit_budget=float(self.rate_limit_wait)))
-        _mask(settings.api_key)
-        if settings.plain_http:  # only with allow_insecure_http: true (refused otherwise)
-            log.warning("Kernel base URL %s is plain http: the API key travels unencrypted.", settings.base_url)
-        return settings
-
-    @staticmethod
-    def mask_browser_urls(browsers: Iterable[Browser]) -> None:
-        """Register the URLs that control each browser (``cdp_ws_url``, ``webdriver_ws_url``) with Airflow's
-        secret masker, so a log line or error that quotes one shows ``***``. The live-view URL is left to the
-        code that decides what to publish (see :mod:`kernel_provider.client.browser_watch`)."""
-        for browser in browsers:
-            for url in (browser.cdp_ws_url, browser.webdriver_ws_url):
-                if url:
-                    _mask(url)
-
-    def _not_found(self, exc: Exception) -> KernelConnectionConfigError:
-        return KernelConnectionConfigError(
-            f"kernel_conn_id={self.kernel_conn_id!r}",
-            f"could not be loaded ({type(exc).__name__}).",
-            f"Create the connection (type Kernel) or set AIRFLOW_CONN_{self.kernel_conn_id.upper()}.",
+        :param app_name: the deployed app.
+        :param action_name: the action to run.
+        :param version: the app version label.
+        :param payload: the action's input: a dict/list/number/bool (JSON-encoded here) or JSON text.
+        :param invoke_async: True (the default, as in ``KernelInvokeOperator``): return at once with a ``queued``
+            invocation. False: Kernel runs the action within the request (capped by Kernel at ~100 s) and the
+            invocation comes back finished.
+        :param async_timeout_seconds: how long Kernel lets an async run go (10..3600; Kernel's default 900).
+        :raises KernelInputError: before any request, naming the wrong parameter.
+        :raises KernelAmbiguousCreateError: the request failed after it may have reached Kernel; not re-sent.
+        """
+        return self.client.invoke(
+            app_name,
+            action_name,
+            version=version,
+            payload=payload,
+            invoke_async=invoke_async,
+            async_timeout_seconds=async_timeout_seconds,
         )
 
-    @property
-    def client(self) -> KernelClient:
-        """The :class:`KernelClient` every method delegates to (the connection looked up synchronously on first
-        use); use it for anything the hook does not wrap."""
-        return self._client or self._new_client(self.settings)
-
-    async def aget_client(self) -> KernelClient:
-        """The same client, its settings looked up without blocking (and replaced after ``SETTINGS_TTL``)."""
-        settings = await self.aget_settings()
-        return self._client or self._new_client(settings)
-
-    def _new_client(self, settings: KernelSettings) -> KernelClient:
-        self._client = KernelClient(settings, retry=self._retry_override, refresh=partial(self._load_settings, True))
-        return self._client
-
-    def invoke(self, app_name: str, action_name: str, **options: Any) -> Invocation:
-        """Start one run; ``options``: ``version``, ``payload``, ``invoke_async``, ``async_timeout_seconds``."""
-        return self.client.invoke(app_name, action_name, **options)
-
-    async def ainvoke(self, app_name: str, action_name: str, **options: Any) -> Invocation:
+    async def ainvoke(
+        self,
+        app_name: str,
+        action_name: str,
+        *,
+        version: str = "latest",
+        payload: Any = None,
+        invoke_async: bool = True,
+        async_timeout_seconds: int | None = None,
+    ) -> Invocation:
         """:meth:`invoke` without blocking the event loop."""
-        return await (await self.aget_client()).ainvoke(app_name, action_name, **options)
+        client = await self.aget_client()
+        return await client.ainvoke(
+            app_name,
+            action_name,
+            version=version,
+            payload=payload,
+            invoke_async=invoke_async,
+            async_timeout_seconds=async_timeout_seconds,
+        )
 
     def create_invocation(
         self,
@@ -183,20 +95,22 @@ class KernelHook(BaseHook):
         retry: RetryPolicy | None = None,
         before_send: Callable[[], None] | None = None,
     ) -> Invocation:
-        """``POST /invocations`` with a validated body; never re-sent once it may have reached Kernel.
+        """``POST /invocations`` with a body from :func:`~kernel_provider.client.validation.build_invoke_request`;
+        never re-sent once it may have reached Kernel.
 
+        :param request: the checked request body.
         :param retry: the retry bounds of this create only (None: the hook's).
         :param before_send: called right before each attempt is sent (the operator records its window there).
         """
         return self.client.create_invocation(request, retry=retry, before_send=before_send)
 
     async def acreate_invocation(self, request: Mapping[str, Any]) -> Invocation:
-        """:meth:`create_invocation` without blocking the event loop."""
+        """:meth:`create_invocation` without blocking the event loop (the hook's retry bounds)."""
         return await (await self.aget_client()).acreate_invocation(request)
 
     def create_attempt_seconds(self, request: Mapping[str, Any]) -> float:
         """The longest one attempt of a create of ``request`` can take before Kernel can no longer act on it (no
-        request)."""
+        request is made)."""
         return self.client.create_attempt_seconds(request)
 
     def get_invocation(self, invocation_id: str) -> Invocation:
@@ -207,18 +121,85 @@ class KernelHook(BaseHook):
         """:meth:`get_invocation` without blocking the event loop."""
         return await (await self.aget_client()).aget_invocation(invocation_id)
 
-    def list_invocations(self, **filters: Any) -> list[Invocation]:
-        """Invocations matching ``filters`` (``app_name``, ``status``, ``since``, ``limit``...), pages followed."""
-        return self.client.list_invocations(**filters)
+    def list_invocations(
+        self,
+        *,
+        app_name: str | None = None,
+        version: str | None = None,
+        action_name: str | None = None,
+        deployment_id: str | None = None,
+        status: str | None = None,
+        since: str | datetime | None = None,
+        query: str | None = None,
+        limit: int | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        offset: int = 0,
+    ) -> list[Invocation]:
+        """``GET /invocations``, newest first, pages followed.
 
-    async def alist_invocations(self, **filters: Any) -> list[Invocation]:
+        :param app_name: only this app's runs.
+        :param version: only runs of this app version.
+        :param action_name: only runs of this action.
+        :param deployment_id: only runs of this deployment.
+        :param status: only runs in this status (``queued``, ``running``, ``succeeded``, ``failed``).
+        :param since: only runs started at or after this time (a datetime, or Kernel's duration/timestamp text).
+        :param query: Kernel's free-text search.
+        :param limit: the most invocations returned in all; None reads every page.
+        :param page_size: invocations asked for per request, at most 100.
+        :param offset: how many of the newest to skip.
+        """
+        return self.client.list_invocations(
+            app_name=app_name,
+            version=version,
+            action_name=action_name,
+            deployment_id=deployment_id,
+            status=status,
+            since=since,
+            query=query,
+            limit=limit,
+            page_size=page_size,
+            offset=offset,
+        )
+
+    async def alist_invocations(
+        self,
+        *,
+        app_name: str | None = None,
+        version: str | None = None,
+        action_name: str | None = None,
+        deployment_id: str | None = None,
+        status: str | None = None,
+        since: str | datetime | None = None,
+        query: str | None = None,
+        limit: int | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        offset: int = 0,
+    ) -> list[Invocation]:
         """:meth:`list_invocations` without blocking the event loop."""
-        return await (await self.aget_client()).alist_invocations(**filters)
+        client = await self.aget_client()
+        return await client.alist_invocations(
+            app_name=app_name,
+            version=version,
+            action_name=action_name,
+            deployment_id=deployment_id,
+            status=status,
+            since=since,
+            query=query,
+            limit=limit,
+            page_size=page_size,
+            offset=offset,
+        )
 
     def cancel_invocation(
         self, invocation_id: str, reason: str | None = None, *, budget: float | None = None
     ) -> Invocation | None:
-        """PATCH ``failed`` and DELETE the browsers at once, within ``budget`` seconds (None: unbounded)."""
+        """Stop a run: PATCH it ``failed`` and DELETE its browsers at once, within ``budget`` seconds.
+
+        :param invocation_id: the invocation to stop.
+        :param reason: stored as the invocation's output ``{"error": reason}``; None uses Kernel's wording.
+        :param budget: seconds for both requests, retries included (None: unbounded).
+        :returns: the invocation as Kernel left it; None when Kernel no longer knows it.
+        """
         return self.client.cancel_invocation(invocation_id, reason, budget=budget)
 
     async def acancel_invocation(
@@ -236,25 +217,39 @@ class KernelHook(BaseHook):
         left = None if budget is None else max(MIN_BUDGET, budget - (time.monotonic() - started))
         return await client.acancel_invocation(invocation_id, reason, budget=left)
 
-    def list_browsers(self, invocation_id: str) -> list[dict[str, Any]]:
-        """The browsers the invocation holds."""
-        return self.client.list_browsers(invocation_id)
+    async def astream_events(
+        self, invocation_id: str, *, since: str | None = None, silence_timeout: float = 60.0
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Follow the invocation's event stream (one connection; no retries: the caller resumes with ``since``).
 
-    async def ainvocation_browsers(self, invocation_id: str) -> list[Browser]:
-        """The invocation's browsers, typed (each with its live-view URL), without blocking the event loop."""
-        browsers = await (await self.aget_client()).ainvocation_browsers(invocation_id)
+        :param invocation_id: the invocation to follow.
+        :param since: RFC 3339 timestamp; Kernel sends only events from then on (None: from the start).
+        :param silence_timeout: seconds without any byte (Kernel sends heartbeats) before the stream counts as
+            broken. Not a bound on the whole stream.
+        """
+        client = await self.aget_client()
+        events = client.astream_events(invocation_id, since=since, silence_timeout=silence_timeout)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    def invocation_url(self, invocation_id: str) -> str:
+        """The invocation's page in Kernel's dashboard (no request)."""
+        return self.client.invocation_url(invocation_id)
+
+    # --- the browsers of an invocation ------------------------------------------------------------------------
+
+    def list_invocation_browsers(self, invocation_id: str) -> list[Browser]:
+        """The browsers the invocation holds (``GET /invocations/{id}/browsers``), their control URLs masked."""
+        browsers = self.client.list_invocation_browsers(invocation_id)
         self.mask_browser_urls(browsers)
         return browsers
 
-    def create_live_view(self, *, session_id: str, access: str, ttl_seconds: int | None = None) -> LiveView:
-        """``POST /browsers/{id}/live_view``: a ``read`` or ``control`` live-view URL of a headful browser, valid
-        ``ttl_seconds`` (None: until the browser is deleted). The URL is a credential."""
-        return BrowserApi(self.client).live_view(session_id=session_id, access=access, ttl_seconds=ttl_seconds)
-
-    async def acreate_live_view(self, *, session_id: str, access: str, ttl_seconds: int | None = None) -> LiveView:
-        """:meth:`create_live_view` without blocking the event loop."""
-        api = BrowserApi(await self.aget_client())
-        return await api.alive_view(session_id=session_id, access=access, ttl_seconds=ttl_seconds)
+    async def alist_invocation_browsers(self, invocation_id: str) -> list[Browser]:
+        """:meth:`list_invocation_browsers` without blocking the event loop."""
+        browsers = await (await self.aget_client()).alist_invocation_browsers(invocation_id)
+        self.mask_browser_urls(browsers)
+        return browsers
 
     def list_replays(self, browser_id: str) -> list[Replay]:
         """The recordings of a browser session; :class:`KernelNotFoundError` when Kernel no longer knows it."""
@@ -264,66 +259,46 @@ class KernelHook(BaseHook):
         """:meth:`list_replays` without blocking the event loop."""
         return await (await self.aget_client()).alist_replays(browser_id)
 
-    def list_apps(self, **filters: Any) -> list[AppVersion]:
-        """The deployed app versions and their actions (``app_name``, ``version``, ``query``, ``limit``)."""
-        return self.client.list_apps(**filters)
+    # --- apps ---------------------------------------------------------------------------------------------------
 
-    def get_action(self, app_name: str, action_name: str, version: str = "latest") -> AppAction:
+    def list_apps(
+        self,
+        *,
+        app_name: str | None = None,
+        version: str | None = None,
+        query: str | None = None,
+        limit: int | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> list[AppVersion]:
+        """The deployed app versions and their actions (``GET /apps``), pages followed.
+
+        :param app_name: only this app (None: every app).
+        :param version: only this version label.
+        :param query: Kernel's free-text search.
+        :param limit: the most versions returned; None reads every page.
+        :param page_size: versions asked for per request, at most 100.
+        """
+        return self.client.list_apps(app_name=app_name, version=version, query=query, limit=limit, page_size=page_size)
+
+    async def alist_apps(
+        self,
+        *,
+        app_name: str | None = None,
+        version: str | None = None,
+        query: str | None = None,
+        limit: int | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> list[AppVersion]:
+        """:meth:`list_apps` without blocking the event loop."""
+        client = await self.aget_client()
+        return await client.alist_apps(
+            app_name=app_name, version=version, query=query, limit=limit, page_size=page_size
+        )
+
+    def get_action(self, app_name: str, action_name: str, *, version: str = "latest") -> AppAction:
         """The action's description; :class:`KernelInputError` listing what exists when it does not."""
-        return self.client.get_action(app_name, action_name, version)
+        return self.client.get_action(app_name, action_name, version=version)
 
-    async def stream_events(self, invocation_id: str, **options: Any) -> AsyncGenerator[dict[str, Any], None]:
-        """Follow the invocation's events; ``options``: ``since``, ``silence_timeout`` (see the client's)."""
-        async with contextlib.aclosing((await self.aget_client()).stream_events(invocation_id, **options)) as events:
-            async for event in events:
-                yield event
-
-    def invocation_url(self, invocation_id: str) -> str:
-        """The invocation's page in Kernel's dashboard (no request)."""
-        return self.client.invocation_url(invocation_id)
-
-    def test_connection(self) -> tuple[bool, str]:
-        """One cheap authenticated call (``GET /apps?limit=1``), answered in words a person understands."""
-        try:
-            return self.client.check_connection()
-        except KernelError as exc:  # the connection itself is missing or malformed
-            return False, str(exc)
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Provider info's kebab-case ``ui-field-behaviour`` in the snake-case keys Airflow < 3.2 validates (2.x
-        silently drops a form customisation that does not match ``customized_form_field_behaviours.schema.json``)."""
-        from kernel_provider.get_provider_info import get_provider_info
-
-        behaviour = get_provider_info()["connection-types"][0]["ui-field-behaviour"]
-        return {key.replace("-", "_"): value for key, value in behaviour.items()}
-
-    @classmethod
-    def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """The extra fields of the connection form in Airflow < 3.2 (stored in the connection's extra)."""
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
-        from flask_babel import lazy_gettext
-        from wtforms import IntegerField, StringField
-        from wtforms.validators import Optional
-
-        text = {"project_id": "Project ID", "dashboard_url": "Dashboard URL"}
-        whole = {"request_timeout": "Request timeout (s)", "max_retries": "Max retries"}
-        return {
-            **{key: StringField(lazy_gettext(label), widget=BS3TextFieldWidget()) for key, label in text.items()},
-            **{
-                key: IntegerField(lazy_gettext(label), validators=[Optional()], widget=BS3TextFieldWidget())
-                for key, label in whole.items()
-            },
-        }
-
-
-def _mask(secret: str) -> None:
-    try:
-        mask_secret(secret)
-    except Exception:  # masking is defence in depth; secrets are never logged on purpose anyway
-        log.debug("Could not register a secret with the secret masker.")
-
-
-async def close_shared_clients() -> None:
-    """Close the running event loop's shared hooks and HTTP clients (short-lived loops: a wait on a worker)."""
-    await close_loop_resources()
+    async def aget_action(self, app_name: str, action_name: str, *, version: str = "latest") -> AppAction:
+        """:meth:`get_action` without blocking the event loop."""
+        return await (await self.aget_client()).aget_action(app_name, action_name, version=version)

@@ -23,14 +23,16 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
 
-from kernel_provider.client.browsers import BrowserApi, BrowserRequest, build_browser_request
+from kernel_provider.client.browsers import BrowserApi
 from kernel_provider.client.client import KernelClient
 from kernel_provider.client.errors import KernelError
 from kernel_provider.client.models import Browser
-from kernel_provider.hooks.kernel import KernelHook
+from kernel_provider.client.retry import RetryPolicy
+from kernel_provider.client.validation import BrowserRequest, build_browser_request
+from kernel_provider.hooks.base import KernelBaseHook
 
 log = logging.getLogger(__name__)
 #: Seconds a delete (or release) at the end of a block may take, retries included.
@@ -206,15 +208,29 @@ class KernelBrowserSession:
         log.error("%s", message)
 
 
-class KernelBrowserHook(KernelHook):
-    """:class:`KernelHook` plus Kernel's standalone browsers and browser pools (same connection).
+class KernelBrowserHook(KernelBaseHook):
+    """Kernel's standalone browsers and browser pools, through one connection of type ``kernel`` (the sibling of
+    :class:`~kernel_provider.hooks.kernel.KernelHook`, which runs invocations).
 
     :param kernel_conn_id: the Airflow connection (type ``kernel``; default ``kernel_default``).
-    :param kwargs: the other :class:`KernelHook` parameters.
+    :param retry_policy: replaces the retry bounds read from the connection.
+    :param component: the Airflow component making the calls, added to the User-Agent.
+    :param rate_limit_wait: replaces only the connection's ``rate_limit_wait`` (the 429 budget, seconds).
     """
 
-    def __init__(self, kernel_conn_id: str = KernelHook.default_conn_name, **kwargs: Any) -> None:
-        super().__init__(kernel_conn_id=kernel_conn_id, **kwargs)
+    def __init__(
+        self,
+        kernel_conn_id: str = KernelBaseHook.default_conn_name,
+        retry_policy: RetryPolicy | None = None,
+        component: str | None = None,
+        rate_limit_wait: float | None = None,
+    ) -> None:
+        super().__init__(
+            kernel_conn_id=kernel_conn_id,
+            retry_policy=retry_policy,
+            component=component,
+            rate_limit_wait=rate_limit_wait,
+        )
         self._open_sessions: dict[str, KernelBrowserSession] = {}
         #: Set by :meth:`close_all`: a browser whose create ends afterwards is deleted at once.
         self.killed = False
@@ -228,15 +244,46 @@ class KernelBrowserHook(KernelHook):
         """:attr:`api`, the connection looked up without blocking."""
         return BrowserApi(await self.aget_client())
 
-    def browser(self, **options: Any) -> KernelBrowserSession:
+    def browser(
+        self,
+        *,
+        headless: bool | None = None,
+        stealth: bool | None = None,
+        timeout_seconds: int | None = None,
+        profile: str | Mapping[str, str] | None = None,
+        save_profile_changes: bool | None = None,
+        proxy_id: str | None = None,
+        viewport: Mapping[str, int] | Sequence[int] | None = None,
+        start_url: str | None = None,
+        kiosk_mode: bool | None = None,
+        pool: str | None = None,
+        acquire_timeout_seconds: int | None = None,
+        reuse: bool | None = None,
+    ) -> KernelBrowserSession:
         """A browser for the length of a ``with`` (or ``async with``) block, deleted (or released) at its end.
 
-        :param options: see :func:`~kernel_provider.client.browsers.build_browser_request`: ``headless``,
-            ``stealth``, ``timeout_seconds``, ``profile`` + ``save_profile_changes``, ``proxy_id``, ``viewport``,
-            ``start_url``, ``kiosk_mode``; or ``pool`` (+ ``acquire_timeout_seconds``, ``reuse``).
+        Each option is described at :func:`~kernel_provider.client.validation.build_browser_request`; None leaves
+        it to Kernel. A standalone browser takes ``headless``, ``stealth``, ``timeout_seconds``, ``profile`` (+
+        ``save_profile_changes``), ``proxy_id``, ``viewport``, ``start_url``, ``kiosk_mode``; a browser from a pool
+        takes ``pool`` (+ ``acquire_timeout_seconds``, ``reuse``) and nothing else.
+
         :raises KernelInputError: here, before any request, naming the wrong option.
         """
-        return KernelBrowserSession(self, build_browser_request(**options))
+        request = build_browser_request(
+            headless=headless,
+            stealth=stealth,
+            timeout_seconds=timeout_seconds,
+            profile=profile,
+            save_profile_changes=save_profile_changes,
+            proxy_id=proxy_id,
+            viewport=viewport,
+            start_url=start_url,
+            kiosk_mode=kiosk_mode,
+            pool=pool,
+            acquire_timeout_seconds=acquire_timeout_seconds,
+            reuse=reuse,
+        )
+        return KernelBrowserSession(self, request)
 
     def close_all(self, *, budget: float = CLOSE_BUDGET) -> list[str]:
         """End every browser this hook opened and has not closed yet (a task's ``on_kill``); returns their ids.

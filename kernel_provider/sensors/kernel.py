@@ -26,7 +26,7 @@ from kernel_provider.client.errors import (
 )
 from kernel_provider.client.events import ERROR, TIMEOUT, WAIT_MODES, validate_event
 from kernel_provider.client.validation import check_seconds
-from kernel_provider.links import KernelLiveViewLink, push_live_view_link
+from kernel_provider.links import XCOM_SCHEME, KernelLiveViewLink, push_live_view_link
 from kernel_provider.utils.completion import finish, from_an_earlier_try, running_try, wait_deadline
 from kernel_provider.version_compat import AIRFLOW_V_3_3_PLUS
 
@@ -144,6 +144,7 @@ class KernelInvocationSensor(BaseSensorOperator):
                 "live_view": self.live_view,
                 # No worker seeds the log position: the trigger must not read an XCom that may not exist.
                 "log_cursor_seeded": False,
+                "xcom_scheme": XCOM_SCHEME,
             },
             next_method="execute_complete",
             next_kwargs=None,
@@ -196,6 +197,7 @@ class KernelInvocationSensor(BaseSensorOperator):
                 live_view=self.live_view,
                 try_number=running_try(context),
                 resume_not_before=time.time() + MIN_DEFERRAL,
+                xcom_scheme=XCOM_SCHEME,
             ),
             method_name="execute_complete",
         )

@@ -24,7 +24,7 @@ def wait_in_worker(trigger: KernelInvocationTrigger) -> dict[str, Any]:
 
 
 async def _wait_then_close(trigger: KernelInvocationTrigger) -> dict[str, Any]:
-    from kernel_provider.hooks.kernel import close_shared_clients
+    from kernel_provider.hooks.base import close_shared_clients
 
     try:
         return await trigger.wait()

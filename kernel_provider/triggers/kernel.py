@@ -127,6 +127,9 @@ class KernelInvocationTrigger(BaseTrigger):
         triggerer does not report its event, even when the invocation finished sooner: the deferring task sets it
         :data:`MIN_DEFERRAL` seconds after it deferred. Ignored for waits without a task instance (a worker's
         wait, ``dag.test()``'s in-line trigger). None: report at once.
+    :param xcom_scheme: the XCom scheme of the task that deferred (see :data:`kernel_provider.links.XCOM_SCHEME`),
+        echoed in the event. 1, the default, is what a trigger serialized by provider 0.1 (which had no such
+        argument) stands for; the task resumed by this version then pushes its invocation under today's keys.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class KernelInvocationTrigger(BaseTrigger):
         try_number: int | None = None,
         resume_not_before: float | None = None,
         log_cursor_seeded: bool = True,
+        xcom_scheme: int = 1,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -165,6 +169,7 @@ class KernelInvocationTrigger(BaseTrigger):
         self.log_cursor_seeded = bool(log_cursor_seeded)
         self.try_number = None if try_number is None else int(try_number)
         self.resume_not_before = None if resume_not_before is None else float(resume_not_before)
+        self.xcom_scheme = int(xcom_scheme)
         #: The task instance whose link a wait on a worker (no ``task_instance``) sets; see :meth:`link_to`.
         self._link_key: TiKey | None = None
         self._finished = False  # wait() produced its event: nothing left to cancel from cleanup()
@@ -190,6 +195,7 @@ class KernelInvocationTrigger(BaseTrigger):
                 "try_number": self.try_number,
                 "resume_not_before": self.resume_not_before,
                 "log_cursor_seeded": self.log_cursor_seeded,
+                "xcom_scheme": self.xcom_scheme,
             },
         )
 
@@ -236,6 +242,7 @@ class KernelInvocationTrigger(BaseTrigger):
         self._finished = True
         if self.try_number is not None:
             event["try_number"] = self.try_number
+        event["xcom_scheme"] = self.xcom_scheme
         if self.resume_not_before is not None and getattr(self, "task_instance", None) is not None:
             early = self.resume_not_before - time.time()
             if early > 0:

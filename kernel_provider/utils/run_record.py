@@ -194,8 +194,8 @@ class RunRecordStore:
             raise KernelStateStoreError(
                 f"Invocation {record.invocation_id} was created, but its id could not be saved in this task "
                 f"instance's Kernel run record ({self.where}) {problem}. The run goes on and this try follows it "
-                "(XCom invocation_id names it; killing the task cancels it). The record still says a create was in "
-                "flight: should this try die, its retry looks for the run in Kernel's listing before invoking - "
+                "(XCom kernel_invocation_id names it; killing the task cancels it). The record still says a create "
+                "was in flight: should this try die, its retry looks for the run in Kernel's listing before invoking - "
                 "found exactly with reconcile_token=True; without a token the retry fails naming this invocation "
                 "rather than start a second run."
             ) from exc

@@ -227,7 +227,7 @@ def test_example_dag_extra_link_and_streamed_log(airflow_ui: Any, page: Any, scr
     invocation_id = str(
         af.wait_until(
             "start_crawl's invocation id",
-            lambda: af.xcom(EXAMPLE_DAG_ID, run_id, "start_crawl", key="invocation_id"),
+            lambda: af.xcom(EXAMPLE_DAG_ID, run_id, "start_crawl", key="kernel_invocation_id"),
             timeout=120,
         )
     )
@@ -280,7 +280,7 @@ def test_example_dag_extra_link_and_streamed_log(airflow_ui: Any, page: Any, scr
     af.open_gate(DEMO_GATE)
     assert af.wait_run_done(EXAMPLE_DAG_ID, run_id, timeout=150) == "success", af.states(EXAMPLE_DAG_ID, run_id)
     expected_url = f"{af.emulator.url}/_emulator/invocations/{invocation_id}"
-    assert af.xcom(EXAMPLE_DAG_ID, run_id, "start_crawl", key="invocation_url") == expected_url
+    assert af.xcom(EXAMPLE_DAG_ID, run_id, "start_crawl", key="kernel_invocation_url") == expected_url
 
     # --- the invoke task: "Kernel invocation" under Extra Links (task instance -> Details) ----------------
     page.goto(f"{run_path}/tasks/start_crawl")

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from kernel_provider.client import browsers
-from kernel_provider.client.browsers import MARKER_PREFIX, build_browser_request
 from kernel_provider.client.errors import (
     KernelAmbiguousBrowserCreateError,
     KernelBadRequestError,
@@ -20,6 +19,7 @@ from kernel_provider.client.errors import (
     KernelTransportError,
 )
 from kernel_provider.client.models import Browser
+from kernel_provider.client.validation import MARKER_PREFIX, build_browser_request
 from kernel_provider.client.wire import drive
 from tests.client.test_operations import answer, canned
 
@@ -68,13 +68,18 @@ def server_error() -> KernelServerError:
         ({"acquire_timeout_seconds": 5}, "acquire_timeout_seconds"),
         ({"pool": "scrapers", "acquire_timeout_seconds": 0}, "acquire_timeout_seconds"),
         ({"pool": ""}, "pool"),
-        ({"timeout": 60}, "timeout"),
     ],
 )
 def test_bad_options_fail_naming_the_field(options: dict[str, Any], field: str) -> None:
     with pytest.raises(KernelInputError) as info:
         build_browser_request(**options)
     assert info.value.field == field
+
+
+def test_an_unknown_option_is_refused_by_name() -> None:
+    """The options are named parameters: a misspelt one is Python's TypeError naming it, before any request."""
+    with pytest.raises(TypeError, match="'timeout'"):
+        build_browser_request(timeout=60)  # type: ignore[call-arg]
 
 
 def test_options_become_kernels_browser_request() -> None:

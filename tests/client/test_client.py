@@ -23,7 +23,7 @@ def client_for(emulator: Any, key: str | None = None, **kwargs: Any) -> KernelCl
 
 def test_sync_calls(kernel_emulator: Any) -> None:
     client = client_for(kernel_emulator)
-    done = client.invoke("demo", "echo", payload={"n": 1})
+    done = client.invoke("demo", "echo", payload={"n": 1}, invoke_async=False)
     assert done.succeeded and done.result == {"n": 1}
     assert client.get_invocation(done.id).app_name == "demo"
     assert [i.id for i in client.list_invocations(app_name="demo")] == [done.id]
@@ -37,7 +37,7 @@ def test_sync_calls(kernel_emulator: Any) -> None:
 async def test_async_calls_and_the_event_stream(kernel_emulator: Any) -> None:
     client = client_for(kernel_emulator)
     started = await client.ainvoke("demo", "logs", payload={"lines": 2, "interval": 0.01}, invoke_async=True)
-    events = [e async for e in client.stream_events(started.id, silence_timeout=10)]
+    events = [e async for e in client.astream_events(started.id, silence_timeout=10)]
     assert [e["message"].strip() for e in events if e["event"] == "log"] == ["line 0", "line 1"]
     assert (await client.aget_invocation(started.id)).succeeded
     assert [i.id for i in await client.alist_invocations(app_name="demo")] == [started.id]
@@ -100,14 +100,14 @@ def test_a_budget_bounds_a_call_that_cannot_connect() -> None:
 
 
 def test_events_that_are_not_json_objects_are_skipped(kernel_emulator: Any, caplog: Any) -> None:
-    done = client_for(kernel_emulator).invoke("demo", "echo")
+    done = client_for(kernel_emulator).invoke("demo", "echo", invoke_async=False)
     kernel_emulator.set_faults(
         [{"route": "GET /invocations/{id}/events", "times": 1, "fault": {"raw_sse_data": "not json"}}]
     )
 
     async def follow() -> list[dict[str, Any]]:
         try:
-            return [e async for e in client_for(kernel_emulator).stream_events(done.id, silence_timeout=10)]
+            return [e async for e in client_for(kernel_emulator).astream_events(done.id, silence_timeout=10)]
         finally:
             await close_loop_resources()
 

@@ -27,7 +27,8 @@ def test_a_good_request_is_built_as_kernel_expects() -> None:
         "async_timeout_seconds": 600,
     }
     assert "payload" not in build_invoke_request(**GOOD)
-    assert "async" not in build_invoke_request(**GOOD)
+    assert build_invoke_request(**GOOD)["async"] is True  # the provider's one default, as in the operator
+    assert "async" not in build_invoke_request(**GOOD, invoke_async=False)
 
 
 @pytest.mark.parametrize("payload", [[1, 2], 3, 2.5, True, "[1,2]", '{"a": "b"}', '"text"', "null"])
@@ -65,7 +66,11 @@ BAD_INPUT = [
     ({**GOOD, "invoke_async": True, "async_timeout_seconds": 3601}, "async_timeout_seconds", "10..3600"),
     ({**GOOD, "invoke_async": True, "async_timeout_seconds": 60.5}, "async_timeout_seconds", "whole number"),
     ({**GOOD, "invoke_async": True, "async_timeout_seconds": True}, "async_timeout_seconds", "whole number"),
-    ({**GOOD, "async_timeout_seconds": 60}, "async_timeout_seconds", "only applies to asynchronous"),
+    (
+        {**GOOD, "invoke_async": False, "async_timeout_seconds": 60},
+        "async_timeout_seconds",
+        "only applies to asynchronous",
+    ),
     ({**GOOD, "invoke_async": "yes"}, "invoke_async", "must be True or False"),
 ]
 

@@ -118,7 +118,7 @@ def test_triggerer_failover_moves_every_wait_and_reposts_nothing(airflow_cluster
     _wait_all_deferred(c, dag_id, run_id, WAIT_TASKS, timeout=480)
     deferred_mark = _last_seq(c)  # from here on, any POST /invocations would be a duplicate
 
-    ids = {i: str(c.xcom(dag_id, run_id, "invoke", key="invocation_id", map_index=i)) for i in range(WAIT_TASKS)}
+    ids = {i: str(c.xcom(dag_id, run_id, "invoke", key="kernel_invocation_id", map_index=i)) for i in range(WAIT_TASKS)}
     assert len(set(ids.values())) == WAIT_TASKS
     c.wait_until(
         "every trigger to be assigned to a triggerer",
@@ -212,7 +212,7 @@ def test_worker_killed_inside_create_is_reconciled_without_a_duplicate(airflow_c
         return now if now["try_number"] >= 2 and now["state"] == "deferred" else None
 
     c.wait_until("the retry to adopt the run and defer", retried_and_deferred, timeout=240, interval=1.0)
-    assert str(c.xcom(dag_id, run_id, "invoke", key="invocation_id")) == created["id"]
+    assert str(c.xcom(dag_id, run_id, "invoke", key="kernel_invocation_id")) == created["id"]
     c.wait_until(
         "the executor's report on try 2 deferring",
         lambda: c.executor_reported(dag_id, run_id, "invoke", try_number=2),

@@ -175,3 +175,17 @@ def test_deferrable_create_refused_with_429_resumes_with_the_functions_payload(k
     statuses = [r["status"] for r in kernel_conn_env.requests(path="/invocations", method="POST")]
     assert statuses == [429, 202]  # refused once (nothing created), then created exactly once
     assert posted_payloads(kernel_conn_env) == [result]
+
+
+def test_the_decorators_keywords_are_the_operators_with_the_same_defaults():
+    """``@task.kernel`` spells every operator parameter out (an IDE completes them); none may drift."""
+    import inspect
+
+    from kernel_provider.decorators.kernel import kernel_task
+    from kernel_provider.operators.kernel import KernelInvokeOperator
+
+    operator = inspect.signature(KernelInvokeOperator.__init__).parameters
+    decorator = inspect.signature(kernel_task).parameters
+    wanted = {name: p.default for name, p in operator.items() if name not in ("self", "payload", "kwargs")}
+    offered = {name: p.default for name, p in decorator.items() if name not in ("python_callable", "kwargs")}
+    assert offered == wanted

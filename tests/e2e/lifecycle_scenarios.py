@@ -237,7 +237,7 @@ def clear_deferred_task(h: Harness) -> None:
     wait_deferred(h, dag_id, run_id, task_id, timeout=150, min_try=2)
     invocations = wait_gate_invocations(h, gate, 2, timeout=30)
     new = invocations[1]
-    assert str(h.xcom(dag_id, run_id, task_id, key="invocation_id")) == new["id"]
+    assert str(h.xcom(dag_id, run_id, task_id, key="kernel_invocation_id")) == new["id"]
     assert h.invocation(new["id"])["status"] == "running"
     wait_deferral_reported(h, dag_id, run_id, task_id, try_number=2)
 

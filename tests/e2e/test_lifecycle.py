@@ -217,7 +217,7 @@ def test_worker_killed_during_create_with_reconcile_token_retry_adopts_the_run(a
     assert "_airflow_kernel_token" in (created.get("payload") or ""), created.get("payload")
 
     wait_deferred(e2e, dag_id, run_id, "invoke", timeout=RETRY_AFTER_CRASH, min_try=2)
-    assert str(e2e.xcom(dag_id, run_id, "invoke", key="invocation_id")) == created["id"]
+    assert str(e2e.xcom(dag_id, run_id, "invoke", key="kernel_invocation_id")) == created["id"]
     wait_deferral_reported(e2e, dag_id, run_id, "invoke", try_number=2)
     e2e.open_gate(gate)
     assert e2e.wait_run_done(dag_id, run_id, timeout=120) == "success", e2e.task_instances(dag_id, run_id)

@@ -66,7 +66,7 @@ def _invocation_id(e2e: AirflowE2E, dag_id: str, run_id: str, task_id: str, map_
     return str(
         e2e.wait_until(
             f"the invocation id XCom of {dag_id}.{task_id}[{map_index}]",
-            lambda: e2e.xcom(dag_id, run_id, task_id, key="invocation_id", map_index=map_index),
+            lambda: e2e.xcom(dag_id, run_id, task_id, key="kernel_invocation_id", map_index=map_index),
             timeout=30,
         )
     )

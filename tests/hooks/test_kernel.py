@@ -35,7 +35,7 @@ def hook(kernel_conn_env: Any) -> KernelHook:
 
 
 def test_sync_invoke_returns_the_final_state_and_output(hook: KernelHook, kernel_emulator: Any) -> None:
-    inv = hook.invoke("demo", "echo", payload={"hello": "world"})
+    inv = hook.invoke("demo", "echo", payload={"hello": "world"}, invoke_async=False)
     assert inv.status is InvocationStatus.SUCCEEDED
     assert inv.result == {"hello": "world"}
     assert kernel_emulator.created_count("demo", "echo") == 1
@@ -56,14 +56,14 @@ def test_async_invoke_then_get_until_finished(hook: KernelHook, kernel_emulator:
 
 
 def test_failed_invocation_carries_status_reason(hook: KernelHook) -> None:
-    inv = hook.invoke("demo", "fail", payload={"message": "no such product"})
+    inv = hook.invoke("demo", "fail", payload={"message": "no such product"}, invoke_async=False)
     assert inv.failed
     assert inv.status_reason
     assert "no such product" in (inv.output or "")
 
 
 def test_list_invocations_follows_pages(hook: KernelHook, kernel_emulator: Any) -> None:
-    ids = {hook.invoke("demo", "echo", payload={"i": i}).id for i in range(45)}
+    ids = {hook.invoke("demo", "echo", payload={"i": i}, invoke_async=False).id for i in range(45)}
     listed = hook.list_invocations(app_name="demo", action_name="echo", page_size=20)
     assert [i.id for i in listed if i.id in ids] and {i.id for i in listed} == ids
     assert len(listed) == 45
@@ -73,8 +73,8 @@ def test_list_invocations_follows_pages(hook: KernelHook, kernel_emulator: Any) 
 
 
 def test_list_invocations_filters_by_status_and_since(hook: KernelHook) -> None:
-    hook.invoke("demo", "echo", payload=1)
-    hook.invoke("demo", "fail")
+    hook.invoke("demo", "echo", payload=1, invoke_async=False)
+    hook.invoke("demo", "fail", invoke_async=False)
     failed = hook.list_invocations(app_name="demo", status="failed", since="5m")
     assert [i.action_name for i in failed] == ["fail"]
 
@@ -83,13 +83,13 @@ def test_cancel_patches_failed_and_deletes_browsers(hook: KernelHook, kernel_emu
     inv = hook.invoke("demo", "browse", payload={"seconds": 300}, invoke_async=True)
     kernel_emulator.wait_for(inv.id, ("running",))
     deadline = time.monotonic() + 5
-    while not hook.list_browsers(inv.id) and time.monotonic() < deadline:
+    while not hook.list_invocation_browsers(inv.id) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert hook.list_browsers(inv.id), "the browse action should hold a browser"
+    assert hook.list_invocation_browsers(inv.id), "the browse action should hold a browser"
     cancelled = hook.cancel_invocation(inv.id, reason="test cancel")
     assert cancelled is not None and cancelled.failed
     assert hook.get_invocation(inv.id).failed
-    assert hook.list_browsers(inv.id) == []
+    assert hook.list_invocation_browsers(inv.id) == []
     methods = [r["method"] for r in kernel_emulator.requests(path=f"/invocations/{inv.id}/browsers")]
     assert "DELETE" in methods
     patch = kernel_emulator.requests(path=f"/invocations/{inv.id}", method="PATCH")
@@ -119,7 +119,7 @@ def test_server_validation_error_surfaces_details(hook: KernelHook) -> None:
 
 def test_unknown_action_is_a_404_from_kernel(hook: KernelHook) -> None:
     with pytest.raises(KernelApiError) as info:
-        hook.invoke("demo", "no_such_action")
+        hook.invoke("demo", "no_such_action", invoke_async=False)
     assert info.value.status_code == 404
 
 
@@ -143,7 +143,7 @@ def test_project_header_is_sent(kernel_emulator: Any, monkeypatch: pytest.Monkey
     monkeypatch.setenv(
         "AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(kernel_emulator.url, kernel_emulator.token, project_id="proj_123")
     )
-    KernelHook().invoke("demo", "echo")
+    KernelHook().invoke("demo", "echo", invoke_async=False)
     assert [r["project_id"] for r in posts(kernel_emulator)] == ["proj_123"]
 
 
@@ -158,7 +158,7 @@ def test_user_agent_and_no_key_in_repr(hook: KernelHook) -> None:
 
 
 def test_reads_retry_5xx_with_exact_attempts(hook: KernelHook, kernel_emulator: Any) -> None:
-    inv = hook.invoke("demo", "echo")
+    inv = hook.invoke("demo", "echo", invoke_async=False)
     kernel_emulator.set_faults(
         {"rules": [{"route": "GET /invocations/{id}", "sequence": [{"status": 503}, {"status": 502}, {"status": 500}]}]}
     )
@@ -168,7 +168,7 @@ def test_reads_retry_5xx_with_exact_attempts(hook: KernelHook, kernel_emulator: 
 
 
 def test_reads_give_up_after_max_attempts(hook: KernelHook, kernel_emulator: Any) -> None:
-    inv = hook.invoke("demo", "echo")
+    inv = hook.invoke("demo", "echo", invoke_async=False)
     kernel_emulator.set_faults({"rules": [{"route": "GET /invocations/{id}", "fault": {"status": 503}}]})
     with pytest.raises(KernelApiError) as info:
         hook.get_invocation(inv.id)
@@ -181,7 +181,7 @@ def test_429_waits_for_retry_after(hook: KernelHook, kernel_emulator: Any) -> No
         {"rules": [{"route": "POST /invocations", "sequence": [{"status": 429, "retry_after": 1}]}]}
     )
     started = time.monotonic()
-    inv = hook.invoke("demo", "echo", payload={"n": 1})
+    inv = hook.invoke("demo", "echo", payload={"n": 1}, invoke_async=False)
     waited = time.monotonic() - started
     assert inv.succeeded
     assert [r["status"] for r in posts(kernel_emulator)] == [429, 200]
@@ -194,7 +194,7 @@ def test_retry_after_ms_is_honoured(hook: KernelHook, kernel_emulator: Any) -> N
         {"rules": [{"route": "POST /invocations", "sequence": [{"status": 429, "retry_after_ms": 400}]}]}
     )
     started = time.monotonic()
-    hook.invoke("demo", "echo")
+    hook.invoke("demo", "echo", invoke_async=False)
     assert time.monotonic() - started >= 0.38
     assert [r["status"] for r in posts(kernel_emulator)] == [429, 200]
 
@@ -258,7 +258,7 @@ def test_create_is_retried_when_kernel_says_it_is_safe(hook: KernelHook, kernel_
 
 
 def test_should_retry_false_stops_a_read_retry(hook: KernelHook, kernel_emulator: Any) -> None:
-    inv = hook.invoke("demo", "echo")
+    inv = hook.invoke("demo", "echo", invoke_async=False)
     kernel_emulator.set_faults(
         {"rules": [{"route": "GET /invocations/{id}", "sequence": [{"status": 503, "should_retry": False}]}]}
     )
@@ -307,7 +307,7 @@ def test_connection_refused_is_retried_even_for_create(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(transport, "request", counting)
     with pytest.raises(KernelTransportError) as info:
-        hook.invoke("demo", "echo")
+        hook.invoke("demo", "echo", invoke_async=False)
     assert info.value.request_sent is False
     assert len(attempts) == FAST_RETRY.max_attempts
 
@@ -352,7 +352,7 @@ async def test_stream_events_yields_state_on_connect_then_logs_then_terminal_sta
         invoke_async=True,
     )
     opened = gate.open_when(seen(gated_kernel, EVENTS), "the stream to connect")
-    events = [e async for e in KernelHook().stream_events(inv.id, silence_timeout=10)]
+    events = [e async for e in KernelHook().astream_events(inv.id, silence_timeout=10)]
     opened()
     kinds = [e["event"] for e in events]
     assert kinds[0] == "invocation_state" and kinds[-1] == "invocation_state"
@@ -481,7 +481,7 @@ async def test_rotated_key_is_read_again_and_the_request_retried_once(
     seen = kernel_emulator.requests(path=f"/invocations/{inv.id}", method="GET")
     assert [(r["auth"], r["status"]) for r in seen] == [("invalid", 401), ("valid", 200)]
     # The stream now opens with the settings read again (no second refusal).
-    events = [e async for e in shared.stream_events(inv.id, silence_timeout=10)]
+    events = [e async for e in shared.astream_events(inv.id, silence_timeout=10)]
     assert events[-1]["invocation"]["status"] == "succeeded"
 
 
@@ -494,7 +494,7 @@ async def test_rotated_key_on_opening_the_event_stream(
     shared = KernelHook.shared("kernel_default")
     await shared.aget_settings()
     rotate_key(kernel_emulator, monkeypatch, "rotated-key", connection_key="rotated-key")
-    events = [e async for e in shared.stream_events(inv.id, silence_timeout=10)]
+    events = [e async for e in shared.astream_events(inv.id, silence_timeout=10)]
     assert [e["message"].strip() for e in events if e["event"] == "log"] == ["line 0", "line 1"]
     streams = kernel_emulator.requests(path=f"/invocations/{inv.id}/events")
     assert [(r["auth"], r["status"]) for r in streams] == [("invalid", 401), ("valid", 200)]
@@ -517,7 +517,7 @@ async def test_refused_key_is_read_again_once_then_the_error_stands(
         with pytest.raises(KernelAuthError):
             await shared.aget_invocation(inv.id)
         with pytest.raises(KernelAuthError):
-            async for _ in shared.stream_events(inv.id, silence_timeout=10):
+            async for _ in shared.astream_events(inv.id, silence_timeout=10):
                 pass
     gets = kernel_emulator.requests(path=f"/invocations/{inv.id}", method="GET")
     streams = kernel_emulator.requests(path=f"/invocations/{inv.id}/events")
@@ -603,7 +603,7 @@ def test_uri_form_of_the_connection(kernel_emulator: Any, monkeypatch: pytest.Mo
     monkeypatch.setenv(
         "AIRFLOW_CONN_KERNEL_DEFAULT", f"kernel://:{kernel_emulator.token}@{host}:{port}/?project_id=proj_uri"
     )
-    assert KernelHook().invoke("demo", "echo").succeeded
+    assert KernelHook().invoke("demo", "echo", invoke_async=False).succeeded
     assert posts(kernel_emulator)[0]["project_id"] == "proj_uri"
 
 
@@ -633,10 +633,10 @@ def test_canary_key_never_appears_in_logs_or_errors(
     with caplog.at_level(logging.DEBUG):
         hook = KernelHook(retry_policy=FAST_RETRY)
         texts += [repr(hook), str(hook), repr(hook.settings)]
-        inv = hook.invoke("demo", "fail", payload={"message": "boom"})
+        inv = hook.invoke("demo", "fail", payload={"message": "boom"}, invoke_async=False)
         texts.append(repr(inv))
         emulator.set_faults({"rules": [{"route": "*", "fault": {"status": 500}}]})
-        for action in (lambda: hook.get_invocation(inv.id), lambda: hook.invoke("demo", "echo")):
+        for action in (lambda: hook.get_invocation(inv.id), lambda: hook.invoke("demo", "echo", invoke_async=False)):
             with pytest.raises(Exception) as info:
                 action()
             texts += [str(info.value), repr(info.value)]

@@ -107,7 +107,7 @@ def test_async_blocks_create_and_delete_without_blocking(hook: KernelBrowserHook
 
 @pytest.mark.parametrize(
     ("options", "field"),
-    [({"timeout_seconds": 3}, "timeout_seconds"), ({"pool": "p", "stealth": True}, "stealth"), ({"gpu": True}, "gpu")],
+    [({"timeout_seconds": 3}, "timeout_seconds"), ({"pool": "p", "stealth": True}, "stealth")],
 )
 def test_bad_options_fail_before_any_request(
     hook: KernelBrowserHook, kernel_conn_env: Any, options: dict[str, Any], field: str
@@ -115,6 +115,12 @@ def test_bad_options_fail_before_any_request(
     with pytest.raises(KernelInputError) as info:
         hook.browser(**options)
     assert info.value.field == field
+    assert kernel_conn_env.requests() == []
+
+
+def test_an_unknown_option_fails_by_name_before_any_request(hook: KernelBrowserHook, kernel_conn_env: Any) -> None:
+    with pytest.raises(TypeError, match="'gpu'"):
+        hook.browser(gpu=True)  # type: ignore[call-arg]
     assert kernel_conn_env.requests() == []
 
 

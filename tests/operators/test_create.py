@@ -142,7 +142,7 @@ def test_a_record_write_failing_after_the_post_keeps_the_run_and_says_so(
     with caplog.at_level(logging.WARNING):
         invocation_id = operator.execute({"ti": ti, "task_state_store": store})
     (created,) = kernel_conn_env.invocations()
-    assert invocation_id == created["id"] == ti.xcom["invocation_id"] == operator.invocation_id
+    assert invocation_id == created["id"] == ti.xcom["kernel_invocation_id"] == operator.invocation_id
     said = caplog.text + capfd.readouterr().out  # stdlib logging (Airflow 2) or structlog's console (Airflow 3)
     assert f"Invocation {created['id']} was created, but its id could not be saved" in said
     assert "fails before invoking" not in said and "retry looks for the run" in said

@@ -18,13 +18,16 @@ from airflow import __version__ as AIRFLOW_VERSION
 
 from kernel_provider.exceptions import KernelError, KernelInputError
 from kernel_provider.hooks.kernel import KernelHook
-from kernel_provider.operators.kernel import (
+from kernel_provider.links import (
+    LEGACY_XCOM_INVOCATION_ID,
+    LEGACY_XCOM_INVOCATION_URL,
     XCOM_INVOCATION_ID,
     XCOM_INVOCATION_URL,
     KernelInvocationLink,
-    KernelInvokeOperator,
 )
+from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.sensors.kernel import KernelInvocationSensor
+from kernel_provider.triggers.kernel import KernelInvocationTrigger
 from tests.airflow_helpers import (
     AF2,
     START,
@@ -127,6 +130,48 @@ def test_not_waiting_returns_the_id_at_once(kernel_conn_env):
     assert xcom(dr, "invoke", key=XCOM_INVOCATION_URL) == f"{DASHBOARD}/invocations/{inv['id']}"
     assert inv["status"] == "running"  # left running for a sensor to watch
     assert [r["method"] for r in requests_for(kernel_conn_env, inv["id"])] == []  # not even one GET
+
+
+class DeferredByProvider01(KernelInvokeOperator):
+    """Acts as provider 0.1 did up to the deferral: the invocation under the old XCom keys, and a trigger without
+    ``xcom_scheme`` (which 0.1's triggers lacked); the resumed task is today's code."""
+
+    def _remember(self, context, invocation_id):
+        if getattr(self, "_resumed", False):
+            return super()._remember(context, invocation_id)
+        self.invocation_id = invocation_id
+        context["ti"].xcom_push(key=LEGACY_XCOM_INVOCATION_ID, value=invocation_id)
+        context["ti"].xcom_push(key=LEGACY_XCOM_INVOCATION_URL, value=self.hook.invocation_url(invocation_id))
+        return None
+
+    def _trigger(self, invocation_id, context):
+        kwargs = super()._trigger(invocation_id, context).serialize()[1]
+        del kwargs["xcom_scheme"]
+        return KernelInvocationTrigger(**kwargs)
+
+    def execute_complete(self, context, event=None):
+        self._resumed = True
+        return super().execute_complete(context, event)
+
+
+def test_a_task_deferred_by_provider_01_pushes_todays_keys_when_it_resumes(kernel_conn_env, caplog):
+    """The upgrade does not break a deferred task: downstream tasks pulling ``kernel_invocation_id`` find it."""
+    with make_dag("deferred_by_01") as dag:
+        DeferredByProvider01(task_id="invoke", app_name="demo", action_name="echo", payload=1, deferrable=True)
+    dr = run_dag(dag)
+    assert states(dr) == {"invoke": "success"}
+    assert INLINE_TRIGGER in caplog.text  # really deferred and resumed
+    inv = only_invocation(kernel_conn_env)
+    assert xcom(dr, "invoke", key=LEGACY_XCOM_INVOCATION_ID) == inv["id"]  # what 0.1 pushed stays
+    assert xcom(dr, "invoke", key=XCOM_INVOCATION_ID) == inv["id"]
+    assert xcom(dr, "invoke", key=XCOM_INVOCATION_URL) == f"{DASHBOARD}/invocations/{inv['id']}"
+
+
+def test_todays_task_pushes_only_todays_keys(kernel_conn_env):
+    dr = run_dag(invoke_dag(action_name="echo", payload=1, deferrable=True))
+    inv = only_invocation(kernel_conn_env)
+    assert xcom(dr, "invoke", key=XCOM_INVOCATION_ID) == inv["id"]
+    assert xcom(dr, "invoke", key=LEGACY_XCOM_INVOCATION_ID) is None
 
 
 # --- outcomes ---------------------------------------------------------------------------------------------

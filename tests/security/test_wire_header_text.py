@@ -49,7 +49,10 @@ def test_a_bad_key_is_refused_at_load_before_any_request(
     monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(kernel_emulator.url, BAD_KEYS[kind]))
     texts: list[str] = []
     with caplog.at_level(logging.DEBUG):
-        for call in (lambda h: h.get_invocation("a" * 24), lambda h: h.invoke("demo", "echo", payload={"n": 1})):
+        for call in (
+            lambda h: h.get_invocation("a" * 24),
+            lambda h: h.invoke("demo", "echo", payload={"n": 1}, invoke_async=False),
+        ):
             with pytest.raises(KernelConnectionConfigError) as raised:
                 call(KernelHook(retry_policy=FAST_RETRY))
             assert not isinstance(raised.value, KernelAmbiguousCreateError)
@@ -90,7 +93,10 @@ def test_settings_that_slipped_past_the_check_are_stopped_before_the_wire(
     client = KernelClient(settings, retry=FAST_RETRY)
     texts = []
     with caplog.at_level(logging.DEBUG):
-        for call in (lambda: client.invoke("demo", "echo"), lambda: client.get_invocation("a" * 24)):
+        for call in (
+            lambda: client.invoke("demo", "echo", invoke_async=False),
+            lambda: client.get_invocation("a" * 24),
+        ):
             with pytest.raises(KernelConnectionConfigError) as raised:
                 call()
             texts.append(str(raised.value))
@@ -98,10 +104,10 @@ def test_settings_that_slipped_past_the_check_are_stopped_before_the_wire(
         async def run() -> None:
             try:
                 with pytest.raises(KernelConnectionConfigError) as raised:
-                    await client.ainvoke("demo", "echo")
+                    await client.ainvoke("demo", "echo", invoke_async=False)
                 texts.append(str(raised.value))
                 with pytest.raises(KernelConnectionConfigError):
-                    async for _ in client.stream_events("a" * 24):
+                    async for _ in client.astream_events("a" * 24):
                         pass
             finally:
                 await close_loop_resources()

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from kernel_provider.client import KernelClient, KernelSettings
-from kernel_provider.client.browsers import BrowserApi, build_browser_request
+from kernel_provider.client.browsers import BrowserApi
 from kernel_provider.client.errors import KernelInputError, KernelResponseError
 from kernel_provider.client.transport import close_loop_resources
+from kernel_provider.client.validation import build_browser_request
 from tests.helpers import FAST_RETRY, conn_json
 from tests.security.wire_servers import Answer, Seen, scripted
 
@@ -30,7 +31,7 @@ def _client(url: str, key: str) -> KernelClient:
 SYNC: dict[str, tuple[str, Callable[[KernelClient, Any], Any]]] = {
     "get": ("invocation_id", lambda c, i: c.get_invocation(i)),
     "cancel": ("invocation_id", lambda c, i: c.cancel_invocation(i, budget=5)),
-    "browsers": ("invocation_id", lambda c, i: c.list_browsers(i)),
+    "browsers": ("invocation_id", lambda c, i: c.list_invocation_browsers(i)),
     "replays": ("browser_id", lambda c, i: c.list_replays(i)),
     "link": ("invocation_id", lambda c, i: c.invocation_url(i)),
     "deployment": ("deployment_id", lambda c, i: c.list_invocations(deployment_id=i)),
@@ -41,9 +42,9 @@ SYNC: dict[str, tuple[str, Callable[[KernelClient, Any], Any]]] = {
 ASYNC: dict[str, Callable[[KernelClient, Any], Any]] = {
     "get": lambda c, i: c.aget_invocation(i),
     "cancel": lambda c, i: c.acancel_invocation(i, budget=5),
-    "browsers": lambda c, i: c.ainvocation_browsers(i),
+    "browsers": lambda c, i: c.alist_invocation_browsers(i),
     "replays": lambda c, i: c.alist_replays(i),
-    "events": lambda c, i: c.stream_events(i).__anext__(),
+    "events": lambda c, i: c.astream_events(i).__anext__(),
 }
 
 
@@ -96,7 +97,7 @@ def test_the_hook_refuses_dot_dot_as_invocation_id(kernel_emulator: Any, monkeyp
 
 def test_real_ids_pass(kernel_emulator: Any) -> None:
     client = _client(kernel_emulator.url, kernel_emulator.token)
-    done = client.invoke("demo", "echo")
+    done = client.invoke("demo", "echo", invoke_async=False)
     assert len(done.id) == 24 and client.get_invocation(done.id).id == done.id
 
 

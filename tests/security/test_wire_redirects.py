@@ -63,13 +63,13 @@ def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
 
 
 SYNC_CALLS: dict[str, Callable[[KernelClient], Any]] = {
-    "create": lambda c: c.invoke("demo", "echo", payload=PAYLOAD),
+    "create": lambda c: c.invoke("demo", "echo", payload=PAYLOAD, invoke_async=False),
     "get": lambda c: c.get_invocation("a" * 24),
     "list": lambda c: c.list_invocations(app_name="demo"),
     "cancel": lambda c: c.cancel_invocation("a" * 24, budget=5),
 }
 ASYNC_CALLS: dict[str, Callable[[KernelClient], Awaitable[Any]]] = {
-    "create": lambda c: c.ainvoke("demo", "echo", payload=PAYLOAD),
+    "create": lambda c: c.ainvoke("demo", "echo", payload=PAYLOAD, invoke_async=False),
     "get": lambda c: c.aget_invocation("a" * 24),
     "list": lambda c: c.alist_invocations(app_name="demo"),
     "events": lambda c: _first_event(c),
@@ -77,7 +77,7 @@ ASYNC_CALLS: dict[str, Callable[[KernelClient], Awaitable[Any]]] = {
 
 
 async def _first_event(client: KernelClient) -> Any:
-    async for event in client.stream_events("a" * 24, silence_timeout=5):
+    async for event in client.astream_events("a" * 24, silence_timeout=5):
         return event
     return None
 
@@ -113,7 +113,7 @@ def test_check_connection_after_a_redirect_is_not_valid(setup: Setup) -> None:
 def test_a_create_redirected_is_a_refusal_sent_once(setup: Setup) -> None:
     """On a 307/308 a follower re-sends the payload to the other origin; here it was sent once, to the first."""
     with pytest.raises(KernelRedirectError):
-        setup.client.invoke("demo", "echo", payload=PAYLOAD)
+        setup.client.invoke("demo", "echo", payload=PAYLOAD, invoke_async=False)
     (only,) = setup.redirector.seen
     assert only.method == "POST" and json.loads(json.loads(only.body)["payload"]) == PAYLOAD
     assert setup.elsewhere.seen == []

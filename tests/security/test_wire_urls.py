@@ -90,7 +90,7 @@ def test_over_the_wire_on_both_transports() -> None:
 
         async def run() -> tuple[list[Browser], list[Replay]]:
             try:
-                return await client.ainvocation_browsers("a" * 24), await client.alist_replays(SESSION)
+                return await client.alist_invocation_browsers("a" * 24), await client.alist_replays(SESSION)
             finally:
                 await close_loop_resources()
 

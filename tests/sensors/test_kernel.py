@@ -101,7 +101,7 @@ def test_already_finished_invocation_completes_without_deferring(kernel_conn_env
         )
         wait = KernelInvocationSensor(
             task_id="wait",
-            invocation_id="{{ ti.xcom_pull('invoke', key='invocation_id') }}",
+            invocation_id="{{ ti.xcom_pull('invoke', key='kernel_invocation_id') }}",
             deferrable=True,
             start_from_trigger=False,
             poke_interval=0.1,
@@ -109,7 +109,7 @@ def test_already_finished_invocation_completes_without_deferring(kernel_conn_env
         invoke >> wait
     dr = run_dag(dag)
     assert states(dr) == {"invoke": "success", "wait": "success"}
-    inv_id = xcom(dr, "invoke", key="invocation_id")
+    inv_id = xcom(dr, "invoke", key="kernel_invocation_id")
     assert xcom(dr, "wait") == {"x": 1}
     assert not kernel_conn_env.requests(path=f"/invocations/{inv_id}/events")
 

@@ -32,7 +32,7 @@ from tests.airflow_helpers import (
 )
 from tests.helpers import EVENTS, GET_ONE, conn_json, seen, wait_until
 
-EVENT_KEYS = {"status", "invocation_id", "status_reason", "message", "cancelled"}
+EVENT_KEYS = {"status", "invocation_id", "status_reason", "message", "cancelled", "xcom_scheme"}
 
 
 def start(action: str, payload: Any = None, app: str = "demo") -> str:
