@@ -38,26 +38,6 @@ def only_invocation(emulator: Any) -> dict[str, Any]:
     return invocations[0]
 
 
-def load_e2e_harness() -> Any:
-    """``tests/e2e/conftest.py`` as a plain module (not as a conftest: its hooks stay with the e2e tests), for the
-    browser tests and the fan-out benchmark, which drive the same real Airflow services."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    name = "kernel_e2e_harness"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parent / "e2e" / "conftest.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load the e2e harness from {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> Any:
     """Poll ``predicate`` until it returns something truthy (a readiness wait, never an assertion on time)."""
     deadline = time.monotonic() + timeout

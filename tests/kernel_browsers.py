@@ -51,13 +51,6 @@ def serve_site() -> Iterator[str]:
         server.server_close()
 
 
-@pytest.fixture
-def site_url() -> Iterator[str]:
-    """:func:`serve_site` for the length of a test."""
-    with serve_site() as url:
-        yield url
-
-
 def live_browsers(emulator: Any) -> int:
     """Kernel browsers the emulator has running (each a Chromium), from its stats."""
     return int(emulator.stats()["browser_sessions"]["live"])

@@ -18,10 +18,9 @@ from kernel_provider.decorators.kernel_browser import (
     kernel_browser_task,
 )
 from tests.airflow_helpers import all_logs, make_dag, run_dag, states, task, ti_map, xcom
-from tests.kernel_browsers import SITE_PRODUCTS, live_browsers, needs_chromium, site_url
+from tests.kernel_browsers import SITE_PRODUCTS, live_browsers, needs_chromium
 
 pytestmark = [*needs_chromium, pytest.mark.usefixtures("airflow_db")]
-__all__ = ["site_url"]  # the fixture, imported for the tests below
 LIVE_VIEW_ROUTE = "/browsers/{id}/live_view"
 
 
