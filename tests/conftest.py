@@ -225,6 +225,15 @@ def airflow_db() -> Path:
 
 
 @pytest.fixture
+def no_ca_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's own CA variables (many images set them) must not decide what a TLS-trust test sees."""
+    from kernel_provider.client.settings import CA_BUNDLE_ENV
+
+    for name in CA_BUNDLE_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
 def site_url() -> Iterator[str]:
     """``example_dags/site/`` served on 127.0.0.1 for the length of a test (``tests.kernel_browsers.serve_site``)."""
     from tests.kernel_browsers import serve_site
