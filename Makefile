@@ -171,11 +171,11 @@ test-live: $(VENV)/.installed
 
 ## make demo: start the emulator with a demo app and run every example DAG on it.
 demo: $(VENV)/.installed
-	@$(VENV)/bin/python example_dags/run_demo.py
+	@$(VENV)/bin/python -m tests.harness.demo
 
 ## make airflow: a local Airflow (standalone) + the emulator + the example DAGs, to click through the UI.
 airflow: $(VENV)/.installed
-	@$(VENV)/bin/python example_dags/run_local_airflow.py
+	@$(VENV)/bin/python -m tests.harness.local_airflow
 
 ## The [cluster] extra (Celery provider, psycopg2, asyncpg, redis) in .venv, and Debian's PostgreSQL and Redis
 ## (system-deps; needs root for apt; without them the cluster tests are skipped, and say so in the test summary).
@@ -190,7 +190,7 @@ $(VENV)/.cluster-installed: $(VENV)/.installed
 ## make cluster: PostgreSQL + Redis + Airflow with the CeleryExecutor (api-server, scheduler, dag-processor, two
 ## triggerers, two Celery workers) + the emulator, on 127.0.0.1 in a throw-away directory. Ctrl-C stops all.
 cluster: cluster-deps
-	@$(VENV)/bin/python example_dags/run_cluster.py
+	@$(VENV)/bin/python -m tests.harness.cluster
 
 ## make test-cluster: the cluster suite (tests/cluster, marker `cluster`) on one shared cluster; ~5 minutes on 2 cores.
 test-cluster: cluster-deps

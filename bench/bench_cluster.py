@@ -24,22 +24,20 @@ takes about 15-25 minutes per mode on 2 cores (the two Celery workers run each t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
-import sys
 import tempfile
 import textwrap
 import time
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bench.common import table
+from tests.harness.airflow3 import epoch
+from tests.harness.airflow_cluster import ClusterAirflow, skip_reason
+from tests.harness.base import GATE_APP, from_triggerer
 
-ROOT = Path(__file__).resolve().parent.parent
-TRIGGERER_MARK = "(triggerer)"
 LAST_RESULT: dict[str, Any] = {}
 
 DAG_TEMPLATE = '''
@@ -79,23 +77,6 @@ with DAG(dag_id="bench_cluster_warmup", schedule=None, start_date=pendulum.datet
 '''
 
 
-def _load_harness() -> Any:
-    name = "kernel_cluster_harness"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = ROOT / "tests" / "cluster" / "conftest.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
 def _family(service: Any) -> list[Any]:
     import psutil
 
@@ -133,19 +114,15 @@ def _db_writes(c: Any) -> int:
     return int(rows[0][0])
 
 
-def _last_seq(c: Any) -> int:
-    return max((r["seq"] for r in c.emulator.client.requests()), default=0)
-
-
 def _followed(c: Any, ids: set[str], after_seq: int) -> dict[str, float]:
     """Invocation id -> time of the triggerer's first request about it after ``after_seq``."""
     first: dict[str, float] = {}
     for r in c.emulator.client.requests(method="GET"):
-        if r["seq"] <= after_seq or TRIGGERER_MARK not in (r.get("user_agent") or ""):
+        if r["seq"] <= after_seq or not from_triggerer(r):
             continue
         parts = r["path"].split("/")
         if len(parts) > 2 and parts[1] == "invocations" and parts[2] in ids:
-            first.setdefault(parts[2], _epoch(r["time"]))
+            first.setdefault(parts[2], epoch(r["time"]))
     return first
 
 
@@ -167,7 +144,7 @@ def measure_mode(c: Any, mode: str, waits: int, hold: float, triggerer: str, spa
     gate = c.new_gate()
     idle_rss = _rss_mb(c.services[triggerer])
     created0 = c.emulator.client.created_count(app="gate", action="wait")
-    rows0, seq0 = _db_writes(c), _last_seq(c)
+    rows0, seq0 = _db_writes(c), c.last_seq()
     started = time.monotonic()
     run_id = c.trigger(dag_id, {"gate": gate})
     c.wait_until(
@@ -189,13 +166,13 @@ def measure_mode(c: Any, mode: str, waits: int, hold: float, triggerer: str, spa
     # Holding: steady state.
     service = c.services[triggerer]
     rss_samples = []
-    cpu0, rows_h0, seq_h0, t0 = _cpu_s(service), _db_writes(c), _last_seq(c), time.monotonic()
+    cpu0, rows_h0, seq_h0, t0 = _cpu_s(service), _db_writes(c), c.last_seq(), time.monotonic()
     while time.monotonic() - t0 < hold:
         rss_samples.append(_rss_mb(service))
         time.sleep(2)
     window = time.monotonic() - t0
     cpu = (_cpu_s(service) - cpu0) / window * 100
-    seq_h1 = _last_seq(c)
+    seq_h1 = c.last_seq()
     holding_requests = Counter(
         f"{r['method']} {r['route']}" for r in c.emulator.client.requests() if seq_h0 < r["seq"] <= seq_h1
     )
@@ -207,7 +184,7 @@ def measure_mode(c: Any, mode: str, waits: int, hold: float, triggerer: str, spa
     c.wait_until("two live triggerers", lambda: len(c.live_triggerers()) == 2, timeout=90, interval=1)
     kill_wall = time.time()
     c.kill(triggerer)
-    mark = _last_seq(c)
+    mark = c.last_seq()
     resumed = c.wait_until(
         f"all {waits} waits followed again after the kill",
         lambda: f if len(f := _followed(c, ids, mark)) == waits else None,
@@ -218,7 +195,7 @@ def measure_mode(c: Any, mode: str, waits: int, hold: float, triggerer: str, spa
 
     c.open_gate(gate)
     state = c.wait_run_done(dag_id, run_id, timeout=120 + 3 * waits)
-    rows1, seq1 = _db_writes(c), _last_seq(c)
+    rows1, seq1 = _db_writes(c), c.last_seq()
     created = c.emulator.client.created_count(app="gate", action="wait") - created0
     by_route = Counter(f"{r['method']} {r['route']}" for r in c.emulator.client.requests() if seq0 < r["seq"] <= seq1)
     return {
@@ -252,13 +229,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--keep", action="store_true", help="keep the cluster's directory (service logs)")
     args = parser.parse_args(argv)
 
-    harness = _load_harness()
-    reason = harness._skip_reason()
+    reason = skip_reason()
     if reason:
         print(f"bench_cluster skipped: {reason}")
         return {"skipped": reason}
 
-    class BenchCluster(harness.ClusterAirflow):  # type: ignore[misc,name-defined]
+    class BenchCluster(ClusterAirflow):
         triggerer_capacity: dict[str, int] = {}  # one triggerer holds every wait
 
         def start_emulator(self) -> None:
@@ -266,7 +242,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
             # A request log long enough for every request of the run (the default keeps 10,000).
             self.emulator = spawn_emulator(
-                apps=[harness.harness.GATE_APP],
+                apps=[GATE_APP],
                 env={"KERNEL_E2E_GATE_DIR": str(self.gates)},
                 timeout=60,
                 request_log_size=50 * args.waits + 10_000,

@@ -26,12 +26,12 @@ import argparse
 import re
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bench.common import table
-from tests.helpers import load_e2e_harness
+from tests.harness.airflow3 import AirflowE2E, epoch
+from tests.harness.base import running
 
 GOAL_WORKER_S, GOAL_MAKESPAN_X, GOAL_REQUESTS = 2.0, 1.2, 6.0
 WORKLOAD = re.compile(r"Workload finished\s.*?duration=([0-9.eE+-]+)")
@@ -70,10 +70,6 @@ for dag_id, operator in (("bench_fanout_new", KernelInvokeOperator), ("bench_fan
 '''
 
 
-def _stamp(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
 def run_one(e2e: Any, dag_id: str, tasks: int, timeout: float) -> dict[str, Any]:
     """One DAG run: its makespan, worker-slot seconds and Kernel requests."""
     scheduler_log = e2e.services["scheduler"].log
@@ -90,7 +86,7 @@ def run_one(e2e: Any, dag_id: str, tasks: int, timeout: float) -> dict[str, Any]
     refused = sum(r["status"] == 429 for r in requests)
     return {
         "state": state,
-        "makespan": _stamp(run["end_date"]) - _stamp(run["start_date"]),
+        "makespan": epoch(run["end_date"]) - epoch(run["start_date"]),
         "worker_s": sum(durations) / tasks,
         "processes": len(durations) / tasks,
         "requests": len(requests) / tasks,
@@ -106,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=5)
     parser.add_argument("--parallelism", type=int, default=16)
     args = parser.parse_args(argv)
-    harness = load_e2e_harness()
 
-    class FanoutAirflow(harness.AirflowE2E):  # type: ignore[misc,name-defined]
+    class FanoutAirflow(AirflowE2E):
         def write_dags(self) -> None:
             text = DAG_FILE.format(tasks=args.tasks, seconds=args.action_seconds)
             (self.dags / "bench_fanout_dags.py").write_text(text)
@@ -124,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="bench-fanout-") as base,
-        harness.running(FanoutAirflow(Path(base)), audit=False) as e2e,
+        running(FanoutAirflow(Path(base)), audit=False) as e2e,
     ):
         e2e.emulator.client.configure(org_concurrency=args.concurrency, retry_after=1)
         for label in ("new", "old"):

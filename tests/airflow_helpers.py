@@ -15,8 +15,6 @@ from typing import Any
 
 from airflow import __version__ as AIRFLOW_VERSION
 
-from tests.helpers import wait_until
-
 AF2 = AIRFLOW_VERSION.startswith("2.")
 AF3 = not AF2
 
@@ -27,11 +25,14 @@ else:
     from airflow.decorators import task  # type: ignore[no-redef]
 
 START = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+#: What ``dag.test()`` logs when it runs a deferred task's trigger in its own process: the task really deferred.
+INLINE_TRIGGER = "[DAG TEST] running trigger in line"
 
 __all__ = [
     "AF2",
     "AF3",
     "DAG",
+    "INLINE_TRIGGER",
     "START",
     "kernel_lines",
     "make_dag",
@@ -39,7 +40,6 @@ __all__ = [
     "run_dag",
     "task",
     "ti_map",
-    "wait_until",
     "xcom",
 ]
 
@@ -181,3 +181,14 @@ def all_logs(caplog: Any, capfd: Any) -> str:
 def requests_for(emulator: Any, invocation_id: str) -> list[dict[str, Any]]:
     """Every request the emulator recorded whose path names ``invocation_id``."""
     return [r for r in emulator.requests() if invocation_id in r["path"]]
+
+
+def execute_try(store: Any, ti: Any, **kwargs: Any) -> Any:
+    """One try of a ``KernelInvokeOperator`` (``demo`` app unless ``kwargs`` say otherwise) by its ``execute``, with
+    the run record in ``store`` and the task instance ``ti`` (stand-ins from ``tests/standins.py``)."""
+    from kernel_provider.operators.kernel import KernelInvokeOperator
+
+    kwargs.setdefault("app_name", "demo")
+    kwargs.setdefault("poll_interval", 0.1)
+    operator = KernelInvokeOperator(task_id=ti.task_id, **kwargs)
+    return operator.execute({"ti": ti, "task_state_store": store})

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,15 +118,62 @@ def _encodable(text: str) -> str:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Reports hold only UTF-8-encodable text: the hostile-data tests make Airflow log lone surrogates, and an
-    xdist worker cannot send a report holding one (the whole leg would end in an INTERNALERROR)."""
+    """A failing test on a shared Airflow harness gets the tails of its service logs in its report. Reports hold
+    only UTF-8-encodable text: the hostile-data tests make Airflow log lone surrogates, and an xdist worker cannot
+    send a report holding one (the whole leg would end in an INTERNALERROR)."""
     outcome = yield
     report = outcome.get_result()
+    if report.failed and call.when == "call":
+        _add_service_logs(item, call, report)
     report.sections = [(title, _encodable(content)) for title, content in report.sections]
     if report.longrepr is not None:
         text = str(report.longrepr)
         if _encodable(text) != text:
             report.longrepr = _encodable(text)
+
+
+#: The fixtures that start a shared Airflow harness (``tests/harness``): after each test that uses one, the
+#: ERROR-line audit reads what its services logged, and a failing test's report gets their log tails.
+HARNESS_FIXTURES = ("airflow_e2e", "airflow2_e2e", "airflow_cluster")
+
+
+def _add_service_logs(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+    funcargs = getattr(item, "funcargs", {})
+    harness = next((funcargs[name] for name in HARNESS_FIXTURES if name in funcargs), None)
+    if harness is None:
+        return
+    item.__dict__["e2e_call_failed"] = True  # the ERROR-line audit does not fail it twice
+    if call.excinfo is not None and "----- " in str(call.excinfo.value):  # a wait_until timeout holds them already
+        return
+    try:
+        report.sections.append(("Airflow service logs (tails)", harness.diagnostics()))
+    except Exception as exc:
+        report.sections.append(("Airflow service logs", f"could not collect: {exc}"))
+
+
+@pytest.fixture
+def expect_error_lines(request: pytest.FixtureRequest) -> Any:
+    """``expect_error_lines(r"regex", ...)``: ERROR lines this test provokes on purpose (the audit allows them)."""
+    declared: list[str] = request.node.__dict__.setdefault("declared_error_lines", [])
+    return lambda *patterns: declared.extend(patterns)
+
+
+@pytest.fixture(autouse=True)
+def _error_line_audit(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The ERROR-line audit (``tests/harness/error_audit.py``) after every test on a shared Airflow harness."""
+    yield
+    for name in HARNESS_FIXTURES:
+        if name in request.fixturenames:
+            from tests.harness.error_audit import audit_error_lines
+
+            audit_error_lines(request.node, request.getfixturevalue(name).audit)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How much the ERROR-line audit read, per harness started in this session."""
+    audit = sys.modules.get("tests.harness.error_audit")
+    for each in getattr(audit, "AUDITS", []):
+        terminalreporter.write_line(f"[ERROR-line audit] {each.summary()}")
 
 
 @pytest.fixture(autouse=True)
@@ -172,6 +220,24 @@ def airflow_db() -> Path:
         shutil.copyfile(template / "airflow.db", home / "airflow.db")
     (home / stamp).touch()
     return home
+
+
+@pytest.fixture
+def no_ca_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's own CA variables (many images set them) must not decide what a TLS-trust test sees."""
+    from kernel_provider.client.settings import CA_BUNDLE_ENV
+
+    for name in CA_BUNDLE_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def site_url() -> Iterator[str]:
+    """``example_dags/site/`` served on 127.0.0.1 for the length of a test (``tests.kernel_browsers.serve_site``)."""
+    from tests.kernel_browsers import serve_site
+
+    with serve_site() as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,12 +1,21 @@
-"""Small helpers shared by tests (no fixtures with side effects here)."""
+"""Small helpers shared by tests that never import Airflow (no fixtures with side effects here): the emulator's
+connection and request log, gates, bounded waits, and canned answers for the client's sans-IO operations.
+
+Helpers that need Airflow are in ``tests/airflow_helpers.py``; stand-ins for Airflow objects in
+``tests/standins.py``; the Kernel browser tests' own in ``tests/kernel_browsers.py``.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kernel_provider.client.errors import KernelApiError, api_error_for_status
 from kernel_provider.client.retry import RetryPolicy
+from kernel_provider.client.wire import ApiCall, ApiResponse
 from kernel_provider.testing.config import airflow_connection
 
 #: Retry bounds that keep tests quick while still exercising every retry path.
@@ -36,26 +45,6 @@ def only_invocation(emulator: Any) -> dict[str, Any]:
     invocations = emulator.invocations()
     assert len(invocations) == 1, invocations
     return invocations[0]
-
-
-def load_e2e_harness() -> Any:
-    """``tests/e2e/conftest.py`` as a plain module (not as a conftest: its hooks stay with the e2e tests), for the
-    browser tests and the fan-out benchmark, which drive the same real Airflow services."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    name = "kernel_e2e_harness"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parent / "e2e" / "conftest.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load the e2e harness from {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> Any:
@@ -122,3 +111,45 @@ def seen(emulator: Any, route: str, at_least: int = 1, method: str = "GET") -> A
 
 EVENTS = "/invocations/{id}/events"
 GET_ONE = "/invocations/{id}"
+
+
+def rotate_key(emulator: Any, monkeypatch: Any, new_key: str, *, connection_key: str | None) -> None:
+    """Kernel now accepts only ``new_key``; the Airflow connection is changed to ``connection_key`` (None: left
+    alone). The emulator has no route for this: its accepted tokens are changed in-process."""
+    emulator._call(lambda: setattr(emulator.store.config, "tokens", (new_key,)))
+    if connection_key is not None:
+        monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(emulator.url, connection_key))
+
+
+# --- canned answers for the client's sans-IO operations (``kernel_provider.client.wire``) ---------------
+
+#: What a canned ``send`` answers a call with: a response, or a transport error to raise.
+Answer = ApiResponse | BaseException
+
+
+def answer(status: int = 200, body: Any = None, **headers: str) -> ApiResponse:
+    """A canned response; ``body`` is JSON-encoded unless it is bytes. Header names as Kernel sends them."""
+    raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
+    return ApiResponse(status, {k.replace("_", "-").lower(): v for k, v in headers.items()}, raw)
+
+
+def canned(*answers: Answer) -> tuple[Callable[[ApiCall[Any]], Any], list[ApiCall[Any]]]:
+    """A ``send`` for :func:`~kernel_provider.client.wire.drive` answering each call with the next canned
+    answer, and the calls it saw."""
+    queue = list(answers)
+    calls: list[ApiCall[Any]] = []
+
+    def send(call: ApiCall[Any]) -> Any:
+        calls.append(call)
+        assert queue, f"unexpected call {call.endpoint.method} {call.path}"
+        reply = queue.pop(0)
+        if isinstance(reply, BaseException):
+            raise reply
+        return call.result(reply)
+
+    return send, calls
+
+
+def api_error(status: int, **headers: str) -> KernelApiError:
+    """The error Kernel's answer with ``status`` (and ``headers``) becomes."""
+    return api_error_for_status(status)(status, "code", "message", headers=headers)

@@ -1,5 +1,5 @@
-"""Shared by the Kernel browser tests (client, emulator, hook, decorator, leak audit): the Chromium marker, the
-example site served on 127.0.0.1, and the emulator's live-browser count."""
+"""Shared by the Kernel browser tests (client, emulator, hook, decorator, live view, leak audit): the Chromium
+marker, the example site served on 127.0.0.1, the emulator's live-browser count and live-view grants."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ skip_without_chromium = pytest.mark.skipif(
     "(make browser-deps installs it; or apt-get install -y chromium)",
 )
 needs_chromium = [pytest.mark.chromium, skip_without_chromium]
+#: The emulator's route that mints a browser's live-view URL.
+LIVE_VIEW_ROUTE = "/browsers/{id}/live_view"
 #: What the example site's script renders (``example_dags/site/index.html``).
 SITE_PRODUCTS = [
     {"sku": "A-100", "name": "Espresso cup", "price": 4.5},
@@ -51,13 +53,6 @@ def serve_site() -> Iterator[str]:
         server.server_close()
 
 
-@pytest.fixture
-def site_url() -> Iterator[str]:
-    """:func:`serve_site` for the length of a test."""
-    with serve_site() as url:
-        yield url
-
-
 def live_browsers(emulator: Any) -> int:
     """Kernel browsers the emulator has running (each a Chromium), from its stats."""
     return int(emulator.stats()["browser_sessions"]["live"])
@@ -66,3 +61,8 @@ def live_browsers(emulator: Any) -> int:
 def chromium_running(emulator: Any) -> int:
     """Chromium processes of the emulator's browsers that are still alive."""
     return int(emulator.stats()["browser_sessions"]["chromium_running"])
+
+
+def grant_of(emulator: Any, url: str) -> Any:
+    """What the emulator minted ``url`` as (its browser, access and expiry); KeyError when it did not mint it."""
+    return emulator.store.browser_sessions.live_views.by_token[url.rsplit("/", 1)[-1]]

@@ -86,7 +86,7 @@ def test_dagbag_parses_every_example_without_network(monkeypatch: pytest.MonkeyP
     assert sorted(dagbag.dag_ids) == DAG_IDS
     assert {Path(dag.fileloc).name for dag in dagbag.dags.values()} == {p.name for p in DAG_FILES}
     parsed_files = {Path(f).name for f in dagbag.file_last_changed}
-    assert parsed_files == {p.name for p in DAG_FILES}  # .airflowignore keeps run_demo.py and demo_app/ out
+    assert parsed_files == {p.name for p in DAG_FILES}  # .airflowignore keeps demo_app/ out
     for dag_id in DAG_IDS:
         dag = dagbag.dags[dag_id]
         assert set(dag.tags) == {"kernel", "example"}

@@ -1,4 +1,4 @@
-"""Live view and replays (kernel_provider/live_view.py) in real DAG runs against the emulator: each browser's
+"""Live view and replays (kernel_provider/client/browser_watch.py) in real DAG runs against the emulator: each browser's
 read-only live-view URL minted, logged once and linked (never the listed control URL), its TTL, ``live_view``'s
 "control" and off, the fallback where Kernel lacks the route, the request cost, and a failed run's replays."""
 
@@ -25,12 +25,12 @@ from tests.airflow_helpers import (
     xcom,
 )
 from tests.helpers import EVENTS, count_requests, seen, wait_until
+from tests.kernel_browsers import LIVE_VIEW_ROUTE, grant_of
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 BROWSERS = "/invocations/{id}/browsers"
 REPLAYS = "/browsers/{id}/replays"
-LIVE_VIEW_ROUTE = "/browsers/{id}/live_view"
 LIVE_LINE = re.compile(r"Kernel live view of browser (\w+): (\S+)")
 #: What Airflow 3's task log does to anything that looks like a JWT; the live-view URLs of Kernel and of the
 #: emulator carry one (``?jwt=``), so their logged form is redacted.
@@ -40,11 +40,6 @@ JWT = re.compile(r"eyJ[.A-Za-z0-9_-]+")
 def as_logged(url: str) -> str:
     """A URL as it may appear in a task log: its JWT redacted (Airflow 3) or whole (Airflow 2)."""
     return JWT.sub("eyJ***", url)
-
-
-def grant_of(emulator: Any, url: str) -> Any:
-    """What the emulator minted ``url`` as (its browser, access and expiry); KeyError when it did not mint it."""
-    return emulator.store.browser_sessions.live_views.by_token[url.rsplit("/", 1)[-1]]
 
 
 def refuses_input(url: str) -> bool:
@@ -322,7 +317,6 @@ def test_the_schedule_stops_once_a_browser_is_known(kernel_emulator, monkeypatch
     import logging
 
     from kernel_provider.client import browser_watch as live_view
-    from tests.airflow_helpers import wait_until
 
     monkeypatch.setattr(live_view, "FIRST_INTERVAL", 0.1)
     inv_id = start_browse(kernel_emulator, count=1, seconds=30)

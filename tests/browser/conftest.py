@@ -1,11 +1,9 @@
 """Harness of the browser tests: a real Airflow 3.3 api-server (plus scheduler, dag-processor, triggerer) with the
 Kernel emulator, and Debian's Chromium driven by Playwright.
 
-The Airflow side reuses the end-to-end harness of ``tests/e2e/conftest.py`` (``AirflowE2E``), loaded by file path
-under its own module name, with these changes: only the example DAG ``example_kernel_async_sensor`` is deployed;
-the emulator runs the demo app with a gate in front of ``crawl_catalog`` (``apps/gated_demo_shop.py``);
-connection testing is enabled; and ``kernel_default`` has ``extra.dashboard_url = <emulator>/_emulator`` so the
-"Kernel invocation" link points at the emulator's ``/_emulator/invocations/{id}`` page.
+The Airflow side is ``BrowserAirflow`` (``tests/harness/airflow_browser.py``): the end-to-end harness with the
+example DAG ``example_kernel_async_sensor``, the demo app gated in front of ``crawl_catalog``, connection testing
+enabled, and the "Kernel invocation" link pointing at the emulator's ``/_emulator/invocations/{id}`` page.
 
 Screenshots (and, for a failing test, the page's HTML) go to ``test-artifacts/browser/`` at the repository root.
 """
@@ -13,24 +11,18 @@ Screenshots (and, for a failing test, the page's HTML) go to ``test-artifacts/br
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import time
 from collections.abc import Generator, Iterator
-from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import load_e2e_harness
+from tests.harness.airflow_browser import EXAMPLE_DAG_ID, BrowserAirflow
+from tests.harness.base import running
+from tests.harness.processes import AIRFLOW, AIRFLOW_VERSION
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
-GATED_DEMO_APP = HERE / "apps" / "gated_demo_shop.py"
-DEMO_GATE = "demo-shop"  # opened by the test once the sensor waits (see apps/gated_demo_shop.py)
-EXAMPLE_DAG_ID = "example_kernel_async_sensor"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 #: Flags for a closed network: no first-run UI, no background fetches (component updates, sync, safe browsing...).
 CHROMIUM_ARGS = [
@@ -44,17 +36,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 CHROMIUM_INSTALL_HINT = "install it as root with: apt-get update && apt-get install -y chromium"
-
-
-def _airflow_version() -> tuple[int, int]:
-    try:
-        major, minor = dist_version("apache-airflow").split(".")[:2]
-        return int(major), int(minor)
-    except Exception:
-        return (0, 0)
-
-
-AIRFLOW_VERSION = _airflow_version()
 AIRFLOW_SKIP_REASON = (
     "browser tests need the Airflow 3.3 UI (React SPA served by the api-server, REST API v2); installed: "
     + ".".join(map(str, AIRFLOW_VERSION))
@@ -82,46 +63,6 @@ def save_screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
     return path
 
 
-# --- Airflow ----------------------------------------------------------------------------------------------
-
-
-def browser_airflow_class() -> type:
-    """``AirflowE2E`` set up as a user of the example DAGs would see it."""
-    harness = load_e2e_harness()
-
-    class BrowserAirflow(harness.AirflowE2E):  # type: ignore[misc,name-defined]
-        example_run_id: str = ""
-
-        def write_dags(self) -> None:
-            shutil.copy(harness.EXAMPLE_DAG, self.dags / harness.EXAMPLE_DAG.name)
-
-        def start_emulator(self) -> None:
-            from kernel_provider.testing.server import spawn_emulator
-
-            self.emulator = spawn_emulator(
-                apps=[GATED_DEMO_APP], env={"KERNEL_E2E_GATE_DIR": str(self.gates)}, timeout=60
-            )
-
-        def build_env(self) -> None:
-            super().build_env()
-            self.env["AIRFLOW__CORE__TEST_CONNECTION"] = "Enabled"
-            from kernel_provider.testing import airflow_connection
-
-            self.env["AIRFLOW_CONN_KERNEL_DEFAULT"] = airflow_connection(
-                self.emulator.url, self.emulator.token, dashboard_url=f"{self.emulator.url}/_emulator"
-            )
-
-    return BrowserAirflow
-
-
-def start_airflow(af: Any) -> None:
-    """Emulator, metadata DB, the four services (the e2e harness's one start-up); returns once they are healthy and
-    the example DAG is unpaused."""
-    af.ready_timeout = 180.0
-    af.start_all()
-    af.wait_for_dag(EXAMPLE_DAG_ID, timeout=120)
-
-
 @pytest.fixture(scope="session")
 def chromium_executable() -> str:
     """The Chromium to drive; the tests are skipped (with the reason in the summary) only when there is none."""
@@ -134,24 +75,18 @@ def chromium_executable() -> str:
 
 
 @pytest.fixture(scope="module")
-def airflow_ui(chromium_executable: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def airflow_ui(chromium_executable: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserAirflow]:
     """Airflow 3.3 services + the Kernel emulator (demo app), the example DAG unpaused and one run triggered.
 
     The run is started here so it proceeds while the connection-form test drives the browser. (Depends on
     ``chromium_executable`` so that a missing browser skips before minutes are spent starting Airflow.)
     """
-    harness = load_e2e_harness()
-    if not harness.AIRFLOW.exists():
+    if not AIRFLOW.exists():
         pytest.skip(f"no airflow executable next to {sys.executable}")
-    started = time.monotonic()
-    af = browser_airflow_class()(tmp_path_factory.mktemp("airflow-browser"))
-    try:
-        start_airflow(af)
+    with running(BrowserAirflow(tmp_path_factory.mktemp("airflow-browser")), audit=False) as af:
+        af.wait_for_dag(EXAMPLE_DAG_ID, timeout=120)
         af.example_run_id = af.trigger(EXAMPLE_DAG_ID)
-        print(f"\n[browser] Airflow up after {time.monotonic() - started:.1f}s at {af.api_url} ({af.base})")
         yield af
-    finally:
-        af.stop_all()
 
 
 # --- Chromium ---------------------------------------------------------------------------------------------

@@ -32,7 +32,9 @@ from urllib.parse import quote
 
 import pytest
 
-AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
+from tests.harness.airflow_browser import DEMO_GATE, EXAMPLE_DAG_ID
+from tests.harness.processes import AIRFLOW_VERSION
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.timeout(240),
@@ -45,8 +47,6 @@ pytestmark = [
     ),
 ]
 
-EXAMPLE_DAG_ID = "example_kernel_async_sensor"
-DEMO_GATE = "demo-shop"  # see apps/gated_demo_shop.py
 
 UI_TIMEOUT = 30_000  # ms; generous (2 shared cores) but bounded
 CONN_ID = "kernel_browser"

@@ -21,7 +21,7 @@ from kernel_provider.client.errors import (
 from kernel_provider.client.models import Browser
 from kernel_provider.client.validation import MARKER_PREFIX, build_browser_request
 from kernel_provider.client.wire import drive
-from tests.client.test_operations import answer, canned
+from tests.helpers import answer, canned
 
 
 def browser_json(session_id: str = "b-1", **fields: Any) -> dict[str, Any]:

@@ -7,12 +7,9 @@ from email.utils import format_datetime
 
 import pytest
 
-from kernel_provider.client.errors import KernelApiError, KernelTransportError, api_error_for_status
+from kernel_provider.client.errors import KernelTransportError
 from kernel_provider.client.retry import RetryPolicy, is_retryable, retry_after_seconds
-
-
-def api_error(status: int, **headers: str) -> KernelApiError:
-    return api_error_for_status(status)(status, "code", "message", headers=headers)
+from tests.helpers import api_error
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,7 @@ from kernel_provider.client.errors import KernelConnectionConfigError, KernelInp
 from kernel_provider.client.retry import RetryPolicy
 from kernel_provider.client.settings import CA_BUNDLE_ENV, KernelSettings, is_loopback, user_agent
 
-
-@pytest.fixture(autouse=True)
-def _no_ca_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The machine's own CA variables (many images set them) must not decide what these tests see."""
-    for name in CA_BUNDLE_ENV:
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_ca_environment")
 
 
 def test_defaults() -> None:

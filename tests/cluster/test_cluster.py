@@ -8,29 +8,19 @@ measured, not assumed. Timings (makespan, failover) are printed, never asserted:
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Any
 
 import pytest
 
-from tests.e2e.error_audit import WORKER_KILLED
+from tests.harness.airflow3 import epoch
+from tests.harness.airflow_cluster import TRIGGERERS, ClusterAirflow
+from tests.harness.base import from_triggerer
+from tests.harness.error_audit import WORKER_KILLED
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
-#: As in ``dags/cluster_dags.py`` and ``conftest.py`` (not imported: pytest owns the conftest module).
+#: As in ``dags/cluster_dags.py`` (not imported: a DAG file, copied into the cluster's DAGs folder).
 FAN_OUT_TASKS, WAIT_TASKS, RESTART_TASKS = 60, 100, 12
-TRIGGERERS = ("triggerer1", "triggerer2")
-TRIGGERER_MARK = "(triggerer)"
-#: The harness (``conftest.ClusterAirflow``); typed loosely for the same reason.
-ClusterAirflow = Any
-
-
-def _last_seq(c: ClusterAirflow) -> int:
-    return max((r["seq"] for r in c.emulator.client.requests()), default=0)
-
-
-def _epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _count_states(c: ClusterAirflow, dag_id: str, run_id: str) -> dict[str, int]:
@@ -89,7 +79,7 @@ def test_fan_out_over_kernel_concurrency_creates_once_per_task(airflow_cluster: 
     try:
         gate = c.new_gate()
         c.open_gate(gate)
-        mark = _last_seq(c)
+        mark = c.last_seq()
         started = time.monotonic()
         run_id = c.trigger(dag_id, {"gate": gate})
         state = c.wait_run_done(dag_id, run_id, timeout=600)
@@ -116,7 +106,7 @@ def test_triggerer_failover_moves_every_wait_and_reposts_nothing(airflow_cluster
     gate = c.new_gate()
     run_id = c.trigger(dag_id, {"gate": gate})
     _wait_all_deferred(c, dag_id, run_id, WAIT_TASKS, timeout=480)
-    deferred_mark = _last_seq(c)  # from here on, any POST /invocations would be a duplicate
+    deferred_mark = c.last_seq()  # from here on, any POST /invocations would be a duplicate
 
     ids = {i: str(c.xcom(dag_id, run_id, "invoke", key="kernel_invocation_id", map_index=i)) for i in range(WAIT_TASKS)}
     assert len(set(ids.values())) == WAIT_TASKS
@@ -137,7 +127,7 @@ def test_triggerer_failover_moves_every_wait_and_reposts_nothing(airflow_cluster
     live_before = set(c.live_triggerers())
     kill_wall = time.time()
     c.kill("triggerer1")  # SIGKILL to its process group and every descendant: no cleanup, no goodbye
-    killed_mark = _last_seq(c)
+    killed_mark = c.last_seq()
     c.wait_until("the dead triggerer's heartbeat to go stale", lambda: len(c.live_triggerers()) == 1, timeout=30)
     dead_job = (live_before - set(c.live_triggerers())).pop()
     orphans = {index: ids[index] for index in by_triggerer[dead_job]}
@@ -145,11 +135,11 @@ def test_triggerer_failover_moves_every_wait_and_reposts_nothing(airflow_cluster
     def resumed() -> dict[str, float] | None:
         first: dict[str, float] = {}
         for r in c.emulator.client.requests(method="GET"):
-            if r["seq"] <= killed_mark or TRIGGERER_MARK not in (r.get("user_agent") or ""):
+            if r["seq"] <= killed_mark or not from_triggerer(r):
                 continue
             parts = r["path"].split("/")
             if len(parts) > 2 and parts[1] == "invocations" and parts[2] in orphans.values():
-                first.setdefault(parts[2], _epoch(r["time"]))
+                first.setdefault(parts[2], epoch(r["time"]))
         return first if set(first) == set(orphans.values()) else None
 
     first_seen = c.wait_until(f"the {len(orphans)} orphaned waits to resume", resumed, timeout=180, interval=1.0)
@@ -232,7 +222,7 @@ def test_scheduler_restart_mid_run_loses_nothing_and_runs_nothing_twice(airflow_
     dag_id = "cluster_restart"
     c.wait_for_dag(dag_id)
     gate = c.new_gate()
-    mark = _last_seq(c)
+    mark = c.last_seq()
     run_id = c.trigger(dag_id, {"gate": gate})
     c.wait_until(
         "some tasks to defer",

@@ -12,6 +12,7 @@ import pytest
 
 from kernel_provider.links import XCOM_INVOCATION_ID
 from tests.airflow_helpers import (
+    INLINE_TRIGGER,
     all_logs,
     kernel_lines,
     make_dag,
@@ -24,8 +25,6 @@ from tests.airflow_helpers import (
 from tests.helpers import EVENTS, seen
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
-
-INLINE_TRIGGER = "[DAG TEST] running trigger in line"
 
 
 def posted_payloads(emulator: Any) -> list[Any]:

@@ -14,11 +14,9 @@ from kernel_provider.decorators import kernel_browser as decorator_module
 from kernel_provider.decorators.kernel_browser import kernel_browser_task
 from kernel_provider.links import XCOM_BROWSER_LIVE_VIEW_URL, XCOM_BROWSER_SESSION_ID, KernelBrowserLiveViewLink
 from tests.airflow_helpers import all_logs, make_dag, run_dag, states, task, ti_map, xcom
-from tests.kernel_browsers import SITE_PRODUCTS, live_browsers, needs_chromium, site_url
+from tests.kernel_browsers import LIVE_VIEW_ROUTE, SITE_PRODUCTS, grant_of, live_browsers, needs_chromium
 
 pytestmark = [*needs_chromium, pytest.mark.usefixtures("airflow_db")]
-__all__ = ["site_url"]  # the fixture, imported for the tests below
-LIVE_VIEW_ROUTE = "/browsers/{id}/live_view"
 
 
 def error_lines(caplog: pytest.LogCaptureFixture, capfd: Any) -> list[str]:
@@ -60,11 +58,6 @@ def test_the_function_gets_a_connected_page_and_its_result_is_the_tasks(
     assert live_browsers(kernel_conn_env) == 0
     assert kernel_conn_env.stats()["browser_sessions"]["ended"] == {"deleted": 1}
     assert [r["path"] for r in kernel_conn_env.requests(method="DELETE")] == [f"/browsers/{session_id}"]
-
-
-def grant_of(emulator: Any, url: str) -> Any:
-    """What the emulator minted ``url`` as (browser, access, expiry)."""
-    return emulator.store.browser_sessions.live_views.by_token[url.rsplit("/", 1)[-1]]
 
 
 def test_a_headful_browser_publishes_a_read_only_url_for_the_tasks_time(

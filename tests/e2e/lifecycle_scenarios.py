@@ -1,7 +1,7 @@
 """Scenarios of the lifecycle end-to-end tests, shared by ``test_lifecycle.py`` (Airflow 3.3) and
 ``test_lifecycle_af2.py`` (Airflow 2.11).
 
-Each takes the harness (``AirflowE2E`` or ``Airflow2E2E`` from ``conftest.py``: the same methods, REST API v2 on
+Each takes the harness (``AirflowE2E`` or ``Airflow2E2E`` from ``tests/harness``: the same methods, REST API v2 on
 3.3, Airflow's ORM on 2.11) and asserts on what reached "Kernel" (the emulator: invocations created per gate,
 their states and browsers, requests) and on Airflow's task states. No mocks, every wait bounded.
 
@@ -16,6 +16,8 @@ import time
 from collections import Counter
 from typing import Any
 
+from tests.harness.base import from_triggerer
+
 #: Keep in sync with ``dags/e2e_lifecycle_dags.py`` (copied into a temporary DAGs folder, so not importable).
 EXEC_TIMEOUT_SECONDS = 30
 RESTART_LINES = {
@@ -23,25 +25,15 @@ RESTART_LINES = {
     "say_between": [f"lc-line-between-{i:02d}-end" for i in range(1, 4)],
     "say_after": [f"lc-line-after-{i:02d}-end" for i in range(1, 4)],
 }
-#: What ``KernelInvocationTrigger.run()`` appends to the provider's User-Agent.
-TRIGGERER_MARK = "(triggerer)"
 #: The retry-safety record of the operator: task_state_store key (3.3) / Variable name prefix (2.11).
 STORE_KEY = "kernel_invocation"
 VARIABLE_PREFIX = "kernel_provider.invocation."
 TERMINAL = ("success", "failed", "upstream_failed", "skipped", "removed")
 
-Harness = Any  # AirflowE2E / Airflow2E2E (tests/e2e/conftest.py)
+Harness = Any  # AirflowE2E or Airflow2E2E (tests/harness/airflow3.py, airflow2.py): the same methods
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
-
-
-def marked(request: dict[str, Any]) -> bool:
-    return TRIGGERER_MARK in (request.get("user_agent") or "")
-
-
-def last_seq(h: Harness) -> int:
-    return max((r["seq"] for r in h.emulator.client.requests()), default=0)
 
 
 def wait_ti(
@@ -121,7 +113,7 @@ def wait_triggerer_follows(h: Harness, invocation_id: str, timeout: float = 60) 
     then there is no running trigger for Airflow to stop (3.3 calls on_kill only on a running trigger)."""
     h.wait_until(
         f"the triggerer to follow invocation {invocation_id}",
-        lambda: any(marked(r) for r in h.kernel_requests(invocation_id)),
+        lambda: any(from_triggerer(r) for r in h.kernel_requests(invocation_id)),
         timeout,
     )
 
@@ -267,12 +259,12 @@ def clear_task_waiting_on_a_worker(h: Harness, cancel_on_kill: bool) -> str:
         return lambda: [
             r
             for r in h.kernel_requests(created["id"])
-            if r["seq"] > after and r["route"] == "/invocations/{id}/events" and not marked(r)
+            if r["seq"] > after and r["route"] == "/invocations/{id}/events" and not from_triggerer(r)
         ]
 
     h.wait_until("the worker to follow the invocation's event stream", streams(0), timeout=60)
     assert h.ti(dag_id, run_id, task_id)["state"] == "running"
-    cleared = last_seq(h)
+    cleared = h.last_seq()
     h.clear_tasks(dag_id, run_id, [task_id])
     ti = wait_ti(h, dag_id, run_id, task_id, ("running",), timeout=120, min_try=2)
     # The gate stays shut until try 2 has decided: a second run, or the first one followed again.
@@ -360,7 +352,7 @@ def execution_timeout_while_deferred(h: Harness) -> dict[str, Any]:
     )
     final = cancelled(h, invocation["id"], timeout=30)
     patches = [r for r in h.kernel_requests(invocation["id"]) if r["method"] == "PATCH"]
-    assert any(marked(r) for r in patches), (
+    assert any(from_triggerer(r) for r in patches), (
         f"the invocation was not cancelled by the trigger (triggerer User-Agent) at its deadline: {patches}"
     )
     assert len(h.gate_invocations(gate)) == 1, creates_summary(h, gate)

@@ -1,4 +1,4 @@
-"""The ERROR-line audit's reader (``error_audit.py``): which lines are ERROR lines, in each format Airflow
+"""The ERROR-line audit's reader (``tests/harness/error_audit.py``): which lines are ERROR lines, in each format Airflow
 writes, and that each line is read once."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.error_audit import ErrorAudit, error_line, task_failed
+from tests.harness.error_audit import ErrorAudit, error_line, task_failed
 
 ERRORS = [
     "[2026-01-01T00:00:00.000+0000] {taskinstance.py:3311} ERROR - Task failed with exception",

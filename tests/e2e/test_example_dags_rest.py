@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from tests.harness.airflow3 import AirflowE2E
+from tests.harness.processes import AIRFLOW_VERSION
 from tests.kernel_browsers import find_chromium, serve_site
 
-AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.timeout(600),
@@ -31,7 +32,6 @@ EXAMPLES = Path(__file__).resolve().parent.parent.parent / "example_dags"
 DAG_FILES = sorted(EXAMPLES.glob("example_*.py"))
 DAG_IDS = [path.stem for path in DAG_FILES]  # each file holds one DAG named like the file
 BROWSER_DAG = "example_kernel_browser"
-AirflowE2E = Any  # the harness object of tests/e2e/conftest.py
 
 
 @pytest.fixture

@@ -8,18 +8,19 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import load_e2e_harness
+from tests.harness.airflow2 import Airflow2E2E
+from tests.harness.airflow3 import AirflowE2E
+from tests.harness.base import AirflowHarness
+from tests.harness.cluster import cluster_settings
 
-harness = load_e2e_harness()
 
-
-@pytest.mark.parametrize("kind", ["AirflowE2E", "Airflow2E2E"])
-def test_every_e2e_run_has_its_own_fernet_key(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", [AirflowE2E, Airflow2E2E], ids=lambda kind: kind.__name__)
+def test_every_e2e_run_has_its_own_fernet_key(kind: type[AirflowHarness], tmp_path: Path) -> None:
     from cryptography.fernet import Fernet
 
     keys = []
     for name in ("one", "two"):
-        e2e = getattr(harness, kind)(tmp_path / name)
+        e2e = kind(tmp_path / name)
         e2e.emulator = SimpleNamespace(url="http://127.0.0.1:1", token="t")
         e2e.build_env()
         keys.append(e2e.env["AIRFLOW__CORE__FERNET_KEY"])
@@ -30,14 +31,7 @@ def test_every_e2e_run_has_its_own_fernet_key(kind: str, tmp_path: Path) -> None
 
 
 def test_the_cluster_settings_carry_a_fernet_key() -> None:
-    import importlib.util
-
     from cryptography.fernet import Fernet
 
-    path = Path(__file__).resolve().parent.parent.parent / "example_dags" / "run_cluster.py"
-    spec = importlib.util.spec_from_file_location("kernel_cluster_runner_env_check", path)
-    assert spec is not None and spec.loader is not None
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
-    settings = runner.cluster_settings("postgresql://x", "redis://y", api_port=1)
+    settings = cluster_settings("postgresql://x", "redis://y", api_port=1)
     assert Fernet(settings["AIRFLOW__CORE__FERNET_KEY"].encode())

@@ -18,7 +18,8 @@ from importlib.metadata import version
 from typing import Any
 
 import pytest
-from lifecycle_scenarios import (
+
+from tests.e2e.lifecycle_scenarios import (
     RESTART_LINES,
     clear_deferred_task,
     clear_finished_submit_only_run,
@@ -26,9 +27,7 @@ from lifecycle_scenarios import (
     creates_summary,
     execution_timeout_while_deferred,
     kernel_line_counts,
-    last_seq,
     mark_deferred_task,
-    marked,
     retry_store,
     wait_deferral_reported,
     wait_deferred,
@@ -36,10 +35,11 @@ from lifecycle_scenarios import (
     wait_rerun_done,
     wait_ti,
 )
+from tests.harness.airflow3 import NEEDS_ON_KILL, AirflowE2E
+from tests.harness.base import from_triggerer
+from tests.harness.error_audit import RUNNING_TASK_CLEARED, WORKER_KILLED, task_failed
+from tests.harness.processes import AIRFLOW_VERSION
 
-from tests.e2e.error_audit import RUNNING_TASK_CLEARED, WORKER_KILLED, task_failed
-
-AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(
@@ -50,13 +50,6 @@ pytestmark = [
         ),
     ),
 ]
-#: Airflow calls a trigger's ``on_kill`` (the only way a deferred task that a person marks reaches its trigger)
-#: from 3.3 on; below, nothing cancels such a run (the task's next try would, but marking makes none).
-NEEDS_ON_KILL = pytest.mark.skipif(
-    AIRFLOW_VERSION < (3, 3),
-    reason=f"needs Airflow >= 3.3 (BaseTrigger.on_kill); installed {version('apache-airflow')}",
-)
-AirflowE2E = Any  # the harness object of tests/e2e/conftest.py (fixture ``airflow_e2e``)
 #: A SIGKILLed worker is failed by the scheduler after [scheduler] task_instance_heartbeat_timeout (20 s in
 #: the harness), then retried after retry_delay (1 s): the retry's wait budget.
 RETRY_AFTER_CRASH = 120
@@ -268,13 +261,13 @@ def test_worker_killed_while_waiting_retry_reattaches_to_its_run(airflow_e2e: Ai
         return lambda: [
             r
             for r in e2e.kernel_requests(created["id"])
-            if r["seq"] > after and r["route"] == "/invocations/{id}/events" and not marked(r)
+            if r["seq"] > after and r["route"] == "/invocations/{id}/events" and not from_triggerer(r)
         ]
 
     e2e.wait_until("the worker to follow the invocation's event stream", worker_streams(0), timeout=60)
     assert e2e.ti(dag_id, run_id, task_id)["state"] == "running"
     _kill_task(e2e, dag_id, run_id, task_id)
-    killed = last_seq(e2e)
+    killed = e2e.last_seq()
 
     wait_ti(e2e, dag_id, run_id, task_id, ("running",), timeout=RETRY_AFTER_CRASH, min_try=2)
     e2e.wait_until("the retry to follow the same invocation", worker_streams(killed), timeout=60)
@@ -329,7 +322,7 @@ def test_triggerer_restart_repeats_no_log_line_and_no_create(airflow_e2e: Airflo
         timeout=30,
     )
     assert e2e.invocation(inv)["status"] == "running", "stopping the triggerer cancelled the invocation"
-    restarted = last_seq(e2e)
+    restarted = e2e.last_seq()
     e2e.start("triggerer")
     e2e.wait_until("the new triggerer to log the 'between' lines", logged(RESTART_LINES["say_between"]), timeout=90)
     e2e.open_gate(then_gate)

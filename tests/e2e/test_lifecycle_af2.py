@@ -4,16 +4,16 @@ task's trigger gets no ``on_kill`` (its ``cleanup()`` must notice the task insta
 
 Run under ``.venv-af2``:
 ``AIRFLOW_HOME=$PWD/.airflow/af2 .venv-af2/bin/python -m pytest -q -m e2e_af2 tests/e2e/test_lifecycle_af2.py -x``
-(skipped on any other Airflow version). The harness is ``airflow2_e2e`` in ``conftest.py``.
+(skipped on any other Airflow version). The harness is ``airflow2_e2e`` (``tests/harness/airflow2.py``).
 """
 
 from __future__ import annotations
 
 from importlib.metadata import version
-from typing import Any
 
 import pytest
-from lifecycle_scenarios import (
+
+from tests.e2e.lifecycle_scenarios import (
     VARIABLE_PREFIX,
     clear_deferred_task,
     clear_finished_submit_only_run,
@@ -21,10 +21,10 @@ from lifecycle_scenarios import (
     execution_timeout_while_deferred,
     mark_deferred_task,
 )
+from tests.harness.airflow2 import Airflow2E2E
+from tests.harness.error_audit import RUN_FAILED, RUNNING_TASK_CLEARED_AF2, TIMED_OUT_ON_RESUME_AF2, task_failed
+from tests.harness.processes import AIRFLOW_VERSION
 
-from tests.e2e.error_audit import RUN_FAILED, RUNNING_TASK_CLEARED_AF2, TIMED_OUT_ON_RESUME_AF2, task_failed
-
-AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
 pytestmark = [
     pytest.mark.e2e_af2,
     pytest.mark.skipif(
@@ -32,7 +32,6 @@ pytestmark = [
         reason=(f"needs Airflow 2.11 (run with .venv-af2); installed {version('apache-airflow')}"),
     ),
 ]
-Airflow2E2E = Any  # the harness object of tests/e2e/conftest.py (fixture ``airflow2_e2e``)
 
 
 @pytest.mark.timeout(360)

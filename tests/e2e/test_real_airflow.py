@@ -18,7 +18,10 @@ from typing import Any
 
 import pytest
 
-AIRFLOW_VERSION = tuple(int(p) for p in version("apache-airflow").split(".")[:2])
+from tests.harness.airflow3 import NEEDS_ON_KILL, AirflowE2E
+from tests.harness.base import from_triggerer
+from tests.harness.processes import AIRFLOW_VERSION
+
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(
@@ -26,22 +29,8 @@ pytestmark = [
         reason=f"needs Airflow >= 3.0 (separate dag-processor, REST API v2); installed {version('apache-airflow')}",
     ),
 ]
-#: Airflow calls a trigger's ``on_kill`` (the only way a deferred task that a person marks reaches its trigger)
-#: from 3.3 on; below, nothing cancels such a run (the task's next try would, but marking makes none).
-NEEDS_ON_KILL = pytest.mark.skipif(
-    AIRFLOW_VERSION < (3, 3),
-    reason=f"needs Airflow >= 3.3 (BaseTrigger.on_kill); installed {version('apache-airflow')}",
-)
-
-#: What ``KernelInvocationTrigger.run()`` appends to the provider's User-Agent.
-TRIGGERER_MARK = "(triggerer)"
-AirflowE2E = Any  # the harness object of tests/e2e/conftest.py (fixture ``airflow_e2e``)
 
 CRASH_TASKS = 20
-
-
-def _marked(request: dict[str, Any]) -> bool:
-    return TRIGGERER_MARK in (request.get("user_agent") or "")
 
 
 def _wait_deferred(
@@ -56,10 +45,6 @@ def _wait_deferred(
         return states if len(deferred) >= count else None
 
     return e2e.wait_until(f"{count} deferred {dag_id}.{task_id} task(s)", probe, timeout, interval=1.0)
-
-
-def _last_seq(e2e: AirflowE2E) -> int:
-    return max((r["seq"] for r in e2e.emulator.client.requests()), default=0)
 
 
 def _invocation_id(e2e: AirflowE2E, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
@@ -89,10 +74,10 @@ def test_async_invoke_then_deferrable_sensor_waits_in_the_triggerer(airflow_e2e:
     # While deferred, the triggerer follows the event stream of this invocation.
     def stream_from_triggerer() -> list[dict[str, Any]] | None:
         events = [r for r in e2e.kernel_requests(invocation_id) if r["route"] == "/invocations/{id}/events"]
-        return events if any(_marked(r) for r in events) else None
+        return events if any(from_triggerer(r) for r in events) else None
 
     streams = e2e.wait_until("the triggerer to open the event stream", stream_from_triggerer, timeout=30)
-    assert all(_marked(r) for r in streams), f"event streams not all from the triggerer: {streams}"
+    assert all(from_triggerer(r) for r in streams), f"event streams not all from the triggerer: {streams}"
 
     e2e.open_gate(gate)
     assert e2e.wait_run_done(dag_id, run_id, timeout=120) == "success", e2e.states(dag_id, run_id)
@@ -110,8 +95,8 @@ def test_async_invoke_then_deferrable_sensor_waits_in_the_triggerer(airflow_e2e:
     requests = e2e.kernel_requests(invocation_id)
     creates = e2e.emulator.client.requests(path="/invocations", method="POST")
     create = [r for r in creates if r["seq"] < requests[0]["seq"]][-1]
-    assert not _marked(create), create
-    summary = [(r["method"], r["route"], _marked(r)) for r in requests]
+    assert not from_triggerer(create), create
+    summary = [(r["method"], r["route"], from_triggerer(r)) for r in requests]
     # The live view's browser lookups (one at the start, then 5 s, 10 s... apart while the run shows no browser) run
     # beside the stream, so they may reach Kernel before or after the stream's request: counted on their own.
     lookups = [s for s in summary if s[1] == "/invocations/{id}/browsers"]
@@ -162,7 +147,7 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
     run_id = e2e.trigger(dag_id, {"gate": gate})
 
     _wait_deferred(e2e, dag_id, run_id, "invoke", count=CRASH_TASKS, timeout=180)
-    deferred_mark = _last_seq(e2e)  # from here on, any POST /invocations would be a duplicate
+    deferred_mark = e2e.last_seq()  # from here on, any POST /invocations would be a duplicate
     ids = {i: _invocation_id(e2e, dag_id, run_id, "invoke", i) for i in range(CRASH_TASKS)}
     assert len(set(ids.values())) == CRASH_TASKS
 
@@ -171,7 +156,7 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
             seen = {
                 r["path"].split("/")[2]
                 for r in e2e.emulator.client.requests(method="GET")
-                if r["seq"] > after_seq and _marked(r) and r["path"].startswith("/invocations/")
+                if r["seq"] > after_seq and from_triggerer(r) and r["path"].startswith("/invocations/")
             }
             return set(ids.values()) <= seen
 
@@ -188,7 +173,7 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
     old = e2e.services["triggerer"]
     e2e.kill("triggerer")  # SIGKILL to its process group and every descendant: no cleanup, no goodbye
     assert not old.alive()
-    killed_mark = _last_seq(e2e)  # the old triggerer is dead: later requests come from the new one
+    killed_mark = e2e.last_seq()  # the old triggerer is dead: later requests come from the new one
     e2e.start("triggerer")
 
     e2e.wait_until(
@@ -239,7 +224,7 @@ def test_marking_a_deferred_task_failed_cancels_the_invocation(airflow_e2e: Airf
     invocation_id = _invocation_id(e2e, dag_id, run_id, task_id)
     e2e.wait_until(
         "the triggerer to follow the invocation",
-        lambda: any(_marked(r) for r in e2e.kernel_requests(invocation_id)),
+        lambda: any(from_triggerer(r) for r in e2e.kernel_requests(invocation_id)),
         timeout=60,
     )
     e2e.wait_until(
@@ -265,8 +250,8 @@ def test_marking_a_deferred_task_failed_cancels_the_invocation(airflow_e2e: Airf
     requests = e2e.kernel_requests(invocation_id)
     patches = [r for r in requests if r["method"] == "PATCH"]
     deletes = [r for r in requests if r["method"] == "DELETE" and r["path"].endswith("/browsers")]
-    assert patches and all(_marked(r) for r in patches), f"cancel not sent by the triggerer: {patches}"
-    assert deletes and all(_marked(r) for r in deletes), f"browsers not deleted by the triggerer: {deletes}"
+    assert patches and all(from_triggerer(r) for r in patches), f"cancel not sent by the triggerer: {patches}"
+    assert deletes and all(from_triggerer(r) for r in deletes), f"browsers not deleted by the triggerer: {deletes}"
     assert e2e.states(dag_id, run_id, task_id) == {(task_id, -1): "failed"}
     time.sleep(3)  # room for a wrong re-run to show up
     assert e2e.states(dag_id, run_id, task_id) == {(task_id, -1): "failed"}

@@ -18,8 +18,8 @@ from airflow import __version__ as AIRFLOW_VERSION
 
 from kernel_provider.get_provider_info import get_provider_info
 from kernel_provider.hooks.kernel import KernelHook
+from tests.airflow_helpers import AF2
 
-AF2 = AIRFLOW_VERSION.startswith("2.")
 SCHEMA_FILE = "customized_form_field_behaviours.schema.json"
 CONN_TYPE = get_provider_info()["connection-types"][0]
 

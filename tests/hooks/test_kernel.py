@@ -23,7 +23,7 @@ from kernel_provider.exceptions import (
     KernelTransportError,
 )
 from kernel_provider.hooks.kernel import KernelHook
-from tests.helpers import EVENTS, FAST_RETRY, conn_json, posts, seen
+from tests.helpers import EVENTS, FAST_RETRY, conn_json, posts, rotate_key, seen
 
 
 @pytest.fixture
@@ -460,14 +460,6 @@ async def test_cancel_budget_is_checked_before_any_request(hook: KernelHook, ker
 
 
 # --- a rotated API key (trigger side) -------------------------------------------------------------------------
-
-
-def rotate_key(emulator: Any, monkeypatch: pytest.MonkeyPatch, new_key: str, *, connection_key: str | None) -> None:
-    """Kernel now accepts only ``new_key``; the Airflow connection is changed to ``connection_key`` (None: left
-    alone). The emulator has no route for this: its accepted tokens are changed in-process."""
-    emulator._call(lambda: setattr(emulator.store.config, "tokens", (new_key,)))
-    if connection_key is not None:
-        monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(emulator.url, connection_key))
 
 
 async def test_rotated_key_is_read_again_and_the_request_retried_once(

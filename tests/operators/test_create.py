@@ -18,6 +18,7 @@ from kernel_provider.exceptions import KernelReconcileError, KernelRunMismatchEr
 from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.testing import airflow_connection
 from kernel_provider.utils.run_record import RunRecord, RunRecordStore
+from tests.airflow_helpers import execute_try
 from tests.standins import DictStateStore, FakeTI
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -35,13 +36,6 @@ def test_rate_limit_wait_keeps_the_connections_other_retry_settings(kernel_emula
     # Without rate_limit_wait the connection's own 429 budget stays.
     plain = KernelInvokeOperator(task_id="plain", app_name="demo", action_name="echo").hook.client.retry
     assert (plain.max_attempts - 1, plain.max_elapsed, plain.rate_limit_budget) == (0, 5, 900)
-
-
-def execute(store: Any, ti: Any, **kwargs: Any) -> Any:
-    kwargs.setdefault("app_name", "demo")
-    kwargs.setdefault("poll_interval", 0.1)
-    operator = KernelInvokeOperator(task_id=ti.task_id, **kwargs)
-    return operator.execute({"ti": ti, "task_state_store": store})
 
 
 def seed_fan_out(count: int, payload: dict[str, Any], *, tokens: bool) -> list[str]:
@@ -66,7 +60,7 @@ def test_a_retry_in_a_busy_fan_out_with_a_token_invokes_when_nothing_was_created
     pending_record(store, sent=time.time() - 120, token=new_token())
     seed_fan_out(MAX_SCAN + 1, {"a": 1}, tokens=True)
     retry = FakeTI(try_number=2, max_tries=1)
-    result = execute(store, retry, action_name="echo", payload={"a": 1}, reconcile_token=True)
+    result = execute_try(store, retry, action_name="echo", payload={"a": 1}, reconcile_token=True)
     assert result["a"] == 1 and kernel_conn_env.created_count() == MAX_SCAN + 2
 
 
@@ -76,7 +70,7 @@ def test_a_retry_in_a_busy_fan_out_with_a_token_adopts_its_run_past_501_newer_on
     pending_record(store, sent=time.time(), token=token)
     (mine,) = seed_fan_out(1, {"a": 1, TOKEN_KEY: token}, tokens=False)  # try 1's create reached Kernel
     seed_fan_out(MAX_SCAN + 1, {"a": 1}, tokens=True)  # the rest of the fan-out, listed first
-    picked = execute(
+    picked = execute_try(
         store,
         FakeTI(try_number=2, max_tries=1),
         action_name="echo",
@@ -91,7 +85,7 @@ def test_a_retry_in_a_busy_fan_out_without_a_token_weighs_only_its_window(kernel
     store = DictStateStore()
     pending_record(store, sent=time.time() - 120)
     seed_fan_out(MAX_SCAN + 1, {"a": 1}, tokens=False)  # twins, but all started after the window
-    assert execute(store, FakeTI(try_number=2, max_tries=1), action_name="echo", payload={"a": 1}) == {"a": 1}
+    assert execute_try(store, FakeTI(try_number=2, max_tries=1), action_name="echo", payload={"a": 1}) == {"a": 1}
     assert kernel_conn_env.created_count() == MAX_SCAN + 2
 
 
@@ -115,7 +109,7 @@ def test_the_recorded_window_is_the_attempt_that_got_no_answer_not_the_429_budge
     )
     store = RecordingStateStore()
     ti = FakeTI()
-    result = execute(store, ti, action_name="echo", payload={"a": 1}, reconcile_token=True, rate_limit_wait=600)
+    result = execute_try(store, ti, action_name="echo", payload={"a": 1}, reconcile_token=True, rate_limit_wait=600)
     assert result["a"] == 1 and kernel_conn_env.created_count() == 1
     pending = [r for r in store.written if r.pending]
     assert len(pending) == 3  # one per attempt, each written right before it was sent
@@ -165,7 +159,7 @@ def test_a_forged_record_naming_another_apps_run_is_neither_adopted_nor_cancelle
     # The retry would adopt it, or with reattach_on_retry=False cancel it: it does neither.
     for reattach in (True, False):
         with pytest.raises(KernelRunMismatchError) as failure:
-            execute(
+            execute_try(
                 store,
                 FakeTI(try_number=2, max_tries=1),
                 action_name="echo",
@@ -176,7 +170,7 @@ def test_a_forged_record_naming_another_apps_run_is_neither_adopted_nor_cancelle
         assert failure.value.differences == ["action 'slow' instead of 'echo'"]
     assert isinstance(failure.value, KernelReconcileError)
     # A clear still starts afresh, but never cancels a run it cannot show is this task's.
-    assert execute(store, FakeTI(try_number=3, max_tries=3), action_name="echo", payload={"a": 1}) == {"a": 1}
+    assert execute_try(store, FakeTI(try_number=3, max_tries=3), action_name="echo", payload={"a": 1}) == {"a": 1}
     assert kernel_conn_env.invocation(other.id)["status"] == "running"
     assert kernel_conn_env.created_count() == 2
 
@@ -189,7 +183,7 @@ def test_a_record_naming_a_run_without_its_token_is_not_adopted(kernel_conn_env:
     records = RunRecordStore({"ti": FakeTI(max_tries=1), "task_state_store": store})
     records.put(records.new(invocation_id=twin.id, token=new_token()))
     with pytest.raises(KernelRunMismatchError, match="lacks this task's reconcile token"):
-        execute(
+        execute_try(
             store,
             FakeTI(try_number=2, max_tries=1),
             action_name="slow",
@@ -220,7 +214,7 @@ def test_a_clear_of_a_task_running_on_a_worker_is_a_kill_and_a_retry(
     records.put(records.new(invocation_id=invocation_id))
     first.invocation_id = invocation_id
     first.on_kill()  # the clear: Airflow kills the running try
-    picked = execute(
+    picked = execute_try(
         store,
         FakeTI(try_number=2, max_tries=1),  # restarting keeps max_tries
         action_name="slow",

@@ -30,6 +30,7 @@ from kernel_provider.sensors.kernel import KernelInvocationSensor
 from kernel_provider.triggers.kernel import KernelInvocationTrigger
 from tests.airflow_helpers import (
     AF2,
+    INLINE_TRIGGER,
     START,
     TASK_FAILURES,
     all_logs,
@@ -46,7 +47,6 @@ from tests.helpers import EVENTS, GET_ONE, conn_json, only_invocation, posts, se
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
-INLINE_TRIGGER = "[DAG TEST] running trigger in line"
 DASHBOARD = "https://dashboard.onkernel.com"
 #: Size of the mapped fan-out: the issue's target, 100 (about 25-45 s on Airflow 3.3 and 2.11); KERNEL_FANOUT_N=20
 #: for a quick run. On 3.0-3.2, 30: their dag.test() slows down as a run's task instances grow (200 task runs took

@@ -1,6 +1,6 @@
 """One Kernel run per task instance, try after try: the operator's own decisions, against the emulator over HTTP.
 
-Each test plays successive tries of one task instance by calling ``execute`` with the same run record store and
+Each test plays successive tries of one task instance by calling ``execute_try`` with the same run record store and
 the ``try_number``/``max_tries`` Airflow would give them (a retry keeps ``max_tries``; a clear sets it to
 ``try_number + retries``). Whether Airflow's scheduler really produces those tries is proven in ``tests/e2e``.
 """
@@ -14,9 +14,9 @@ import pytest
 
 from kernel_provider.client.reconcile import TOKEN_KEY, new_token
 from kernel_provider.exceptions import KernelReconcileError, KernelStateStoreError
-from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.utils.run_record import RunRecordStore
-from tests.airflow_helpers import AF3
+from tests.airflow_helpers import AF3, execute_try
+from tests.helpers import posts
 from tests.standins import DictStateStore, FakeTI, ReadOnlyStateStore
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -25,29 +25,18 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 LOST_ANSWER = {"route": "POST /invocations", "sequence": [{"status": 503, "after": True}]}
 
 
-def execute(store: DictStateStore, ti: FakeTI, **kwargs: Any) -> Any:
-    kwargs.setdefault("app_name", "demo")
-    kwargs.setdefault("poll_interval", 0.1)
-    operator = KernelInvokeOperator(task_id=ti.task_id, **kwargs)
-    return operator.execute({"ti": ti, "task_state_store": store})
-
-
-def posts(emulator: Any) -> int:
-    return len(emulator.requests(path="/invocations", method="POST"))
-
-
 def test_the_task_fails_before_any_post_when_its_record_cannot_be_written(kernel_conn_env: Any) -> None:
     with pytest.raises(KernelStateStoreError, match="before invoking"):
-        execute(ReadOnlyStateStore(), FakeTI(), action_name="echo", payload={"a": 1})
-    assert posts(kernel_conn_env) == 0
+        execute_try(ReadOnlyStateStore(), FakeTI(), action_name="echo", payload={"a": 1})
+    assert len(posts(kernel_conn_env)) == 0
 
 
 def test_submit_only_hands_off_so_a_clear_starts_a_new_run(kernel_conn_env: Any) -> None:
     store = DictStateStore()
-    first = execute(store, FakeTI(try_number=1, max_tries=0), action_name="slow", wait_for_completion=False)
+    first = execute_try(store, FakeTI(try_number=1, max_tries=0), action_name="slow", wait_for_completion=False)
     assert store.data.get("kernel_invocation") in (None, "")  # handed off: nothing left to find
     # The person clears the finished task: try 2, max_tries = 1 + retries(0).
-    second = execute(store, FakeTI(try_number=2, max_tries=1), action_name="slow", wait_for_completion=False)
+    second = execute_try(store, FakeTI(try_number=2, max_tries=1), action_name="slow", wait_for_completion=False)
     assert first != second
     assert kernel_conn_env.created_count() == 2
 
@@ -60,7 +49,7 @@ def test_a_retry_reattaches_but_a_clear_stops_the_old_run_and_starts_anew(kernel
     records.put(records.new(invocation_id=old["id"]))
 
     # The automatic retry (same max_tries) re-attaches; it would wait, so submit-only shows what it picked.
-    picked = execute(
+    picked = execute_try(
         store,
         FakeTI(try_number=2, max_tries=1),
         action_name="slow",
@@ -71,7 +60,7 @@ def test_a_retry_reattaches_but_a_clear_stops_the_old_run_and_starts_anew(kernel
 
     records.put(records.new(invocation_id=old["id"]))
     # A clear (max_tries = 2 + 1): the old run is ours and still going, so it is stopped; a new one starts.
-    fresh = execute(
+    fresh = execute_try(
         store,
         FakeTI(try_number=3, max_tries=3),
         action_name="slow",
@@ -86,16 +75,16 @@ def test_a_lost_answer_without_token_fails_loudly_naming_the_candidate(kernel_co
     kernel_conn_env.set_faults([LOST_ANSWER])
     store = DictStateStore()
     with pytest.raises(KernelReconcileError) as failure:
-        execute(store, FakeTI(max_tries=1), action_name="echo", payload={"a": 1})
+        execute_try(store, FakeTI(max_tries=1), action_name="echo", payload={"a": 1})
     (created,) = kernel_conn_env.invocations()
     assert failure.value.candidates == [created["id"]]
     assert "clear this task" in str(failure.value)
     # The automatic retry looks again and fails the same way: never a second run while its own may exist.
     with pytest.raises(KernelReconcileError):
-        execute(store, FakeTI(try_number=2, max_tries=1), action_name="echo", payload={"a": 1})
+        execute_try(store, FakeTI(try_number=2, max_tries=1), action_name="echo", payload={"a": 1})
     assert kernel_conn_env.created_count() == 1
     # A person's clear is the way out: a new run, never stuck.
-    assert execute(store, FakeTI(try_number=3, max_tries=3), action_name="echo", payload={"a": 1}) == {"a": 1}
+    assert execute_try(store, FakeTI(try_number=3, max_tries=3), action_name="echo", payload={"a": 1}) == {"a": 1}
     assert kernel_conn_env.created_count() == 2
 
 
@@ -104,7 +93,7 @@ def test_a_lost_answer_with_a_token_adopts_exactly_its_own_run_past_a_twin(kerne
     twin = _invoke_directly("echo", {"a": 1})
     kernel_conn_env.set_faults([LOST_ANSWER])
     store = DictStateStore()
-    result = execute(store, FakeTI(), action_name="echo", payload={"a": 1}, reconcile_token=True)
+    result = execute_try(store, FakeTI(), action_name="echo", payload={"a": 1}, reconcile_token=True)
     assert result == {"a": 1, TOKEN_KEY: result[TOKEN_KEY]}  # the action saw the token
     ours = [i for i in kernel_conn_env.invocations() if i["id"] != twin["id"]]
     assert len(ours) == 1 and kernel_conn_env.created_count() == 2  # the twin and exactly one of ours
@@ -114,7 +103,7 @@ def test_a_twin_without_a_token_is_never_adopted(kernel_conn_env: Any) -> None:
     twin = _invoke_directly("echo", {"a": 1})
     kernel_conn_env.set_faults([LOST_ANSWER])
     with pytest.raises(KernelReconcileError) as failure:
-        execute(DictStateStore(), FakeTI(), action_name="echo", payload={"a": 1})
+        execute_try(DictStateStore(), FakeTI(), action_name="echo", payload={"a": 1})
     assert twin["id"] in failure.value.candidates and len(failure.value.candidates) == 2
 
 
@@ -128,10 +117,10 @@ def test_a_retry_after_a_crash_mid_create_finds_the_run_by_its_token(kernel_conn
     mine = _invoke_directly("echo", {"a": 1, TOKEN_KEY: token})
     _invoke_directly("echo", {"a": 1, TOKEN_KEY: new_token()})  # a twin from another task instance
 
-    result = execute(store, FakeTI(try_number=2), action_name="echo", payload={"a": 1}, reconcile_token=True)
+    result = execute_try(store, FakeTI(try_number=2), action_name="echo", payload={"a": 1}, reconcile_token=True)
     assert result == {"a": 1, TOKEN_KEY: token}
     assert kernel_conn_env.created_count() == 2  # no third: the retry adopted try 1's run
-    assert posts(kernel_conn_env) == 2
+    assert len(posts(kernel_conn_env)) == 2
     assert store.data.get("kernel_invocation") in (None, "")
     assert mine["id"] in {i["id"] for i in kernel_conn_env.invocations()}
 
@@ -141,14 +130,14 @@ def test_a_retry_after_a_crash_before_the_post_invokes_once(kernel_conn_env: Any
     records = RunRecordStore({"ti": FakeTI(), "task_state_store": store})
     sent = time.time()
     records.put(records.new(sent_at=sent, window_end=sent + 40))  # recorded, never sent
-    assert execute(store, FakeTI(try_number=2), action_name="echo", payload={"b": 2}) == {"b": 2}
+    assert execute_try(store, FakeTI(try_number=2), action_name="echo", payload={"b": 2}) == {"b": 2}
     assert kernel_conn_env.created_count() == 1
 
 
 @pytest.mark.skipif(not AF3, reason="Airflow 2 reads extra links live from the operator")
 def test_the_link_is_pushed_while_the_task_runs(kernel_conn_env: Any) -> None:
     ti = FakeTI()
-    invocation_id = execute(DictStateStore(), ti, action_name="slow", wait_for_completion=False)
+    invocation_id = execute_try(DictStateStore(), ti, action_name="slow", wait_for_completion=False)
     assert ti.xcom["_link_KernelInvocationLink"].endswith(f"/invocations/{invocation_id}")
 
 

@@ -89,10 +89,7 @@ def tls_kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         yield server.url, ca_file
 
 
-@pytest.fixture(autouse=True)
-def _no_ca_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in CA_BUNDLE_ENV:
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_ca_environment")
 
 
 def _both_sides(settings: KernelSettings) -> tuple[Any, Any]:

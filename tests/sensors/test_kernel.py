@@ -16,6 +16,7 @@ from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.sensors.kernel import KernelInvocationSensor
 from kernel_provider.triggers.kernel import KernelInvocationTrigger
 from tests.airflow_helpers import (
+    INLINE_TRIGGER,
     all_logs,
     kernel_lines,
     make_dag,
@@ -26,8 +27,6 @@ from tests.airflow_helpers import (
 from tests.helpers import EVENTS, GET_ONE, seen
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
-
-INLINE_TRIGGER = "[DAG TEST] running trigger in line"
 
 
 def sensor_dag(action: str, payload: Any, app: str = "demo", **sensor_kwargs: Any) -> Any:

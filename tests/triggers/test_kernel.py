@@ -30,7 +30,7 @@ from tests.airflow_helpers import (
     ti_map,
     xcom,
 )
-from tests.helpers import EVENTS, GET_ONE, conn_json, seen, wait_until
+from tests.helpers import EVENTS, GET_ONE, conn_json, rotate_key, seen, wait_until
 
 EVENT_KEYS = {"status", "invocation_id", "status_reason", "message", "cancelled", "xcom_scheme"}
 
@@ -671,14 +671,6 @@ async def test_airflow3_cleanup_never_cancels_even_for_a_stopped_task(kernel_con
 
 
 # --- D. a rotated API key -----------------------------------------------------------------------------------------
-
-
-def rotate_key(emulator: Any, monkeypatch: Any, new_key: str, *, connection_key: str | None) -> None:
-    """Kernel now accepts only ``new_key``; the Airflow connection is changed to ``connection_key`` (None: left
-    alone). The emulator has no route for this: its accepted tokens are changed in-process."""
-    emulator._call(lambda: setattr(emulator.store.config, "tokens", (new_key,)))
-    if connection_key is not None:
-        monkeypatch.setenv("AIRFLOW_CONN_KERNEL_DEFAULT", conn_json(emulator.url, connection_key))
 
 
 async def test_key_rotated_during_the_wait_is_read_again_and_the_wait_completes(

@@ -11,9 +11,9 @@ sensor waits" certain instead of a race. Loaded into the emulator with ``--app``
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import os
+import runpy
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,9 @@ DEMO_APP = Path(__file__).resolve().parents[3] / "example_dags" / "demo_app" / "
 GATE = "demo-shop"
 MAX_WAIT = 600.0
 
-_spec = importlib.util.spec_from_file_location("_browser_demo_shop", DEMO_APP)
-assert _spec is not None and _spec.loader is not None, DEMO_APP
-demo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo)  # registers demo-shop (every action) with the kernel SDK's app registry
+# Run by file path: this app runs inside the emulator, where neither example_dags/ nor tests/ is importable.
+# Running it registers demo-shop (every action) with the kernel SDK's app registry.
+demo = runpy.run_path(str(DEMO_APP), run_name="_browser_demo_shop")
 
 
 def _gated(handler: Any) -> Any:
@@ -50,4 +49,4 @@ def _gated(handler: Any) -> Any:
 
 
 # Overrides the registry's crawl_catalog; the other demo-shop actions stay as they are.
-ACTIONS = {"demo-shop": {"crawl_catalog": _gated(demo.crawl_catalog)}}
+ACTIONS = {"demo-shop": {"crawl_catalog": _gated(demo["crawl_catalog"])}}

@@ -1,9 +1,9 @@
 """``make demo``: run every example DAG against a local Kernel emulator and print what each task returned.
 
-Usage (with the Python of the virtualenv where the provider and Airflow are installed)::
+Usage, from the repository root, with the Python of the virtualenv where the provider and Airflow are installed::
 
-    python example_dags/run_demo.py            # all example DAGs
-    python example_dags/run_demo.py --dag example_kernel_chain --dag example_kernel_sync
+    python -m tests.harness.demo            # all example DAGs
+    python -m tests.harness.demo --dag example_kernel_chain --dag example_kernel_sync
 
 What it does, in a throw-away Airflow home (``.airflow/demo`` in the repository unless ``--home`` is given; it is
 wiped at start, and every inherited ``AIRFLOW*`` environment variable is dropped so a real Airflow installation is
@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from kernel_provider.testing import airflow_connection
+from tests.harness.processes import BIN, tail
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-APP_FILE = HERE / "demo_app" / "app.py"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_DAGS = ROOT / "example_dags"
+APP_FILE = EXAMPLE_DAGS / "demo_app" / "app.py"
 DEFAULT_HOME = ROOT / ".airflow" / "demo"
 MARKER = ".kernel-demo-home"
-BIN = Path(sys.executable).parent  # not resolved: the venv's bin/, even when python is a symlink
 RESULT_PREFIX = "KERNEL_DEMO_RESULT "
 
 #: The example DAGs, in the order they run.
@@ -70,6 +70,7 @@ class Processes:
         self.started: list[subprocess.Popen[bytes]] = []
 
     def start(self, args: Sequence[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+        """Start a child in a session of its own, logging to ``log``."""
         # A new session: Ctrl-C reaches only this script, which then stops the children itself.
         proc = subprocess.Popen(
             list(args), env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
@@ -78,6 +79,7 @@ class Processes:
         return proc
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+        """SIGTERM the child's process group, then SIGKILL it if it outlives ``timeout``."""
         if proc.poll() is not None:
             return
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -92,16 +94,9 @@ class Processes:
                 continue
 
     def stop_all(self) -> None:
+        """Stop every child still running, the newest first."""
         for proc in reversed(self.started):
             self.stop(proc)
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError as exc:
-        return f"(cannot read {path}: {exc})"
-    return "\n".join(line[:400] for line in text[-lines:])
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Failed|Timeout|Deferred)\w*: .+")
@@ -122,7 +117,7 @@ def _child_env(home: Path) -> dict[str, str]:
     env.update(
         {
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(HERE),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", ""),
@@ -138,7 +133,7 @@ def _fresh_home(home: Path) -> None:
             raise DemoError(f"{home} exists and was not created by this demo; pass an empty or new --home.")
         shutil.rmtree(home)
     home.mkdir(parents=True)
-    (home / MARKER).write_text("Created by example_dags/run_demo.py; deleted at its next start.\n")
+    (home / MARKER).write_text("Created by tests/harness/demo.py (make demo); deleted at its next start.\n")
 
 
 def _run_step(
@@ -153,7 +148,7 @@ def _run_step(
             procs.stop(proc)
             raise DemoError(f"{name} did not finish within {timeout:.0f} s; see {log_path}") from None
     if rc != 0:
-        raise DemoError(f"{name} failed (exit status {rc}); last lines of {log_path}:\n{_tail(log_path)}")
+        raise DemoError(f"{name} failed (exit status {rc}); last lines of {log_path}:\n{tail(log_path, width=400)}")
 
 
 def _start_emulator(procs: Processes, env: dict[str, str], token: str, home: Path, logs: Path) -> str:
@@ -183,7 +178,7 @@ def _start_emulator(procs: Processes, env: dict[str, str], token: str, home: Pat
     deadline = time.monotonic() + 30
     while not url_file.exists():
         if proc.poll() is not None:
-            raise DemoError(f"the Kernel emulator exited (status {proc.returncode}):\n{_tail(log_path)}")
+            raise DemoError(f"the Kernel emulator exited (status {proc.returncode}):\n{tail(log_path, width=400)}")
         if time.monotonic() > deadline:
             raise DemoError(f"the Kernel emulator did not start within 30 s; see {log_path}")
         time.sleep(0.1)
@@ -194,7 +189,10 @@ def _collect(dag_ids: Sequence[str], env: dict[str, str], logs: Path, procs: Pro
     """Read the runs back in a child process (so this script never imports Airflow)."""
     log_path = logs / "collect.log"
     with log_path.open("wb") as log:
-        proc = procs.start([sys.executable, str(Path(__file__).resolve()), "--collect", *dag_ids], env, log)
+        # This module again, as a module: its imports need the repository root on the path, wherever the demo runs.
+        pythonpath = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        command = [sys.executable, "-m", "tests.harness.demo", "--collect", *dag_ids]
+        proc = procs.start(command, {**env, "PYTHONPATH": pythonpath}, log)
         try:
             rc = proc.wait(120)
         except subprocess.TimeoutExpired:
@@ -204,7 +202,7 @@ def _collect(dag_ids: Sequence[str], env: dict[str, str], logs: Path, procs: Pro
         if line.startswith(RESULT_PREFIX):
             result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
             return result
-    raise DemoError(f"reading the DAG runs back failed (exit status {rc}):\n{_tail(log_path)}")
+    raise DemoError(f"reading the DAG runs back failed (exit status {rc}):\n{tail(log_path, width=400)}")
 
 
 def collect_main(dag_ids: Sequence[str]) -> int:
@@ -288,6 +286,7 @@ def _print_summary(results: dict[str, Any], outcomes: dict[str, tuple[int, float
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo (or, with ``--collect``, read the runs back); returns the exit status."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -343,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if emulator.poll() is not None:
                 print(
                     f"\nerror: the Kernel emulator stopped (status {emulator.returncode}); skipping the rest. "
-                    f"Last lines of its log:\n{_tail(logs / 'emulator.log')}",
+                    f"Last lines of its log:\n{tail(logs / 'emulator.log', width=400)}",
                     file=sys.stderr,
                 )
                 break
@@ -385,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_path = logs / f"{dag_id}.log"
         if not log_path.exists():
             continue
-        print(f"\n--- {dag_id} failed; last lines of {log_path}:\n{_tail(log_path)}", file=sys.stderr)
+        print(f"\n--- {dag_id} failed; last lines of {log_path}:\n{tail(log_path, width=400)}", file=sys.stderr)
         cause = _last_exception(log_path)
         if cause:
             print(f"--- {dag_id}: {cause}", file=sys.stderr)

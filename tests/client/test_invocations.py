@@ -1,4 +1,5 @@
-"""The operations of ``kernel_provider.client.operations`` as pure logic: driven with canned responses, no server.
+"""The wire (``kernel_provider.client.wire``) and the invocation operations (``kernel_provider.client.invocations``)
+as pure logic: driven with canned responses, no server.
 
 Each test answers the calls an operation yields with :class:`ApiResponse` objects (or transport errors) and
 checks what it sent, when it stopped and what it returned or raised.
@@ -7,7 +8,6 @@ checks what it sent, when it stopped and what it returned or raised.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,34 +24,10 @@ from kernel_provider.client.errors import (
     KernelResponseError,
     KernelServerError,
     KernelTransportError,
-    api_error_for_status,
 )
 from kernel_provider.client.retry import retry_after_seconds
 from kernel_provider.client.wire import ApiCall, ApiResponse, drive
-
-Answer = ApiResponse | BaseException
-
-
-def answer(status: int = 200, body: Any = None, **headers: str) -> ApiResponse:
-    """A canned response; ``body`` is JSON-encoded unless it is bytes. Header names as Kernel sends them."""
-    raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
-    return ApiResponse(status, {k.replace("_", "-").lower(): v for k, v in headers.items()}, raw)
-
-
-def canned(*answers: Answer) -> tuple[Callable[[ApiCall[Any]], Any], list[ApiCall[Any]]]:
-    """A ``send`` for :func:`drive` answering each call with the next canned answer, and the calls it saw."""
-    queue = list(answers)
-    calls: list[ApiCall[Any]] = []
-
-    def send(call: ApiCall[Any]) -> Any:
-        calls.append(call)
-        assert queue, f"unexpected call {call.endpoint.method} {call.path}"
-        reply = queue.pop(0)
-        if isinstance(reply, BaseException):
-            raise reply
-        return call.result(reply)
-
-    return send, calls
+from tests.helpers import Answer, answer, api_error, canned
 
 
 def invocation(inv_id: str = "inv-1", status: str = "running", **fields: Any) -> dict[str, Any]:
@@ -249,10 +225,6 @@ def test_cancel_result_combines_the_halves() -> None:
 
 
 # --- the create rule ------------------------------------------------------------------------------------------
-
-
-def api_error(status: int, **headers: str) -> KernelApiError:
-    return api_error_for_status(status)(status, "code", "message", headers=headers)
 
 
 @pytest.mark.parametrize(

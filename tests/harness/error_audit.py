@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 #: (pattern, why it is harmless). Searched in the ERROR line (the JSON form: ``level event logger``).
 KNOWN_ERROR_LINES: tuple[tuple[str, str], ...] = (
     (
@@ -166,10 +168,15 @@ class ErrorAudit:
         return unexpected
 
     def summary(self) -> str:
+        """How much was read and found, for the test summary."""
         return (
             f"{self.suite}: {self.lines_read} log lines read from {len(self.offsets)} files, "
             f"{self.errors_seen} ERROR lines ({self.errors_expected} expected)"
         )
+
+
+#: Every audit started in this session, one per harness (the terminal summary says how much each read).
+AUDITS: list[ErrorAudit] = []
 
 
 def failure_text(unexpected: list[str]) -> str:
@@ -179,3 +186,13 @@ def failure_text(unexpected: list[str]) -> str:
         f"{len(unexpected)} unexpected ERROR line(s) in the Airflow logs (a normal run logs none; a test that "
         f"provokes one declares it with @pytest.mark.expect_error_lines(r'...')):\n{shown}"
     )
+
+
+def audit_error_lines(item: pytest.Item, audit: ErrorAudit) -> None:
+    """Fail ``item`` on the ERROR lines written since the last check that nothing allows (a test that already
+    failed is not failed twice; its lines are consumed all the same)."""
+    declared = [str(p) for marker in item.iter_markers("expect_error_lines") for p in marker.args]
+    declared += item.__dict__.get("declared_error_lines", [])
+    unexpected = audit.check(declared)
+    if unexpected and not item.__dict__.get("e2e_call_failed"):
+        pytest.fail(failure_text(unexpected), pytrace=False)

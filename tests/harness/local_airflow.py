@@ -3,7 +3,8 @@
 Starts the emulator with the demo app, points ``kernel_default`` at it (its invocation links open the emulator's
 own view of each invocation), enables the connection Test button, loads the example DAGs and runs the scheduler,
 dag-processor, triggerer and api-server (what ``airflow standalone`` runs) in the foreground. Ctrl-C stops all.
-Not part of the tests; the Airflow home is ``.airflow/local``.
+Not part of the tests; the Airflow home is ``.airflow/local``. Run from the repository root:
+``python -m tests.harness.local_airflow [--port 8080] [--host 127.0.0.1]``.
 
 Everything listens on 127.0.0.1 only: the UI has no login and shows the Kernel connection's key to whoever
 reaches it. The scheduler and triggerer run with ``--skip-serve-logs`` (their log servers would bind 0.0.0.0;
@@ -23,18 +24,15 @@ import time
 from pathlib import Path
 
 from kernel_provider.testing import airflow_connection
+from tests.harness.cluster import service_argv
+from tests.harness.processes import BIN, ServiceProcess, stop_all, watch
 
-try:  # run as a script (`make airflow`): example_dags/ is on sys.path
-    from run_cluster import ServiceProcess, service_argv, stop_all
-except ImportError:  # imported as example_dags.run_local_airflow
-    from example_dags.run_cluster import ServiceProcess, service_argv, stop_all
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_DAGS = ROOT / "example_dags"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Start the emulator and Airflow, print where they are, and run until Ctrl-C / SIGTERM."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=ROOT / ".airflow" / "local")
     parser.add_argument("--port", type=int, default=8080, help="api-server port (default 8080)")
@@ -60,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             "--token",
             token,
             "--app",
-            str(HERE / "demo_app" / "app.py"),
+            str(EXAMPLE_DAGS / "demo_app" / "app.py"),
             "--url-file",
             str(url_file),
             "--quiet",
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
                 "AIRFLOW_HOME": str(home),
-                "AIRFLOW__CORE__DAGS_FOLDER": str(HERE),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
@@ -120,12 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 argv_ = service_argv(name, host=args.host, port=args.port)
                 services.append(ServiceProcess(name, argv_, logs / f"{name}.log", env))
             print(f"Service logs:    {logs}")
-            while True:
-                for service in services:
-                    if service.proc.poll() is not None:
-                        print(f"!! {service.name} exited ({service.proc.returncode}); see {service.log}")
-                        return 1
-                time.sleep(1)
+            return watch(services)
         except KeyboardInterrupt:
             return 130
         finally:
