@@ -323,6 +323,7 @@ def _hook() -> Any:
 def submit(job: Job) -> None:
     """The operator's execute, retried like an Airflow task with retries (same task_state_store)."""
     from kernel_provider.exceptions import KernelAmbiguousCreateError
+    from kernel_provider.links import XCOM_INVOCATION_ID
     from kernel_provider.operators.kernel import KernelInvokeOperator
 
     _current_job.set(job)
@@ -353,7 +354,7 @@ def submit(job: Job) -> None:
             time.sleep(0.2 * attempt)
             continue
         job.submit_error = None
-        job.invocation_id = ti.xcom.get("invocation_id")
+        job.invocation_id = ti.xcom.get(XCOM_INVOCATION_ID)
         return
 
 
