@@ -1,6 +1,6 @@
 """``KernelBaseHook``: what every Kernel hook shares: the Airflow connection, the settings read from it, the one
-:class:`~kernel_provider.client.client.KernelClient` every call goes through, secret masking, the connection form
-and ``airflow connections test``.
+:class:`~kernel_provider.client.client.KernelClient` every call goes through, secret masking and
+``airflow connections test`` (the connection form is drawn by ``KernelHook``, the ``kernel`` type's hook).
 
 :class:`~kernel_provider.hooks.kernel.KernelHook` (invocations and apps) and
 :class:`~kernel_provider.hooks.kernel_browser.KernelBrowserHook` (standalone browsers and pools) are siblings over
@@ -185,33 +185,6 @@ class KernelBaseHook(BaseHook):
             return self.client.check_connection()
         except KernelError as exc:  # the connection itself is missing or malformed
             return False, str(exc)
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Provider info's kebab-case ``ui-field-behaviour`` in the snake-case keys Airflow < 3.2 validates (2.x
-        silently drops a form customisation that does not match ``customized_form_field_behaviours.schema.json``)."""
-        from kernel_provider.get_provider_info import get_provider_info
-
-        behaviour = get_provider_info()["connection-types"][0]["ui-field-behaviour"]
-        return {key.replace("-", "_"): value for key, value in behaviour.items()}
-
-    @classmethod
-    def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """The extra fields of the connection form in Airflow < 3.2 (stored in the connection's extra)."""
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
-        from flask_babel import lazy_gettext
-        from wtforms import IntegerField, StringField
-        from wtforms.validators import Optional
-
-        text = {"project_id": "Project ID", "dashboard_url": "Dashboard URL"}
-        whole = {"request_timeout": "Request timeout (s)", "max_retries": "Max retries"}
-        return {
-            **{key: StringField(lazy_gettext(label), widget=BS3TextFieldWidget()) for key, label in text.items()},
-            **{
-                key: IntegerField(lazy_gettext(label), validators=[Optional()], widget=BS3TextFieldWidget())
-                for key, label in whole.items()
-            },
-        }
 
 
 def _mask(secret: str) -> None:

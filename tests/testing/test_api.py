@@ -297,7 +297,8 @@ def test_sse_late_subscriber_and_since(sse_events: SSE, http: httpx.Client, kern
 def test_sse_heartbeats(sse_events: SSE, kernel_emulator_factory: Callable[..., KernelEmulator]) -> None:
     emu = kernel_emulator_factory(heartbeat=0.1)
     with httpx.Client(base_url=emu.url, headers={"Authorization": f"Bearer {emu.token}"}) as http:
-        inv_id = create(http, "sleep", {"seconds": 0.5}, **{"async": True}).json()["id"]
+        # 3 s of run for 0.1 s heartbeats: the stream is open long before the run ends, however busy the machine.
+        inv_id = create(http, "sleep", {"seconds": 3.0}, **{"async": True}).json()["id"]
         events = sse_events(http.get(f"/invocations/{inv_id}/events"))
     kinds = [e["event"] for e in events]
     assert kinds[0] == "invocation_state" and kinds[-1] == "invocation_state"
