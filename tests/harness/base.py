@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from tests.harness.error_audit import AUDITS, ErrorAudit, failure_text
 from tests.harness.processes import AIRFLOW, AIRFLOW_VERSION, BIN, Service, free_port, tail
 from tests.harness.proxy import HoldingProxy
-from tests.harness.sqlite import never_reuse_trigger_ids
+from tests.harness.sqlite import never_reuse_trigger_ids, use_write_ahead_log
 
 T = TypeVar("T")
 
@@ -72,7 +72,8 @@ class AirflowHarness:
         self.emulator: Any = None
         self.proxy: HoldingProxy | None = None
         self.env: dict[str, str] = {}
-        self.http = httpx.Client(base_url=self.api_url, timeout=30.0)
+        # A loaded api-server (one worker, SQLite) can take tens of seconds for one call: slow is not a failure.
+        self.http = httpx.Client(base_url=self.api_url, timeout=60.0)
         #: The ERROR-line audit over the service logs and everything under ``$AIRFLOW_HOME/logs``.
         self.audit = ErrorAudit(self.suite_name(), [self.logs, self.home / "logs"])
 
@@ -204,6 +205,7 @@ class AirflowHarness:
             raise RuntimeError(f"airflow db migrate failed ({proc.returncode}):\n{tail(out, 60)}")
         if self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:"):
             never_reuse_trigger_ids(self.home / "airflow.db")
+            use_write_ahead_log(self.home / "airflow.db")
 
     def start(self, name: str) -> Service:
         """Start the Airflow service ``name`` (a new log file for each start)."""

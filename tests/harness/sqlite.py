@@ -46,3 +46,21 @@ def never_reuse_trigger_ids(db: Path) -> None:
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+def use_write_ahead_log(db: Path) -> None:
+    """Switch the DB file to SQLite's write-ahead log (the setting is stored in the file, so every service gets it).
+
+    With the default rollback journal, one writer locks out every reader: with a scheduler, a triggerer, a
+    dag-processor, an api-server and task processes all on one file, a busy run (every example DAG at once) made
+    calls wait past any sane timeout, and a task process that could not report its state was failed by its
+    executor. With the log, readers never wait for the writer; writers still take turns (the driver's busy
+    timeout, 5 s, says how long they wait for theirs).
+    """
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"SQLite refused the write-ahead log for {db} (journal mode {mode!r})")
+    finally:
+        conn.close()
