@@ -17,10 +17,12 @@ import textwrap
 import time
 from base64 import urlsafe_b64encode
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.harness.backing import Postgres, pg_bin
 from tests.harness.base import EXAMPLE_DAG, LIFECYCLE_DAGS, ROOT, AirflowHarness
 from tests.harness.processes import AIRFLOW_VERSION
 
@@ -47,18 +49,49 @@ def epoch(stamp: str) -> float:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
+def postgres_available() -> bool:
+    """Whether the metadata DB can be a throw-away PostgreSQL: a server on this machine and psycopg2 installed
+    (``make deps`` installs both; elsewhere the harness falls back to SQLite)."""
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        return False
+    return pg_bin() is not None
+
+
 class AirflowE2E(AirflowHarness):
-    """A real Airflow 3.x with the Kernel emulator, driven and read through the REST API v2."""
+    """A real Airflow 3.x with the Kernel emulator, driven and read through the REST API v2.
+
+    The metadata DB is PostgreSQL when this machine has it (see :func:`postgres_available`), as in production:
+    SQLite's single writer, shared by four services, a worker's task processes and the test's own REST writes,
+    made a busy run log "database is locked" errors of Airflow's own (never the provider's) and stall the
+    one-worker api-server. Without PostgreSQL, SQLite in WAL mode.
+    """
 
     service_names = SERVICES
+
+    def __init__(self, base: Path) -> None:
+        super().__init__(base)
+        self.postgres: Any = None
+
+    def start_backing(self) -> None:
+        if postgres_available():
+            self.postgres = Postgres(self.logs)
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        try:
+            super().stop_all(grace)
+        finally:
+            if self.postgres is not None:
+                self.postgres.stop()
 
     def write_dags(self) -> None:
         """Deploy the e2e DAGs, the lifecycle DAGs and the async-sensor example (more later: :meth:`deploy`)."""
         self.deploy([path for path in (E2E_DAGS, LIFECYCLE_DAGS, EXAMPLE_DAG) if path.exists()])
 
     def build_env(self) -> None:
-        """Airflow 3 on SQLite with the LocalExecutor, the api-server on 127.0.0.1 (no login: every user is an
-        admin), and a task heartbeat timeout low enough to notice a SIGKILLed worker in seconds."""
+        """Airflow 3 on PostgreSQL (or SQLite) with the LocalExecutor, the api-server on 127.0.0.1 (no login: every
+        user is an admin), and a task heartbeat timeout low enough to notice a SIGKILLed worker in seconds."""
         env = self._common_env()
         env.update(
             {
@@ -67,10 +100,12 @@ class AirflowE2E(AirflowHarness):
                 "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "32",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
-                # The driver's 5 s busy timeout, kept: the api-server has one worker, and a request waiting on
-                # the write lock blocks it; with a 60 s wait, requests queued behind one whose own session held the
-                # lock stalled it for a minute (the triggerer's supervisor too). The log is in WAL mode instead.
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+                # On SQLite, the driver's 5 s busy timeout, kept: the api-server has one worker, and a request
+                # waiting on the write lock blocks it (a 60 s wait stalled it, and the triggerer's supervisor, for a
+                # minute). The log is in WAL mode instead.
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
+                    self.postgres.url if self.postgres is not None else f"sqlite:///{self.home / 'airflow.db'}"
+                ),
                 "AIRFLOW__API__BASE_URL": self.api_url,
                 "AIRFLOW__API__PORT": str(self.port),
                 "AIRFLOW__API__HOST": "127.0.0.1",

@@ -42,7 +42,6 @@ class ClusterAirflow(AirflowE2E):
 
     def __init__(self, base: Path) -> None:
         super().__init__(base)
-        self.postgres: Any = None
         self.redis: Any = None
 
     def suite_name(self) -> str:
@@ -81,11 +80,10 @@ class ClusterAirflow(AirflowE2E):
 
     def stop_all(self, grace: float = 10.0) -> None:
         try:
-            super().stop_all(grace)
+            super().stop_all(grace)  # PostgreSQL too
         finally:
-            for backing in (self.redis, self.postgres):
-                if backing is not None:
-                    backing.stop()
+            if self.redis is not None:
+                self.redis.stop()
 
     # --- the metadata DB, read directly (psycopg2) ------------------------------------------------------
 
