@@ -327,6 +327,30 @@ def test_the_schedule_stops_once_a_browser_is_known(kernel_emulator, monkeypatch
     assert list(watch.seen) == [kernel_emulator.invocation(inv_id)["_emulator"]["browsers"][0]["session_id"]]
 
 
+def test_a_live_view_being_minted_when_the_wait_ends_is_still_reported(kernel_emulator):
+    """The run ends while ``POST /browsers/{id}/live_view`` is out (Kernel answers in 1 s): the watch lets it
+    finish (within ``STOP_GRACE``) and reports the URL Kernel minted, instead of dropping it."""
+    import logging
+
+    from kernel_provider.client.browser_watch import BrowserWatch, LiveViewPublisher
+
+    kernel_emulator.set_faults([{"route": "POST /browsers/{id}/live_view", "fault": {"delay": 1.0}}])
+    inv_id = start_browse(kernel_emulator, count=1, seconds=30)
+    wait_until(lambda: kernel_emulator.invocation(inv_id)["_emulator"]["browsers"], "the action's browser")
+    log = logging.getLogger("test.live_view")
+    watch = BrowserWatch(client_hook(kernel_emulator), inv_id, log, publisher=LiveViewPublisher("read", None, log))
+
+    async def end_while_minting() -> None:
+        watch.start()
+        await asyncio.to_thread(
+            wait_until, lambda: count_requests(kernel_emulator, LIVE_VIEW_ROUTE, "POST"), "the mint to be sent"
+        )
+        await watch.stop()
+
+    asyncio.run(end_while_minting())
+    assert watch.first_url and grant_of(kernel_emulator, watch.first_url).access == "read"
+
+
 def test_a_browser_kernel_no_longer_knows_is_not_fatal(kernel_emulator, caplog):
     """A replay lookup for a browser that is gone (404) is logged and skipped; the others are still reported."""
     import logging

@@ -66,6 +66,9 @@ HINT_MIN_GAP = 2.0
 MAX_HINTED_LISTS = 20
 MAX_REPLAY_BROWSERS = 10
 REPLAY_BUDGET = 15.0
+#: Seconds :meth:`BrowserWatch.stop` lets a list (and the live views it is minting) finish before cancelling it:
+#: a URL Kernel has already minted is then reported, not dropped because the run ended at that moment.
+STOP_GRACE = 5.0
 #: Key of the first live-view URL in the wait's event (absent when the run showed no browser with a live view).
 LIVE_VIEW_EVENT_KEY = "live_view_url"
 #: The values of ``live_view``: mint read-only URLs (default), control URLs, or nothing.
@@ -248,6 +251,7 @@ class BrowserWatch:
         self.first_url = ""
         self._published = False
         self._failing = False
+        self._stopping = False
 
     def start(self) -> None:
         """Start watching on the running loop (the first list is sent at once)."""
@@ -260,9 +264,16 @@ class BrowserWatch:
             self._wake.set()
 
     async def stop(self) -> None:
-        """Stop watching (the wait is over). Never raises."""
+        """Stop watching (the wait is over): a list in progress gets :data:`STOP_GRACE` seconds to finish, then
+        the watch is cancelled. Never raises."""
         task, self._task = self._task, None
-        if task is not None and not task.done():
+        if task is None or task.done():
+            return
+        self._stopping = True
+        self._wake.set()
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(task), STOP_GRACE)
+        if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -270,9 +281,11 @@ class BrowserWatch:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         interval, scheduled = FIRST_INTERVAL, 0
-        while True:
+        while not self._stopping:
             last = loop.time()
             await self.refresh()
+            if self._stopping:
+                return
             timeout = None if self.seen or scheduled >= MAX_SCHEDULED_LISTS else interval
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -280,6 +293,8 @@ class BrowserWatch:
             except asyncio.TimeoutError:
                 scheduled += 1
                 interval *= BACKOFF
+            if self._stopping:
+                return
             self._wake.clear()
             gap = last + HINT_MIN_GAP - loop.time()
             if gap > 0:
