@@ -222,10 +222,25 @@ class KernelInvocationTrigger(BaseTrigger):
         return KernelHook.shared(self.kernel_conn_id, getattr(self, "_component", None))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Yields exactly one event: the payload of :meth:`wait`."""
+        """Yields exactly one event: the payload of :meth:`wait`.
+
+        When the triggerer cancels the trigger, the cancellation it raised is the one re-raised, reason included:
+        Airflow 3.3 reads that reason to tell a user's mark or clear (then it calls :meth:`on_kill`) from a
+        shutdown or hand-over.
+        """
         # Only the triggerer calls run() (workers call wait()): mark its requests in the User-Agent.
         self._component = "triggerer"
-        yield TriggerEvent(await self.wait())
+        waiting = asyncio.ensure_future(self.wait())
+        try:
+            # Awaited through a shield so that the CancelledError raised here is the triggerer's own: libraries
+            # the wait awaits may re-raise a cancellation without its reason (asgiref's sync_to_async, behind
+            # every connection lookup, does), and without it a user's mark would not stop the run.
+            event = await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            waiting.cancel()
+            await asyncio.wait({waiting})  # the wait's own cleanup ends before on_kill starts
+            raise
+        yield TriggerEvent(event)
 
     async def wait(self) -> dict[str, Any]:
         """The whole wait; returns the event payload. Also used by workers that wait without deferring.

@@ -390,6 +390,38 @@ async def test_on_kill_cancels_the_invocation_and_deletes_its_browsers(kernel_co
     assert event["status"] == "failed"
 
 
+#: What Airflow 3.3's triggerer cancels a trigger with when a user marks or clears its task (its
+#: ``_USER_ACTION_CANCEL_MSG``); on_kill is called only when the CancelledError leaving run() still carries it.
+USER_ACTION = "__airflow_user_action__"
+
+
+@pytest.mark.parametrize("mode", ["stream", "poll"])
+@pytest.mark.parametrize("moment", ["during the connection lookup", "while following"])
+async def test_a_user_action_cancel_leaves_run_with_its_reason(kernel_conn_env, mode, moment):
+    """The reason must survive whatever the wait was awaiting: asgiref's sync_to_async (behind the connection
+    lookup) re-raises a cancellation without it, which once made a mark-failed leave the run going."""
+    if AF3:
+        from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
+
+        assert _USER_ACTION_CANCEL_MSG == USER_ACTION
+    inv_id = start("slow")
+    t = trigger(inv_id, mode=mode)
+    consuming = asyncio.ensure_future(run_to_event(t))
+    if moment == "while following":
+        for _ in range(300):  # until the trigger's first request (the create was the first)
+            if requests_for(kernel_conn_env, inv_id)[1:]:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)
+    else:
+        await asyncio.sleep(0)  # a fresh loop has no cached settings: the first await is the connection lookup
+    consuming.cancel(USER_ACTION)
+    with pytest.raises(asyncio.CancelledError) as cancelled:
+        await consuming
+    assert cancelled.value.args == (USER_ACTION,)
+    assert kernel_conn_env.invocation(inv_id)["status"] == "running"  # cancelling the wait never stops the run
+
+
 async def test_on_kill_does_nothing_when_disabled(kernel_conn_env):
     inv_id = start("slow")
     await trigger(inv_id, cancel_on_kill=False).on_kill()
