@@ -1,4 +1,4 @@
-"""Apache Airflow provider for Kernel (https://www.onkernel.com).
+"""Apache Airflow provider for Kernel (https://kernel.sh).
 
 Importing this package is cheap and makes no network call: DAG files import the operator module at parse time.
 """
@@ -7,4 +7,4 @@ from __future__ import annotations
 
 __all__ = ["__version__"]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -14,17 +14,75 @@ LEGACY_LINK_PATHS = (
 )
 
 
+def _field(label: str, kind: str, description: str, default: Any = None) -> dict[str, Any]:
+    """One connection-form field as provider info's ``conn-fields`` describe it (a JSON-schema type, nullable)."""
+    schema: dict[str, Any] = {"type": [kind, "null"]}
+    if default is not None:
+        schema["default"] = default
+    return {"label": label, "description": description, "schema": schema}
+
+
+#: Every extra of the Kernel connection (see :mod:`kernel_provider.client.settings`), as Airflow 3.2+ reads them for
+#: its connection form; the Airflow < 3.2 form widgets are built from the same list (``KernelHook``). Defaults are
+#: the client's (a test keeps them in step).
+CONNECTION_FIELDS: dict[str, dict[str, Any]] = {
+    "project_id": _field(
+        "Project ID", "string", "Sent as X-Kernel-Project-Id; leave empty for the org's default project."
+    ),
+    "dashboard_url": _field(
+        "Dashboard URL",
+        "string",
+        "Base of the invocation links shown on tasks.",
+        default="https://dashboard.onkernel.com",
+    ),
+    "request_timeout": _field(
+        "Request timeout (s)",
+        "number",
+        "Read timeout of ordinary API calls. Sync invocations always get > 100 s.",
+        default=30,
+    ),
+    "connect_timeout": _field("Connect timeout (s)", "number", "Time to establish a connection to Kernel.", default=10),
+    "max_retries": _field(
+        "Max retries",
+        "integer",
+        "Retries of a failed call that is safe to repeat (never a duplicate invoke).",
+        default=5,
+    ),
+    "max_retry_wait": _field(
+        "Max retry wait (s)",
+        "number",
+        "Seconds a call may spend retrying before it gives up (429s excepted).",
+        default=120,
+    ),
+    "rate_limit_wait": _field(
+        "Rate-limit wait (s)",
+        "number",
+        "Seconds a call may keep waiting out 429s (Retry-After honoured) before it gives up.",
+        default=900,
+    ),
+    "ca_bundle": _field(
+        "CA bundle", "string", "Path of a CA bundle file or directory to verify Kernel with; empty = the environment's."
+    ),
+    "allow_insecure_http": _field(
+        "Allow plain http",
+        "boolean",
+        "Accept an http:// base URL to a host that is not loopback (the API key crosses unencrypted).",
+        default=False,
+    ),
+}
+
+
 def get_provider_info() -> dict[str, Any]:
     """Describe the provider: its hook, connection form, operators, sensors, triggers and extra links."""
     return {
         "package-name": "airflow-provider-kernel",
         "name": "Kernel",
-        "description": "Invoke [Kernel](https://www.onkernel.com) app actions (browser agents) from Airflow.",
+        "description": "Invoke Kernel (https://kernel.sh) app actions, the browser agents, from Airflow.",
         "versions": [__version__],
         "integrations": [
             {
                 "integration-name": "Kernel",
-                "external-doc-url": "https://www.onkernel.com/docs",
+                "external-doc-url": "https://kernel.sh/docs",
                 "tags": ["service"],
             }
         ],
@@ -51,28 +109,7 @@ def get_provider_info() -> dict[str, Any]:
                         "extra": '{"project_id": "proj_...", "request_timeout": 30}',
                     },
                 },
-                "conn-fields": {
-                    "project_id": {
-                        "label": "Project ID",
-                        "description": "Sent as X-Kernel-Project-Id; leave empty for the org's default project.",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "dashboard_url": {
-                        "label": "Dashboard URL",
-                        "description": "Base of the invocation links shown on tasks.",
-                        "schema": {"type": ["string", "null"], "default": "https://dashboard.onkernel.com"},
-                    },
-                    "request_timeout": {
-                        "label": "Request timeout (s)",
-                        "description": "Read timeout of ordinary API calls. Sync invocations always get > 100 s.",
-                        "schema": {"type": ["number", "null"], "default": 30},
-                    },
-                    "max_retries": {
-                        "label": "Max retries",
-                        "description": "Retries of a failed call that is safe to repeat (never a duplicate invoke).",
-                        "schema": {"type": ["integer", "null"], "default": 5},
-                    },
-                },
+                "conn-fields": CONNECTION_FIELDS,
             }
         ],
         "extra-links": [

@@ -98,7 +98,8 @@ def test_on_kill_while_execute_waits_cancels_everything(kernel_conn_env: Any) ->
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
     (inv,) = wait_until(lambda: browsing(kernel_conn_env), "the action to hold its browsers")
-    assert op.invocation_id == inv["id"]
+    # The action may start before the worker thread has the create's answer (a loaded machine): wait for it.
+    assert wait_until(lambda: op.invocation_id, "the operator to hold the invocation id") == inv["id"]
     op.on_kill()  # what Airflow's task runner calls when the task is killed (SIGTERM, marked failed, timeout)
     worker.join(30)
     assert not worker.is_alive()

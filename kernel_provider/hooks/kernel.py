@@ -46,21 +46,29 @@ class KernelHook(KernelBaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """The extra fields of the connection form in Airflow < 3.2 (stored in the connection's extra)."""
+        """The extra fields of the connection form in Airflow < 3.2 (stored in the connection's extra): one per
+        extra of provider info's ``conn-fields``. Seconds are whole numbers there (Airflow 2 takes no FloatField);
+        the extra itself takes fractions."""
         from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
         from flask_babel import lazy_gettext
-        from wtforms import IntegerField, StringField
+        from wtforms import BooleanField, IntegerField, StringField
         from wtforms.validators import Optional
 
-        text = {"project_id": "Project ID", "dashboard_url": "Dashboard URL"}
-        whole = {"request_timeout": "Request timeout (s)", "max_retries": "Max retries"}
-        return {
-            **{key: StringField(lazy_gettext(label), widget=BS3TextFieldWidget()) for key, label in text.items()},
-            **{
-                key: IntegerField(lazy_gettext(label), validators=[Optional()], widget=BS3TextFieldWidget())
-                for key, label in whole.items()
-            },
-        }
+        from kernel_provider.get_provider_info import CONNECTION_FIELDS
+
+        by_type = {"string": StringField, "number": IntegerField, "integer": IntegerField}
+        widgets: dict[str, Any] = {}
+        for key, field in CONNECTION_FIELDS.items():
+            kind = field["schema"]["type"][0]
+            label = lazy_gettext(field["label"])
+            if kind == "boolean":
+                widgets[key] = BooleanField(label, description=field["description"], default=False)
+            else:
+                validators = [] if kind == "string" else [Optional()]
+                widgets[key] = by_type[kind](
+                    label, validators=validators, widget=BS3TextFieldWidget(), description=field["description"]
+                )
+        return widgets
 
     # --- invocations ------------------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``kernel-emulator`` argument parser: one flag per :class:`~.config.EmulatorConfig` field, plus its own."""
     parser = argparse.ArgumentParser(
         prog="kernel-emulator",
-        description="Local emulator of the Kernel (onkernel.com) invocation API, with fault injection. Every route "
+        description="Local emulator of the Kernel (kernel.sh) invocation API, with fault injection. Every route "
         f"needs the token (--token, or {TOKEN_ENV}); requests must name it by a loopback Host (or the bound "
         "host, or an --allow-host).",
     )

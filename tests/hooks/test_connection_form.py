@@ -14,8 +14,10 @@ from importlib import resources
 from typing import Any
 
 import pytest
+import requests
 from airflow import __version__ as AIRFLOW_VERSION
 
+from kernel_provider.client.settings import KernelSettings
 from kernel_provider.get_provider_info import get_provider_info
 from kernel_provider.hooks.kernel import KernelHook
 from tests.airflow_helpers import AF2
@@ -90,6 +92,35 @@ def test_providers_manager_keeps_the_kernel_field_behaviour() -> None:
     assert kernel is not None, "Airflow dropped the Kernel connection form behaviour (see its log for why)"
     assert sorted(kernel["hidden_fields"]) == ["login", "port", "schema"]
     assert kernel["relabeling"] == {"host": "Base URL", "password": "API key"}
+
+
+#: A value other than the default for every extra of the form (a CA bundle must exist: requests' own one).
+NOT_DEFAULT = {
+    "project_id": "proj_form",
+    "dashboard_url": "https://dashboard.example.com",
+    "request_timeout": 31,
+    "connect_timeout": 11,
+    "max_retries": 6,
+    "max_retry_wait": 121,
+    "rate_limit_wait": 901,
+    "ca_bundle": requests.utils.DEFAULT_CA_BUNDLE_PATH,
+    "allow_insecure_http": True,
+}
+
+
+def test_the_form_offers_every_extra_the_client_reads_with_the_clients_defaults() -> None:
+    """Each form field is an extra the settings read (a non-default value changes them), and the form's default is
+    the client's (the default given explicitly changes nothing)."""
+    fields = CONN_TYPE["conn-fields"]
+    assert set(fields) == set(NOT_DEFAULT)
+    base = {"host": "https://api.example.com", "password": "sk_form"}
+    plain = KernelSettings.from_mapping(base)
+    for key, field in fields.items():
+        changed = KernelSettings.from_mapping({**base, "extra": {key: NOT_DEFAULT[key]}})
+        assert changed != plain, f"extra {key!r} is offered by the form but not read"
+        if "default" in field["schema"]:
+            given = KernelSettings.from_mapping({**base, "extra": {key: field["schema"]["default"]}})
+            assert given == plain, f"the form's default for {key!r} is not the client's"
 
 
 # --- the add-connection page as Airflow 2.11's Flask UI renders it ------------------------------------
@@ -186,7 +217,7 @@ def test_af2_add_connection_page_embeds_kernel_field_behaviours(add_connection_p
 
 def test_af2_add_connection_page_renders_the_kernel_extra_widgets(add_connection_page: _FormPage) -> None:
     widgets = KernelHook.get_connection_form_widgets()
-    assert set(widgets) >= {"project_id", "dashboard_url", "request_timeout", "max_retries"}
+    assert list(widgets) == list(CONN_TYPE["conn-fields"])  # every documented extra, on both forms
 
     for name, field in widgets.items():
         field_id = f"extra__kernel__{name}"
