@@ -27,7 +27,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: test test-fast test-free test-free-floors test-floors test-live test-af3 test-af2 test-af30 test-af31 \
 	test-af31-unit test-af32 test-matrix lint demo airflow bench chaos e2e clean venv deps system-deps browser-deps \
-	cluster cluster-deps test-cluster
+	cluster cluster-deps test-cluster docs release-check
 
 venv: $(VENV)/.installed
 
@@ -39,7 +39,7 @@ $(UV):
 $(VENV)/.installed: pyproject.toml Makefile | $(UV)
 	@echo "==> bootstrapping $(VENV) (Airflow 3.3)"
 	@test -x $(VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(VENV)
-	@$(UV_INSTALL) --python $(VENV)/bin/python "$(AIRFLOW_3)" -e ".[test,lint]"
+	@$(UV_INSTALL) --python $(VENV)/bin/python "$(AIRFLOW_3)" -e ".[test,lint,docs]"
 	@$(VENV)/bin/python $(IMPORT_CHECK)
 	@touch $@
 
@@ -117,7 +117,8 @@ test-matrix: system-deps $(VENV)/.cluster-installed $(VENV_AF2)/.installed .venv
 ## (.ci/legs.py prints each leg's output as it ends, and a table of wall times). The two longest legs (3.3, 3.1) run at
 ## normal priority, the others a little nicer (@N), so they get the CPU first when the legs compete.
 test: deps
-	@$(PYTHON) .ci/legs.py test-af3 test-af31-unit test-af2@2 test-floors@2 test-free@5 test-free-floors@5 lint@10
+	@$(PYTHON) .ci/legs.py test-af3 test-af31-unit test-af2@2 test-floors@2 test-free@5 test-free-floors@5 lint@10 \
+		docs@10 release-check@10
 
 ## make test-fast: the edit-run loop: the Airflow-free tests and the unit tests on Airflow 3.3 (no e2e, browser,
 ## cluster, Chromium, chaos or live tests).
@@ -148,6 +149,30 @@ system-deps:
 ## Debian's Chromium for the browser tests (needs root for apt; Playwright never downloads a browser here).
 browser-deps:
 	@$(MAKE) --no-print-directory system-deps
+
+## make docs: the documentation site (mkdocs.yml, pages in docs/) into build/site; any warning (a broken link or
+## anchor, a missing include) fails it.
+docs: $(VENV)/.installed
+	@echo "==> docs (mkdocs --strict)"
+	@NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+## make release-check: the package as a pip user gets it. Builds the sdist and the wheel, `twine check --strict`,
+## installs the wheel (not editable) with its [emulator] extra in a fresh venv with the newest supported Airflow,
+## and from that install runs `airflow providers get`, `kernel-emulator --help` and the README's Quickstart
+## (tests/test_readme_quickstart.py, its bash block pointed at that venv by KERNEL_QUICKSTART_BIN).
+RELEASE_VENV ?= .venv-release
+release-check: $(VENV)/.installed
+	@echo "==> release check: sdist + wheel, twine check, the wheel in a clean venv"
+	@rm -rf build/dist $(RELEASE_VENV) .airflow/release
+	@$(UV) build -q --out-dir build/dist
+	@$(VENV)/bin/twine check --strict build/dist/*
+	@$(UV) venv -q --python $(PYTHON) $(RELEASE_VENV)
+	@$(UV_INSTALL) --python $(RELEASE_VENV)/bin/python "$(AIRFLOW_3)" "$$(ls build/dist/*.whl)[emulator]"
+	@$(RELEASE_VENV)/bin/python -I -c "import kernel_provider as k; assert '/site-packages/' in k.__file__, k.__file__"
+	@AIRFLOW_HOME=$(CURDIR)/.airflow/release $(RELEASE_VENV)/bin/airflow providers get airflow-provider-kernel
+	@$(RELEASE_VENV)/bin/kernel-emulator --help >/dev/null
+	@KERNEL_QUICKSTART_BIN=$(CURDIR)/$(RELEASE_VENV)/bin AIRFLOW_HOME=$(CURDIR)/.airflow/release \
+		$(VENV)/bin/python -m pytest -p no:cacheprovider -q -m e2e tests/test_readme_quickstart.py $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	@echo "==> ruff"
@@ -207,4 +232,4 @@ chaos: $(VENV)/.installed
 	@AIRFLOW_HOME=$(CURDIR)/.airflow/chaos $(VENV)/bin/python -m tests.chaos.harness
 
 clean:
-	rm -rf $(VENV) $(VENV_AF2) .venv-floors .venv-af30 .venv-af31 .venv-af32 .tools .airflow build *.egg-info
+	rm -rf $(VENV) $(VENV_AF2) .venv-floors .venv-af30 .venv-af31 .venv-af32 $(RELEASE_VENV) .tools .airflow build *.egg-info

@@ -7,7 +7,7 @@ process with its output in ``test-artifacts/legs/TARGET.log``; a leg's whole out
 the CI log reads leg by leg, never interleaved. The exit status is non-zero if any leg failed.
 
 Why side by side: the legs wait far more than they compute (Airflow services starting, Kernel's own floors, the
-browser), so on CI's two cores they overlap well; see the README's Development section for the figures.
+browser), so on CI's two cores they overlap well; see docs/development.md for the figures.
 """
 
 from __future__ import annotations

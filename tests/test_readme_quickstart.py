@@ -2,7 +2,8 @@
 
 Its files (the blocks after ``<!-- quickstart-file: PATH -->``) are written to a fresh directory and its run block
 (after ``<!-- quickstart-run -->``) is executed by bash there, in a fresh ``AIRFLOW_HOME``, with this test's Python
-environment first on ``PATH`` (the install step is what this environment already is). Two changes only: a free
+environment first on ``PATH`` (the install step is what this environment already is; ``make release-check`` runs
+it with ``KERNEL_QUICKSTART_BIN`` naming a fresh venv that holds the built wheel instead). Two changes only: a free
 port for the emulator instead of 8083, and Airflow's example DAGs left out (they slow the parse, nothing else).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,13 +59,17 @@ def test_the_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
         (tmp_path / relative).write_text(text)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "KERNEL"))}
+    # make release-check points it at a venv holding the built wheel; otherwise this test's own environment.
+    bin_dir = os.environ.get("KERNEL_QUICKSTART_BIN") or str(Path(sys.executable).parent)
     env.update(
         {
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
             "AIRFLOW_HOME": str(tmp_path / "airflow-home"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         }
     )
+    for command in ("airflow", "kernel-emulator"):
+        assert shutil.which(command, path=env["PATH"]) == str(Path(bin_dir) / command)
     script = "set -e\n" + run.replace("8083", str(port))
     log = tmp_path / "quickstart.log"  # a file, not a pipe: the background emulator would hold a pipe open
     with log.open("w") as out:

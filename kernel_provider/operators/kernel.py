@@ -111,7 +111,7 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
         when the run failed, log the view URLs of its browsers' replays. ``"control"``: publish control URLs
         instead (they steer the browser: masked, never logged; only for people allowed to act in it).
         False or ``"off"``: no browser request, nothing published. Costs a few ``GET /invocations/{id}/browsers``
-        per wait plus one ``POST`` per browser (see the README's *Live view and replays*).
+        per wait plus one ``POST`` per browser (see docs/live-view.md).
     :param kernel_conn_id: Airflow connection of type ``kernel``.
     """
 

@@ -1,6 +1,6 @@
 """Who may talk to the emulator: the token check, the Host and Origin rules and the bind rule.
 
-The emulator is closed by default (see the README's "Security model of the emulator"):
+The emulator is closed by default (see "Security model of the emulator" in docs/emulator.md):
 
 * every route needs the API token (``Authorization: Bearer <token>``), the ``/_emulator/`` routes too; a live
   page needs the signed ``jwt`` its URL carries (:mod:`~.signing`) or the token;

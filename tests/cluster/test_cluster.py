@@ -2,7 +2,7 @@
 
 All tests share ONE cluster (``airflow_cluster``, see ``conftest.py``) and run in file order. Every check counts
 what reached Kernel (the emulator's request log and invocations), so "exactly one create per task instance" is
-measured, not assumed. Timings (makespan, failover) are printed, never asserted: numbers go to the README.
+measured, not assumed. Timings (makespan, failover) are printed, never asserted: numbers go to docs/scale.md.
 """
 
 from __future__ import annotations

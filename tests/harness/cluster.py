@@ -36,7 +36,7 @@ EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 
 #: Fast failover for tests and demos: a triggerer heartbeats every second (``[triggerer] job_heartbeat_sec``) and
 #: its triggers move to another one once its heartbeat is 8 s old (``[triggerer] triggerer_health_check_threshold``).
-#: Airflow's defaults are 5 s and 30 s; see README "Running at scale".
+#: Airflow's defaults are 5 s and 30 s; see docs/scale.md.
 FAST_FAILOVER = {
     "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
     "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "8",

@@ -57,6 +57,18 @@ DAG_IDS = (
     "example_kernel_taskflow",
 )
 POOL = ("kernel", "4", "Kernel concurrent invocations (size it to your Kernel plan)")
+#: Example DAGs the demo leaves out, and why (printed, so nothing is skipped silently).
+SKIPPED = {
+    "example_kernel_browser": "it drives a real Chromium against a web page; "
+    "`pytest tests/test_example_dags.py -k browser` runs it",
+}
+#: Printed at the end of a run: where to go from here.
+NEXT_STEPS = (
+    "make airflow            the same DAGs in Airflow's UI (scheduler, triggerer, api-server) on the emulator",
+    "example_dags/           the DAGs just run, to copy; example_dags/demo_app/app.py is the Kernel app they call",
+    "docs/quickstart.md      your own Kernel app on the emulator: kernel-emulator --app my_app.py",
+    "docs/connection.md      the connection for Kernel's cloud (API key, project, timeouts)",
+)
 
 
 class DemoError(Exception):
@@ -328,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         env = _child_env(home)
         token = "sk_demo_" + secrets.token_hex(12)
         print(f"Kernel demo: Airflow home {home}")
+        for dag_id, why in SKIPPED.items():
+            print(f"  skipping {dag_id}: {why}")
         url = _start_emulator(procs, env, token, home, logs)
         print(f"  Kernel emulator on {url} (app demo-shop from {APP_FILE.relative_to(ROOT)})")
         airflow = str(BIN / "airflow")
@@ -358,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds = time.monotonic() - t0
             outcomes[dag_id] = (rc, seconds)
             if rc == 0:
-                print(f"ok ({seconds:.1f} s)")
+                print(f"done ({seconds:.1f} s)")
             else:
                 print("TIMED OUT" if rc == -1 else f"FAILED (exit status {rc})")
                 failed.append(dag_id)
@@ -390,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"--- {dag_id}: {cause}", file=sys.stderr)
     status = f"{len(dag_ids) - len(failed)}/{len(dag_ids)} DAG runs succeeded"
     print(f"\n{status} in {total:.0f} s. Logs: {logs}")
+    print("\nWhat next:")
+    for line in NEXT_STEPS:
+        print(f"  {line}")
     return 1 if failed else 0
 
 

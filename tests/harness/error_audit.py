@@ -31,7 +31,8 @@ KNOWN_ERROR_LINES: tuple[tuple[str, str], ...] = (
     (
         r"Variable not found|Variable \S+ does not exist",
         "Airflow 3.0-3.2: a retry's or clear's look-up of the run record (a Variable) that is gone logs ERROR in "
-        "the task supervisor (see README 'How a retry is told from a clear'); 3.3's state store does not.",
+        "the task supervisor (docs/reliability.md, 'How a retry is told from a clear'); 3.3's state store does "
+        "not.",
     ),
 )
 

@@ -19,6 +19,7 @@ import pytest
 
 from kernel_provider.hooks.kernel import KernelHook
 from kernel_provider.triggers.kernel import LOG_CURSOR_XCOM_KEY, KernelInvocationTrigger, _on_kill_budget
+from kernel_provider.version_compat import AIRFLOW_V_3_3_PLUS
 from tests.airflow_helpers import (
     AF2,
     AF3,
@@ -400,7 +401,7 @@ USER_ACTION = "__airflow_user_action__"
 async def test_a_user_action_cancel_leaves_run_with_its_reason(kernel_conn_env, mode, moment):
     """The reason must survive whatever the wait was awaiting: asgiref's sync_to_async (behind the connection
     lookup) re-raises a cancellation without it, which once made a mark-failed leave the run going."""
-    if AF3:
+    if AIRFLOW_V_3_3_PLUS:  # the triggerer that calls on_kill
         from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
 
         assert _USER_ACTION_CANCEL_MSG == USER_ACTION
