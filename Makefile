@@ -167,7 +167,7 @@ release-check: $(VENV)/.installed
 	@$(UV) build -q --out-dir build/dist
 	@$(VENV)/bin/twine check --strict build/dist/*
 	@$(UV) venv -q --python $(PYTHON) $(RELEASE_VENV)
-	@$(UV_INSTALL) --python $(RELEASE_VENV)/bin/python "$(AIRFLOW_3)" "$$(ls build/dist/*.whl)[emulator]"
+	@$(UV) pip install -q --python $(RELEASE_VENV)/bin/python "$(AIRFLOW_3)" "$$(ls build/dist/*.whl)[emulator]"
 	@$(RELEASE_VENV)/bin/python -I -c "import kernel_provider as k; assert '/site-packages/' in k.__file__, k.__file__"
 	@AIRFLOW_HOME=$(CURDIR)/.airflow/release $(RELEASE_VENV)/bin/airflow providers get airflow-provider-kernel
 	@$(RELEASE_VENV)/bin/kernel-emulator --help >/dev/null
