@@ -65,6 +65,7 @@ WORKER_KILLED = (
 #: try to the history table, so the worker's supervisor is told to stop and its last reports find no task instance.
 RUNNING_TASK_CLEARED = (
     r"TaskInstance not in live table but archived in history",
+    r"TaskInstance was previously cleared and archived in history",  # 3.2's wording of the same
     r"Task Instance not found",
     r"Server indicated the task shouldn't be running anymore",
     r"API server error",

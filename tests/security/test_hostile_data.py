@@ -97,6 +97,7 @@ def _payload(invocation: dict[str, Any]) -> Any:
     return json.loads(invocation["payload"])
 
 
+@pytest.mark.timeout(600)  # six tasks through dag.test() before the printing one: minutes on a loaded machine
 def test_hostile_payloads_outputs_and_log_lines(
     canary_kernel: Any, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -128,7 +129,7 @@ def test_hostile_payloads_outputs_and_log_lines(
         KernelInvokeOperator(
             task_id="printed", app_name="gate", action_name="wait", payload=to_print(values), poll_interval=0.1
         )
-    joined = gate.open_when(seen(canary_kernel, EVENTS), "the wait to follow the printing invocation")
+    joined = gate.open_when(seen(canary_kernel, EVENTS), "the wait to follow the printing invocation", timeout=540)
     run = run_dag(dag)
     joined()
     logs = all_logs(caplog, capfd)
