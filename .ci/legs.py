@@ -12,6 +12,7 @@ browser), so on CI's two cores they overlap well; see docs/development.md for th
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -47,29 +48,38 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     waiting = list(targets)
     running: dict[str, tuple[subprocess.Popen[bytes], float, Path]] = {}
-    results: list[tuple[str, int, float, list[str]]] = []
+    results: list[tuple[str, int, float, float, list[str]]] = []
     while running or waiting:
         while waiting and (jobs <= 0 or len(running) < jobs):
             target = waiting.pop(0)
             running[target] = _start(target, niceness[target])
         time.sleep(1.0)
         for target, (proc, began, log) in list(running.items()):
-            if proc.poll() is None:
+            # wait4, not poll(): it also gives the CPU time of the leg and of every process it waited for.
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == 0:
                 continue
+            proc.returncode = os.waitstatus_to_exitcode(status)
             del running[target]
             wall = time.monotonic() - began
+            cpu = usage.ru_utime + usage.ru_stime
             text = log.read_text(errors="replace")
-            print(f"\n==> leg {target}: exit {proc.returncode} after {wall / 60:.1f} min", flush=True)
+            print(
+                f"\n==> leg {target}: exit {proc.returncode} after {wall / 60:.1f} min, {cpu / 60:.1f} CPU min",
+                flush=True,
+            )
             sys.stdout.write(text)
             sys.stdout.flush()
             summaries = [m.group(1) for line in text.splitlines() if (m := SUMMARY.match(line.strip()))]
-            results.append((target, proc.returncode or 0, wall, summaries))
+            results.append((target, proc.returncode or 0, wall, cpu, summaries))
     total = time.monotonic() - started
-    print(f"\n==> legs: {len(results)} in {total / 60:.1f} min wall")
+    cpu_total = sum(result[3] for result in results)
+    print(f"\n==> legs: {len(results)} in {total / 60:.1f} min wall, {cpu_total / 60:.1f} CPU min")
     width = max(len(target) for target, *_ in results)
-    for target, code, wall, summaries in sorted(results, key=lambda r: targets.index(r[0])):
+    for target, code, wall, cpu, summaries in sorted(results, key=lambda r: targets.index(r[0])):
         verdict = "ok  " if code == 0 else f"FAIL({code})"
-        print(f"    {target:<{width}}  {verdict}  {wall / 60:5.1f} min  {' | '.join(summaries) or '-'}")
+        figures = f"{wall / 60:5.1f} min  {cpu / 60:5.1f} CPU min"
+        print(f"    {target:<{width}}  {verdict}  {figures}  {' | '.join(summaries) or '-'}")
     return 0 if all(code == 0 for _, code, *_ in results) else 1
 
 

@@ -113,13 +113,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=_slowness_rank)
 
 
+#: Long files of independent ``dag.test()`` runs (no fixture wider than a test's but a cheap DagBag): their tests
+#: are spread over the xdist workers one by one, so that no worker ends a leg alone on a whole file.
+SPREAD_OVER_WORKERS = ("test_example_dags.py", "operators/test_kernel.py", "sensors/test_kernel.py")
+
+
 def _xdist_scope(nodeid: str) -> str:
-    """Which tests go to one xdist worker together: a test file's, and all e2e files' (they share one Airflow
-    harness per worker, ``airflow_e2e`` / ``airflow2_e2e``, so it starts once per leg)."""
+    """Which tests go to one xdist worker together: a test file's, all e2e files' (they share one Airflow
+    harness per worker, ``airflow_e2e`` / ``airflow2_e2e``, so it starts once per leg), and each test alone in
+    the files of :data:`SPREAD_OVER_WORKERS`."""
     path = nodeid.split("::", 1)[0]
     where = path.removeprefix("tests/")
     if where.startswith("e2e/test_") and not _airflow_free(where):
         return "tests/e2e (shared Airflow)"
+    if where in SPREAD_OVER_WORKERS:
+        return nodeid
     return path
 
 

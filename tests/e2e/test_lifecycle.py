@@ -280,6 +280,11 @@ def test_worker_killed_while_waiting_retry_reattaches_to_its_run(airflow_e2e: Ai
 
 
 @pytest.mark.timeout(360)
+@pytest.mark.skipif(
+    AIRFLOW_VERSION[:2] == (3, 0),
+    reason="Airflow 3.0 leaves a task cleared while running in 'restarting' for good, so no new try ever starts "
+    "(apache/airflow#55045, fixed in 3.1.0): nothing a provider can act on",
+)
 @pytest.mark.parametrize("cancel_on_kill", [True, False])
 # Airflow's own lines for a cleared running try, and the try's end when on_kill cancelled its run.
 @pytest.mark.expect_error_lines(*RUNNING_TASK_CLEARED, task_failed("KernelInvocationFailed"))

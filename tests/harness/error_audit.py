@@ -26,7 +26,10 @@ from pathlib import Path
 
 import pytest
 
-#: (pattern, why it is harmless). Searched in the ERROR line (the JSON form: ``level event logger``).
+from tests.harness.processes import AIRFLOW_VERSION
+
+#: (pattern, why it is harmless). Searched in the ERROR line (the JSON form: ``level event logger``). Some are
+#: known on one Airflow minor only, and declared for that one.
 KNOWN_ERROR_LINES: tuple[tuple[str, str], ...] = (
     (
         r"Variable not found|Variable \S+ does not exist",
@@ -34,6 +37,23 @@ KNOWN_ERROR_LINES: tuple[tuple[str, str], ...] = (
         "the task supervisor (docs/reliability.md, 'How a retry is told from a clear'); 3.3's state store does "
         "not.",
     ),
+) + (
+    (
+        (
+            r"DAG '\S+' for task instance .* not found in serialized_dag table",
+            "Airflow 3.0 only: the scheduler logs this on every failure an executor reports for a task, before it has "
+            "even looked the DAG up (the log call sits in front of the check); 3.1 fixed it.",
+        ),
+        (
+            r"ERROR - uhoh$|reported that the task instance .* finished with state failed, but the task instance's "
+            r"state attribute is queued",
+            "Airflow 3.0 only: a LocalExecutor worker can start a task before the scheduler's move to 'queued' is "
+            "committed; the API refuses the start ('Cannot start Task Instance in invalid state'), the executor "
+            "logs 'uhoh' and the scheduler queues the task again. The provider's code has not run yet.",
+        ),
+    )
+    if AIRFLOW_VERSION[:2] == (3, 0)
+    else ()
 )
 
 

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 #: Size of the mapped fan-out: the issue's target, 100 (about 25-45 s on Airflow 3.3 and 2.11); KERNEL_FANOUT_N=20
 #: for a quick run. On 3.0-3.2, 30: their dag.test() slows down as a run's task instances grow (200 task runs took
 #: over 15 minutes on 3.1.8 under CI's load), and 30 invokes against a limit of 5 already held by other work meet
-#: the limit just as surely. The cluster suite runs 100 deferred waits on a real scheduler.
+#: the limit just as surely; make test-floors sets 30 too. The cluster suite runs 100 deferred waits on a real
+#: scheduler.
 _SLOW_DAG_TEST = (3, 0) <= tuple(int(part) for part in AIRFLOW_VERSION.split(".")[:2]) < (3, 3)
 FANOUT = int(os.environ.get("KERNEL_FANOUT_N", "30" if _SLOW_DAG_TEST else "100"))
 
