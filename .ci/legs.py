@@ -35,6 +35,16 @@ def _start(target: str, nice: int) -> tuple[subprocess.Popen[bytes], float, Path
     return proc, time.monotonic(), log
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far (/proc/stat; zeros where there is none)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def main(argv: list[str]) -> int:
     jobs = 0
     if argv[:1] == ["-j"] and len(argv) > 1:
@@ -46,6 +56,9 @@ def main(argv: list[str]) -> int:
         return 2
     LOGS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    busy_start, total_start = _cpu_ticks()
+    samples: list[float] = []  # the machine's busy fraction, second by second
+    last = (busy_start, total_start)
     waiting = list(targets)
     running: dict[str, tuple[subprocess.Popen[bytes], float, Path]] = {}
     results: list[tuple[str, int, float, float, list[str]]] = []
@@ -54,8 +67,13 @@ def main(argv: list[str]) -> int:
             target = waiting.pop(0)
             running[target] = _start(target, niceness[target])
         time.sleep(1.0)
+        now = _cpu_ticks()
+        if now[1] > last[1]:
+            samples.append((now[0] - last[0]) / (now[1] - last[1]))
+        last = now
         for target, (proc, began, log) in list(running.items()):
-            # wait4, not poll(): it also gives the CPU time of the leg and of every process it waited for.
+            # wait4, not poll(): it also gives the CPU time of the leg and of every process it waited for (a
+            # process left to init, such as a killed server's child, is not counted: a lower bound).
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid == 0:
                 continue
@@ -73,8 +91,15 @@ def main(argv: list[str]) -> int:
             summaries = [m.group(1) for line in text.splitlines() if (m := SUMMARY.match(line.strip()))]
             results.append((target, proc.returncode or 0, wall, cpu, summaries))
     total = time.monotonic() - started
-    cpu_total = sum(result[3] for result in results)
-    print(f"\n==> legs: {len(results)} in {total / 60:.1f} min wall, {cpu_total / 60:.1f} CPU min")
+    busy_end, total_end = _cpu_ticks()
+    cores = os.cpu_count() or 1
+    machine = (busy_end - busy_start) / max(total_end - total_start, 1)
+    saturated = sum(1 for fraction in samples if fraction >= 0.95) / 60
+    print(f"\n==> legs: {len(results)} in {total / 60:.1f} min wall")
+    print(
+        f"    the machine's {cores} cores were {machine:.0%} busy ({machine * cores * total / 60:.1f} CPU min), "
+        f"all of them for {saturated:.1f} min"
+    )
     width = max(len(target) for target, *_ in results)
     for target, code, wall, cpu, summaries in sorted(results, key=lambda r: targets.index(r[0])):
         verdict = "ok  " if code == 0 else f"FAIL({code})"

@@ -9,6 +9,7 @@ port for the emulator instead of 8083, and Airflow's example DAGs left out (they
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kernel_provider.testing.emulator_client import EmulatorClient
@@ -85,10 +87,14 @@ def test_the_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
         bash.wait(timeout=280)
         output = log.read_text()
         emulator = EmulatorClient(f"http://127.0.0.1:{port}", "local-token")
-        created = emulator.created_count(app="price-tracker", action="scrape")
-        runs = [i for i in emulator.invocations() if i["app_name"] == "price-tracker"]
+        try:
+            created = emulator.created_count(app="price-tracker", action="scrape")
+            runs = [i for i in emulator.invocations() if i["app_name"] == "price-tracker"]
+        except httpx.HTTPError as exc:
+            raise AssertionError(f"the Quickstart's emulator cannot be reached ({exc}):\n{output[-6000:]}") from exc
     finally:
-        os.killpg(bash.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # the script may have ended and taken its group with it
+            os.killpg(bash.pid, signal.SIGTERM)
         bash.wait(30)
 
     tail = output[-6000:]

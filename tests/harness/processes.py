@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,8 +34,30 @@ def _airflow_version() -> tuple[int, int]:
 AIRFLOW_VERSION = _airflow_version()
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a server started next.
+
+    Picked at random below the kernel's ephemeral range: a port the kernel hands out (``bind(0)``) is also
+    the source port of the next outgoing connection, so on a busy machine another process could take it before
+    the server binds it ("Address already in use"). Falls back to ``bind(0)``."""
+    low, _ = _ephemeral_ports()
+    if low > 12000:
+        for _ in range(50):
+            port = random.randrange(10000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
