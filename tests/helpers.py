@@ -75,8 +75,10 @@ class Gate:
         with open(self.path, "w"):
             pass
 
-    def open_when(self, predicate: Any, what: str, timeout: float = 120.0) -> Any:
-        """Open the gate from a background thread once ``predicate()`` is true (e.g. a request was seen)."""
+    def open_when(self, predicate: Any, what: str, timeout: float = 300.0) -> Any:
+        """Open the gate from a background thread once ``predicate()`` is true (e.g. a request was seen). The timeout
+        is generous: it only matters when the predicate never comes true, and a loaded CI leg has taken over 120 s
+        to reach a predicate that takes seconds alone."""
         import threading
 
         errors: list[BaseException] = []

@@ -51,6 +51,7 @@ from kernel_provider.triggers.task_instance import (
     task_was_stopped,
     ti_key,
     ti_state_airflow2,
+    ti_state_airflow3,
     under_task_runner,
     write_live_view,
 )
@@ -63,9 +64,9 @@ MODES = WAIT_MODES
 TIMEOUT_CANCEL_BUDGET = 20.0
 #: Seconds ``cleanup()`` may spend cancelling on Airflow 2 (after the task-instance lookup).
 CLEANUP_CANCEL_BUDGET = 20.0
-#: Share of ``[triggerer] on_kill_timeout`` that ``on_kill`` spends cancelling (the rest is margin), and its floor.
-ON_KILL_BUDGET_SHARE = 0.8
-MIN_ON_KILL_BUDGET = 1.0
+#: Share of ``[triggerer] on_kill_timeout`` that ``on_kill`` spends (the rest is margin), its floor, and the share of
+#: that which the task-state read may take (the rest is the cancel's).
+ON_KILL_BUDGET_SHARE, MIN_ON_KILL_BUDGET, STATE_READ_SHARE = 0.8, 1.0, 0.25
 #: Seconds after a task deferred before its wait may report (see ``resume_not_before``). Not Kernel's: when a
 #: trigger fires before the deferring worker's process has exited (seconds on a busy machine), Airflow's scheduler
 #: can see the executor report that exit while the resumed task is already queued, and fail it ("state changed
@@ -278,20 +279,43 @@ class KernelInvocationTrigger(BaseTrigger):
             return await self._deadline_passed()
 
     async def on_kill(self) -> None:
-        """Called by Airflow 3.3+ only when a user marks or clears the deferred task: stop the run.
+        """Called by Airflow 3.3+ when a user marks or clears the deferred task: stop the run.
 
-        Bounded by ``[triggerer] on_kill_timeout`` (read now): the cancel gets 80% of it (at least 1 s), so it
-        ends, and says how it went, before the triggerer gives up on ``on_kill``. Never raises.
+        Also called on a triggerer that lost the trigger to another (it missed heartbeats, then came back): the
+        task is then still ``deferred`` and the run goes on there. An unreadable state counts as a user's action.
+        The state read and the cancel share 80% of ``[triggerer] on_kill_timeout`` (at least 1 s), so it ends, and
+        says how it went, before the triggerer gives up on ``on_kill``. Never raises.
         """
         if not self.cancel_on_kill:
             return
-        budget = _on_kill_budget()
+        deadline = time.monotonic() + _on_kill_budget()
+        if await self._handed_over(timeout=(deadline - time.monotonic()) * STATE_READ_SHARE):
+            self.log.info(
+                "This triggerer gave the wait up to another one (the task is still deferred); Kernel invocation "
+                "%s goes on there.",
+                self.invocation_id,
+            )
+            return
+        budget = max(MIN_ON_KILL_BUDGET, deadline - time.monotonic())
         self.log.info(
             "Task was stopped while waiting; cancelling Kernel invocation %s (within %.1fs).",
             self.invocation_id,
             budget,
         )
         await self._cancel("the Airflow task was stopped", budget)
+
+    async def _handed_over(self, *, timeout: float) -> bool:
+        """Whether the task instance is still ``deferred`` (read within ``timeout`` seconds): Airflow cancelled
+        this wait only to move it to another triggerer."""
+        key = ti_key(getattr(self, "task_instance", None))
+        if key is None:
+            return False
+        try:
+            state = await in_db_thread(ti_state_airflow3, key, timeout=timeout)
+        except Exception as exc:
+            self.log.warning("Could not read the state of %s (%s); the task counts as stopped.", key.label, exc)
+            return False
+        return state == "deferred"
 
     async def cleanup(self) -> None:
         """Runs on every exit of the trigger, triggerer shutdown included. Never raises.

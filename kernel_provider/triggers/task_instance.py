@@ -167,6 +167,24 @@ def ti_state_airflow2(key: TiKey) -> tuple[Any, str | None] | None:
     return None if row is None else (row[0], row[1])
 
 
+def ti_state_airflow3(key: TiKey) -> str | None:
+    """The task instance's state as Airflow's API server has it, asked through the triggerer's supervisor (Airflow
+    3.3+, where a trigger's ``on_kill`` runs; a blocking call: run it with :func:`in_db_thread`). None when the
+    task instance has no row, or no state (cleared)."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    states = RuntimeTaskInstance.get_task_states(
+        dag_id=key.dag_id,
+        task_ids=[key.task_id],
+        run_ids=[key.run_id],
+        map_index=key.map_index if key.map_index >= 0 else None,
+    )
+    # The API names a mapped task instance "<task_id>_<map_index>".
+    name = key.task_id if key.map_index < 0 else f"{key.task_id}_{key.map_index}"
+    state = (states.get(key.run_id) or {}).get(name)
+    return None if state is None else str(getattr(state, "value", state))
+
+
 #: States in which a task instance resumes with the event a trigger submitted (``next_method`` set).
 _RESUMING = frozenset({"scheduled", "queued", "running"})
 

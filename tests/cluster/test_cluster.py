@@ -7,6 +7,7 @@ measured, not assumed. Timings (makespan, failover) are printed, never asserted:
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ from tests.harness.error_audit import WORKER_KILLED
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
 #: As in ``dags/cluster_dags.py`` (not imported: a DAG file, copied into the cluster's DAGs folder).
-FAN_OUT_TASKS, WAIT_TASKS, RESTART_TASKS = 60, 100, 12
+FAN_OUT_TASKS, WAIT_TASKS, RESTART_TASKS, HANDOVER_TASKS = 60, 100, 12, 6
 
 
 def _count_states(c: ClusterAirflow, dag_id: str, run_id: str) -> dict[str, int]:
@@ -38,6 +39,16 @@ def _wait_all_deferred(c: ClusterAirflow, dag_id: str, run_id: str, count: int, 
         return counts.get("deferred", 0) == count
 
     c.wait_until(f"{count} tasks of {dag_id} to defer", probe, timeout, interval=2.0)
+
+
+def _run_until_all_deferred(c: ClusterAirflow, dag_id: str, count: int, timeout: float) -> tuple[str, str, int]:
+    """Trigger ``dag_id`` behind a new gate and wait until its ``count`` tasks are deferred: (gate, run id, the
+    emulator's request mark from which any POST /invocations would be a duplicate)."""
+    c.wait_for_dag(dag_id)
+    gate = c.new_gate()
+    run_id = c.trigger(dag_id, {"gate": gate})
+    _wait_all_deferred(c, dag_id, run_id, count, timeout=timeout)
+    return gate, run_id, c.last_seq()
 
 
 def _posts_after(c: ClusterAirflow, seq: int) -> list[dict[str, Any]]:
@@ -102,11 +113,7 @@ def test_triggerer_failover_moves_every_wait_and_reposts_nothing(airflow_cluster
     the stored, absolute deadline; no POST /invocations after the tasks deferred; every task gets its output."""
     c = airflow_cluster
     dag_id = "cluster_waits"
-    c.wait_for_dag(dag_id)
-    gate = c.new_gate()
-    run_id = c.trigger(dag_id, {"gate": gate})
-    _wait_all_deferred(c, dag_id, run_id, WAIT_TASKS, timeout=480)
-    deferred_mark = c.last_seq()  # from here on, any POST /invocations would be a duplicate
+    gate, run_id, deferred_mark = _run_until_all_deferred(c, dag_id, WAIT_TASKS, timeout=480)
 
     ids = {i: str(c.xcom(dag_id, run_id, "invoke", key="kernel_invocation_id", map_index=i)) for i in range(WAIT_TASKS)}
     assert len(set(ids.values())) == WAIT_TASKS
@@ -169,6 +176,66 @@ def test_triggerer_failover_moves_every_wait_and_reposts_nothing(airflow_cluster
 
 
 @pytest.mark.expect_error_lines(*WORKER_KILLED)
+def _log_lines_with(c: ClusterAirflow, text: str) -> int:
+    """How many lines of the task and trigger logs hold ``text``."""
+    count = 0
+    for path in (c.home / "logs").rglob("*"):
+        if path.is_file():
+            count += sum(1 for line in path.read_text(errors="replace").splitlines() if text in line)
+    return count
+
+
+def test_a_triggerer_that_stalls_and_comes_back_cancels_nothing(airflow_cluster: ClusterAirflow) -> None:
+    """A triggerer stops (SIGSTOP) for longer than the health-check threshold, so its waits move to the other one;
+    when it comes back, Airflow 3.3 cancels them there as if a user had stopped the tasks, and so calls the
+    trigger's ``on_kill``. The tasks are still deferred: no run is cancelled, none is created again, and every task
+    gets its own run's output."""
+    c = airflow_cluster
+    dag_id = "cluster_handover"
+    gate, run_id, deferred_mark = _run_until_all_deferred(c, dag_id, HANDOVER_TASKS, timeout=300)
+    c.wait_until(
+        "every trigger to be assigned to a triggerer",
+        lambda: all(j is not None for _, j in _trigger_rows(c, dag_id, run_id).values()),
+        timeout=60,
+    )
+    before = _trigger_rows(c, dag_id, run_id)
+    moved: list[int] = []
+    for name in TRIGGERERS:  # stall the triggerer that holds some of the waits (found by whose heartbeat stops)
+        live_before = set(c.live_triggerers())
+        stalled_service = c.services[name]
+        stalled_service.send(signal.SIGSTOP)
+        c.wait_until(f"{name}'s heartbeat to go stale", lambda: len(c.live_triggerers()) == 1, timeout=30)
+        stalled = (live_before - set(c.live_triggerers())).pop()
+        moved = [index for index, (_, job) in before.items() if job == stalled]
+        if moved:
+            break
+        stalled_service.send(signal.SIGCONT)
+        c.wait_until(f"{name} to heartbeat again", lambda: len(c.live_triggerers()) == 2, timeout=60)
+    assert moved, f"no wait on either triggerer: {before}"
+    c.wait_until(
+        f"the stalled triggerer's {len(moved)} waits to move",
+        lambda: all(_trigger_rows(c, dag_id, run_id)[i][1] not in (None, stalled) for i in moved),
+        timeout=120,
+    )
+    stalled_service.send(signal.SIGCONT)
+
+    def cancels() -> list[dict[str, Any]]:
+        return [r for r in c.emulator.client.requests(method="PATCH") if r["seq"] > deferred_mark]
+
+    c.wait_until(
+        "the returned triggerer to run on_kill for each wait it lost",
+        lambda: cancels() or _log_lines_with(c, "gave the wait up to another one") >= len(moved),
+        timeout=120,
+    )
+    assert not cancels(), "a wait moved to another triggerer was cancelled by the one that lost it"
+    c.open_gate(gate)
+    assert c.wait_run_done(dag_id, run_id, timeout=300) == "success", _count_states(c, dag_id, run_id)
+    assert not _posts_after(c, deferred_mark), "an invocation was created again"
+    assert not cancels()
+    _check_outputs(c, dag_id, run_id, gate, HANDOVER_TASKS)
+    print(f"\n[cluster] handover: {len(moved)} of {HANDOVER_TASKS} waits moved off a stalled triggerer; 0 cancelled")
+
+
 def test_worker_killed_inside_create_is_reconciled_without_a_duplicate(airflow_cluster: ClusterAirflow) -> None:
     """A Celery worker is SIGKILLed while its task's POST /invocations is in flight (Kernel created the run; the
     answer is held back by the harness's proxy). The retry, on the other worker, finds the run by its per-try

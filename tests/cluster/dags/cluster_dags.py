@@ -21,6 +21,8 @@ FAN_OUT_TASKS = 60
 WAIT_TASKS = 100
 #: Mapped tasks of ``cluster_restart`` (the scheduler restart test).
 RESTART_TASKS = 12
+#: Deferred waits of ``cluster_handover`` (a triggerer that stalls and comes back).
+HANDOVER_TASKS = 6
 RETRY = {"retries": 1, "retry_delay": timedelta(seconds=1)}
 
 
@@ -80,3 +82,9 @@ with _dag("cluster_restart", max_active_tasks=RESTART_TASKS):
     KernelInvokeOperator.partial(
         task_id="invoke", app_name="gate", action_name="wait", deferrable=True, timeout=900, **RETRY
     ).expand(payload=[{"gate": GATE, "with_id": True, "result": {"index": i}} for i in range(RESTART_TASKS)])
+
+# 5. A triggerer stalls (SIGSTOP) past the health-check threshold and comes back: its waits move to the other one.
+with _dag("cluster_handover", max_active_tasks=HANDOVER_TASKS):
+    KernelInvokeOperator.partial(
+        task_id="invoke", app_name="gate", action_name="wait", deferrable=True, timeout=900, **RETRY
+    ).expand(payload=[{"gate": GATE, "with_id": True, "result": {"index": i}} for i in range(HANDOVER_TASKS)])
