@@ -727,8 +727,13 @@ async def test_key_rotated_during_the_wait_is_read_again_and_the_wait_completes(
     opened()
     assert event["status"] == "succeeded"
     after = [(r["route"], r["auth"], r["status"]) for r in requests_for(gated_kernel, inv_id)[rotated_at:]]
-    assert after[:3] == [(GET_ONE, "invalid", 401), (GET_ONE, "valid", 200), (EVENTS, "valid", 200)]
-    assert sum(status == 401 for _, _, status in after) == 1
+    # The first request the emulator refuses (a GET or the new stream, whichever the wait sent first once the key
+    # had changed; a loaded machine may answer one more with the old key before) is sent again with the new key,
+    # once, and the wait goes on.
+    [refused] = [i for i, (_, _, status) in enumerate(after) if status == 401]
+    assert all(status == 200 for _, _, status in after[:refused]), after
+    assert after[refused : refused + 2] == [(after[refused][0], "invalid", 401), (after[refused][0], "valid", 200)]
+    assert (EVENTS, "valid", 200) in after[refused + 1 :], after
     assert kernel_lines(inv_id, caplog, capfd) == [f"line {i}" for i in range(4)]
 
 
