@@ -175,7 +175,6 @@ def test_triggerer_failover_moves_every_wait_and_reposts_nothing(airflow_cluster
     )
 
 
-@pytest.mark.expect_error_lines(*WORKER_KILLED)
 def _log_lines_with(c: ClusterAirflow, text: str) -> int:
     """How many lines of the task and trigger logs hold ``text``."""
     count = 0
@@ -236,6 +235,7 @@ def test_a_triggerer_that_stalls_and_comes_back_cancels_nothing(airflow_cluster:
     print(f"\n[cluster] handover: {len(moved)} of {HANDOVER_TASKS} waits moved off a stalled triggerer; 0 cancelled")
 
 
+@pytest.mark.expect_error_lines(*WORKER_KILLED)
 def test_worker_killed_inside_create_is_reconciled_without_a_duplicate(airflow_cluster: ClusterAirflow) -> None:
     """A Celery worker is SIGKILLed while its task's POST /invocations is in flight (Kernel created the run; the
     answer is held back by the harness's proxy). The retry, on the other worker, finds the run by its per-try
