@@ -104,9 +104,12 @@ def _redact(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Airflow's ``redact``, its masker emptied for this test: earlier tests mask short keys (Airflow 2 masks even
     one letter), which would redact parts of the URLs below whatever the hook does."""
     try:
-        from airflow.sdk._shared.secrets_masker import _secrets_masker, redact  # Airflow 3
+        from airflow.sdk._shared.secrets_masker import _secrets_masker, redact  # Airflow 3.1+
     except ImportError:
-        from airflow.utils.log.secrets_masker import _secrets_masker, redact  # Airflow 2
+        try:
+            from airflow.sdk.execution_time.secrets_masker import _secrets_masker, redact  # 3.0
+        except ImportError:
+            from airflow.utils.log.secrets_masker import _secrets_masker, redact  # Airflow 2
     masker = _secrets_masker()
     monkeypatch.setattr(masker, "patterns", set())
     monkeypatch.setattr(masker, "replacer", None)
