@@ -251,8 +251,8 @@ def _no_request_bodies_in_dag_test_logs() -> None:
     included (the values a task asks to be masked, XCom values), whatever ``[logging] logging_level`` says: its
     in-process comms and supervisor log through loggers no level filters. The secret-leak checks would find
     Airflow's own lines. A real 3.0 worker filters them at the configured level (INFO here), and 3.1 no longer
-    writes the bodies; so on 3.0 only, those two loggers get the same INFO filter. (Its task runner also logs each
-    extra link's value at DEBUG through a logger this does not reach: the two control-URL tests still fail on 3.0.)"""
+    writes the bodies; so on 3.0 only, those loggers get the same INFO filter, and so does the task logger of an
+    in-process run, on which 3.0's task runner logs each extra link's value at DEBUG."""
     from airflow import __version__
 
     if not __version__.startswith("3.0."):
@@ -272,6 +272,20 @@ def _no_request_bodies_in_dag_test_logs() -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
     )
     supervisor.log = info_and_up.bind(logger_name="supervisor")  # logs each request of the in-process comms
+
+    class _InfoAndUpStructlog:
+        """The ``structlog`` the supervisor module sees: its in-process task runs get the task logger through
+        ``structlog.get_logger(logger_name="task")``, and 3.0's task runner logs each extra link's value on it at
+        DEBUG ("Setting xcom for operator extra link")."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(structlog, name)
+
+        @staticmethod
+        def get_logger(*args: Any, **initial_values: Any) -> Any:
+            return info_and_up.bind(**initial_values)
+
+    supervisor.structlog = _InfoAndUpStructlog()
     send = supervisor.InProcessSupervisorComms.send
 
     def quiet_send(self: Any, msg: Any) -> Any:
