@@ -27,6 +27,8 @@ _ROUTES = (
     (re.compile(r"^/browsers/[^/]+/replays/[^/]+/stop$"), "/browsers/{id}/replays/{replay_id}/stop"),
     # live views (live_view.py)
     (re.compile(r"^/browsers/[^/]+/live_view$"), "/browsers/{id}/live_view"),
+    # the browser filesystem (fs_routes.py)
+    (re.compile(r"^/browsers/[^/]+/fs/[a-z_]+$"), "/browsers/{id}/fs/{op}"),
     (re.compile(r"^/browser_pools$"), "/browser_pools"),
     (re.compile(r"^/browser_pools/[^/]+/acquire$"), "/browser_pools/{id}/acquire"),
     (re.compile(r"^/browser_pools/[^/]+/release$"), "/browser_pools/{id}/release"),
