@@ -28,7 +28,9 @@ _ROUTES = (
     # live views (live_view.py)
     (re.compile(r"^/browsers/[^/]+/live_view$"), "/browsers/{id}/live_view"),
     # the browser filesystem (fs_routes.py)
-    (re.compile(r"^/browsers/[^/]+/fs/[a-z_]+$"), "/browsers/{id}/fs/{op}"),
+    (re.compile(r"^/browsers/[^/]+/fs/list_files$"), "/browsers/{id}/fs/list_files"),
+    (re.compile(r"^/browsers/[^/]+/fs/file_info$"), "/browsers/{id}/fs/file_info"),
+    (re.compile(r"^/browsers/[^/]+/fs/read_file$"), "/browsers/{id}/fs/read_file"),
     (re.compile(r"^/browser_pools$"), "/browser_pools"),
     (re.compile(r"^/browser_pools/[^/]+/acquire$"), "/browser_pools/{id}/acquire"),
     (re.compile(r"^/browser_pools/[^/]+/release$"), "/browser_pools/{id}/release"),

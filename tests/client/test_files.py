@@ -181,7 +181,7 @@ def test_a_body_over_the_cap_stops_the_read(
         FileApi(client).read(session_id=sid, path="/tmp/downloads/blob.bin", sink=sink)
     sink.close()
     assert (tmp_path / "x").stat().st_size <= 1000
-    reads = kernel_emulator.requests(route="/browsers/{id}/fs/{op}")
+    reads = kernel_emulator.requests(route="/browsers/{id}/fs/read_file")
     assert len([r for r in reads if r["path"].endswith("read_file")]) == 1  # a limit is not retried
 
 
@@ -190,7 +190,7 @@ def test_a_broken_body_is_read_again_from_its_first_byte(
     browser_with_files: tuple[KernelClient, str, bytes], tmp_path: Any, kernel_emulator: Any
 ) -> None:
     client, sid, data = browser_with_files
-    kernel_emulator.set_faults([{"route": "GET /browsers/{id}/fs/{op}", "times": 1, "fault": {"truncate": 100}}])
+    kernel_emulator.set_faults([{"route": "GET /browsers/{id}/fs/read_file", "times": 1, "fault": {"truncate": 100}}])
     sink = CappedSink(lambda: open(tmp_path / "x", "wb"), max_bytes=len(data), path="/tmp/downloads/blob.bin")
     FileApi(client).read(session_id=sid, path="/tmp/downloads/blob.bin", sink=sink)
     sink.close()
