@@ -286,11 +286,13 @@ def test_example_kernel_files_lands_the_csv_and_emits_its_asset_event(
     assert sorted(p.name for p in landing.iterdir()) == ["prices.csv"]  # no partial file left
     assert (landing / "prices.csv").read_bytes() == expected
     try:  # Airflow 3
-        from airflow.models.asset import AssetEvent as Event, AssetModel as Model
+        from airflow.models.asset import AssetEvent as Event
+        from airflow.models.asset import AssetModel as Model
 
         by_uri = Event.asset_id == Model.id
     except ImportError:  # Airflow 2
-        from airflow.models.dataset import DatasetEvent as Event, DatasetModel as Model  # type: ignore[no-redef]
+        from airflow.models.dataset import DatasetEvent as Event  # type: ignore[no-redef]
+        from airflow.models.dataset import DatasetModel as Model
 
         by_uri = Event.dataset_id == Model.id
     with create_session() as session:

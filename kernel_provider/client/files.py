@@ -260,12 +260,12 @@ class FileApi:
     def __init__(self, client: KernelClient) -> None:
         self.client = client
 
-    def list(self, *, session_id: str, path: str = DOWNLOAD_DIR) -> list[FileInfo]:
+    def list_files(self, *, session_id: str, path: str = DOWNLOAD_DIR) -> list[FileInfo]:
         """The entries of directory ``path`` of browser ``session_id``."""
         return self.client.execute(list_files(require_id("session_id", session_id), path))
 
-    async def alist(self, *, session_id: str, path: str = DOWNLOAD_DIR) -> list[FileInfo]:
-        """:meth:`list` without blocking the event loop."""
+    async def alist_files(self, *, session_id: str, path: str = DOWNLOAD_DIR) -> list[FileInfo]:
+        """:meth:`list_files` without blocking the event loop."""
         return await self.client.aexecute(list_files(require_id("session_id", session_id), path))
 
     def info(self, *, session_id: str, path: str) -> FileInfo:

@@ -30,7 +30,13 @@ from typing import Any
 from kernel_provider.client.browsers import BrowserApi
 from kernel_provider.client.client import KernelClient
 from kernel_provider.client.errors import KernelError
-from kernel_provider.client.files import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_TOTAL_BYTES, DOWNLOAD_DIR, FileApi, FileInfo
+from kernel_provider.client.files import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_TOTAL_BYTES,
+    DOWNLOAD_DIR,
+    FileApi,
+    FileInfo,
+)
 from kernel_provider.client.models import Browser
 from kernel_provider.client.retry import RetryPolicy
 from kernel_provider.client.validation import BrowserRequest, build_browser_request
@@ -328,7 +334,7 @@ class KernelBrowserHook(KernelBaseHook):
 
     def list_browser_files(self, *, session_id: str, path: str = DOWNLOAD_DIR) -> list[FileInfo]:
         """``GET /browsers/{id}/fs/list_files``: the entries of the absolute directory ``path``, names checked."""
-        return FileApi(self.client).list(session_id=session_id, path=path)
+        return FileApi(self.client).list_files(session_id=session_id, path=path)
 
     def land_browser_files(
         self,
@@ -355,5 +361,5 @@ class KernelBrowserHook(KernelBaseHook):
         )
 
     def browser_files(self, *, session_id: str) -> BrowserFiles:
-        """The files of browser ``session_id`` as one object (``list``, ``wait_for``, ``land``, ``aland``)."""
+        """The files of browser ``session_id`` as one object (``list_files``, ``wait_for``, ``land``, ``aland``)."""
         return BrowserFiles(self, session_id)

@@ -112,7 +112,7 @@ def land_files(
         raise KernelInputError("pattern", f"must be a glob on file names (no /), got {pattern!r}.", "E.g. '*.csv'.")
     max_bytes, max_total_bytes = check_limits(max_bytes, max_total_bytes)
     target = destination_path(destination)
-    files = pick(api.list(session_id=session_id, path=source_dir), pattern)
+    files = pick(api.list_files(session_id=session_id, path=source_dir), pattern)
     for entry in files:
         if entry.size_bytes > max_bytes:
             raise KernelFileTooLargeError("max_bytes", max_bytes, entry.path)
@@ -180,7 +180,7 @@ class BrowserFiles:
     #: The browser directory downloads go to (Kernel's docs; the emulator's Chromium default).
     download_dir = DOWNLOAD_DIR
 
-    def list(self, *, path: str = DOWNLOAD_DIR) -> list[FileInfo]:
+    def list_files(self, *, path: str = DOWNLOAD_DIR) -> list[FileInfo]:
         """The entries of directory ``path`` in the browser."""
         return self.hook.list_browser_files(session_id=self.session_id, path=path)
 
@@ -192,13 +192,15 @@ class BrowserFiles:
         """
         deadline = time.monotonic() + timeout
         while True:
-            entries = self.list(path=source_dir)
+            entries = self.list_files(path=source_dir)
             found = pick(entries, pattern)
             if found:
                 return found
             if time.monotonic() >= deadline:
                 names = ", ".join(e.name for e in entries) or "nothing"
-                raise TimeoutError(f"No finished file matching {pattern!r} in {source_dir} within {timeout:g}s ({names}).")
+                raise TimeoutError(
+                    f"No finished file matching {pattern!r} in {source_dir} within {timeout:g}s ({names})."
+                )
             time.sleep(WAIT_POLL_SECONDS)
 
     def land(

@@ -23,8 +23,8 @@ from starlette.types import ASGIApp
 
 from kernel_provider.testing.admin import ADMIN_ROUTES
 from kernel_provider.testing.browser_routes import BROWSER_ROUTES
-from kernel_provider.testing.invocation_routes import INVOCATION_ROUTES
 from kernel_provider.testing.fs_routes import FS_ROUTES
+from kernel_provider.testing.invocation_routes import INVOCATION_ROUTES
 from kernel_provider.testing.live_view import LIVE_VIEW_ROUTES
 from kernel_provider.testing.middleware import EmulatorMiddleware
 from kernel_provider.testing.replay_routes import REPLAY_ROUTES

@@ -5,6 +5,7 @@ transports (real HTTP to the emulator, each browser a real Chromium), a retried 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import os
@@ -47,7 +48,10 @@ def entry(name: str = "a.csv", path: str | None = None, **fields: Any) -> dict[s
 def test_a_listing_is_parsed_and_each_entry_checked() -> None:
     send, calls = canned(answer(200, [entry(), entry("d", is_dir=True, size_bytes=0)]))
     found = drive(list_files("b-1", "/tmp/downloads/"), send)
-    assert [(f.name, f.path, f.is_dir) for f in found] == [("a.csv", "/tmp/downloads/a.csv", False), ("d", "/tmp/downloads/d", True)]
+    assert [(f.name, f.path, f.is_dir) for f in found] == [
+        ("a.csv", "/tmp/downloads/a.csv", False),
+        ("d", "/tmp/downloads/d", True),
+    ]
     assert found[0].mod_time is not None and found[0].mode == "-rw-r--r--"
     assert calls[0].path == "/browsers/b-1/fs/list_files" and calls[0].query == {"path": "/tmp/downloads"}
 
@@ -69,7 +73,7 @@ def test_a_listing_is_parsed_and_each_entry_checked() -> None:
 )
 def test_an_escaping_name_or_path_from_kernel_is_refused(bad: dict[str, Any]) -> None:
     send, _ = canned(answer(200, [entry(), bad]))
-    with pytest.raises(KernelUnsafePathError, match="nothing was written|listed"):
+    with pytest.raises(KernelUnsafePathError, match=r"nothing was written|listed"):
         drive(list_files("b-1", "/tmp/downloads"), send)
 
 
@@ -140,24 +144,22 @@ def browser_with_files(kernel_emulator: Any) -> tuple[KernelClient, str, bytes]:
     return client, browser.session_id, data
 
 
-
-
 @with_chromium
 def test_files_are_listed_and_streamed_sync_and_async(
     browser_with_files: tuple[KernelClient, str, bytes], tmp_path: Any
 ) -> None:
     client, sid, data = browser_with_files
     api = FileApi(client)
-    (info,) = api.list(session_id=sid)
+    (info,) = api.list_files(session_id=sid)
     assert (info.name, info.size_bytes) == ("blob.bin", len(data))
     assert api.info(session_id=sid, path="/tmp/downloads/blob.bin") == info
-    sink = CappedSink(lambda: open(tmp_path / "sync", "wb"), max_bytes=len(data), path=info.path)
+    sink = CappedSink(functools.partial(open, tmp_path / "sync", "wb"), max_bytes=len(data), path=info.path)
     api.read(session_id=sid, path=info.path, sink=sink)
     sink.close()
     assert (tmp_path / "sync").read_bytes() == data and sink.sha256 == hashlib.sha256(data).hexdigest()
 
     async def aread() -> CappedSink:
-        asink = CappedSink(lambda: open(tmp_path / "async", "wb"), max_bytes=len(data), path=info.path)
+        asink = CappedSink(functools.partial(open, tmp_path / "async", "wb"), max_bytes=len(data), path=info.path)
         try:
             await api.aread(session_id=sid, path=info.path, sink=asink)
         finally:
@@ -175,8 +177,8 @@ def test_files_are_listed_and_streamed_sync_and_async(
 def test_a_body_over_the_cap_stops_the_read(
     browser_with_files: tuple[KernelClient, str, bytes], tmp_path: Any, kernel_emulator: Any
 ) -> None:
-    client, sid, data = browser_with_files
-    sink = CappedSink(lambda: open(tmp_path / "x", "wb"), max_bytes=1000, path="/tmp/downloads/blob.bin")
+    client, sid, _ = browser_with_files
+    sink = CappedSink(functools.partial(open, tmp_path / "x", "wb"), max_bytes=1000, path="/tmp/downloads/blob.bin")
     with pytest.raises(KernelFileTooLargeError, match="max_bytes=1000"):
         FileApi(client).read(session_id=sid, path="/tmp/downloads/blob.bin", sink=sink)
     sink.close()
@@ -191,7 +193,8 @@ def test_a_broken_body_is_read_again_from_its_first_byte(
 ) -> None:
     client, sid, data = browser_with_files
     kernel_emulator.set_faults([{"route": "GET /browsers/{id}/fs/read_file", "times": 1, "fault": {"truncate": 100}}])
-    sink = CappedSink(lambda: open(tmp_path / "x", "wb"), max_bytes=len(data), path="/tmp/downloads/blob.bin")
+    target = functools.partial(open, tmp_path / "x", "wb")
+    sink = CappedSink(target, max_bytes=len(data), path="/tmp/downloads/blob.bin")
     FileApi(client).read(session_id=sid, path="/tmp/downloads/blob.bin", sink=sink)
     sink.close()
     assert (tmp_path / "x").read_bytes() == data and sink.sha256 == hashlib.sha256(data).hexdigest()

@@ -17,7 +17,6 @@ from tests.kernel_browsers import needs_chromium, serve_site
 pytestmark = needs_chromium
 
 
-
 def new_browser(http: httpx.Client) -> dict[str, Any]:
     created = http.post("/browsers", json={"headless": True, "timeout_seconds": 30})
     assert created.status_code == 200, created.text
