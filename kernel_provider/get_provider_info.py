@@ -92,7 +92,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["kernel_provider.hooks.kernel", "kernel_provider.hooks.kernel_browser"],
             }
         ],
-        "operators": [{"integration-name": "Kernel", "python-modules": ["kernel_provider.operators.kernel"]}],
+        "operators": [
+            {
+                "integration-name": "Kernel",
+                "python-modules": ["kernel_provider.operators.kernel", "kernel_provider.operators.land_files"],
+            }
+        ],
         "sensors": [{"integration-name": "Kernel", "python-modules": ["kernel_provider.sensors.kernel"]}],
         "triggers": [{"integration-name": "Kernel", "python-modules": ["kernel_provider.triggers.kernel"]}],
         "connection-types": [

@@ -7,6 +7,7 @@ import ast
 import inspect
 import json
 import operator
+import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ KERNEL_TASKS = {  # task_id -> action, for every task that invokes Kernel
     "example_kernel_chain": {"scrape_prices": "scrape_prices", "summarize": "summarize"},
     "example_kernel_fan_out": {"check_stock": "check_stock"},
     "example_kernel_browser": {},  # no app: a Kernel browser scrapes a page (run by its own test below)
+    "example_kernel_files": {},  # no app: a Kernel browser downloads a CSV, landed (run by its own test below)
     "example_kernel_taskflow": {
         "scrape_prices": "scrape_prices",
         "summarize": "summarize",
@@ -114,7 +116,14 @@ def kernel_emulator(kernel_emulator_factory: Callable[..., Any]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def example_dagbag(airflow_db: Path) -> Iterator[Any]:
+def example_dagbag(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    # The files example lands here; its asset's URI is read when the DAG is parsed.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KERNEL_EXAMPLE_LANDING_DIR", str(tmp_path_factory.mktemp("landing")))
+        yield from _example_dagbag()
+
+
+def _example_dagbag() -> Iterator[Any]:
     from airflow.models.pool import Pool
 
     # The fan-out example runs in the "kernel" pool, as `make demo` and the DAG's docstring set it up.
@@ -212,7 +221,7 @@ def _airflow_2() -> bool:
 
 
 @pytest.mark.parametrize("logical_date", ["set", "none"])
-@pytest.mark.parametrize("dag_id", [d for d in DAG_IDS if d != "example_kernel_browser"])
+@pytest.mark.parametrize("dag_id", [d for d in DAG_IDS if d not in ("example_kernel_browser", "example_kernel_files")])
 def test_example_dag_runs_against_the_emulator(
     dag_id: str, logical_date: str, example_dagbag: Any, kernel_conn_env: Any
 ) -> None:
@@ -253,3 +262,45 @@ def test_example_kernel_browser_scrapes_the_site_served_locally(example_dagbag: 
     assert out[("scrape_catalog", -1)] == SITE_PRODUCTS
     assert out[("cheapest", -1)] == {"sku": "B-400", "name": "Notebook", "price": 3.2}
     assert live_browsers(kernel_conn_env) == 0 and kernel_conn_env.invocations() == []
+
+
+@pytest.mark.chromium
+@skip_without_chromium
+def test_example_kernel_files_lands_the_csv_and_emits_its_asset_event(
+    example_dagbag: Any, kernel_conn_env: Any
+) -> None:
+    """The site's CSV, downloaded by a real Chromium, landed under ``KERNEL_EXAMPLE_LANDING_DIR`` with its sha256,
+    and an asset event for the landed file carrying ``{sha256, size}``."""
+    import hashlib
+
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    dag = example_dagbag.dags["example_kernel_files"]
+    if _airflow_2():
+        dag.sync_to_db()  # Airflow 2 records an event only for a dataset it knows, and dag.test() writes none
+    with serve_site() as url:
+        run = dag.test(run_conf={"site_url": url})
+    expected = (EXAMPLE_DAGS / "site" / "prices.csv").read_bytes()
+    landing = Path(os.environ["KERNEL_EXAMPLE_LANDING_DIR"])
+    landed = _return_values("example_kernel_files", run.run_id)[("download_prices", -1)]
+    sha256 = hashlib.sha256(expected).hexdigest()
+    assert landed["path"] == f"file://{landing}/prices.csv" and landed["sha256"] == sha256
+    assert sorted(p.name for p in landing.iterdir()) == ["prices.csv"]  # no partial file left
+    assert (landing / "prices.csv").read_bytes() == expected
+    try:  # Airflow 3
+        from airflow.models.asset import AssetEvent as Event
+        from airflow.models.asset import AssetModel as Model
+
+        by_uri = Event.asset_id == Model.id
+    except ImportError:  # Airflow 2
+        from airflow.models.dataset import DatasetEvent as Event  # type: ignore[no-redef]
+        from airflow.models.dataset import DatasetModel as Model
+
+        by_uri = Event.dataset_id == Model.id
+    with create_session() as session:
+        extras = session.scalars(
+            select(Event.extra).join(Model, by_uri).where(Model.uri == f"file://{landing}/prices.csv")
+        ).all()
+    assert [{k: e[k] for k in ("sha256", "size")} for e in extras] == [{"sha256": sha256, "size": len(expected)}]
+    assert live_browsers(kernel_conn_env) == 0

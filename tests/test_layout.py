@@ -253,6 +253,7 @@ def test_the_provider_never_imports_the_emulator() -> None:
 FORWARDS_AIRFLOW_ARGUMENTS = {
     "KernelInvokeOperator.__init__",
     "KernelInvocationSensor.__init__",
+    "KernelLandFilesOperator.__init__",
     "KernelBaseHook.__init__",
     "_KernelDecoratedOperator.__init__",
     "_KernelBrowserDecoratedOperator.__init__",

@@ -5,7 +5,8 @@ Each turns one :class:`~kernel_provider.client.wire.ApiCall` into an
 :class:`~kernel_provider.client.wire.ApiResponse`, or into a :class:`KernelTransportError` whose
 ``request_sent`` says whether Kernel may have seen the request (the retry policy and the create rule depend on it).
 Neither retries nor interprets a status: that is the client's job (see :mod:`kernel_provider.client.client`).
-Neither follows a redirect: a 3xx comes back as the answer, and the client turns it into
+A call with a ``sink`` has its successful body streamed into it, never held whole. Neither follows a redirect: a
+3xx comes back as the answer, and the client turns it into
 :class:`~kernel_provider.client.errors.KernelRedirectError`. Both verify TLS with the one bundle the settings
 resolved (:func:`ssl_context_for`), and both refuse a header that is not printable ASCII before sending.
 
@@ -44,6 +45,8 @@ MAX_REQUESTS_IN_FLIGHT = 32
 #: holds more than max_keepalive_connections: one pool with 1,000 open event streams cost O(n^2) CPU per request
 #: and no keep-alive (see bench/bench_trigger.py). Small shards keyed by invocation id keep each pool small.
 POOL_SHARDS = 64
+#: Bytes read at a time from a streamed body (a file read into a sink).
+STREAM_CHUNK = 64 * 1024
 
 
 class LoopResources:
@@ -174,12 +177,21 @@ class SyncTransport:
                 # A redirect is answered to the caller as an error (see errors.is_error_status): following it
                 # would send the project header, and on a 307/308 a create's payload, to another place.
                 allow_redirects=False,
+                stream=call.sink is not None,
             )
+            headers = {k.lower(): v for k, v in r.headers.items()}
+            if call.sink is not None and not is_error_status(r.status_code):
+                with r:
+                    call.sink.begin()
+                    for chunk in r.iter_content(STREAM_CHUNK):
+                        call.sink.write(chunk)
+                return ApiResponse(r.status_code, headers, b"")
+            body = r.content
         except requests.exceptions.RequestException as exc:
             raise KernelTransportError(
                 describe_requests_error(exc), request_sent=requests_error_sent(exc), method=method, path=path
             ) from None
-        return ApiResponse(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
+        return ApiResponse(r.status_code, headers, body)
 
     def close(self) -> None:
         """Close the session's connections (a later request opens new ones)."""
@@ -201,7 +213,7 @@ class AsyncTransport:
         method, path = call.endpoint.method, call.path
         async with resources.slots:
             try:
-                r = await client.request(
+                request = client.build_request(
                     method,
                     settings.base_url + path,
                     params=call.query,
@@ -210,13 +222,23 @@ class AsyncTransport:
                     timeout=httpx.Timeout(
                         call.read_timeout or settings.request_timeout, connect=settings.connect_timeout
                     ),
-                    follow_redirects=False,
                 )
+                r = await client.send(request, stream=True, follow_redirects=False)
+                try:
+                    headers = {k.lower(): v for k, v in r.headers.items()}
+                    if call.sink is not None and not is_error_status(r.status_code):
+                        call.sink.begin()
+                        async for chunk in r.aiter_bytes(STREAM_CHUNK):
+                            call.sink.write(chunk)
+                        return ApiResponse(r.status_code, headers, b"")
+                    body = await r.aread()
+                finally:
+                    await r.aclose()
             except httpx.HTTPError as exc:
                 raise KernelTransportError(
                     describe_httpx_error(exc), request_sent=httpx_error_sent(exc), method=method, path=path
                 ) from None
-        return ApiResponse(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
+        return ApiResponse(r.status_code, headers, body)
 
     async def open_events(
         self, stack: contextlib.AsyncExitStack, call: ApiCall[Any], settings: KernelSettings, silence_timeout: float

@@ -78,6 +78,8 @@ class ApiCall(Generic[T]):
     :param body: the JSON body, or None for none.
     :param read_timeout: this request's read timeout in seconds; None uses the settings' ``request_timeout``.
     :param parse: turns a successful response into the call's result (default: the decoded JSON).
+    :param sink: streams a successful body into it (``begin()`` per attempt, then ``write(chunk)``) instead of
+        holding it; the response handed to ``parse`` then has an empty body. An error body is read as usual.
     """
 
     endpoint: Endpoint
@@ -86,6 +88,7 @@ class ApiCall(Generic[T]):
     body: Any = None
     read_timeout: float | None = None
     parse: Callable[[ApiResponse], T] = field(default=lambda r: r.json())  # type: ignore[assignment]
+    sink: Any = None
 
     @property
     def path(self) -> str:

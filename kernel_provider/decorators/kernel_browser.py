@@ -20,7 +20,10 @@ ones you need; no default is needed):
 * ``page``: a Playwright ``Page`` of the browser (its first page), connected over CDP;
 * ``browser``: the Playwright ``Browser`` itself;
 * ``kernel_browser``: the :class:`~kernel_provider.client.models.Browser` (session id, CDP URL, live-view URL);
-* ``cdp_url``: the CDP websocket URL (text).
+* ``cdp_url``: the CDP websocket URL (text);
+* ``kernel_files``: the browser's files (:class:`~kernel_provider.hooks.landing.BrowserFiles`):
+  ``kernel_files.wait_for(pattern="*.csv")`` polls its download directory, ``kernel_files.land(destination)``
+  lands them in Airflow object storage (whole or not at all, with size caps and sha256), while the browser lives.
 
 Without Playwright (``pip install "airflow-provider-kernel[browser]"``), ``page`` and ``browser`` receive the CDP URL
 instead, and the task log says so. An ``async def`` function gets Playwright's async objects.
@@ -65,7 +68,7 @@ from kernel_provider.links import XCOM_BROWSER_LIVE_VIEW_URL, XCOM_BROWSER_SESSI
 from kernel_provider.utils.secrets import mask_url
 
 #: Parameter names the decorator fills in (see the module docstring).
-INJECTED = ("page", "browser", "kernel_browser", "cdp_url")
+INJECTED = ("page", "browser", "kernel_browser", "cdp_url", "kernel_files")
 #: The decorator's browser keywords and the browser option each one sets. Kernel's browser pool is
 #: ``browser_pool``: ``pool`` (like ``queue``, ``retries``...) stays ``BaseOperator``'s, the Airflow pool.
 BROWSER_KEYWORDS = {**{name: name for name in OPTIONS if name != "pool"}, "browser_pool": "pool"}
@@ -161,11 +164,12 @@ class _KernelBrowserTask(BaseOperator):
                     with contextlib.suppress(Exception):
                         await pw_browser.close()
 
-    @staticmethod
-    def _plain(browser: Browser, wanted: list[str]) -> dict[str, Any]:
+    def _plain(self, browser: Browser, wanted: list[str]) -> dict[str, Any]:
         """The injections that need no Playwright (``page``/``browser`` get the CDP URL; Playwright replaces it)."""
-        values = {"kernel_browser": browser, "cdp_url": browser.cdp_ws_url, "page": browser.cdp_ws_url}
+        values: dict[str, Any] = {"kernel_browser": browser, "cdp_url": browser.cdp_ws_url, "page": browser.cdp_ws_url}
         values["browser"] = browser.cdp_ws_url
+        if "kernel_files" in wanted:
+            values["kernel_files"] = self._browser_hook.browser_files(session_id=browser.session_id)
         return {name: values[name] for name in wanted}
 
     def _warn_without_playwright(self, names: list[str]) -> None:

@@ -25,14 +25,23 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 from kernel_provider.client.browsers import BrowserApi
 from kernel_provider.client.client import KernelClient
 from kernel_provider.client.errors import KernelError
+from kernel_provider.client.files import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_TOTAL_BYTES,
+    DOWNLOAD_DIR,
+    FileApi,
+    FileInfo,
+)
 from kernel_provider.client.models import Browser
 from kernel_provider.client.retry import RetryPolicy
 from kernel_provider.client.validation import BrowserRequest, build_browser_request
 from kernel_provider.hooks.base import KernelBaseHook
+from kernel_provider.hooks.landing import BrowserFiles, land_files
 
 log = logging.getLogger(__name__)
 #: Seconds a delete (or release) at the end of a block may take, retries included.
@@ -320,3 +329,37 @@ class KernelBrowserHook(KernelBaseHook):
     def delete_browser(self, session_id: str) -> bool:
         """``DELETE /browsers/{id}``; False when it was already gone."""
         return self.api.delete(session_id)
+
+    # --- files --------------------------------------------------------------------------------------------------
+
+    def list_browser_files(self, *, session_id: str, path: str = DOWNLOAD_DIR) -> list[FileInfo]:
+        """``GET /browsers/{id}/fs/list_files``: the entries of the absolute directory ``path``, names checked."""
+        return FileApi(self.client).list_files(session_id=session_id, path=path)
+
+    def land_browser_files(
+        self,
+        *,
+        session_id: str,
+        destination: Any,
+        source_dir: str = DOWNLOAD_DIR,
+        pattern: str | None = None,
+        max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    ) -> list[dict[str, Any]]:
+        """Land the files of a live browser's ``source_dir`` in ``destination`` (an ``ObjectStoragePath``, a URL or
+        an absolute local path), each whole or not at all: see :func:`~kernel_provider.hooks.landing.land_files`
+        for the parameters, the result (``name``, ``path``, ``source``, ``size``, ``sha256`` per file) and the
+        errors. Kernel deletes a browser's files with the browser: land them before it ends."""
+        return land_files(
+            FileApi(self.client),
+            session_id=session_id,
+            destination=destination,
+            source_dir=source_dir,
+            pattern=pattern,
+            max_bytes=max_bytes,
+            max_total_bytes=max_total_bytes,
+        )
+
+    def browser_files(self, *, session_id: str) -> BrowserFiles:
+        """The files of browser ``session_id`` as one object (``list_files``, ``wait_for``, ``land``, ``aland``)."""
+        return BrowserFiles(self, session_id)

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 
 from kernel_provider.testing.admin import ADMIN_ROUTES
 from kernel_provider.testing.browser_routes import BROWSER_ROUTES
+from kernel_provider.testing.fs_routes import FS_ROUTES
 from kernel_provider.testing.invocation_routes import INVOCATION_ROUTES
 from kernel_provider.testing.live_view import LIVE_VIEW_ROUTES
 from kernel_provider.testing.middleware import EmulatorMiddleware
@@ -34,7 +35,7 @@ from kernel_provider.testing.store import Store
 def build_app(store: Store) -> ASGIApp:
     """The full ASGI application for a store."""
     # The order is Starlette's matching order: the first route whose path and method match serves the request.
-    routes = [*INVOCATION_ROUTES, *BROWSER_ROUTES, *LIVE_VIEW_ROUTES, *REPLAY_ROUTES, *ADMIN_ROUTES]
+    routes = [*INVOCATION_ROUTES, *BROWSER_ROUTES, *LIVE_VIEW_ROUTES, *REPLAY_ROUTES, *FS_ROUTES, *ADMIN_ROUTES]
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(404, "not_found", f"no route for {request.method} {request.url.path}")

@@ -2,11 +2,17 @@
 throw-away profile directory, so Playwright's ``connect_over_cdp`` works offline; killed (with its process group)
 and its directory removed when the browser ends.
 
+Each also has a throw-away filesystem root, the emulated browser's ``/`` for the ``/browsers/{id}/fs`` routes
+(:mod:`~.fs_routes`): its ``/tmp/downloads`` (:data:`DOWNLOAD_DIR`) is Chromium's default download directory
+(profile preferences), so a download with CDP's ``Browser.setDownloadBehavior`` ``behavior: "default"`` lands
+there. Removed with the browser, as Kernel deletes a browser's files with it.
+
 Blocking calls (start, stop): the emulator runs them on worker threads, never on its event loop.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -36,6 +42,8 @@ FLAGS = (
     "--remote-debugging-port=0",
 )
 START_TIMEOUT = 30.0
+#: The emulated browser's download directory (Kernel's docs use this path), under its filesystem root.
+DOWNLOAD_DIR = "/tmp/downloads"
 
 
 def in_container(root: str = "/") -> bool:
@@ -90,6 +98,8 @@ class ChromiumProcess:
         self.viewport = viewport
         self.proc: subprocess.Popen[bytes] | None = None
         self.user_data_dir: str | None = None
+        #: The emulated browser's ``/`` (None before start and after stop).
+        self.fs_root: str | None = None
         self.port = 0
         self.ws_path = ""
 
@@ -117,6 +127,12 @@ class ChromiumProcess:
                 "install it with: apt-get install -y chromium"
             )
         self.user_data_dir = tempfile.mkdtemp(prefix="kernel-emulator-browser-")
+        self.fs_root = tempfile.mkdtemp(prefix="kernel-emulator-fs-")
+        downloads = Path(self.fs_root, DOWNLOAD_DIR.lstrip("/"))
+        downloads.mkdir(parents=True)
+        prefs = {"download": {"default_directory": str(downloads), "prompt_for_download": False}}
+        Path(self.user_data_dir, "Default").mkdir()
+        Path(self.user_data_dir, "Default", "Preferences").write_text(json.dumps(prefs))
         args = [exe, *FLAGS, *sandbox_flags(), f"--user-data-dir={self.user_data_dir}"]
         if self.viewport:
             args.append(f"--window-size={self.viewport[0]},{self.viewport[1]}")
@@ -178,6 +194,7 @@ class ChromiumProcess:
                 os.killpg(proc.pid, signal.SIGKILL)  # helpers that outlived the main process
             except (ProcessLookupError, PermissionError):
                 pass
-        if self.user_data_dir:
-            shutil.rmtree(self.user_data_dir, ignore_errors=True)
-            self.user_data_dir = None
+        for directory in (self.user_data_dir, self.fs_root):
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
+        self.user_data_dir = self.fs_root = None

@@ -27,6 +27,10 @@ _ROUTES = (
     (re.compile(r"^/browsers/[^/]+/replays/[^/]+/stop$"), "/browsers/{id}/replays/{replay_id}/stop"),
     # live views (live_view.py)
     (re.compile(r"^/browsers/[^/]+/live_view$"), "/browsers/{id}/live_view"),
+    # the browser filesystem (fs_routes.py)
+    (re.compile(r"^/browsers/[^/]+/fs/list_files$"), "/browsers/{id}/fs/list_files"),
+    (re.compile(r"^/browsers/[^/]+/fs/file_info$"), "/browsers/{id}/fs/file_info"),
+    (re.compile(r"^/browsers/[^/]+/fs/read_file$"), "/browsers/{id}/fs/read_file"),
     (re.compile(r"^/browser_pools$"), "/browser_pools"),
     (re.compile(r"^/browser_pools/[^/]+/acquire$"), "/browser_pools/{id}/acquire"),
     (re.compile(r"^/browser_pools/[^/]+/release$"), "/browser_pools/{id}/release"),

@@ -241,3 +241,30 @@ def test_the_decorator_is_found_through_the_provider_info() -> None:
     entries = {d["name"]: d["class-name"] for d in get_provider_info()["task-decorators"]}
     assert entries["kernel_browser"] == "kernel_provider.decorators.kernel_browser.kernel_browser_task"
     assert task.kernel_browser  # Airflow resolved it from the entry above
+
+
+def test_kernel_files_lands_a_real_download_while_the_browser_lives(
+    kernel_conn_env: Any, site_url: str, tmp_path: Any
+) -> None:
+    import hashlib
+    from pathlib import Path
+
+    with make_dag("kb_files") as dag:
+
+        @task.kernel_browser(headless=True, timeout_seconds=60)
+        def fetch(url: str, landing: str, page: Any, kernel_files: Any) -> list[dict[str, Any]]:
+            page.context.browser.new_browser_cdp_session().send("Browser.setDownloadBehavior", {"behavior": "default"})
+            page.goto(url)
+            page.click("#prices-csv")
+            assert [f.name for f in kernel_files.wait_for(pattern="*.csv")] == ["prices.csv"]
+            return kernel_files.land(landing, pattern="*.csv")  # type: ignore[no-any-return]
+
+        fetch(site_url, f"file://{tmp_path}")
+
+    run = run_dag(dag)
+    assert states(run) == {"fetch": "success"}
+    expected = (Path(__file__).parents[2] / "example_dags/site/prices.csv").read_bytes()
+    (landed,) = xcom(run, "fetch")
+    assert landed["sha256"] == hashlib.sha256(expected).hexdigest() and landed["size"] == len(expected)
+    assert (tmp_path / "prices.csv").read_bytes() == expected and len(list(tmp_path.iterdir())) == 1
+    assert live_browsers(kernel_conn_env) == 0

@@ -61,6 +61,8 @@ POOL = ("kernel", "4", "Kernel concurrent invocations (size it to your Kernel pl
 SKIPPED = {
     "example_kernel_browser": "it drives a real Chromium against a web page; "
     "`pytest tests/test_example_dags.py -k browser` runs it",
+    "example_kernel_files": "it downloads a file in a real Chromium from a web page; "
+    "`pytest tests/test_example_dags.py -k files` runs it",
 }
 #: Printed at the end of a run: where to go from here.
 NEXT_STEPS = (

@@ -11,11 +11,13 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
+from unittest.mock import MagicMock
 
 import pytest
 
 from kernel_provider.client import KernelClient, KernelSettings
 from kernel_provider.client.errors import KernelAmbiguousCreateError, KernelRedirectError
+from kernel_provider.client.files import FileApi
 from kernel_provider.client.transport import close_loop_resources
 from tests.helpers import FAST_RETRY
 from tests.security.wire_servers import Answer, Seen, recorder, scripted
@@ -67,13 +69,22 @@ SYNC_CALLS: dict[str, Callable[[KernelClient], Any]] = {
     "get": lambda c: c.get_invocation("a" * 24),
     "list": lambda c: c.list_invocations(app_name="demo"),
     "cancel": lambda c: c.cancel_invocation("a" * 24, budget=5),
+    "read_file": lambda c: FileApi(c).read(session_id="b" * 24, path="/tmp/downloads/x", sink=_untouched()),
 }
 ASYNC_CALLS: dict[str, Callable[[KernelClient], Awaitable[Any]]] = {
     "create": lambda c: c.ainvoke("demo", "echo", payload=PAYLOAD, invoke_async=False),
     "get": lambda c: c.aget_invocation("a" * 24),
     "list": lambda c: c.alist_invocations(app_name="demo"),
     "events": lambda c: _first_event(c),
+    "read_file": lambda c: FileApi(c).aread(session_id="b" * 24, path="/tmp/downloads/x", sink=_untouched()),
 }
+
+
+def _untouched() -> Any:
+    """A sink a redirect must never reach: a streamed body is only ever a success's."""
+    sink = MagicMock()
+    sink.begin.side_effect = sink.write.side_effect = AssertionError("a redirect's body reached the sink")
+    return sink
 
 
 async def _first_event(client: KernelClient) -> Any:

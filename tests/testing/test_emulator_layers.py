@@ -53,7 +53,7 @@ EMULATOR_LAYERS: tuple[tuple[str, ...], ...] = (
     # HTTP in front of the routes: shared answers, the admin routes the middleware's sign-in uses, the middleware
     ("responses", "admin", "middleware"),
     # Kernel's API and the live-view pages
-    ("invocation_routes", "browser_routes", "live_view", "replay_routes"),
+    ("invocation_routes", "browser_routes", "live_view", "replay_routes", "fs_routes"),
     # the assembled ASGI app
     ("app",),
     # running it: in-process or as a subprocess, and the client of its admin routes
