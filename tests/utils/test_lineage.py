@@ -93,10 +93,11 @@ def lineage_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The OpenLineage listener on this process's listener manager, writing every event to a file; returns a
     function that reads the events of one task (by job name ``dag_id.task_id``).
 
-    The provider's configuration is read once and cached, and its plugin registers its listener only if it was
-    enabled when the plugins loaded: the caches are cleared and a fresh listener is registered for this test (and
-    removed after it), whatever ran before in this process. ``execute_in_thread``: the listener must not fork the
-    test process (it runs the emulator's server threads).
+    The provider's configuration is read once and cached, and its plugin registers its listener (for good, on
+    task and DAG-run events) if OpenLineage is enabled when the plugins load: the plugins are loaded first, while
+    it is not, then the caches are cleared and a fresh listener is registered for this test only, whatever ran
+    before in this process and runs after. ``execute_in_thread``: the listener must not fork the test process (it
+    runs the emulator's server threads).
     """
     from airflow.providers.openlineage import conf as ol_conf
     from airflow.providers.openlineage.plugins.listener import OpenLineageListener
@@ -106,6 +107,7 @@ def lineage_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     else:
         from airflow.sdk.listener import get_listener_manager
 
+    manager = get_listener_manager()  # loads the plugins, before OpenLineage is enabled
     events_file = tmp_path / "openlineage.jsonl"
     monkeypatch.setenv("AIRFLOW__OPENLINEAGE__DISABLED", "False")
     monkeypatch.setenv(
@@ -121,11 +123,15 @@ def lineage_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
                 value.cache_clear()
 
     clear_caches()
-    manager = get_listener_manager()
     earlier = [p for p in manager.pm.get_plugins() if isinstance(p, OpenLineageListener)]
     for listener in earlier:
         manager.pm.unregister(listener)
-    ours = OpenLineageListener()
+
+    class TaskEventsOnly(OpenLineageListener):
+        # DAG-run events go through a process pool, which would fork the test process; task events are tested.
+        on_dag_run_running = on_dag_run_success = on_dag_run_failed = None
+
+    ours = TaskEventsOnly()
     manager.add_listener(ours)
 
     def read(job_name: str) -> dict[str, list[dict[str, Any]]]:
