@@ -34,24 +34,26 @@ class KernelLineageMixin:
     def get_openlineage_facets_on_start(self) -> Any:
         """Lineage when the task starts: what it will run, its inputs and outputs (no invocation yet for the
         operator; the sensor already knows which one it watches)."""
-        return self._kernel_lineage(status_known=False)
+        return self._kernel_lineage(status="none")
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Lineage when the task succeeded: also the invocation's id, final status and dashboard URL.
 
         :param task_instance: the finished task instance (unused: the operator holds what it learnt).
         """
-        return self._kernel_lineage(status_known=True)
+        return self._kernel_lineage(status="last")
 
     def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
-        """Lineage when the task failed: the invocation's id, status (when the task learnt it: not after a timeout)
-        and dashboard URL, if one was created.
+        """Lineage when the task failed: the invocation's id and dashboard URL, if one was created, and its status
+        if the task saw it finish (not after a timeout: a status seen earlier would be stale).
 
         :param task_instance: the failed task instance (unused).
         """
-        return self._kernel_lineage(status_known=True)
+        return self._kernel_lineage(status="final")
 
-    def _kernel_lineage(self, *, status_known: bool) -> Any:
+    def _kernel_lineage(self, *, status: str) -> Any:
+        """:param status: which status the run facet carries: ``"none"``, the ``"last"`` one seen, or only a
+        ``"final"`` one."""
         from kernel_provider.utils import lineage_facets as facets
 
         invocation = self.kernel_invocation
@@ -64,7 +66,7 @@ class KernelLineageMixin:
         if isinstance(invocation_id, str) and invocation_id.strip():
             run_facets[facets.RUN_FACET] = facets.KernelInvocationRunFacet(
                 invocationId=invocation_id.strip(),
-                status=(invocation.raw_status or None) if invocation and status_known else None,
+                status=_status(invocation, status),
                 url=self._kernel_invocation_url(invocation_id.strip()),
             )
         return facets.operator_lineage(
@@ -95,3 +97,9 @@ class KernelLineageMixin:
             return hook.invocation_url(invocation_id)
         except Exception:
             return None
+
+
+def _status(invocation: Invocation | None, which: str) -> str | None:
+    if invocation is None or which == "none" or (which == "final" and not invocation.is_terminal):
+        return None
+    return invocation.raw_status or None

@@ -274,3 +274,17 @@ def test_the_sensor_reports_the_invocation_it_watched(kernel_conn_env: Any, line
     submitted = _only(lineage_events(f"{dag.dag_id}.submit"), "COMPLETE")["run"]["facets"]["kernelInvocation"]
     assert submitted["invocationId"] == invocation["id"]
     assert submitted["status"] in {"queued", "running"}
+
+
+@needs_openlineage
+@pytest.mark.usefixtures("airflow_db")
+def test_a_timed_out_wait_sends_fail_without_a_stale_status(kernel_conn_env: Any, lineage_events: Any) -> None:
+    dag = _invoke_dag("lineage_timeout", action_name="sleep", payload={"seconds": 3600}, timeout=1.5, deferrable=False)
+    dr = run_dag(dag)
+    assert states(dr) == {"invoke": "failed"}
+    invocation = only_invocation(kernel_conn_env)
+
+    run_facet = _only(lineage_events(f"{dag.dag_id}.invoke"), "FAIL")["run"]["facets"]["kernelInvocation"]
+    assert run_facet["invocationId"] == invocation["id"]
+    # The task last saw it queued or running, then cancelled it: no status rather than a stale one.
+    assert "status" not in run_facet or run_facet["status"] is None
