@@ -39,14 +39,14 @@ $(UV):
 $(VENV)/.installed: pyproject.toml Makefile | $(UV)
 	@echo "==> bootstrapping $(VENV) (Airflow 3.3)"
 	@test -x $(VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(VENV)
-	@$(UV_INSTALL) --python $(VENV)/bin/python "$(AIRFLOW_3)" -e ".[test,lint,docs]"
+	@$(UV_INSTALL) --python $(VENV)/bin/python "$(AIRFLOW_3)" -e ".[test,lint,docs,openlineage]"
 	@$(VENV)/bin/python $(IMPORT_CHECK)
 	@touch $@
 
 $(VENV_AF2)/.installed: pyproject.toml Makefile | $(UV)
 	@echo "==> bootstrapping $(VENV_AF2) (Airflow 2.11)"
 	@test -x $(VENV_AF2)/bin/python || $(UV) venv -q --python $(PYTHON) $(VENV_AF2)
-	@$(UV_INSTALL) --python $(VENV_AF2)/bin/python "$(AIRFLOW_2)" "$(CRYPTOGRAPHY_AF2)" -e ".[test]"
+	@$(UV_INSTALL) --python $(VENV_AF2)/bin/python "$(AIRFLOW_2)" "$(CRYPTOGRAPHY_AF2)" -e ".[test,openlineage]"
 	@$(VENV_AF2)/bin/python $(IMPORT_CHECK)
 	@touch $@
 

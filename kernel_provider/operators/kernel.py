@@ -29,6 +29,7 @@ from kernel_provider.links import (
 )
 from kernel_provider.operators.run_keeping import RunKeeping
 from kernel_provider.utils.completion import finish, from_an_earlier_try, running_try, wait_deadline
+from kernel_provider.utils.lineage import KernelLineageMixin, check_lineage_inputs
 
 if TYPE_CHECKING:
     from kernel_provider.client.models import Invocation
@@ -50,7 +51,7 @@ RATE_LIMIT_MAX_DEFER = 60.0
 _UNSET = object()
 
 
-class KernelInvokeOperator(RunKeeping, BaseOperator):
+class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
     """Invokes an action of a deployed Kernel app (``POST /invocations``) and returns its output.
 
     The invocation is created on the worker in ``execute()``, never in a trigger. Before the ``POST`` the task
@@ -112,6 +113,9 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
         instead (they steer the browser: masked, never logged; only for people allowed to act in it).
         False or ``"off"``: no browser request, nothing published. Costs a few ``GET /invocations/{id}/browsers``
         per wait plus one ``POST`` per browser (see docs/live-view.md).
+    :param lineage_inputs: what the action reads, for OpenLineage (``[openlineage]`` extra): URIs with a scheme
+        (e.g. the pages it starts at) or Airflow assets, sent as the run's input datasets; its outputs are the
+        task's ``outlets``. See docs/openlineage.md.
     :param kernel_conn_id: Airflow connection of type ``kernel``.
     """
 
@@ -142,10 +146,12 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
         fail_on_failure: bool = True,
         rate_limit_wait: float | None = None,
         live_view: bool | str = "read",
+        lineage_inputs: Sequence[Any] | None = None,
         kernel_conn_id: str = "kernel_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.lineage_inputs = check_lineage_inputs(lineage_inputs)
         self.app_name = app_name
         self.action_name = action_name
         self.version = version
@@ -237,6 +243,7 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
 
     def _proceed(self, context: Any, request: dict[str, Any], records: RunRecordStore, invocation: Invocation) -> Any:
         """After the create (or re-attach): hand the id off, finish, or wait (deferred or on this worker)."""
+        self.kernel_invocation = invocation
         self._remember(context, invocation.id)
 
         if not self.wait_for_completion and (request.get("async") or not invocation.is_terminal):
@@ -376,6 +383,7 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
         )
 
     def _finish(self, invocation: Invocation, records: RunRecordStore) -> Any:
+        self.kernel_invocation = invocation
         url = self.hook.invocation_url(invocation.id)
         self.log.info("Invocation %s %s. %s", invocation.id, invocation.raw_status, url)
         records.forget()  # the run has an outcome: a retry or a clear starts a new one

@@ -28,6 +28,7 @@ from kernel_provider.client.events import ERROR, TIMEOUT, WAIT_MODES, validate_e
 from kernel_provider.client.validation import check_seconds
 from kernel_provider.links import XCOM_SCHEME, KernelLiveViewLink, push_live_view_link
 from kernel_provider.utils.completion import finish, from_an_earlier_try, running_try, wait_deadline
+from kernel_provider.utils.lineage import KernelLineageMixin, check_lineage_inputs
 from kernel_provider.version_compat import AIRFLOW_V_3_3_PLUS
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def _as_template(value: Any) -> str | None:
     return None
 
 
-class KernelInvocationSensor(BaseSensorOperator):
+class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
     """Waits until a Kernel invocation is ``succeeded`` or ``failed``; returns its output as XCom.
 
     :param invocation_id: the invocation to wait for (templated; ``invoke_task.output`` works).
@@ -91,6 +92,8 @@ class KernelInvocationSensor(BaseSensorOperator):
         an hour; an hour when the sensor starts in the triggerer), logs it once and points the task's "Kernel
         live view" link at the first; logs the replays of a failed run. ``"control"``: control URLs instead
         (masked, never logged). False or ``"off"``: none of it. Poke and reschedule mode do not watch browsers.
+    :param lineage_inputs: what the watched action reads, for OpenLineage (``[openlineage]`` extra): URIs with a
+        scheme or Airflow assets, sent as input datasets; outputs are the task's ``outlets`` (docs/openlineage.md).
     """
 
     template_fields: Sequence[str] = ("invocation_id",)
@@ -108,6 +111,7 @@ class KernelInvocationSensor(BaseSensorOperator):
         stream_logs: bool = True,
         start_from_trigger: bool = True,
         live_view: bool | str = "read",
+        lineage_inputs: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("poke_interval", 5.0 if deferrable else 30.0)
@@ -119,6 +123,7 @@ class KernelInvocationSensor(BaseSensorOperator):
         self.wait_mode = wait_mode
         self.stream_logs = stream_logs
         self.live_view = check_live_view(live_view)  # a wrong value fails at DAG parse, before any request
+        self.lineage_inputs = check_lineage_inputs(lineage_inputs)
         #: The first browser's live-view URL once a wait has reported one (the "Kernel live view" link).
         self.live_view_url: str | None = None
         self.start_from_trigger = False
@@ -239,6 +244,7 @@ class KernelInvocationSensor(BaseSensorOperator):
 
     def _complete(self, invocation_id: str, invocation: Any = None) -> Any:
         invocation = invocation or self.hook.get_invocation(invocation_id)
+        self.kernel_invocation = invocation
         url = self.hook.invocation_url(invocation.id)
         self.log.info("Invocation %s %s. %s", invocation.id, invocation.raw_status, url)
         try:
