@@ -61,9 +61,7 @@ def kernel_uri(*, app_name: str, action_name: str) -> str:
 def _decoded(field: str, raw: str, uri: str) -> str:
     """A percent-encoded name of ``uri``, decoded and checked like the client's ``field``."""
     if not raw:
-        raise KernelInputError(
-            f"asset URI {uri!r}", f"has no {field.replace('_', ' ')}.", f"Write it as {_EXAMPLE}."
-        )
+        raise KernelInputError(f"asset URI {uri!r}", f"has no {field.replace('_', ' ')}.", f"Write it as {_EXAMPLE}.")
     try:
         name = unquote(raw, errors="strict")
     except UnicodeDecodeError:

@@ -84,7 +84,9 @@ def test_an_unknown_status_is_reported_as_unknown_not_as_kernel_wrote_it() -> No
 
 def test_a_finish_before_the_start_gives_no_duration() -> None:
     later = (STARTED + timedelta(seconds=5)).isoformat()
-    assert run_extra(invocation=invocation(started_at=later, finished_at=STARTED.isoformat()))["duration_seconds"] is None
+    assert (
+        run_extra(invocation=invocation(started_at=later, finished_at=STARTED.isoformat()))["duration_seconds"] is None
+    )
 
 
 # --- attaching (Airflow's own outlet accessors) ----------------------------------------------------------------
