@@ -7,7 +7,7 @@ from typing import Any
 
 from tests.airflow_helpers import AF2
 
-__all__ = ["asset_events", "queued_for", "sync_dags", "unpause"]
+__all__ = ["asset_events", "asset_triggered", "queued_for", "start_asset_triggered_runs", "sync_dags", "unpause"]
 
 
 def _models() -> tuple[Any, Any, Any, str]:
@@ -57,13 +57,27 @@ def queued_for(dag_id: str) -> list[str]:
         )
 
 
+def asset_triggered() -> set[str]:
+    """The DAGs the scheduler's next loop starts an asset-triggered run of (its own query: every asset they are
+    scheduled on has an event they have not run for yet)."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        _, triggered = DagModel.dags_needing_dagruns(session)
+        return set(triggered)
+
+
 def sync_dags(*dags: Any) -> None:
-    """Write ``dags`` (and their assets, and who is scheduled on which) to the metadata DB, as the DAG processor does.
-    Airflow 2.11's ``dag.test()`` does not: an outlet's event needs its dataset row."""
+    """Write ``dags`` (serialized, with their assets and who is scheduled on which) to the metadata DB, as the DAG
+    processor does. Airflow 2.11's ``dag.test()`` does not: an outlet's event needs its dataset row."""
     if AF2:
         from airflow.models.dag import DAG as ModelDAG
+        from airflow.models.serialized_dag import SerializedDagModel
 
         ModelDAG.bulk_write_to_db(list(dags))
+        for dag in dags:
+            SerializedDagModel.write_dag(dag)  # what the scheduler reads a DAG from
         return
     from tests.airflow_helpers import _serialize_af3
 
@@ -79,3 +93,33 @@ def unpause(dag_id: str) -> None:
 
     with create_session() as session:
         session.execute(update(DagModel).where(DagModel.dag_id == dag_id).values(is_paused=False))
+
+
+def start_asset_triggered_runs(dag_id: str) -> list[dict[str, Any]]:
+    """Do what the scheduler's loop does for ``dag_id`` when its assets have events (create its asset-triggered
+    run, with the events it consumes), in this process, and return the extras of the events that run consumed.
+
+    Airflow's own method of its scheduler (a private one, named differently on 2.11) is called: no scheduler runs.
+    """
+    from airflow.jobs.job import Job
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.models.dag import DagModel
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    runner = SchedulerJobRunner(job=Job())
+    with create_session() as session:
+        _, triggered = DagModel.dags_needing_dagruns(session)
+        models = [m for m in session.scalars(select(DagModel).where(DagModel.dag_id == dag_id)) if dag_id in triggered]
+        if AF2:
+            runner._create_dag_runs_dataset_triggered(models, triggered, session)
+        else:
+            runner._create_dag_runs_asset_triggered(dag_models=models, session=session)
+        session.flush()
+        runs = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id)).all()
+        consumed = "consumed_dataset_events" if AF2 else "consumed_asset_events"
+        return [
+            {"run_type": str(run.run_type), "extras": [dict(e.extra or {}) for e in getattr(run, consumed)]}
+            for run in runs
+        ]

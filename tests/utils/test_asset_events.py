@@ -16,7 +16,14 @@ from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.sensors.kernel import KernelInvocationSensor
 from kernel_provider.utils.asset_events import EXTRA_KEYS, attach_run_to_outlets, run_extra
 from tests.airflow_helpers import AF2, make_dag, run_dag, states, task, xcom
-from tests.asset_helpers import asset_events, queued_for, sync_dags, unpause
+from tests.asset_helpers import (
+    asset_events,
+    asset_triggered,
+    queued_for,
+    start_asset_triggered_runs,
+    sync_dags,
+    unpause,
+)
 from tests.helpers import only_invocation
 
 ID = "abcdefghijklmnopqrstuvwx"
@@ -270,7 +277,12 @@ def test_a_dag_scheduled_on_the_asset_is_queued_by_the_producers_event(kernel_co
     sync_dags(producer, consumer)
     unpause(consumer.dag_id)
     assert queued_for(consumer.dag_id) == []
+    assert consumer.dag_id not in asset_triggered()
 
     run_dag(producer)
 
     assert queued_for(consumer.dag_id) == [asset.uri]
+    assert consumer.dag_id in asset_triggered()
+    [event] = events_of(producer, asset)
+    [run] = start_asset_triggered_runs(consumer.dag_id)
+    assert run == {"run_type": "asset_triggered" if not AF2 else "dataset_triggered", "extras": [event["extra"]]}
