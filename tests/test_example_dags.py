@@ -280,7 +280,8 @@ def test_example_asset_consumer_uses_the_run_the_producer_recorded(example_dagba
         "kernel://demo-shop/scrape_prices"
     ]
     assert type(consumer.timetable).__name__ in {"AssetTriggeredTimetable", "DatasetTriggeredTimetable"}
-    sync_dags(producer, consumer)  # Airflow 2.11's dag.test() writes no dataset rows
+    if _airflow_2():  # Airflow 3's dag.test() writes the DAGs folder to the DB; 2.11's writes no dataset rows
+        sync_dags(producer, consumer)
 
     produced = producer.test()
     [inv] = kernel_conn_env.client.invocations()
