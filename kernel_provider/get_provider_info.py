@@ -72,8 +72,20 @@ CONNECTION_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The ``kernel://`` asset scheme (see :mod:`kernel_provider.assets.kernel`). Airflow 3 reads it as ``asset-uris``,
+#: Airflow 2.11 as ``dataset-uris``: each version reads only its own key, so both are given.
+ASSET_URIS: list[dict[str, Any]] = [
+    {
+        "schemes": ["kernel"],
+        "handler": "kernel_provider.assets.kernel.sanitize_uri",
+        "factory": "kernel_provider.assets.kernel.create_asset",
+        "to_openlineage_converter": "kernel_provider.assets.kernel.convert_asset_to_openlineage",
+    }
+]
+
+
 def get_provider_info() -> dict[str, Any]:
-    """Describe the provider: its hook, connection form, operators, sensors, triggers and extra links."""
+    """Describe the provider: its hook, connection form, operators, sensors, triggers, extra links and asset URIs."""
     return {
         "package-name": "airflow-provider-kernel",
         "name": "Kernel",
@@ -128,4 +140,6 @@ def get_provider_info() -> dict[str, Any]:
             {"class-name": "kernel_provider.decorators.kernel.kernel_task", "name": "kernel"},
             {"class-name": "kernel_provider.decorators.kernel_browser.kernel_browser_task", "name": "kernel_browser"},
         ],
+        "asset-uris": ASSET_URIS,
+        "dataset-uris": ASSET_URIS,
     }

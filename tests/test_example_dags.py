@@ -30,6 +30,8 @@ KERNEL_TASKS = {  # task_id -> action, for every task that invokes Kernel
     "example_kernel_fan_out": {"check_stock": "check_stock"},
     "example_kernel_browser": {},  # no app: a Kernel browser scrapes a page (run by its own test below)
     "example_kernel_files": {},  # no app: a Kernel browser downloads a CSV, landed (run by its own test below)
+    "example_kernel_asset_producer": {"scrape_prices": "scrape_prices"},
+    "example_kernel_asset_consumer": {},  # reads the producer's run by id (run by its own test below)
     "example_kernel_taskflow": {
         "scrape_prices": "scrape_prices",
         "summarize": "summarize",
@@ -204,9 +206,15 @@ def _check_taskflow(out: dict[tuple[str, int], Any], ds: str, invocations: list[
     assert out[("report", -1)] == f"east on {ds}: average {summary['average']}; stock {stock}"
 
 
+def _check_asset_producer(out: dict[tuple[str, int], Any], ds: str, invocations: list[dict[str, Any]]) -> None:
+    assert out[("scrape_prices", -1)]["date"] == ds
+    assert json.loads(invocations[0]["payload"]) == {"date": ds, "store": "north"}
+
+
 CHECKS: dict[str, Callable[[dict[tuple[str, int], Any], str, list[dict[str, Any]]], None]] = {
     "example_kernel_sync": _check_sync,
     "example_kernel_scheduled": _check_scheduled,
+    "example_kernel_asset_producer": _check_asset_producer,
     "example_kernel_async_sensor": _check_async_sensor,
     "example_kernel_chain": _check_chain,
     "example_kernel_fan_out": _check_fan_out,
@@ -220,8 +228,12 @@ def _airflow_2() -> bool:
     return __version__.startswith("2.")
 
 
+#: Run by their own tests: the browser and files ones need Chromium, the asset consumer its producer's event.
+OWN_TESTS = ("example_kernel_browser", "example_kernel_files", "example_kernel_asset_consumer")
+
+
 @pytest.mark.parametrize("logical_date", ["set", "none"])
-@pytest.mark.parametrize("dag_id", [d for d in DAG_IDS if d not in ("example_kernel_browser", "example_kernel_files")])
+@pytest.mark.parametrize("dag_id", [d for d in DAG_IDS if d not in OWN_TESTS])
 def test_example_dag_runs_against_the_emulator(
     dag_id: str, logical_date: str, example_dagbag: Any, kernel_conn_env: Any
 ) -> None:
@@ -304,3 +316,40 @@ def test_example_kernel_files_lands_the_csv_and_emits_its_asset_event(
         ).all()
     assert [{k: e[k] for k in ("sha256", "size")} for e in extras] == [{"sha256": sha256, "size": len(expected)}]
     assert live_browsers(kernel_conn_env) == 0
+
+
+def test_example_asset_consumer_uses_the_run_the_producer_recorded(example_dagbag: Any, kernel_conn_env: Any) -> None:
+    """The producer's asset event carries its Kernel run; the consumer (scheduled on the asset) reads the event and
+    fetches that run's output from Kernel by id. ``dag.test()`` starts no asset-triggered run, so the consumer reads
+    the asset's latest event, as ``make demo`` shows; the scheduler's side (the queued run) is tested in
+    ``tests/utils/test_asset_events.py``."""
+    from tests.asset_helpers import asset_events, sync_dags
+
+    producer = example_dagbag.dags["example_kernel_asset_producer"]
+    consumer = example_dagbag.dags["example_kernel_asset_consumer"]
+    assert [getattr(a, "uri", None) for a in producer.get_task("scrape_prices").outlets] == [
+        "kernel://demo-shop/scrape_prices"
+    ]
+    assert type(consumer.timetable).__name__ in {"AssetTriggeredTimetable", "DatasetTriggeredTimetable"}
+    if _airflow_2():  # Airflow 3's dag.test() writes the DAGs folder to the DB; 2.11's writes no dataset rows
+        sync_dags(producer, consumer)
+
+    produced = producer.test()
+    [inv] = kernel_conn_env.client.invocations()
+    [event] = [e for e in asset_events("kernel://demo-shop/scrape_prices") if e["source_run_id"] == produced.run_id]
+    assert event["extra"]["kernel_invocation_id"] == inv["id"]
+    assert (event["extra"]["app_name"], event["extra"]["action_name"], event["extra"]["status"]) == (
+        "demo-shop",
+        "scrape_prices",
+        "succeeded",
+    )
+
+    consumed = consumer.test()
+
+    assert str(getattr(consumed.state, "value", consumed.state)) == "success"
+    out = _return_values("example_kernel_asset_consumer", consumed.run_id)
+    assert out[("read_event", -1)] == event["extra"]
+    scraped = _return_values("example_kernel_asset_producer", produced.run_id)[("scrape_prices", -1)]
+    assert out[("fetch_prices", -1)] == scraped  # the producer's output, from Kernel by the event's id
+    assert out[("report", -1)].startswith(f"demo-shop/scrape_prices@{inv['version']} run {inv['id']} succeeded in ")
+    assert [i["id"] for i in kernel_conn_env.client.invocations()] == [inv["id"]]  # nothing invoked again

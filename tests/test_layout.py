@@ -210,7 +210,7 @@ def test_only_the_client_and_the_hook_import_the_api_as_data() -> None:
 PROVIDER_LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "version_compat", "get_provider_info"),
     ("client",),  # Airflow-free: the client core
-    ("exceptions", "links", "utils"),
+    ("exceptions", "links", "utils", "assets"),
     ("hooks",),
     ("triggers",),
     ("operators",),

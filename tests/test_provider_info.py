@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from importlib import resources
 
@@ -31,3 +32,15 @@ def test_provider_info_names_this_release_and_kernels_docs() -> None:
     assert info["versions"] == [__version__]
     assert info["integrations"][0]["external-doc-url"] == "https://kernel.sh/docs"
     assert "onkernel" not in info["description"]
+
+
+def test_the_kernel_asset_scheme_is_declared_under_both_airflow_versions_keys() -> None:
+    info = get_provider_info()
+
+    # Airflow 3 reads asset-uris, Airflow 2.11 dataset-uris: the same entry under both.
+    assert info["asset-uris"] == info["dataset-uris"]
+    [entry] = info["asset-uris"]
+    assert entry["schemes"] == ["kernel"]
+    for key in ("handler", "factory", "to_openlineage_converter"):
+        module, _, name = entry[key].rpartition(".")
+        assert callable(getattr(importlib.import_module(module), name)), key

@@ -28,6 +28,7 @@ from kernel_provider.links import (
     push_live_view_link,
 )
 from kernel_provider.operators.run_keeping import RunKeeping
+from kernel_provider.utils.asset_events import attach_run_to_outlets
 from kernel_provider.utils.completion import finish, from_an_earlier_try, running_try, wait_deadline
 from kernel_provider.utils.lineage import KernelLineageMixin, check_lineage_inputs
 
@@ -251,9 +252,10 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
             # reached by now; its outcome is for the sensor to report. The id is handed off with the return
             # value, so the record goes: a later clear must start a new run, not find this one.
             records.forget()
+            attach_run_to_outlets(context, invocation=invocation, usage=None, requested=request)
             return invocation.id
         if invocation.is_terminal:
-            return self._finish(invocation, records)
+            return self._finish(context, invocation, records)
         trigger = self._trigger(invocation.id, context)
         if self.deferrable:
             # No GET first: the create's (or the re-attach's) answer says it is not finished, and the trigger
@@ -264,7 +266,7 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
             self.defer(trigger=trigger, method_name="execute_complete")
         latest = self.hook.get_invocation(invocation.id)
         if latest.is_terminal:
-            return self._finish(latest, records)
+            return self._finish(context, latest, records)
         from kernel_provider.triggers.in_worker import wait_in_worker
 
         self.log.info("Waiting on this worker for invocation %s.", invocation.id)
@@ -303,7 +305,7 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
         invocation = self.hook.get_invocation(invocation_id)
         if not invocation.is_terminal and event["status"] == FAILED:
             raise KernelError(f"Invocation {invocation_id} was reported failed but is {invocation.raw_status}.")
-        return self._finish(invocation, records)
+        return self._finish(context, invocation, records)
 
     def on_kill(self) -> None:
         """The worker is stopping the task: cancel the invocation (bounded, never blocking the kill)."""
@@ -382,12 +384,15 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
             method_name="execute_after_rate_limit",
         )
 
-    def _finish(self, invocation: Invocation, records: RunRecordStore) -> Any:
+    def _finish(self, context: Any, invocation: Invocation, records: RunRecordStore) -> Any:
         self.kernel_invocation = invocation
         url = self.hook.invocation_url(invocation.id)
         self.log.info("Invocation %s %s. %s", invocation.id, invocation.raw_status, url)
         records.forget()  # the run has an outcome: a retry or a clear starts a new one
-        return finish(invocation, fail_on_failure=self.fail_on_failure, url=url)
+        result = finish(invocation, fail_on_failure=self.fail_on_failure, url=url)
+        asked = {"app_name": self.app_name, "version": self.version, "action_name": self.action_name}
+        attach_run_to_outlets(context, invocation=invocation, usage=None, requested=asked)
+        return result
 
     def _remember(self, context: Any, invocation_id: str) -> None:
         self.invocation_id = invocation_id

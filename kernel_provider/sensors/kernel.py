@@ -27,6 +27,7 @@ from kernel_provider.client.errors import (
 from kernel_provider.client.events import ERROR, TIMEOUT, WAIT_MODES, validate_event
 from kernel_provider.client.validation import check_seconds
 from kernel_provider.links import XCOM_SCHEME, KernelLiveViewLink, push_live_view_link
+from kernel_provider.utils.asset_events import attach_run_to_outlets
 from kernel_provider.utils.completion import finish, from_an_earlier_try, running_try, wait_deadline
 from kernel_provider.utils.lineage import KernelLineageMixin, check_lineage_inputs
 from kernel_provider.version_compat import AIRFLOW_V_3_3_PLUS
@@ -184,7 +185,7 @@ class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
             return super().execute(context)
         invocation = self.hook.get_invocation(invocation_id)
         if invocation.is_terminal:
-            return self._complete(invocation_id)
+            return self._complete(context, invocation_id)
         from kernel_provider.triggers.kernel import MIN_DEFERRAL, KernelInvocationTrigger
         from kernel_provider.triggers.log_cursor import seed_log_cursor
 
@@ -220,7 +221,7 @@ class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
         self.log.info("Invocation %s is %s.", invocation.id, invocation.raw_status)
         if not invocation.is_terminal:
             return False
-        return PokeReturnValue(is_done=True, xcom_value=self._complete(invocation.id, invocation))
+        return PokeReturnValue(is_done=True, xcom_value=self._complete(context, invocation.id, invocation))
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         """Resumes the deferred sensor with the trigger's event: times out, fails, or returns the output.
@@ -240,15 +241,17 @@ class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
             raise AirflowSensorTimeout(message)
         if event["status"] == ERROR:
             raise KernelError(f"Waiting for invocation {event['invocation_id']} failed: {event['message']}")
-        return self._complete(event["invocation_id"])
+        return self._complete(context, event["invocation_id"])
 
-    def _complete(self, invocation_id: str, invocation: Any = None) -> Any:
+    def _complete(self, context: Any, invocation_id: str, invocation: Any = None) -> Any:
         invocation = invocation or self.hook.get_invocation(invocation_id)
         self.kernel_invocation = invocation
         url = self.hook.invocation_url(invocation.id)
         self.log.info("Invocation %s %s. %s", invocation.id, invocation.raw_status, url)
         try:
-            return finish(invocation, fail_on_failure=self.fail_on_failure, url=url)
+            result = finish(invocation, fail_on_failure=self.fail_on_failure, url=url)
+            attach_run_to_outlets(context, invocation=invocation, usage=None)
+            return result
         except KernelInvocationFailed as exc:
             # Deferred, Airflow turns any error on resume into a skip under soft_fail; poke mode would fail.
             # One rule for every mode: soft_fail skips on a failed invocation.

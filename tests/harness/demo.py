@@ -55,6 +55,8 @@ DAG_IDS = (
     "example_kernel_chain",
     "example_kernel_fan_out",
     "example_kernel_taskflow",
+    "example_kernel_asset_producer",  # before its consumer: the consumer reads the event the producer recorded
+    "example_kernel_asset_consumer",
 )
 POOL = ("kernel", "4", "Kernel concurrent invocations (size it to your Kernel plan)")
 #: Example DAGs the demo leaves out, and why (printed, so nothing is skipped silently).
@@ -63,6 +65,12 @@ SKIPPED = {
     "`pytest tests/test_example_dags.py -k browser` runs it",
     "example_kernel_files": "it downloads a file in a real Chromium from a web page; "
     "`pytest tests/test_example_dags.py -k files` runs it",
+}
+#: Printed at the start, so the demo says how it runs a DAG that `airflow dags test` cannot run as a scheduler would.
+NOTES = {
+    "example_kernel_asset_consumer": "scheduled on the producer's asset; `airflow dags test` starts no asset-triggered "
+    "run, so it reads the asset's latest event (the one the producer has just recorded); under a scheduler "
+    "(`make airflow`) that event starts the consumer by itself",
 }
 #: Printed at the end of a run: where to go from here.
 NEXT_STEPS = (
@@ -344,6 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Kernel demo: Airflow home {home}")
         for dag_id, why in SKIPPED.items():
             print(f"  skipping {dag_id}: {why}")
+        for dag_id, note in NOTES.items():
+            if dag_id in dag_ids:
+                print(f"  note: {dag_id} is {note}")
         url = _start_emulator(procs, env, token, home, logs)
         print(f"  Kernel emulator on {url} (app demo-shop from {APP_FILE.relative_to(ROOT)})")
         airflow = str(BIN / "airflow")

@@ -1,0 +1,1 @@
+"""Airflow assets (datasets on Airflow 2) of the Kernel provider: the ``kernel://`` URI scheme."""
