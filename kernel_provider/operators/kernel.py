@@ -112,6 +112,13 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
         instead (they steer the browser: masked, never logged; only for people allowed to act in it).
         False or ``"off"``: no browser request, nothing published. Costs a few ``GET /invocations/{id}/browsers``
         per wait plus one ``POST`` per browser (see docs/live-view.md).
+    :param track_usage: watch the run's browsers (even with ``live_view`` off) for its cost: when the run ends the
+        task pushes XCom ``kernel_usage``, logs one ``Kernel usage:`` line and sends Airflow metrics (see
+        docs/usage.md). Costs the browser lists of ``live_view`` when that is off, plus one ``GET /browsers/{id}``
+        per browser after the run. False: the duration only, with no browser request (browsers ``untracked``).
+    :param max_browser_seconds: a budget (> 0) for the run's browser-seconds (summed over its browsers, from
+        Kernel's uptime or their create times): once passed, the wait cancels the invocation and the task fails
+        naming it. None (default): no budget. Watches the browsers even with ``live_view`` off.
     :param kernel_conn_id: Airflow connection of type ``kernel``.
     """
 
@@ -142,6 +149,8 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
         fail_on_failure: bool = True,
         rate_limit_wait: float | None = None,
         live_view: bool | str = "read",
+        track_usage: bool = True,
+        max_browser_seconds: float | None = None,
         kernel_conn_id: str = "kernel_default",
         **kwargs: Any,
     ) -> None:
@@ -165,6 +174,10 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
         self.fail_on_failure = fail_on_failure
         self.rate_limit_wait = rate_limit_wait
         self.live_view = live_view
+        self.track_usage = track_usage
+        self.max_browser_seconds = max_browser_seconds
+        #: The run's cost once it ended (:class:`~kernel_provider.client.usage.RunUsage`), for the asset event.
+        self.run_usage: Any = None
         #: The first browser's live-view URL once a wait has reported one (the "Kernel live view" link).
         self.live_view_url: str | None = None
         self.kernel_conn_id = kernel_conn_id
@@ -194,6 +207,7 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
         check_seconds("timeout", self.timeout, exclusive=True)
         check_seconds("rate_limit_wait", self.rate_limit_wait)
         check_live_view(self.live_view)
+        check_seconds("max_browser_seconds", self.max_browser_seconds, exclusive=True)
         if self.wait_mode not in WAIT_MODES:
             raise KernelError(f"wait_mode: must be one of {', '.join(WAIT_MODES)}, got {self.wait_mode!r}.")
         if self.deferrable and self.wait_for_completion and not self.invoke_async:
@@ -246,7 +260,7 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
             records.forget()
             return invocation.id
         if invocation.is_terminal:
-            return self._finish(invocation, records)
+            return self._finish(invocation, records, context)
         trigger = self._trigger(invocation.id, context)
         if self.deferrable:
             # No GET first: the create's (or the re-attach's) answer says it is not finished, and the trigger
@@ -257,7 +271,7 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
             self.defer(trigger=trigger, method_name="execute_complete")
         latest = self.hook.get_invocation(invocation.id)
         if latest.is_terminal:
-            return self._finish(latest, records)
+            return self._finish(latest, records, context)
         from kernel_provider.triggers.in_worker import wait_in_worker
 
         self.log.info("Waiting on this worker for invocation %s.", invocation.id)
@@ -285,9 +299,13 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
         self.invocation_id = invocation_id
         push_live_view_link(self, context, event)
         records = RunRecordStore(context)
-        if event["status"] == TIMEOUT:
-            if not event.get("cancelled"):
+        if event["status"] in (TIMEOUT, ERROR):
+            from kernel_provider.utils.usage_report import report_usage_of
+
+            if event["status"] == TIMEOUT and not event.get("cancelled"):
                 self._cancel(invocation_id, "the Airflow task's timeout passed")
+            report_usage_of(self, context, invocation_id, event)
+        if event["status"] == TIMEOUT:
             records.forget()  # cancelled: a retry starts a new run
             raise KernelWaitTimeout(f"{event['message']} It was cancelled. {self.hook.invocation_url(invocation_id)}")
         if event["status"] == ERROR:
@@ -296,7 +314,7 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
         invocation = self.hook.get_invocation(invocation_id)
         if not invocation.is_terminal and event["status"] == FAILED:
             raise KernelError(f"Invocation {invocation_id} was reported failed but is {invocation.raw_status}.")
-        return self._finish(invocation, records)
+        return self._finish(invocation, records, context, event)
 
     def on_kill(self) -> None:
         """The worker is stopping the task: cancel the invocation (bounded, never blocking the kill)."""
@@ -322,6 +340,8 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
             try_number=running_try(context),
             resume_not_before=time.time() + MIN_DEFERRAL if self.deferrable else None,
             xcom_scheme=XCOM_SCHEME,
+            track_usage=bool(self.track_usage),
+            max_browser_seconds=check_seconds("max_browser_seconds", self.max_browser_seconds, exclusive=True),
         )
 
     def _create_or_defer(
@@ -375,9 +395,14 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
             method_name="execute_after_rate_limit",
         )
 
-    def _finish(self, invocation: Invocation, records: RunRecordStore) -> Any:
+    def _finish(
+        self, invocation: Invocation, records: RunRecordStore, context: Any, event: dict[str, Any] | None = None
+    ) -> Any:
+        from kernel_provider.utils.usage_report import report_usage
+
         url = self.hook.invocation_url(invocation.id)
         self.log.info("Invocation %s %s. %s", invocation.id, invocation.raw_status, url)
+        report_usage(self, context, invocation, event)
         records.forget()  # the run has an outcome: a retry or a clear starts a new one
         return finish(invocation, fail_on_failure=self.fail_on_failure, url=url)
 

@@ -91,6 +91,9 @@ class KernelInvocationSensor(BaseSensorOperator):
         an hour; an hour when the sensor starts in the triggerer), logs it once and points the task's "Kernel
         live view" link at the first; logs the replays of a failed run. ``"control"``: control URLs instead
         (masked, never logged). False or ``"off"``: none of it. Poke and reschedule mode do not watch browsers.
+    :param track_usage: deferrable: watch the run's browsers for its cost (as ``KernelInvokeOperator`` does; see
+        docs/usage.md). Whatever the mode, the sensor pushes XCom ``kernel_usage``, logs one ``Kernel usage:`` line
+        and sends metrics when the run ended; poke and reschedule mode report its browsers as ``untracked``.
     """
 
     template_fields: Sequence[str] = ("invocation_id",)
@@ -108,6 +111,7 @@ class KernelInvocationSensor(BaseSensorOperator):
         stream_logs: bool = True,
         start_from_trigger: bool = True,
         live_view: bool | str = "read",
+        track_usage: bool = True,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("poke_interval", 5.0 if deferrable else 30.0)
@@ -121,6 +125,9 @@ class KernelInvocationSensor(BaseSensorOperator):
         self.live_view = check_live_view(live_view)  # a wrong value fails at DAG parse, before any request
         #: The first browser's live-view URL once a wait has reported one (the "Kernel live view" link).
         self.live_view_url: str | None = None
+        self.track_usage = bool(track_usage)
+        #: The run's cost once it ended (:class:`~kernel_provider.client.usage.RunUsage`).
+        self.run_usage: Any = None
         self.start_from_trigger = False
         template = _as_template(invocation_id)
         if start_from_trigger and deferrable and STARTS_FROM_TRIGGER and template is not None:
@@ -145,6 +152,7 @@ class KernelInvocationSensor(BaseSensorOperator):
                 # No worker seeds the log position: the trigger must not read an XCom that may not exist.
                 "log_cursor_seeded": False,
                 "xcom_scheme": XCOM_SCHEME,
+                "track_usage": self.track_usage,
             },
             next_method="execute_complete",
             next_kwargs=None,
@@ -179,7 +187,7 @@ class KernelInvocationSensor(BaseSensorOperator):
             return super().execute(context)
         invocation = self.hook.get_invocation(invocation_id)
         if invocation.is_terminal:
-            return self._complete(invocation_id)
+            return self._complete(context, invocation_id, invocation)
         from kernel_provider.triggers.kernel import MIN_DEFERRAL, KernelInvocationTrigger
         from kernel_provider.triggers.log_cursor import seed_log_cursor
 
@@ -198,6 +206,7 @@ class KernelInvocationSensor(BaseSensorOperator):
                 try_number=running_try(context),
                 resume_not_before=time.time() + MIN_DEFERRAL,
                 xcom_scheme=XCOM_SCHEME,
+                track_usage=self.track_usage,
             ),
             method_name="execute_complete",
         )
@@ -215,7 +224,7 @@ class KernelInvocationSensor(BaseSensorOperator):
         self.log.info("Invocation %s is %s.", invocation.id, invocation.raw_status)
         if not invocation.is_terminal:
             return False
-        return PokeReturnValue(is_done=True, xcom_value=self._complete(invocation.id, invocation))
+        return PokeReturnValue(is_done=True, xcom_value=self._complete(context, invocation.id, invocation))
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         """Resumes the deferred sensor with the trigger's event: times out, fails, or returns the output.
@@ -235,12 +244,15 @@ class KernelInvocationSensor(BaseSensorOperator):
             raise AirflowSensorTimeout(message)
         if event["status"] == ERROR:
             raise KernelError(f"Waiting for invocation {event['invocation_id']} failed: {event['message']}")
-        return self._complete(event["invocation_id"])
+        return self._complete(context, event["invocation_id"], event=event)
 
-    def _complete(self, invocation_id: str, invocation: Any = None) -> Any:
+    def _complete(self, context: Any, invocation_id: str, invocation: Any = None, event: Any = None) -> Any:
+        from kernel_provider.utils.usage_report import report_usage
+
         invocation = invocation or self.hook.get_invocation(invocation_id)
         url = self.hook.invocation_url(invocation.id)
         self.log.info("Invocation %s %s. %s", invocation.id, invocation.raw_status, url)
+        report_usage(self, context, invocation, event)
         try:
             return finish(invocation, fail_on_failure=self.fail_on_failure, url=url)
         except KernelInvocationFailed as exc:
