@@ -44,8 +44,16 @@ def browser(session_id: str, **fields: object) -> Browser:
 
 @pytest.mark.parametrize(
     ("usage", "expected"),
-    [({"uptime_ms": 1500}, 1500), ({"uptime_ms": 0}, 0), ({"uptime_ms": -3}, None), ({"uptime_ms": 1.5}, None)]
-    + [({"uptime_ms": True}, None), ({"uptime_ms": "9"}, None), ("x", None), (None, None)],
+    [
+        ({"uptime_ms": 1500}, 1500),
+        ({"uptime_ms": 0}, 0),
+        ({"uptime_ms": -3}, None),
+        ({"uptime_ms": 1.5}, None),
+        ({"uptime_ms": True}, None),
+        ({"uptime_ms": "9"}, None),
+        ("x", None),
+        (None, None),
+    ],
 )
 def test_the_browser_model_keeps_only_a_non_negative_integer_uptime(usage: object, expected: int | None) -> None:
     assert browser("b1", usage=usage).uptime_ms == expected
