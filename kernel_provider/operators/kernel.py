@@ -299,12 +299,12 @@ class KernelInvokeOperator(RunKeeping, BaseOperator):
         self.invocation_id = invocation_id
         push_live_view_link(self, context, event)
         records = RunRecordStore(context)
+        if event["status"] == TIMEOUT and not event.get("cancelled"):
+            self._cancel(invocation_id, "the Airflow task's timeout passed")
         if event["status"] in (TIMEOUT, ERROR):
-            from kernel_provider.utils.usage_report import report_usage_of
+            from kernel_provider.utils.usage_report import report_ended_by_wait
 
-            if event["status"] == TIMEOUT and not event.get("cancelled"):
-                self._cancel(invocation_id, "the Airflow task's timeout passed")
-            report_usage_of(self, context, invocation_id, event)
+            report_ended_by_wait(self, context, event)
         if event["status"] == TIMEOUT:
             records.forget()  # cancelled: a retry starts a new run
             raise KernelWaitTimeout(f"{event['message']} It was cancelled. {self.hook.invocation_url(invocation_id)}")

@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from kernel_provider.client.browser_usage import BROWSERS_EVENT_KEY
+from kernel_provider.client.browser_usage import BROWSERS_EVENT_KEY, BUDGET_EVENT_KEY
+from kernel_provider.client.events import TIMEOUT
 from kernel_provider.client.models import Invocation
 from kernel_provider.client.usage import RunUsage, browsers_from_event, compute_usage
 from kernel_provider.links import XCOM_USAGE
@@ -62,11 +63,15 @@ def report_usage(
     return usage
 
 
-def report_usage_of(task: Any, context: Any, invocation_id: str, event: Mapping[str, Any]) -> RunUsage | None:
-    """:func:`report_usage` for a wait that ended without the invocation read (an ``error`` or ``timeout``
-    event): one ``GET`` of it first, only when the task tracks usage. Never raises."""
-    if not getattr(task, "track_usage", False):
+def report_ended_by_wait(task: Any, context: Any, event: Mapping[str, Any]) -> RunUsage | None:
+    """:func:`report_usage` for a run the wait itself ended: a ``timeout`` event (the run was cancelled at the
+    deadline) or the ``error`` event of a run past ``max_browser_seconds``. One ``GET`` of the invocation first,
+    only when the task tracks usage. Any other ``error`` event is not a run's end (it may still be going; a retry
+    re-attaches and reports it): nothing. Never raises."""
+    ended = event.get("status") == TIMEOUT or BUDGET_EVENT_KEY in event
+    if not ended or not getattr(task, "track_usage", False):
         return None
+    invocation_id = str(event.get("invocation_id"))
     try:
         invocation = task.hook.get_invocation(invocation_id)
     except Exception as exc:
