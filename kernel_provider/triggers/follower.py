@@ -6,12 +6,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel_provider.client.browser_usage import BrowserBudget
+from kernel_provider.client.browser_usage import BROWSERS_EVENT_KEY, BrowserBudget, final_browsers
 from kernel_provider.client.browser_watch import OFF, BrowserWatch, LiveViewPublisher
 from kernel_provider.client.follow import InvocationFollower
 
 #: Seconds the trigger may spend cancelling a run that passed ``max_browser_seconds``.
 BUDGET_CANCEL_SECONDS = 20.0
+
+
+async def with_final_browsers(follower: InvocationFollower, event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` of a wait cut short at its deadline, with the run's browsers when usage is tracked and the trigger
+    cancelled the run (so the task reports what it cost); a run left going is reported by whoever sees it end.
+
+    :param follower: the wait's follower, whose watch saw the browsers.
+    :param event: the ``timeout`` event.
+    """
+    if not (follower.track_usage and follower.watch is not None and event.get("cancelled")):
+        return event
+    return {**event, BROWSERS_EVENT_KEY: await final_browsers(follower.watch)}
 
 
 def build_follower(trigger: Any) -> InvocationFollower:

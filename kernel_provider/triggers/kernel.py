@@ -43,6 +43,7 @@ from kernel_provider.client.events import ERROR, TIMEOUT, WAIT_MODES, make_event
 from kernel_provider.client.follow import InvocationFollower
 from kernel_provider.hooks.kernel import KernelHook
 from kernel_provider.links import LOG_CURSOR_XCOM_KEY
+from kernel_provider.triggers.follower import build_follower, with_final_browsers
 from kernel_provider.triggers.log_cursor import LogCursor, seed_log_cursor
 from kernel_provider.triggers.rate_limit import KernelRateLimitTimer
 from kernel_provider.triggers.task_instance import (
@@ -286,7 +287,7 @@ class KernelInvocationTrigger(BaseTrigger):
         try:
             return await asyncio.wait_for(waiter.run(), timeout=remaining)
         except asyncio.TimeoutError:
-            return await self._deadline_passed()
+            return await with_final_browsers(waiter, await self._deadline_passed())
 
     async def on_kill(self) -> None:
         """Called by Airflow 3.3+ when a user marks or clears the deferred task: stop the run.
@@ -426,8 +427,6 @@ class KernelInvocationTrigger(BaseTrigger):
         return LogCursor(key=key, invocation_id=self.invocation_id, log=self.log, seeded=self.log_cursor_seeded)
 
     def _follower(self) -> InvocationFollower:
-        from kernel_provider.triggers.follower import build_follower
-
         return build_follower(self)
 
     def _remaining(self) -> float | None:

@@ -65,3 +65,27 @@ def test_a_bad_budget_fails_before_any_request(gated_kernel, caplog, capfd, monk
     assert states(dr) == {"run": "failed"}
     assert gated_kernel.requests(path="/invocations", method="POST") == []
     assert "max_browser_seconds" in all_logs(caplog, capfd)
+
+
+@pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "worker"])
+def test_a_run_cancelled_at_its_deadline_reports_its_browsers(gated_kernel, monkeypatch, deferrable):
+    record_task_failures(monkeypatch)
+    gate = gated_kernel.gate()  # never opened: the deadline ends this run
+    with make_dag("deadline") as dag:
+        KernelInvokeOperator(
+            task_id="invoke",
+            app_name="gate",
+            action_name="wait",
+            payload=gate.payload(browsers=1, say=["opened the browser"], max_seconds=120),
+            deferrable=deferrable,
+            live_view="off",
+            timeout=4,
+            poll_interval=0.1,
+        )
+    dr = run_dag(dag)
+    assert states(dr) == {"invoke": "failed"}
+    (inv,) = gated_kernel.invocations()
+    assert inv["status"] == "failed"
+    usage = xcom(dr, "invoke", key=XCOM_USAGE)
+    assert (usage["status"], usage["browsers"], usage["browser_seconds_source"]) == ("failed", 1, "kernel_uptime")
+    assert 0 < usage["browser_seconds"] < 60
