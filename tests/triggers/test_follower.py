@@ -5,6 +5,7 @@ on a worker; a bad budget fails before any request."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -22,22 +23,27 @@ MESSAGE = re.compile(
 )
 
 
-@pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "worker"])
-def test_a_run_past_its_budget_is_cancelled_and_fails_naming_it(gated_kernel, caplog, capfd, monkeypatch, deferrable):
-    record_task_failures(monkeypatch)
-    gate = gated_kernel.gate()  # never opened: only the budget ends this run
-    with make_dag("budget") as dag:
+def never_ending_run(gated_kernel: Any, browsers: int, **op_kwargs: Any) -> Any:
+    """Run a DAG whose one task waits for a gate that never opens, in a run that opens ``browsers`` browsers and
+    says so in its log; only the task's own limits (``op_kwargs``) end it. Returns the DagRun."""
+    gate = gated_kernel.gate()
+    with make_dag("limits") as dag:
         KernelInvokeOperator(
             task_id="invoke",
             app_name="gate",
             action_name="wait",
-            payload=gate.payload(browsers=2, say=["opened the browser"], max_seconds=120),
-            deferrable=deferrable,
+            payload=gate.payload(browsers=browsers, say=["opened the browser"], max_seconds=120),
             live_view="off",
-            max_browser_seconds=3,
             poll_interval=0.1,
+            **op_kwargs,
         )
-    dr = run_dag(dag)
+    return run_dag(dag)
+
+
+@pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "worker"])
+def test_a_run_past_its_budget_is_cancelled_and_fails_naming_it(gated_kernel, caplog, capfd, monkeypatch, deferrable):
+    record_task_failures(monkeypatch)
+    dr = never_ending_run(gated_kernel, 2, deferrable=deferrable, max_browser_seconds=3)
     assert states(dr) == {"invoke": "failed"}
     (inv,) = gated_kernel.invocations()
     # The cancel reached Kernel: the run is failed there, its browsers deleted.
@@ -70,19 +76,7 @@ def test_a_bad_budget_fails_before_any_request(gated_kernel, caplog, capfd, monk
 @pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "worker"])
 def test_a_run_cancelled_at_its_deadline_reports_its_browsers(gated_kernel, monkeypatch, deferrable):
     record_task_failures(monkeypatch)
-    gate = gated_kernel.gate()  # never opened: the deadline ends this run
-    with make_dag("deadline") as dag:
-        KernelInvokeOperator(
-            task_id="invoke",
-            app_name="gate",
-            action_name="wait",
-            payload=gate.payload(browsers=1, say=["opened the browser"], max_seconds=120),
-            deferrable=deferrable,
-            live_view="off",
-            timeout=4,
-            poll_interval=0.1,
-        )
-    dr = run_dag(dag)
+    dr = never_ending_run(gated_kernel, 1, deferrable=deferrable, timeout=4)
     assert states(dr) == {"invoke": "failed"}
     (inv,) = gated_kernel.invocations()
     assert inv["status"] == "failed"
