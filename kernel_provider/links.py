@@ -27,6 +27,8 @@ XCOM_LIVE_VIEW_URL = "kernel_live_view_url"
 XCOM_BROWSER_LIVE_VIEW_URL = "kernel_browser_live_view_url"
 #: The session id of a ``@task.kernel_browser`` task's browser.
 XCOM_BROWSER_SESSION_ID = "kernel_browser_session_id"
+#: What the run cost (a :meth:`kernel_provider.client.usage.RunUsage.as_dict`), pushed when a Kernel task's run ends.
+XCOM_USAGE = "kernel_usage"
 #: Internal: a deferred wait's position in the action's log stream (see :mod:`kernel_provider.triggers.log_cursor`).
 #: Airflow shows every XCom of a task, and its triggerer (3.3.2) cannot write ``task_state_store``, where it would
 #: otherwise belong.

@@ -113,7 +113,8 @@ def test_each_browser_logged_once_and_the_link_opens_the_first(gated_kernel, cap
 def test_live_view_off_publishes_nothing_and_sends_no_browser_request(gated_kernel, caplog, capfd, off):
     gate = gated_kernel.gate()
     opened = gate.open_when(seen(gated_kernel, EVENTS), "the trigger to follow the stream")
-    dr = run_dag(gate_dag(gate, payload=gate.payload(browsers=1, say=["browser"]), deferrable=True, live_view=off))
+    payload = gate.payload(browsers=1, say=["browser"])
+    dr = run_dag(gate_dag(gate, payload=payload, deferrable=True, live_view=off, track_usage=False))
     opened()
     assert states(dr) == {"invoke": "success"}
     assert count_requests(gated_kernel, BROWSERS) == 0

@@ -54,6 +54,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from kernel_provider.client.errors import KernelApiError, KernelError, KernelInputError, KernelNotFoundError
+from kernel_provider.client.usage import BrowserLedger
 
 #: A log line matching this may announce a new browser: list the run's browsers again.
 BROWSER_HINT = re.compile(r"browser", re.IGNORECASE)
@@ -243,6 +244,8 @@ class BrowserWatch:
         self.publisher = publisher or LiveViewPublisher(READ, None, log)
         #: session id -> live-view URL ("" for a browser without one), in the order they were first seen.
         self.seen: dict[str, str] = {}
+        #: Every list's browsers and when it was taken: the run's browser-seconds so far (its usage and budget).
+        self.ledger = BrowserLedger()
         self.lists = 0
         self.hinted = 0
         self._wake = asyncio.Event()
@@ -311,11 +314,14 @@ class BrowserWatch:
                 self.log.warning("Could not list the browsers of Kernel invocation %s: %s", self.invocation_id, exc)
             return
         self._failing = False
+        self.ledger.observe(browsers, time.time())
         for browser in browsers:
             if browser.session_id in self.seen:
                 continue
             self.seen[browser.session_id] = ""
             if not browser.browser_live_view_url:
+                if self.publisher.mode == OFF:
+                    continue  # watched for its usage only: no word about live views
                 self.log.info(
                     "Kernel browser %s of invocation %s has no live view (headless).",
                     browser.session_id,

@@ -135,9 +135,14 @@ def find_created(request: BrowserRequest, sent: datetime, answered: datetime) ->
     return [b.session_id for b in browsers if _could_be(b, request.body, low, high)]
 
 
-def get_browser(session_id: str) -> Operation[Browser]:
-    """``GET /browsers/{id}``: the session as Kernel knows it (:class:`KernelNotFoundError` once it is gone)."""
-    return (yield ApiCall(GET_BROWSER, {"id": session_id}, parse=_parse_browser))
+def get_browser(session_id: str, *, include_deleted: bool = False) -> Operation[Browser]:
+    """``GET /browsers/{id}``: the session as Kernel knows it (:class:`KernelNotFoundError` once it is gone).
+
+    :param include_deleted: also find a deleted session (Kernel's ``include_deleted``): it then carries its
+        ``deleted_at`` and ``usage``.
+    """
+    params = {"include_deleted": True} if include_deleted else {}
+    return (yield ApiCall(GET_BROWSER, {"id": session_id}, params=params, parse=_parse_browser))
 
 
 def list_browser_sessions(*, status: str = "active", limit: int | None = None) -> Operation[list[Browser]]:
@@ -281,6 +286,11 @@ class BrowserApi:
     def get(self, session_id: str) -> Browser:
         """``GET /browsers/{id}``."""
         return self.client.execute(get_browser(require_id("session_id", session_id)))
+
+    async def aget(self, session_id: str, *, include_deleted: bool = False) -> Browser:
+        """``GET /browsers/{id}`` without blocking the event loop; a deleted session too with ``include_deleted``."""
+        operation = get_browser(require_id("session_id", session_id), include_deleted=include_deleted)
+        return await self.client.aexecute(operation)
 
     def list(self, *, status: str = "active", limit: int | None = None) -> list[Browser]:
         """``GET /browsers`` (every page, or ``limit`` browsers)."""

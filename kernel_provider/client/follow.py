@@ -16,7 +16,8 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Protocol
 
-from kernel_provider.client.browser_watch import LIVE_VIEW_EVENT_KEY, BrowserWatch
+from kernel_provider.client.browser_usage import BROWSERS_EVENT_KEY, BrowserBudget, final_browsers
+from kernel_provider.client.browser_watch import LIVE_VIEW_EVENT_KEY, OFF, BrowserWatch
 from kernel_provider.client.errors import KernelApiError, KernelAuthError, KernelError, KernelNotFoundError
 from kernel_provider.client.events import ERROR, FAILED, WAIT_MODES, event_for_invocation, make_event
 from kernel_provider.client.models import Invocation, InvocationStatus
@@ -70,7 +71,10 @@ class InvocationFollower:
     :param silence_timeout: seconds without any event before a stream counts as broken.
     :param max_stream_failures: broken streams in a row (none delivering a new line) before polling instead.
     :param position: where the log position is kept across restarts; None: nowhere.
-    :param watch: the run's browsers, watched beside the wait (live view, replays); None: not watched.
+    :param watch: the run's browsers, watched beside the wait (live view, replays, usage); None: not watched.
+    :param track_usage: with a ``watch``: after the wait, look the browsers it saw up for their usage and carry
+        them in the event (key ``browsers``; see :mod:`kernel_provider.client.browser_usage`).
+    :param budget: with a ``watch``: cancel the run once its browser-seconds pass this budget; None: no budget.
     """
 
     def __init__(
@@ -87,6 +91,8 @@ class InvocationFollower:
         max_stream_failures: int = 5,
         position: LogPosition | None = None,
         watch: BrowserWatch | None = None,
+        track_usage: bool = False,
+        budget: BrowserBudget | None = None,
     ) -> None:
         if mode not in WAIT_MODES:
             raise ValueError(f"mode must be one of {WAIT_MODES}, got {mode!r}")
@@ -101,6 +107,8 @@ class InvocationFollower:
         self.max_stream_failures = max_stream_failures
         self.cursor = position
         self.watch = watch
+        self.track_usage = track_usage
+        self.budget = budget
         self.failures = 0
         self.last_error: str = ""
         self.last_ts: str | None = None  # timestamp of the newest log line seen, sent as ``since`` on resume
@@ -114,11 +122,13 @@ class InvocationFollower:
             return await self.follow()
         self.watch.start()
         try:
-            done = await self.follow()
+            done = await (self.follow() if self.budget is None else self.budget.race(self.follow()))
         finally:
             await self.watch.stop()
-        if done.get("status") == FAILED:
+        if done.get("status") == FAILED and self.watch.publisher.mode != OFF:
             await self.watch.report_replays()
+        if self.track_usage:
+            done = {**done, BROWSERS_EVENT_KEY: await final_browsers(self.watch)}
         if self.watch.first_url:
             # The task sets its link from the event too: a trigger run without a task instance (dag.test) cannot.
             done = {**done, LIVE_VIEW_EVENT_KEY: self.watch.first_url}

@@ -226,6 +226,9 @@ class Browser:
     :param timeout_seconds: seconds without a CDP or live-view connection after which Kernel ends the session.
     :param pool_name: the pool the browser was acquired from (its name, else its id); "" for a standalone one.
     :param start_url: the URL Kernel was asked to open on creation ("" for none).
+    :param deleted_at: when the session was deleted (Kernel sends it for a deleted session only).
+    :param uptime_ms: Kernel's ``usage.uptime_ms``, the milliseconds the session was actively running; None when
+        Kernel sent none (or not a non-negative integer).
     """
 
     session_id: str
@@ -241,6 +244,7 @@ class Browser:
     pool_name: str = ""
     start_url: str = ""
     deleted_at: datetime | None = None
+    uptime_ms: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     _KNOWN = frozenset(
@@ -258,6 +262,7 @@ class Browser:
             "pool",
             "start_url",
             "deleted_at",
+            "usage",
         }
     )
 
@@ -287,6 +292,7 @@ class Browser:
             pool_name=str(pool.get("name") or pool.get("id") or ""),
             start_url=str(data.get("start_url") or ""),
             deleted_at=parse_timestamp(data.get("deleted_at")),
+            uptime_ms=_uptime_ms(data.get("usage")),
             extra={k: v for k, v in data.items() if k not in cls._KNOWN},
         )
 
@@ -355,6 +361,12 @@ def _url(data: Mapping[str, Any], key: str, schemes: tuple[str, ...]) -> str:
         log.warning("Kernel sent a %s that is not an absolute %s URL; it is ignored.", key, "/".join(schemes))
         return ""
     return url
+
+
+def _uptime_ms(usage: object) -> int | None:
+    """``usage.uptime_ms`` when it is a non-negative integer; anything else is ignored (None), never an error."""
+    value = usage.get("uptime_ms") if isinstance(usage, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _optional_str(value: object) -> str | None:

@@ -126,6 +126,8 @@ def kernel_task(
     fail_on_failure: bool = True,
     rate_limit_wait: float | None = None,
     live_view: bool | str = "read",
+    track_usage: bool = True,
+    max_browser_seconds: float | None = None,
     kernel_conn_id: str = "kernel_default",
     **kwargs: Any,
 ) -> TaskDecorator:
@@ -162,6 +164,8 @@ def kernel_task(
         fail_on_failure=fail_on_failure,
         rate_limit_wait=rate_limit_wait,
         live_view=live_view,
+        track_usage=track_usage,
+        max_browser_seconds=max_browser_seconds,
         kernel_conn_id=kernel_conn_id,
         **kwargs,
     )

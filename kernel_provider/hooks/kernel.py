@@ -288,6 +288,15 @@ class KernelHook(KernelBaseHook):
         self.mask_browser_urls(browsers)
         return browsers
 
+    async def aget_browser(self, session_id: str, *, include_deleted: bool = False) -> Browser:
+        """One browser session (``GET /browsers/{id}``), its control URLs masked; with ``include_deleted``, a
+        deleted one too (with its ``deleted_at`` and Kernel's ``usage``). :class:`KernelNotFoundError` otherwise."""
+        from kernel_provider.client.browsers import BrowserApi
+
+        browser = await BrowserApi(await self.aget_client()).aget(session_id, include_deleted=include_deleted)
+        self.mask_browser_urls([browser])
+        return browser
+
     def list_replays(self, browser_id: str) -> list[Replay]:
         """The recordings of a browser session; :class:`KernelNotFoundError` when Kernel no longer knows it."""
         return self.client.list_replays(browser_id)

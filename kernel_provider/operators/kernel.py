@@ -117,6 +117,13 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
     :param lineage_inputs: what the action reads, for OpenLineage (``[openlineage]`` extra): URIs with a scheme
         (e.g. the pages it starts at) or Airflow assets, sent as the run's input datasets; its outputs are the
         task's ``outlets``. See docs/openlineage.md.
+    :param track_usage: watch the run's browsers (even with ``live_view`` off) for its cost: when the run ends the
+        task pushes XCom ``kernel_usage``, logs one ``Kernel usage:`` line and sends Airflow metrics (see
+        docs/usage.md). Costs the browser lists of ``live_view`` when that is off, plus one ``GET /browsers/{id}``
+        per browser after the run. False: the duration only, with no browser request (browsers ``untracked``).
+    :param max_browser_seconds: a budget (> 0) for the run's browser-seconds (summed over its browsers, from
+        Kernel's uptime or their create times): once passed, the wait cancels the invocation and the task fails
+        naming it. None (default): no budget. Watches the browsers even with ``live_view`` off.
     :param kernel_conn_id: Airflow connection of type ``kernel``.
     """
 
@@ -148,6 +155,8 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
         rate_limit_wait: float | None = None,
         live_view: bool | str = "read",
         lineage_inputs: Sequence[Any] | None = None,
+        track_usage: bool = True,
+        max_browser_seconds: float | None = None,
         kernel_conn_id: str = "kernel_default",
         **kwargs: Any,
     ) -> None:
@@ -172,6 +181,10 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
         self.fail_on_failure = fail_on_failure
         self.rate_limit_wait = rate_limit_wait
         self.live_view = live_view
+        self.track_usage = track_usage
+        self.max_browser_seconds = max_browser_seconds
+        #: The run's cost once it ended (:class:`~kernel_provider.client.usage.RunUsage`), for the asset event.
+        self.run_usage: Any = None
         #: The first browser's live-view URL once a wait has reported one (the "Kernel live view" link).
         self.live_view_url: str | None = None
         self.kernel_conn_id = kernel_conn_id
@@ -201,6 +214,7 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
         check_seconds("timeout", self.timeout, exclusive=True)
         check_seconds("rate_limit_wait", self.rate_limit_wait)
         check_live_view(self.live_view)
+        check_seconds("max_browser_seconds", self.max_browser_seconds, exclusive=True)
         if self.wait_mode not in WAIT_MODES:
             raise KernelError(f"wait_mode: must be one of {', '.join(WAIT_MODES)}, got {self.wait_mode!r}.")
         if self.deferrable and self.wait_for_completion and not self.invoke_async:
@@ -294,9 +308,13 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
         self.invocation_id = invocation_id
         push_live_view_link(self, context, event)
         records = RunRecordStore(context)
+        if event["status"] == TIMEOUT and not event.get("cancelled"):
+            self._cancel(invocation_id, "the Airflow task's timeout passed")
+        if event["status"] in (TIMEOUT, ERROR):
+            from kernel_provider.utils.usage_report import report_ended_by_wait
+
+            report_ended_by_wait(self, context, event)
         if event["status"] == TIMEOUT:
-            if not event.get("cancelled"):
-                self._cancel(invocation_id, "the Airflow task's timeout passed")
             records.forget()  # cancelled: a retry starts a new run
             raise KernelWaitTimeout(f"{event['message']} It was cancelled. {self.hook.invocation_url(invocation_id)}")
         if event["status"] == ERROR:
@@ -305,7 +323,7 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
         invocation = self.hook.get_invocation(invocation_id)
         if not invocation.is_terminal and event["status"] == FAILED:
             raise KernelError(f"Invocation {invocation_id} was reported failed but is {invocation.raw_status}.")
-        return self._finish(context, invocation, records)
+        return self._finish(context, invocation, records, event)
 
     def on_kill(self) -> None:
         """The worker is stopping the task: cancel the invocation (bounded, never blocking the kill)."""
@@ -331,6 +349,8 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
             try_number=running_try(context),
             resume_not_before=time.time() + MIN_DEFERRAL if self.deferrable else None,
             xcom_scheme=XCOM_SCHEME,
+            track_usage=bool(self.track_usage),
+            max_browser_seconds=check_seconds("max_browser_seconds", self.max_browser_seconds, exclusive=True),
         )
 
     def _create_or_defer(
@@ -384,14 +404,19 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
             method_name="execute_after_rate_limit",
         )
 
-    def _finish(self, context: Any, invocation: Invocation, records: RunRecordStore) -> Any:
+    def _finish(
+        self, context: Any, invocation: Invocation, records: RunRecordStore, event: dict[str, Any] | None = None
+    ) -> Any:
+        from kernel_provider.utils.usage_report import report_usage
+
         self.kernel_invocation = invocation
         url = self.hook.invocation_url(invocation.id)
         self.log.info("Invocation %s %s. %s", invocation.id, invocation.raw_status, url)
+        report_usage(self, context, invocation, event)
         records.forget()  # the run has an outcome: a retry or a clear starts a new one
         result = finish(invocation, fail_on_failure=self.fail_on_failure, url=url)
         asked = {"app_name": self.app_name, "version": self.version, "action_name": self.action_name}
-        attach_run_to_outlets(context, invocation=invocation, usage=None, requested=asked)
+        attach_run_to_outlets(context, invocation=invocation, usage=self.run_usage, requested=asked)
         return result
 
     def _remember(self, context: Any, invocation_id: str) -> None:

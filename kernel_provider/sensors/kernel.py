@@ -95,6 +95,9 @@ class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
         (masked, never logged). False or ``"off"``: none of it. Poke and reschedule mode do not watch browsers.
     :param lineage_inputs: what the watched action reads, for OpenLineage (``[openlineage]`` extra): URIs with a
         scheme or Airflow assets, sent as input datasets; outputs are the task's ``outlets`` (docs/openlineage.md).
+    :param track_usage: deferrable: watch the run's browsers for its cost (as ``KernelInvokeOperator`` does; see
+        docs/usage.md). Whatever the mode, the sensor pushes XCom ``kernel_usage``, logs one ``Kernel usage:`` line
+        and sends metrics when the run ended; poke and reschedule mode report its browsers as ``untracked``.
     """
 
     template_fields: Sequence[str] = ("invocation_id",)
@@ -113,6 +116,7 @@ class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
         start_from_trigger: bool = True,
         live_view: bool | str = "read",
         lineage_inputs: Sequence[Any] | None = None,
+        track_usage: bool = True,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("poke_interval", 5.0 if deferrable else 30.0)
@@ -127,6 +131,9 @@ class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
         self.lineage_inputs = check_lineage_inputs(lineage_inputs)
         #: The first browser's live-view URL once a wait has reported one (the "Kernel live view" link).
         self.live_view_url: str | None = None
+        self.track_usage = bool(track_usage)
+        #: The run's cost once it ended (:class:`~kernel_provider.client.usage.RunUsage`).
+        self.run_usage: Any = None
         self.start_from_trigger = False
         template = _as_template(invocation_id)
         if start_from_trigger and deferrable and STARTS_FROM_TRIGGER and template is not None:
@@ -151,6 +158,7 @@ class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
                 # No worker seeds the log position: the trigger must not read an XCom that may not exist.
                 "log_cursor_seeded": False,
                 "xcom_scheme": XCOM_SCHEME,
+                "track_usage": self.track_usage,
             },
             next_method="execute_complete",
             next_kwargs=None,
@@ -185,7 +193,7 @@ class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
             return super().execute(context)
         invocation = self.hook.get_invocation(invocation_id)
         if invocation.is_terminal:
-            return self._complete(context, invocation_id)
+            return self._complete(context, invocation_id, invocation)
         from kernel_provider.triggers.kernel import MIN_DEFERRAL, KernelInvocationTrigger
         from kernel_provider.triggers.log_cursor import seed_log_cursor
 
@@ -204,6 +212,7 @@ class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
                 try_number=running_try(context),
                 resume_not_before=time.time() + MIN_DEFERRAL,
                 xcom_scheme=XCOM_SCHEME,
+                track_usage=self.track_usage,
             ),
             method_name="execute_complete",
         )
@@ -241,16 +250,19 @@ class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
             raise AirflowSensorTimeout(message)
         if event["status"] == ERROR:
             raise KernelError(f"Waiting for invocation {event['invocation_id']} failed: {event['message']}")
-        return self._complete(context, event["invocation_id"])
+        return self._complete(context, event["invocation_id"], event=event)
 
-    def _complete(self, context: Any, invocation_id: str, invocation: Any = None) -> Any:
+    def _complete(self, context: Any, invocation_id: str, invocation: Any = None, event: Any = None) -> Any:
+        from kernel_provider.utils.usage_report import report_usage
+
         invocation = invocation or self.hook.get_invocation(invocation_id)
         self.kernel_invocation = invocation
         url = self.hook.invocation_url(invocation.id)
         self.log.info("Invocation %s %s. %s", invocation.id, invocation.raw_status, url)
+        report_usage(self, context, invocation, event)
         try:
             result = finish(invocation, fail_on_failure=self.fail_on_failure, url=url)
-            attach_run_to_outlets(context, invocation=invocation, usage=None)
+            attach_run_to_outlets(context, invocation=invocation, usage=self.run_usage)
             return result
         except KernelInvocationFailed as exc:
             # Deferred, Airflow turns any error on resume into a skip under soft_fail; poke mode would fail.

@@ -30,6 +30,7 @@ from kernel_provider.testing.browser_sessions import (
     BrowserSession,
     BrowserSessions,
     Pool,
+    with_usage,
 )
 from kernel_provider.testing.chromium import ChromiumError
 from kernel_provider.testing.middleware import BROWSER_FAULT_SCOPE_KEY
@@ -183,15 +184,20 @@ async def list_browser_sessions(request: Request) -> Response:
 
 
 async def get_browser(request: Request) -> Response:
-    """``GET /browsers/{id}``: a live browser (an ended one with ``include_deleted=true``), else 404."""
+    """``GET /browsers/{id}``: a live browser (an ended one with ``include_deleted=true``, with its ``deleted_at``),
+    else 404. An invocation's browsers too, as Kernel's are sessions like any other."""
     sessions = sessions_of(request)
     session_id = request.path_params["id"]
+    deleted_too = request.query_params.get("include_deleted") == "true"
     session = sessions.live.get(session_id)
-    if session is None and request.query_params.get("include_deleted") == "true":
+    if session is None and deleted_too:
         session = sessions.ended.get(session_id)
-    if session is None:
-        return error_response(404, "not_found", f"browser session {session_id!r} not found")
-    return json_response(session.to_dict())
+    if session is not None:
+        return json_response(session.to_dict())
+    found = store_of(request).find_browser(session_id)
+    if found is not None and found.invocation_id is not None and (found.live or deleted_too):
+        return json_response(with_usage(found.data))
+    return error_response(404, "not_found", f"browser session {session_id!r} not found")
 
 
 async def delete_browser(request: Request) -> Response:

@@ -13,13 +13,22 @@ from typing import Any
 
 from kernel_provider.testing.chromium import ChromiumProcess
 from kernel_provider.testing.live_view_urls import LiveViewGrants, live_view_url
-from kernel_provider.testing.timeutil import format_ns, new_id, now_ns
+from kernel_provider.testing.timeutil import format_ns, new_id, now_ns, parse_timestamp_ns
 
 DEFAULT_TIMEOUT = 60
 TIMEOUT_RANGE = (10, 259_200)
 POOL_TIMEOUT_RANGE = (60, 86_400)
 EXPIRY_CHECK_SECONDS = 1.0
 _ALL_MANAGERS: weakref.WeakSet[BrowserSessions] = weakref.WeakSet()
+
+
+def with_usage(browser: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a ``Browser`` object with Kernel's ``usage.uptime_ms``: the time from its ``created_at`` to its
+    ``deleted_at`` (now, for a session still running)."""
+    created = parse_timestamp_ns(browser["created_at"])
+    deleted = browser.get("deleted_at")
+    end = parse_timestamp_ns(deleted) if deleted else now_ns()
+    return {**browser, "usage": {"uptime_ms": max(0, end - created) // 1_000_000}}
 
 
 class BrowserSession:
@@ -61,7 +70,7 @@ class BrowserSession:
             out["pool"] = {"id": self.pool.id, "name": self.pool.name}
         if self.deleted_ns is not None:
             out["deleted_at"] = format_ns(self.deleted_ns)
-        return out
+        return with_usage(out)
 
 
 class Pool:

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from kernel_provider.testing.browser_sessions import with_usage
 from kernel_provider.testing.faults import StreamFault
 from kernel_provider.testing.invocation import STATUSES, InvocationRecord
 from kernel_provider.testing.middleware import FAULT_SCOPE_KEY
@@ -215,7 +216,7 @@ async def list_browsers(request: Request) -> Response:
     found = _lookup(request)
     if isinstance(found, Response):
         return found
-    return json_response({"browsers": list(found.browsers)})
+    return json_response({"browsers": [with_usage(b) for b in found.browsers]})
 
 
 async def delete_browsers(request: Request) -> Response:

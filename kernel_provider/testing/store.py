@@ -325,6 +325,7 @@ class Store:
         """Delete every browser the invocation holds (cancel, ``DELETE .../browsers``); their recordings stop."""
         for browser in inv.browsers:
             self.replays.stop(browser["session_id"])
+            browser["deleted_at"] = format_ns(now_ns())  # GET /browsers/{id}?include_deleted=true shows it
         inv.browsers.clear()
 
     def find_browser(self, session_id: str) -> FoundBrowser | None:

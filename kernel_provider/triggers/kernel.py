@@ -38,11 +38,12 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from kernel_provider.client.browser_watch import OFF, BrowserWatch, LiveViewPublisher, check_live_view
+from kernel_provider.client.browser_watch import check_live_view
 from kernel_provider.client.events import ERROR, TIMEOUT, WAIT_MODES, make_event
 from kernel_provider.client.follow import InvocationFollower
 from kernel_provider.hooks.kernel import KernelHook
 from kernel_provider.links import LOG_CURSOR_XCOM_KEY
+from kernel_provider.triggers.follower import build_follower, with_final_browsers
 from kernel_provider.triggers.log_cursor import LogCursor, seed_log_cursor
 from kernel_provider.triggers.rate_limit import KernelRateLimitTimer
 from kernel_provider.triggers.task_instance import (
@@ -131,6 +132,10 @@ class KernelInvocationTrigger(BaseTrigger):
     :param xcom_scheme: the XCom scheme of the task that deferred (see :data:`kernel_provider.links.XCOM_SCHEME`),
         echoed in the event. 1, the default, is what a trigger serialized by provider 0.1 (which had no such
         argument) stands for; the task resumed by this version then pushes its invocation under today's keys.
+    :param track_usage: watch the run's browsers (even with ``live_view`` off) and carry their usage in the event
+        (see :mod:`kernel_provider.client.browser_usage` for the requests). False (default: an older trigger's).
+    :param max_browser_seconds: cancel the run once its browsers have run this many browser-seconds in all, and
+        fire an ``error`` event naming the budget. None (default): no budget.
     """
 
     def __init__(
@@ -151,6 +156,8 @@ class KernelInvocationTrigger(BaseTrigger):
         resume_not_before: float | None = None,
         log_cursor_seeded: bool = True,
         xcom_scheme: int = 1,
+        track_usage: bool = False,
+        max_browser_seconds: float | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -171,6 +178,8 @@ class KernelInvocationTrigger(BaseTrigger):
         self.try_number = None if try_number is None else int(try_number)
         self.resume_not_before = None if resume_not_before is None else float(resume_not_before)
         self.xcom_scheme = int(xcom_scheme)
+        self.track_usage = bool(track_usage)
+        self.max_browser_seconds = None if max_browser_seconds is None else float(max_browser_seconds)
         #: The task instance whose link a wait on a worker (no ``task_instance``) sets; see :meth:`link_to`.
         self._link_key: TiKey | None = None
         self._finished = False  # wait() produced its event: nothing left to cancel from cleanup()
@@ -197,6 +206,8 @@ class KernelInvocationTrigger(BaseTrigger):
                 "resume_not_before": self.resume_not_before,
                 "log_cursor_seeded": self.log_cursor_seeded,
                 "xcom_scheme": self.xcom_scheme,
+                "track_usage": self.track_usage,
+                "max_browser_seconds": self.max_browser_seconds,
             },
         )
 
@@ -276,7 +287,7 @@ class KernelInvocationTrigger(BaseTrigger):
         try:
             return await asyncio.wait_for(waiter.run(), timeout=remaining)
         except asyncio.TimeoutError:
-            return await self._deadline_passed()
+            return await with_final_browsers(waiter, await self._deadline_passed())
 
     async def on_kill(self) -> None:
         """Called by Airflow 3.3+ when a user marks or clears the deferred task: stop the run.
@@ -416,23 +427,7 @@ class KernelInvocationTrigger(BaseTrigger):
         return LogCursor(key=key, invocation_id=self.invocation_id, log=self.log, seeded=self.log_cursor_seeded)
 
     def _follower(self) -> InvocationFollower:
-        watch = None
-        if self.live_view != OFF:
-            publisher = LiveViewPublisher(self.live_view, self.end_time, self.log, self.mask_live_view)
-            watch = BrowserWatch(self.hook, self.invocation_id, self.log, self.publish_live_view, publisher)
-        return InvocationFollower(
-            source=self.hook,
-            invocation_id=self.invocation_id,
-            log=self.log,
-            mode=self.mode,
-            poll_interval=self.poll_interval,
-            stream_logs=self.stream_logs,
-            max_consecutive_failures=self.max_consecutive_failures,
-            silence_timeout=self.silence_timeout,
-            max_stream_failures=self.max_stream_failures,
-            position=self._cursor,
-            watch=watch,
-        )
+        return build_follower(self)
 
     def _remaining(self) -> float | None:
         return None if self.end_time is None else self.end_time - time.time()

@@ -357,19 +357,27 @@ def test_deferrable_create_fails_once_rate_limit_wait_is_spent(kernel_emulator_f
     assert logs.count(REFUSED_LOG) == len(refused) - 1  # every refusal but the last deferred
 
 
-@pytest.mark.parametrize("live_view", [False, True], ids=["live_view_off", "live_view_on"])
-def test_deferrable_wait_takes_three_requests(kernel_conn_env, live_view):
+@pytest.mark.parametrize(
+    ("live_view", "track_usage"),
+    [(False, False), (True, False), (False, True)],
+    ids=["live_view_off", "live_view_on", "track_usage_only"],
+)
+def test_deferrable_wait_takes_three_requests(kernel_conn_env, live_view, track_usage):
     """POST; the event stream (its first event is the current state, so no GET before it); one GET on resume.
-    The live view (default on) adds one browser list at the start of a short run that shows no browser."""
-    dr = run_dag(
-        invoke_dag(action_name="sleep", payload={"seconds": 0.5, "result": 7}, deferrable=True, live_view=live_view)
+    The live view or the usage tracking (both default on) add one browser list at the start of a short run that
+    shows no browser (and so no browser to look up after it)."""
+    payload = {"seconds": 0.5, "result": 7}
+    dag = invoke_dag(
+        action_name="sleep", payload=payload, deferrable=True, live_view=live_view, track_usage=track_usage
     )
+    dr = run_dag(dag)
     assert states(dr) == {"invoke": "success"}
     assert xcom(dr, "invoke") == 7
     inv_id = only_invocation(kernel_conn_env)["id"]
     assert len(posts(kernel_conn_env)) == 1
     # The browser list runs beside the stream, so the two may reach the emulator in either order.
-    expected = [("GET", EVENTS), *([("GET", "/invocations/{id}/browsers")] if live_view else []), ("GET", GET_ONE)]
+    listed = [("GET", "/invocations/{id}/browsers")] if live_view or track_usage else []
+    expected = [("GET", EVENTS), *listed, ("GET", GET_ONE)]
     assert sorted((r["method"], r["route"]) for r in requests_for(kernel_conn_env, inv_id)) == sorted(expected)
 
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from kernel_provider.testing import KernelEmulator
+from kernel_provider.testing.timeutil import parse_timestamp_ns
 
 SSE = Callable[[httpx.Response], list[dict[str, Any]]]
 
@@ -398,3 +399,26 @@ def test_retention_defaults_keep_a_suite_worth() -> None:
 
     config = EmulatorConfig()
     assert config.retention_count == 10_000 and config.retention_seconds == 3600
+
+
+def test_an_invocations_browser_reports_its_usage_and_is_found_deleted_only_when_asked(http: httpx.Client) -> None:
+    """As Kernel's spec says: a session has ``usage.uptime_ms``; ``GET /browsers/{id}`` finds a deleted one only
+    with ``include_deleted=true``, then with its ``deleted_at``; an invocation lists only its active ones."""
+    inv_id = create(http, "browse", {"seconds": 60}, **{"async": True}).json()["id"]
+    deadline = time.monotonic() + 5
+    while not (listed := http.get(f"/invocations/{inv_id}/browsers").json()["browsers"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    session_id = listed[0]["session_id"]
+    assert isinstance(listed[0]["usage"]["uptime_ms"], int) and "deleted_at" not in listed[0]
+    time.sleep(0.3)
+    live = http.get(f"/browsers/{session_id}").json()
+    assert live["session_id"] == session_id and live["usage"]["uptime_ms"] >= 300 and "deleted_at" not in live
+    http.patch(f"/invocations/{inv_id}", json={"status": "failed"})  # the cancel deletes the run's browsers
+    assert http.get(f"/invocations/{inv_id}/browsers").json() == {"browsers": []}
+    assert http.get(f"/browsers/{session_id}").status_code == 404
+    gone = http.get(f"/browsers/{session_id}", params={"include_deleted": "true"}).json()
+    created, deleted = parse_timestamp_ns(gone["created_at"]), parse_timestamp_ns(gone["deleted_at"])
+    assert gone["usage"]["uptime_ms"] == (deleted - created) // 1_000_000 >= 300
+    time.sleep(0.1)  # a deleted session's uptime no longer grows
+    assert http.get(f"/browsers/{session_id}", params={"include_deleted": "true"}).json()["usage"] == gone["usage"]
