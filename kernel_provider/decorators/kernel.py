@@ -128,6 +128,7 @@ def kernel_task(
     live_view: bool | str = "read",
     track_usage: bool = True,
     max_browser_seconds: float | None = None,
+    lineage_inputs: Sequence[Any] | None = None,
     kernel_conn_id: str = "kernel_default",
     **kwargs: Any,
 ) -> TaskDecorator:
@@ -166,6 +167,7 @@ def kernel_task(
         live_view=live_view,
         track_usage=track_usage,
         max_browser_seconds=max_browser_seconds,
+        lineage_inputs=lineage_inputs,
         kernel_conn_id=kernel_conn_id,
         **kwargs,
     )

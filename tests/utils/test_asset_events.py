@@ -12,6 +12,7 @@ import pytest
 
 from kernel_provider.assets.kernel import kernel_asset
 from kernel_provider.client.models import Invocation
+from kernel_provider.links import XCOM_USAGE
 from kernel_provider.operators.kernel import KernelInvokeOperator
 from kernel_provider.sensors.kernel import KernelInvocationSensor
 from kernel_provider.utils.asset_events import EXTRA_KEYS, attach_run_to_outlets, run_extra
@@ -181,8 +182,9 @@ def test_the_operators_asset_event_carries_the_run(kernel_conn_env: Any, invoke_
         "action_name": "echo",
         "status": "succeeded",
         "duration_seconds": extra["duration_seconds"],
-        "browser_seconds": None,
+        "browser_seconds": xcom(dr, "invoke", key=XCOM_USAGE)["browser_seconds"],
     }
+    assert extra["browser_seconds"] == 0.0  # echo opens no browser: tracked, and none
     if invoke_async:
         assert isinstance(extra["duration_seconds"], float) and 0 <= extra["duration_seconds"] < 60
     else:  # Kernel's answer to a synchronous create carries no timestamps, and no GET is made for them
