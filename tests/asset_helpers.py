@@ -3,6 +3,7 @@ the scheduler will start, straight from the metadata DB."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from tests.airflow_helpers import AF2
@@ -114,6 +115,8 @@ def start_asset_triggered_runs(dag_id: str) -> list[dict[str, Any]]:
         models = [m for m in session.scalars(select(DagModel).where(DagModel.dag_id == dag_id)) if dag_id in triggered]
         if AF2:
             runner._create_dag_runs_dataset_triggered(models, triggered, session)
+        elif "triggered_date_by_dag" in inspect.signature(runner._create_dag_runs_asset_triggered).parameters:
+            runner._create_dag_runs_asset_triggered(models, triggered, session)  # Airflow 3.0, 3.1
         else:
             runner._create_dag_runs_asset_triggered(dag_models=models, session=session)
         session.flush()

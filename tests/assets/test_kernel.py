@@ -119,9 +119,12 @@ def test_the_scheme_is_registered_with_the_handler_factory_and_converter() -> No
         handlers, factories = manager.dataset_uri_handlers, manager.dataset_factories
         converters = manager.dataset_to_openlineage_converters
     else:
-        from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+        try:  # Airflow 3.2+: the task runtime's own registry
+            from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime as Registry
+        except ImportError:  # Airflow 3.0, 3.1
+            from airflow.providers_manager import ProvidersManager as Registry  # type: ignore[assignment]
 
-        runtime = ProvidersManagerTaskRuntime()
+        runtime = Registry()
         handlers, factories = runtime.asset_uri_handlers, runtime.asset_factories
         converters = runtime.asset_to_openlineage_converters
 
