@@ -3,8 +3,8 @@
 logical date, so they hide whatever needs one, such as ``{{ ds }}``). Each run must succeed.
 
 All DAGs are triggered at once and waited for in one test, which names every DAG that failed and why (one test,
-so the ERROR-line audit sees each failure's lines inside it). The browser example scrapes ``example_dags/site/``
-served on 127.0.0.1 (``site_url`` in the run's conf) and needs Chromium.
+so the ERROR-line audit sees each failure's lines inside it). The browser examples use ``example_dags/site/``
+served on 127.0.0.1 (``site_url`` in the run's conf) and need Chromium.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ pytestmark = [
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "example_dags"
 DAG_FILES = sorted(EXAMPLES.glob("example_*.py"))
 DAG_IDS = [path.stem for path in DAG_FILES]  # each file holds one DAG named like the file
-BROWSER_DAG = "example_kernel_browser"
+#: The examples that drive a browser against ``example_dags/site/`` (served for them, ``site_url`` in the conf).
+BROWSER_DAGS = ("example_kernel_browser", "example_kernel_files")
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_every_example_dag_succeeds_when_triggered_without_a_logical_date(exampl
         for dag_id in DAG_IDS:
             airflow_e2e.wait_for_dag(dag_id)
             conf: dict[str, Any] = {}
-            if dag_id == BROWSER_DAG:
+            if dag_id in BROWSER_DAGS:
                 if find_chromium() is None:
                     print(f"[e2e] {dag_id} not run: the emulator's browsers need Chromium (/usr/bin/chromium)")
                     continue
