@@ -171,6 +171,10 @@ class AirflowHarness:
             {
                 "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                 "AIRFLOW_HOME": str(self.home),
+                # gunicorn 27 (under Airflow 2.11's log server) opens a control socket at $XDG_RUNTIME_DIR/gunicorn.ctl,
+                # else ~/.gunicorn/gunicorn.ctl: two harnesses side by side (xdist workers) collided there and one
+                # logged ERROR "Address ... already in use". One directory per harness.
+                "XDG_RUNTIME_DIR": str(self.home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
