@@ -171,8 +171,10 @@ class KernelEmulator:
         self.stop()
 
     # ------------------------------------------------------------------ in-process introspection
-    def _call(self, fn: Callable[..., T], *args: Any, timeout: float = 10.0) -> T:
-        """Run ``fn(*args)`` on the emulator's loop thread (or directly when not running)."""
+    def _call(self, fn: Callable[..., T], *args: Any, timeout: float = 60.0) -> T:
+        """Run ``fn(*args)`` on the emulator's loop thread (or directly when not running). ``timeout`` bounds the
+        wait for the loop to take the call: generous, as a machine running nine test legs on two cores has kept the
+        loop's thread off the CPU for over 10 s; a loop that is truly stuck still fails the caller."""
         loop = self.store.loop
         if loop is None or not self.running or threading.get_ident() == self.store.loop_thread:
             return fn(*args)

@@ -10,6 +10,7 @@ served on 127.0.0.1 (``site_url`` in the run's conf) and need Chromium.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 from importlib.metadata import version
@@ -88,7 +89,25 @@ def _why(e2e: AirflowE2E, dag_id: str, run_id: str, state: str) -> str:
     outside = [line for line in scheduler.splitlines() if run_id in line and ("heartbeat" in line or "zombie" in line)]
     if outside:
         parts.append("scheduler: " + outside[-1][:400])
+    # A task whose worker could not start it (e.g. the api-server did not answer "mark it running") is killed with
+    # no word in its log; the executor's worker logs the reason in the scheduler's log.
+    parts += [f"scheduler: {error[:400]}" for error in _errors(scheduler)[-3:]]
     return "; ".join(parts)
+
+
+def _errors(log: str) -> list[str]:
+    """Each ERROR-or-worse line of a service log, followed by the exception line that ends its traceback (if any)."""
+    found: list[str] = []
+    in_traceback = False
+    for line in log.splitlines():
+        if re.match(r"\S+ \[(error|critical)", line):
+            found.append(line.strip())
+            in_traceback = True
+        elif re.match(r"\d{4}-\d\d-\d\d", line):
+            in_traceback = False
+        elif in_traceback and re.match(r"[A-Za-z_][\w.]*: ", line):
+            found[-1] = f"{found[-1]} => {line.strip()}"
+    return found
 
 
 def _exception(line: str) -> str | None:

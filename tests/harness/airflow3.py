@@ -127,6 +127,11 @@ class AirflowE2E(AirflowHarness):
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(TI_HEARTBEAT_TIMEOUT),
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
                 "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "3",
+                # A worker's supervisor that cannot mark its task running (5 tries, 5 s each, ~30 s in all) kills the
+                # task before it logs anything past "Pre Execute", and the run fails. On a CI machine with nine legs
+                # on two cores the one-worker api-server has been that slow right after a batch of DAGs was deployed;
+                # a 30 s answer per try rides that out, and a dead api-server is still noticed within minutes.
+                "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
             }
         )
         self.env = env
