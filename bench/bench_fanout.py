@@ -1,10 +1,11 @@
 """Fan-out over Kernel's concurrency limit on a real Airflow 3.3 scheduler + triggerer (LocalExecutor).
 
 N mapped deferrable ``KernelInvokeOperator`` tasks run ``demo``/``sleep`` actions of S seconds against the emulator
-with an org concurrency limit of C: every create beyond C gets 429 (``Retry-After: 1``). Two DAGs run one after the
-other on the same Airflow: **new** (this provider: a 429 defers the task on a timer, no worker sleeps) and **old**
-(an operator subclass restoring the previous create policy: the worker waits out the 429s itself, up to
-``rate_limit_wait``, holding its slot; everything else is today's code).
+with an org concurrency limit of C: every create beyond C gets 429 (``Retry-After: 1``). Three DAGs run one after the
+other on the same Airflow: **new** (this provider: a 429 defers the task on a timer, no worker sleeps, and the
+triggerer ends the task when the run is over), **resume** (the same with ``end_in_triggerer=False``: a worker
+resumes each task for its end, as before issue 28) and **old** (an operator subclass restoring the create policy
+before issue 14: the worker waits out the 429s itself, up to ``rate_limit_wait``, holding its slot).
 
 Measures, per DAG run:
 
@@ -34,6 +35,11 @@ from tests.harness.airflow3 import AirflowE2E, epoch
 from tests.harness.base import running
 
 GOAL_WORKER_S, GOAL_MAKESPAN_X, GOAL_REQUESTS = 2.0, 1.2, 6.0
+SUBJECTS = {
+    "new": "this provider (429 → timer; the triggerer ends the task)",
+    "resume": "end_in_triggerer=False (a worker resumes the task)",
+    "old": "old create policy (worker waits out 429s)",
+}
 WORKLOAD = re.compile(r"Workload finished\s.*?duration=([0-9.eE+-]+)")
 
 DAG_FILE = '''
@@ -51,7 +57,12 @@ class WorkerWaitsOn429(KernelInvokeOperator):
         return self._create(request, records)
 
 
-for dag_id, operator in (("bench_fanout_new", KernelInvokeOperator), ("bench_fanout_old", WorkerWaitsOn429)):
+VARIANTS = (
+    ("bench_fanout_new", KernelInvokeOperator, True),
+    ("bench_fanout_resume", KernelInvokeOperator, False),
+    ("bench_fanout_old", WorkerWaitsOn429, False),
+)
+for dag_id, operator, end_in_triggerer in VARIANTS:
     with DAG(
         dag_id=dag_id,
         schedule=None,
@@ -66,6 +77,7 @@ for dag_id, operator in (("bench_fanout_new", KernelInvokeOperator), ("bench_fan
             deferrable=True,
             stream_logs=False,
             rate_limit_wait=1800,
+            end_in_triggerer=end_in_triggerer,
         ).expand(payload=[{{"seconds": {seconds}, "result": i}} for i in range({tasks})])
 '''
 
@@ -101,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--action-seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=5)
     parser.add_argument("--parallelism", type=int, default=16)
+    parser.add_argument("--variants", default="new,resume,old", help="which DAGs to run, in order")
     args = parser.parse_args(argv)
 
     class FanoutAirflow(AirflowE2E):
@@ -122,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         running(FanoutAirflow(Path(base)), audit=False) as e2e,
     ):
         e2e.emulator.client.configure(org_concurrency=args.concurrency, retry_after=1)
-        for label in ("new", "old"):
+        for label in args.variants.split(","):
             dag_id = f"bench_fanout_{label}"
             e2e.wait_for_dag(dag_id)
             results[label] = run_one(e2e, dag_id, args.tasks, timeout=max(600.0, 10 * ideal))
@@ -132,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, r in results.items():
         rows.append(
             [
-                "this provider (429 → timer in the triggerer)"
-                if label == "new"
-                else "old create policy (worker waits)",
+                SUBJECTS[label],
                 r["state"],
                 r["worker_s"],
                 r["processes"],
@@ -150,7 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     headers = ["subject", "run", "worker-slot s/task", "task processes/task", "makespan s", "x ideal"]
     print(table([*headers, "requests/task", "429s/task"], rows))
-    new = results.get("new")
+    new, resume = results.get("new"), results.get("resume")
+    if new and resume:
+        print(
+            "ending in the triggerer vs a worker's resume: worker-slot s/task "
+            f"{new['worker_s'] / resume['worker_s']:.2f}x, task processes/task "
+            f"{new['processes'] / resume['processes']:.2f}x, makespan {new['makespan'] / resume['makespan']:.2f}x, "
+            f"requests/task {new['requests'] / resume['requests']:.2f}x"
+        )
     if new:
         verdict = {
             f"<= {GOAL_WORKER_S:g} worker-slot s/task": new["worker_s"] <= GOAL_WORKER_S,

@@ -129,6 +129,7 @@ def kernel_task(
     track_usage: bool = True,
     max_browser_seconds: float | None = None,
     lineage_inputs: Sequence[Any] | None = None,
+    end_in_triggerer: bool = True,
     kernel_conn_id: str = "kernel_default",
     **kwargs: Any,
 ) -> TaskDecorator:
@@ -167,6 +168,7 @@ def kernel_task(
         live_view=live_view,
         track_usage=track_usage,
         max_browser_seconds=max_browser_seconds,
+        end_in_triggerer=end_in_triggerer,
         lineage_inputs=lineage_inputs,
         kernel_conn_id=kernel_conn_id,
         **kwargs,

@@ -29,7 +29,7 @@ from kernel_provider.links import (
 )
 from kernel_provider.operators.run_keeping import RunKeeping
 from kernel_provider.utils.asset_events import attach_run_to_outlets
-from kernel_provider.utils.completion import finish, from_an_earlier_try, running_try, wait_deadline
+from kernel_provider.utils.completion import finish, from_an_earlier_try, wait_deadline
 from kernel_provider.utils.lineage import KernelLineageMixin, check_lineage_inputs
 
 if TYPE_CHECKING:
@@ -124,6 +124,11 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
     :param max_browser_seconds: a budget (> 0) for the run's browser-seconds (summed over its browsers, from
         Kernel's uptime or their create times): once passed, the wait cancels the invocation and the task fails
         naming it. None (default): no budget. Watches the browsers even with ``live_view`` off.
+    :param end_in_triggerer: Airflow 3.3+, deferrable: when the invocation ``succeeded`` or ``failed``, the
+        triggerer ends the task (pushes its XComs, fails it or marks it done) and no worker process resumes it
+        (default True). Resumed on a worker all the same after a timeout or a Kernel outage, and for a task with
+        ``outlets``, OpenLineage configured, ``multiple_outputs``, ``do_xcom_push=False`` or a mapped task
+        expanding over its output. False: always resume on a worker.
     :param kernel_conn_id: Airflow connection of type ``kernel``.
     """
 
@@ -157,6 +162,7 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
         lineage_inputs: Sequence[Any] | None = None,
         track_usage: bool = True,
         max_browser_seconds: float | None = None,
+        end_in_triggerer: bool = True,
         kernel_conn_id: str = "kernel_default",
         **kwargs: Any,
     ) -> None:
@@ -183,6 +189,7 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
         self.live_view = live_view
         self.track_usage = track_usage
         self.max_browser_seconds = max_browser_seconds
+        self.end_in_triggerer = bool(end_in_triggerer)
         #: The run's cost once it ended (:class:`~kernel_provider.client.usage.RunUsage`), for the asset event.
         self.run_usage: Any = None
         #: The first browser's live-view URL once a wait has reported one (the "Kernel live view" link).
@@ -334,24 +341,9 @@ class KernelInvokeOperator(RunKeeping, KernelLineageMixin, BaseOperator):
     # --- steps ---------------------------------------------------------------------------------------------
 
     def _trigger(self, invocation_id: str, context: Any) -> Any:
-        from kernel_provider.triggers.kernel import MIN_DEFERRAL, KernelInvocationTrigger
+        from kernel_provider.operators.wait_trigger import wait_trigger
 
-        return KernelInvocationTrigger(
-            invocation_id=invocation_id,
-            kernel_conn_id=self.kernel_conn_id,
-            end_time=self._deadline(context),
-            poll_interval=float(self.poll_interval),
-            mode=self.wait_mode,
-            stream_logs=self.stream_logs,
-            cancel_on_kill=self.cancel_on_kill,
-            cancel_on_timeout=True,
-            live_view=check_live_view(self.live_view),
-            try_number=running_try(context),
-            resume_not_before=time.time() + MIN_DEFERRAL if self.deferrable else None,
-            xcom_scheme=XCOM_SCHEME,
-            track_usage=bool(self.track_usage),
-            max_browser_seconds=check_seconds("max_browser_seconds", self.max_browser_seconds, exclusive=True),
-        )
+        return wait_trigger(self, invocation_id, context, self._deadline(context))
 
     def _create_or_defer(
         self, request: dict[str, Any], records: RunRecordStore, *, deadline: float | None, attempt: int

@@ -29,7 +29,7 @@ from kernel_provider.client.validation import check_seconds
 from kernel_provider.links import XCOM_SCHEME, KernelLiveViewLink, push_live_view_link
 from kernel_provider.utils.asset_events import attach_run_to_outlets
 from kernel_provider.utils.completion import finish, from_an_earlier_try, running_try, wait_deadline
-from kernel_provider.utils.lineage import KernelLineageMixin, check_lineage_inputs
+from kernel_provider.utils.lineage import KernelLineageMixin, check_lineage_inputs, lineage_wanted
 from kernel_provider.version_compat import AIRFLOW_V_3_3_PLUS
 
 if TYPE_CHECKING:
@@ -82,10 +82,13 @@ class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
         ``start_date + execution_timeout``, which Airflow 3 does not enforce while a task is deferred.
     :param soft_fail: skip instead of failing when the wait times out or the invocation ``failed`` (the same
         in poke, reschedule and deferrable mode).
-    :param start_from_trigger: on Airflow 3.3+, a deferrable sensor starts in the triggerer without a worker
-        (default True): the triggerer renders ``invocation_id`` and opens the event stream at once; a worker runs
-        only ``execute_complete`` (one ``GET`` for the output). ``timeout`` and ``execution_timeout`` then bound
-        the wait through Airflow's trigger timeout. Ignored (the sensor starts on a worker, as before) on
+    :param start_from_trigger: on Airflow 3.3+, a deferrable sensor starts and ends in the triggerer, with no
+        worker process at all (default True): the triggerer renders ``invocation_id`` and opens the event stream at
+        once; when the invocation ``succeeded`` or ``failed`` it reads it once, pushes the task's XComs and ends the
+        task. A worker still resumes it (one ``GET``) when the wait timed out or Kernel could not be reached, when
+        the task has ``outlets`` or OpenLineage is configured (their events are sent from a worker), and when a
+        mapped task expands over its output. ``timeout`` and ``execution_timeout`` then bound the wait through
+        Airflow's trigger timeout. Ignored (the sensor starts on a worker, as before) on
         Airflow < 3.3, when not deferrable, or when ``invocation_id`` is neither text nor a plain ``task.output``.
         ``dag.test()`` runs no trigger for a task that starts there: pass False to test such a DAG with it.
     :param live_view: deferrable: ``"read"`` (default; True means the same) learns the run's browsers while
@@ -159,6 +162,10 @@ class KernelInvocationSensor(KernelLineageMixin, BaseSensorOperator):
                 "log_cursor_seeded": False,
                 "xcom_scheme": XCOM_SCHEME,
                 "track_usage": self.track_usage,
+                # The task ends there too, unless its end must run on a worker (asset events, OpenLineage).
+                "end_task": not self.outlets and not lineage_wanted(self),
+                "fail_on_failure": bool(self.fail_on_failure),
+                "soft_fail": bool(self.soft_fail),
             },
             next_method="execute_complete",
             next_kwargs=None,

@@ -31,6 +31,7 @@ Airflow-free (:class:`kernel_provider.client.follow.InvocationFollower`); this m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -43,15 +44,15 @@ from kernel_provider.client.events import ERROR, TIMEOUT, WAIT_MODES, make_event
 from kernel_provider.client.follow import InvocationFollower
 from kernel_provider.hooks.kernel import KernelHook
 from kernel_provider.links import LOG_CURSOR_XCOM_KEY
+from kernel_provider.triggers.airflow2_cleanup import cancel_if_task_was_stopped, forget_record
 from kernel_provider.triggers.follower import build_follower, with_final_browsers
 from kernel_provider.triggers.log_cursor import LogCursor, seed_log_cursor
 from kernel_provider.triggers.rate_limit import KernelRateLimitTimer
+from kernel_provider.triggers.task_end import end_task_event
 from kernel_provider.triggers.task_instance import (
     TiKey,
     in_db_thread,
-    task_was_stopped,
     ti_key,
-    ti_state_airflow2,
     ti_state_airflow3,
     under_task_runner,
     write_live_view,
@@ -63,8 +64,6 @@ STREAM, POLL = WAIT_MODES
 MODES = WAIT_MODES
 #: Seconds the trigger may spend cancelling the invocation when its deadline passes (``cancel_on_timeout``).
 TIMEOUT_CANCEL_BUDGET = 20.0
-#: Seconds ``cleanup()`` may spend cancelling on Airflow 2 (after the task-instance lookup).
-CLEANUP_CANCEL_BUDGET = 20.0
 #: Share of ``[triggerer] on_kill_timeout`` that ``on_kill`` spends (the rest is margin), its floor, and the share of
 #: that which the task-state read may take (the rest is the cancel's).
 ON_KILL_BUDGET_SHARE, MIN_ON_KILL_BUDGET, STATE_READ_SHARE = 0.8, 1.0, 0.25
@@ -136,6 +135,13 @@ class KernelInvocationTrigger(BaseTrigger):
         (see :mod:`kernel_provider.client.browser_usage` for the requests). False (default: an older trigger's).
     :param max_browser_seconds: cancel the run once its browsers have run this many browser-seconds in all, and
         fire an ``error`` event naming the budget. None (default): no budget.
+    :param end_task: for a task that started in an Airflow 3.3+ triggerer: when the invocation ``succeeded`` or
+        ``failed``, end the task here (XComs pushed, then Airflow's task-end event) instead of resuming it on a
+        worker; see :mod:`kernel_provider.triggers.task_end`. Any other outcome still resumes it on a worker.
+        False (default, and an older trigger's): always resume.
+    :param fail_on_failure: with ``end_task``: a ``failed`` invocation fails the task (default); False: the task
+        succeeds and returns ``{"id", "status", "status_reason", "output"}``.
+    :param soft_fail: with ``end_task``: a ``failed`` invocation skips the task instead of failing it.
     """
 
     def __init__(
@@ -158,6 +164,9 @@ class KernelInvocationTrigger(BaseTrigger):
         xcom_scheme: int = 1,
         track_usage: bool = False,
         max_browser_seconds: float | None = None,
+        end_task: bool = False,
+        fail_on_failure: bool = True,
+        soft_fail: bool = False,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -180,6 +189,9 @@ class KernelInvocationTrigger(BaseTrigger):
         self.xcom_scheme = int(xcom_scheme)
         self.track_usage = bool(track_usage)
         self.max_browser_seconds = None if max_browser_seconds is None else float(max_browser_seconds)
+        self.end_task = bool(end_task)
+        self.fail_on_failure = bool(fail_on_failure)
+        self.soft_fail = bool(soft_fail)
         #: The task instance whose link a wait on a worker (no ``task_instance``) sets; see :meth:`link_to`.
         self._link_key: TiKey | None = None
         self._finished = False  # wait() produced its event: nothing left to cancel from cleanup()
@@ -208,6 +220,9 @@ class KernelInvocationTrigger(BaseTrigger):
                 "xcom_scheme": self.xcom_scheme,
                 "track_usage": self.track_usage,
                 "max_browser_seconds": self.max_browser_seconds,
+                "end_task": self.end_task,
+                "fail_on_failure": self.fail_on_failure,
+                "soft_fail": self.soft_fail,
             },
         )
 
@@ -252,7 +267,8 @@ class KernelInvocationTrigger(BaseTrigger):
             waiting.cancel()
             await asyncio.wait({waiting})  # the wait's own cleanup ends before on_kill starts
             raise
-        yield TriggerEvent(event)
+        ended = await end_task_event(self, event) if self.end_task else None
+        yield ended if ended is not None else TriggerEvent(event)
 
     async def wait(self) -> dict[str, Any]:
         """The whole wait; returns the event payload. Also used by workers that wait without deferring.
@@ -299,6 +315,15 @@ class KernelInvocationTrigger(BaseTrigger):
         """
         if not self.cancel_on_kill:
             return
+        stopping = asyncio.ensure_future(self._stop_run())
+        while not stopping.done():
+            # Airflow 3.3's triggerer may cancel a trigger it is stopping once more while on_kill runs (the trigger
+            # is still listed as one to cancel on its next pass): that must not cut the cancel short. The work
+            # has a deadline of its own, within the triggerer's patience for on_kill.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(stopping)
+
+    async def _stop_run(self) -> None:
         deadline = time.monotonic() + _on_kill_budget()
         if await self._handed_over(timeout=(deadline - time.monotonic()) * STATE_READ_SHARE):
             self.log.info(
@@ -341,50 +366,9 @@ class KernelInvocationTrigger(BaseTrigger):
             await self._cursor.flush()
         if AIRFLOW_2 and self.cancel_on_kill and not self._finished:
             try:
-                await self._cancel_if_task_was_stopped()
+                await cancel_if_task_was_stopped(self)
             except Exception as exc:
                 self.log.warning("Could not decide whether to cancel Kernel invocation %s: %s", self.invocation_id, exc)
-
-    async def _cancel_if_task_was_stopped(self) -> None:
-        key = ti_key(getattr(self, "task_instance", None))
-        if key is None:
-            return  # not run by a triggerer (or its task instance is unreadable): nothing to decide from
-        try:
-            row = await in_db_thread(ti_state_airflow2, key)
-        except Exception as exc:
-            self.log.warning(
-                "Could not read the state of task instance %s, so Kernel invocation %s is left running: %s",
-                key.label,
-                self.invocation_id,
-                exc,
-            )
-            return
-        state = None if row is None else row[0]
-        if not task_was_stopped(row):
-            self.log.info(
-                "Task instance %s is still %s (the triggerer is stopping or handing the trigger over); "
-                "Kernel invocation %s keeps running.",
-                key.label,
-                state,
-                self.invocation_id,
-            )
-            return
-        why = "was removed" if row is None else f"is {state or 'cleared'}"
-        self.log.info("Task instance %s %s; cancelling Kernel invocation %s.", key.label, why, self.invocation_id)
-        if await self._cancel(f"Airflow task instance {why}", CLEANUP_CANCEL_BUDGET):
-            # The run has an outcome (cancelled): its record would otherwise stay as an Airflow Variable for ever.
-            await self._forget_airflow2_record(key)
-
-    async def _forget_airflow2_record(self, key: TiKey) -> None:
-        """Remove the task instance's record Variable once this trigger gave the run its outcome (Airflow 2)."""
-        from kernel_provider.utils.run_record import forget_airflow2_record
-
-        try:
-            await in_db_thread(
-                forget_airflow2_record, key.dag_id, key.task_id, key.run_id, key.map_index, self.invocation_id
-            )
-        except Exception as exc:
-            self.log.warning("Could not remove the run record of task instance %s: %s", key.label, exc)
 
     async def _deadline_passed(self) -> dict[str, Any]:
         message = f"Invocation {self.invocation_id} did not finish before the deadline."
@@ -396,7 +380,7 @@ class KernelInvocationTrigger(BaseTrigger):
         if cancelled and AIRFLOW_2 and key is not None:
             # Airflow 2 resumes a try whose execution_timeout has passed by failing it at once, before
             # execute_complete (which would remove the record) runs: the trigger that ended the run removes it.
-            await self._forget_airflow2_record(key)
+            await forget_record(self, key)
         return make_event(TIMEOUT, self.invocation_id, message=message, cancelled=cancelled)
 
     async def _cancel(self, why: str, budget: float) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,8 @@ CURSOR_MIN_WRITE_INTERVAL = 1.0
 #: what keeps lines from being logged twice, and it is asked while a triggerer that has just (re)started is busiest
 #: (on a loaded machine its supervisor took over 10 s to answer). The stream starts after it.
 CURSOR_READ_TIMEOUT = 60.0
+#: Longest one cursor write is waited for (the call itself may go on in its thread: see ``LogCursor``).
+CURSOR_WRITE_TIMEOUT = DB_CALL_TIMEOUT
 #: Pause before writing the cursor again after a failed write.
 CURSOR_RETRY_AFTER_FAILURE = 30.0
 log = logging.getLogger(__name__)
@@ -93,6 +96,11 @@ class LogCursor:
         self._flushing = False
         self._failing = False
         self._wake = asyncio.Event()
+        #: Set when the last write's call has returned. A write that timed out here is still out in its thread:
+        #: another write of the same XCom beside it would race it in the API server (Airflow's XCom set is a
+        #: delete then an insert: one of two at once is refused with a unique-constraint ERROR).
+        self._call_done = threading.Event()
+        self._call_done.set()
 
     async def load(self) -> Mapping[str, Any] | None:
         """The saved position of this task instance's try, or None (none saved, another try's, unreadable; or
@@ -130,6 +138,7 @@ class LogCursor:
                 # shield: if cleanup() itself is cancelled, the write still completes on its own.
                 await asyncio.wait_for(asyncio.shield(writer), DB_CALL_TIMEOUT + 1)
             elif self._dirty:
+                await self._previous_call_returned(DB_CALL_TIMEOUT)
                 await self._write_now()
         except Exception as exc:
             self.log.warning("Could not save the log position of Kernel invocation %s: %s", self.invocation_id, exc)
@@ -144,15 +153,38 @@ class LogCursor:
                     await asyncio.wait_for(self._wake.wait(), delay)
             await self._write_now()
 
+    async def _previous_call_returned(self, patience: float) -> bool:
+        """Wait up to ``patience`` seconds for the last write's call to return; whether it has."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while not self._call_done.is_set() and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        return self._call_done.is_set()
+
     async def _write_now(self) -> None:
         if self.source is None:
             return
         loop = asyncio.get_running_loop()
+        if not self._call_done.is_set() and not await self._previous_call_returned(0.5):
+            # The last write timed out here but is still out: never two at once. A flush gives up (that write
+            # carries a recent position); otherwise the loop tries again later.
+            self._dirty = not self._flushing
+            self._next_write = loop.time() + CURSOR_MIN_WRITE_INTERVAL
+            return
         self._dirty = False
         value = {**self.source(), "try_number": self.key.try_number}
         self._next_write = loop.time() + CURSOR_MIN_WRITE_INTERVAL
+        self._call_done.clear()
+        done = self._call_done
+
+        def write() -> None:
+            try:
+                write_cursor(self.key, value)
+            finally:
+                done.set()
+
         try:
-            await in_db_thread(write_cursor, self.key, value)
+            await in_db_thread(write, timeout=CURSOR_WRITE_TIMEOUT)
         except Exception as exc:
             if not self._flushing:
                 self._dirty = True  # try again later with whatever is newest then

@@ -222,3 +222,11 @@ def write_live_view(key: TiKey, url: str) -> None:
     link_key = getattr(KernelLiveViewLink(), "xcom_key", None)
     if link_key:  # Airflow 3's UI reads a link from this XCom (written by Airflow itself only when the task ends)
         xcom.set(link_key, url, map_index=key.map_index, **where)
+
+
+def push_xcoms(key: TiKey, values: dict[str, Any]) -> None:
+    """Push each of ``values`` (key: value) as an XCom of ``key``'s task instance (a blocking call: run it with
+    :func:`in_db_thread`). Through the XCom class, so a custom XCom backend stores them as a worker's push would."""
+    xcom, where = xcom_class(), {"dag_id": key.dag_id, "task_id": key.task_id, "run_id": key.run_id}
+    for name, value in values.items():
+        xcom.set(name, value, map_index=key.map_index, **where)

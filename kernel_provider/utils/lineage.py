@@ -103,3 +103,19 @@ def _status(invocation: Invocation | None, which: str) -> str | None:
     if invocation is None or which == "none" or (which == "final" and not invocation.is_terminal):
         return None
     return invocation.raw_status or None
+
+
+def lineage_wanted(task: Any) -> bool:
+    """Whether ``task``'s end is worth an OpenLineage event: it names ``lineage_inputs``, or the OpenLineage
+    provider is installed and configured. Such a task ends on a worker, whose listener sends the event (a task that
+    Airflow ends from its triggerer sends none)."""
+    if getattr(task, "lineage_inputs", None):
+        return True
+    try:
+        from airflow.providers.openlineage.conf import is_disabled
+    except ImportError:
+        return False
+    try:
+        return not is_disabled()
+    except Exception:  # an unreadable setting: the worker, which sends the event if there is one to send
+        return True

@@ -13,6 +13,7 @@ The Airflow 2.11 rows are in ``test_lifecycle_af2.py`` (marker ``e2e_af2``, ``.v
 
 from __future__ import annotations
 
+import json
 import signal
 from importlib.metadata import version
 from typing import Any
@@ -99,7 +100,14 @@ def test_clear_finished_waiting_run_invokes_afresh(airflow_e2e: AirflowE2E) -> N
     assert e2e.wait_run_done(dag_id, run_id, timeout=150) == "success", e2e.states(dag_id, run_id)
     [first] = e2e.gate_invocations(gate)
     assert e2e.xcom(dag_id, run_id, task_id) == {"id": first["id"], "result": {"gate": gate}}
-    assert retry_store(e2e, dag_id, run_id, task_id) is None, "the record outlived the invocation's outcome"
+    record = retry_store(e2e, dag_id, run_id, task_id)
+    if AIRFLOW_VERSION >= (3, 3):
+        # The triggerer ended the task (end_in_triggerer) and cannot reach the state store: the record stays, as
+        # Airflow keeps task state after success (30 days by default), naming the finished run. The clear below
+        # must still start afresh.
+        assert record is not None and json.loads(record)["invocation_id"] == first["id"], record
+    else:
+        assert record is None, "the record outlived the invocation's outcome"
 
     e2e.clear_run(dag_id, run_id)
     assert wait_rerun_done(e2e, dag_id, run_id, [task_id], min_try=2, timeout=150) == "success"

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from kernel_provider.links import XCOM_USAGE
 from tests.harness.airflow3 import NEEDS_ON_KILL, AirflowE2E
 from tests.harness.base import from_triggerer
 from tests.harness.processes import AIRFLOW_VERSION
@@ -86,12 +87,16 @@ def test_async_invoke_then_deferrable_sensor_waits_in_the_triggerer(airflow_e2e:
     expected = {"gate": gate, "answer": 42}
     assert e2e.xcom(dag_id, run_id, "wait") == expected  # the sensor returns the action's output
     assert e2e.xcom(dag_id, run_id, "use") == f"{gate}=42"
+    assert e2e.xcom(dag_id, run_id, "wait", key=XCOM_USAGE)["invocation_id"] == invocation_id
     assert e2e.emulator.client.invocation(invocation_id)["status"] == "succeeded"
+    # Airflow 3.3+: the sensor started and ended in the triggerer; no executor ever got it.
+    assert bool(e2e.executor_saw(dag_id, run_id, "wait")) == (AIRFLOW_VERSION < (3, 3))
+    assert e2e.executor_saw(dag_id, run_id, "use"), "the check above would pass for any task"
 
-    # Who sent what. Worker: the create, and the sensor's read after resuming. The sensor starts in the triggerer
-    # (Airflow 3.3+: start_from_trigger, invocation_id rendered there), which opens the event stream at once: no
-    # worker GET before it, and no GET before the stream (its first event is the current state). Below 3.3 the
-    # sensor starts on a worker, which reads the invocation once before it defers.
+    # Who sent what. Worker: the create. The sensor starts in the triggerer (Airflow 3.3+: start_from_trigger,
+    # invocation_id rendered there), which opens the event stream at once (no GET before it: its first event is
+    # the current state), then reads the output once and ends the task. Below 3.3 the sensor starts on a worker,
+    # which reads the invocation once before it defers, and a worker resumes it for the final read.
     requests = e2e.kernel_requests(invocation_id)
     creates = e2e.emulator.client.requests(path="/invocations", method="POST")
     create = [r for r in creates if r["seq"] < requests[0]["seq"]][-1]
@@ -107,11 +112,33 @@ def test_async_invoke_then_deferrable_sensor_waits_in_the_triggerer(airflow_e2e:
         assert worker_check == ("GET", "/invocations/{id}", False), worker_check
     first, *during, last = summary
     assert first == ("GET", "/invocations/{id}/events", True), summary  # the triggerer, first after the POST
-    assert last == ("GET", "/invocations/{id}", False), summary  # sensor, on the worker, after resuming
+    assert last == ("GET", "/invocations/{id}", AIRFLOW_VERSION >= (3, 3)), summary  # the read of the output
     assert all(marked for _, _, marked in during), f"not all from the triggerer: {summary}"
     assert len(summary) == 2, summary  # POST + stream + one GET: three requests in all (+ the browser lookup)
     assert all(r["user_agent"].startswith("airflow-provider-kernel/") for r in requests)
     print(f"\n[e2e] {invocation_id}: requests (method, route, from triggerer): {summary}")
+
+
+@pytest.mark.timeout(240)
+def test_sensors_of_a_failed_run_skip_or_report_it(airflow_e2e: AirflowE2E) -> None:
+    """A failed run: the sensor with ``soft_fail`` is skipped, the one with ``fail_on_failure=False`` succeeds with
+    the failure's details. On Airflow 3.3+ both start and end in the triggerer: no worker ever runs them."""
+    e2e = airflow_e2e
+    dag_id = "e2e_kernel_sensor_failed"
+    e2e.wait_for_dag(dag_id)
+    gate = e2e.new_gate()
+    e2e.open_gate(gate)
+    run_id = e2e.trigger(dag_id, {"gate": gate})
+    e2e.wait_run_done(dag_id, run_id, timeout=150)
+    states = e2e.states(dag_id, run_id)
+    assert states == {("start", -1): "success", ("skip", -1): "skipped", ("lenient", -1): "success"}, states
+    invocation_id = str(e2e.xcom(dag_id, run_id, "start"))
+    report = e2e.xcom(dag_id, run_id, "lenient")
+    assert (report["id"], report["status"]) == (invocation_id, "failed"), report
+    assert "the shop was closed" in str(report["status_reason"]) + str(report["output"]), report
+    for task_id in ("skip", "lenient"):
+        assert bool(e2e.executor_saw(dag_id, run_id, task_id)) == (AIRFLOW_VERSION < (3, 3)), task_id
+        assert e2e.xcom(dag_id, run_id, task_id, key=XCOM_USAGE)["status"] == "failed"
 
 
 @pytest.mark.timeout(240)
@@ -194,6 +221,12 @@ def test_triggerer_crash_loses_no_wait_and_repeats_no_invoke(airflow_e2e: Airflo
     assert set(e2e.states(dag_id, run_id).values()) == {"success"}
     for index in range(CRASH_TASKS):
         assert e2e.xcom(dag_id, run_id, "invoke", map_index=index) == {"index": index}
+    # Airflow 3.3+: the triggerer ended each task (end_in_triggerer): its create was its only worker process.
+    runs = [e2e.worker_runs(dag_id, run_id, "invoke", index) for index in range(CRASH_TASKS)]
+    if AIRFLOW_VERSION >= (3, 3):
+        assert runs == [1] * CRASH_TASKS, runs
+    else:
+        assert all(n >= 2 for n in runs), runs  # the create, then the resume
 
     mine = [i for i in e2e.emulator.client.invocations() if gate in json.dumps(i.get("payload"))]
     assert len(mine) == CRASH_TASKS, f"expected exactly {CRASH_TASKS} invocations, got {len(mine)}"

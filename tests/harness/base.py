@@ -400,6 +400,24 @@ class AirflowHarness:
             if log.exists()
         )
 
+    def executor_saw(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[str]:
+        """The scheduler's log lines about a task instance and its executor (queued to it, sent to it, reported
+        back by it): none when no worker process ever ran any try of it."""
+        key = f"TaskInstanceKey(dag_id='{dag_id}', task_id='{task_id}', run_id='{run_id}', "
+        logs = [s.log for s in [*self.retired, *self.services.values()] if s.name == "scheduler"]
+        return [
+            line
+            for log in logs
+            if log.exists()
+            for line in log.read_text(errors="replace").splitlines()
+            if key in line and f"map_index={map_index})" in line
+        ]
+
+    def worker_runs(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> int:
+        """How many worker processes ran a task instance, all tries together: the executor reports each one's end
+        (a deferring task's too) to the scheduler once."""
+        return sum("Received executor event" in line for line in self.executor_saw(dag_id, run_id, task_id, map_index))
+
     def gate_invocations(self, gate: str) -> list[dict[str, Any]]:
         """The invocations the emulator created for a gate (oldest first): one per ``POST /invocations`` that
         created something for it, whatever else the payload carries (a reconcile token, say)."""

@@ -60,8 +60,12 @@ KNOWN_ERROR_LINES: tuple[tuple[str, str], ...] = (
 #: What Airflow logs when a task fails on purpose (the test's point): ``expect_error_lines(task_failed("Type"))``.
 def task_failed(exc_type: str = r"\w+") -> str:
     """The ERROR lines of a task that failed with ``exc_type`` (Airflow 3's JSON line; 2.x logs the type on later
-    lines, so there its two lines, the task's and the task runner's, are matched whatever the type)."""
-    return rf"Task failed with exception(: {exc_type}\b|\s*$|\s\[)|ERROR - Failed to execute job \d+ for task "
+    lines, so there its two lines, the task's and the task runner's, are matched whatever the type), or that the
+    triggerer failed with it (``end_in_triggerer``, Airflow 3.3+: the trigger's own line)."""
+    return (
+        rf"Task failed with exception(: {exc_type}\b|\s*$|\s\[)|ERROR - Failed to execute job \d+ for task "
+        rf"|The task fails in the triggerer: {exc_type}\b"
+    )
 
 
 #: Airflow 2.x logs a DAG run that ends failed at ERROR (3.x at INFO): declared by a test whose run fails on purpose.

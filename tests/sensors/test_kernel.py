@@ -223,6 +223,41 @@ def test_deferrable_sensor_starts_from_the_trigger_where_airflow_supports_it():
     assert text.start_trigger_args.trigger_kwargs["invocation_id"] == "{{ params.inv }}"
     trigger = KernelInvocationTrigger(**kwargs)  # the triggerer builds it from these kwargs
     assert trigger.invocation_id == kwargs["invocation_id"]
+    assert trigger.serialize()[1]["end_task"] is True  # it ends the task there too
+    assert (trigger.fail_on_failure, trigger.soft_fail) == (True, False)
+
+
+def test_a_sensor_whose_end_needs_a_worker_is_resumed_on_one(monkeypatch):
+    """Asset events and OpenLineage events are sent by a worker: a sensor with outlets or lineage inputs, or on an
+    Airflow whose OpenLineage provider is configured, starts in the triggerer but is resumed on a worker."""
+    from kernel_provider.sensors.kernel import STARTS_FROM_TRIGGER
+
+    if not STARTS_FROM_TRIGGER:
+        pytest.skip("this Airflow starts the sensor on a worker")
+    from airflow.sdk import Asset
+
+    with make_dag("kernel_sensor_end_where"):
+        plain = KernelInvocationSensor(task_id="plain", invocation_id="x", deferrable=True, soft_fail=True)
+        strict = KernelInvocationSensor(task_id="strict", invocation_id="x", deferrable=True, fail_on_failure=False)
+        outlets = KernelInvocationSensor(task_id="o", invocation_id="x", deferrable=True, outlets=[Asset("s3://b/k")])
+        lineage = KernelInvocationSensor(task_id="l", invocation_id="x", deferrable=True, lineage_inputs=["s3://b/i"])
+    ends = {t.task_id: t.start_trigger_args.trigger_kwargs["end_task"] for t in (plain, strict, outlets, lineage)}
+    assert ends == {"plain": True, "strict": True, "o": False, "l": False}
+    assert plain.start_trigger_args.trigger_kwargs["soft_fail"] is True
+    assert strict.start_trigger_args.trigger_kwargs["fail_on_failure"] is False
+    pytest.importorskip("airflow.providers.openlineage")
+    from airflow.providers.openlineage.conf import is_disabled
+
+    forget = getattr(is_disabled, "cache_clear", lambda: None)  # the provider caches it (except under pytest)
+    monkeypatch.setenv("OPENLINEAGE__TRANSPORT__TYPE", "console")
+    forget()
+    try:
+        with make_dag("kernel_sensor_end_ol"):
+            configured = KernelInvocationSensor(task_id="c", invocation_id="x", deferrable=True)
+    finally:
+        monkeypatch.delenv("OPENLINEAGE__TRANSPORT__TYPE")
+        forget()
+    assert configured.start_trigger_args.trigger_kwargs["end_task"] is False
 
 
 def test_where_airflow_cannot_start_in_the_triggerer_the_sensor_falls_back_and_returns_the_output(kernel_conn_env):

@@ -424,6 +424,20 @@ async def test_a_user_action_cancel_leaves_run_with_its_reason(kernel_conn_env, 
     assert kernel_conn_env.invocation(inv_id)["status"] == "running"  # cancelling the wait never stops the run
 
 
+async def test_on_kill_still_cancels_when_the_triggerer_cancels_the_trigger_again(kernel_conn_env):
+    """Airflow 3.3's triggerer can cancel a trigger it is stopping a second time while on_kill runs (seen: a mark
+    failed that left the run going, on_kill cut short 2 ms after it started): on_kill still stops the run."""
+    inv_id = start("slow")
+    t = trigger(inv_id)
+    killing = asyncio.ensure_future(t.on_kill())
+    await asyncio.sleep(0)  # on_kill has started its work
+    killing.cancel(USER_ACTION)
+    await asyncio.sleep(0)
+    killing.cancel(USER_ACTION)
+    await asyncio.wait_for(killing, timeout=30)  # returns once the cancel is through, within its budget
+    assert kernel_conn_env.invocation(inv_id)["status"] == "failed"
+
+
 async def test_on_kill_does_nothing_when_disabled(kernel_conn_env):
     inv_id = start("slow")
     await trigger(inv_id, cancel_on_kill=False).on_kill()

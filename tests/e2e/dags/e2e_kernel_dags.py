@@ -38,6 +38,21 @@ with DAG(dag_id="e2e_kernel_async_sensor", schedule=None, start_date=START, catc
 
     use(wait.output)
 
+# 1b. A failed run watched by two sensors that end in the triggerer (Airflow 3.3+): one skips, one succeeds with the
+# failure's details.
+with DAG(dag_id="e2e_kernel_sensor_failed", schedule=None, start_date=START, catchup=False, tags=["e2e"]):
+    doomed = KernelInvokeOperator(
+        task_id="start",
+        app_name="gate",
+        action_name="wait",
+        payload={"gate": GATE, "fail": "the shop was closed"},
+        wait_for_completion=False,
+    )
+    KernelInvocationSensor(task_id="skip", invocation_id=doomed.output, deferrable=True, timeout=600, soft_fail=True)
+    KernelInvocationSensor(
+        task_id="lenient", invocation_id=doomed.output, deferrable=True, timeout=600, fail_on_failure=False
+    )
+
 # 2. Many deferred waits at once, for the triggerer crash test.
 with DAG(
     dag_id="e2e_kernel_crash",
