@@ -401,21 +401,24 @@ class AirflowHarness:
         )
 
     def executor_saw(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[str]:
-        """The scheduler's log lines about a task instance and its executor (queued to it, sent to it, reported
-        back by it): none when no worker process ever ran any try of it."""
-        key = f"TaskInstanceKey(dag_id='{dag_id}', task_id='{task_id}', run_id='{run_id}', "
+        """The scheduler's log lines about a task instance and its executor: queued for it (written before the
+        task runs) or reported back by it (written after, possibly after the DAG run ended). None when no worker
+        process ever ran any try of it."""
+        reported = f"TaskInstanceKey(dag_id='{dag_id}', task_id='{task_id}', run_id='{run_id}', "
+        queued = f"<TaskInstance: {dag_id}.{task_id} {run_id} {f'map_index={map_index} ' if map_index >= 0 else ''}"
+        queued += "[scheduled]"  # the task instance as the scheduler queues it for the executor
         logs = [s.log for s in [*self.retired, *self.services.values()] if s.name == "scheduler"]
         return [
             line
             for log in logs
             if log.exists()
             for line in log.read_text(errors="replace").splitlines()
-            if key in line and f"map_index={map_index})" in line
+            if (reported in line and f"map_index={map_index})" in line) or queued in line
         ]
 
     def worker_runs(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> int:
         """How many worker processes ran a task instance, all tries together: the executor reports each one's end
-        (a deferring task's too) to the scheduler once."""
+        (a deferring task's too) to the scheduler once, possibly after the DAG run ended."""
         return sum("Received executor event" in line for line in self.executor_saw(dag_id, run_id, task_id, map_index))
 
     def gate_invocations(self, gate: str) -> list[dict[str, Any]]:
