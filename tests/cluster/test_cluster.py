@@ -16,9 +16,13 @@ import pytest
 from tests.harness.airflow3 import epoch
 from tests.harness.airflow_cluster import TRIGGERERS, ClusterAirflow
 from tests.harness.base import from_triggerer
-from tests.harness.error_audit import WORKER_KILLED
+from tests.harness.error_audit import TWO_TRIGGERERS_ONE_XCOM, WORKER_KILLED
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.timeout(900),
+    pytest.mark.expect_error_lines(*TWO_TRIGGERERS_ONE_XCOM),
+]
 
 #: As in ``dags/cluster_dags.py`` (not imported: a DAG file, copied into the cluster's DAGs folder).
 FAN_OUT_TASKS, WAIT_TASKS, RESTART_TASKS, HANDOVER_TASKS = 60, 100, 12, 6

@@ -85,6 +85,13 @@ WORKER_KILLED = (
     r"finished with state failed, but the task instance's state attribute is running",
 )
 
+#: Two triggerers running one trigger at once. Airflow gives a trigger to another triggerer when its own misses
+#: heartbeats, and after a long stall of the whole machine (17-21 s seen in CI) both run it until the first one's
+#: next pass cancels it there. Both save the wait's log position, and Airflow's XCom set (a delete, then an insert)
+#: refuses one of two concurrent writes of a key with these lines; the other write stands, and the trigger logs the
+#: refused one as a warning. Only the cluster suite has two triggerers.
+TWO_TRIGGERERS_ONE_XCOM = (r"statement: INSERT INTO xcom \(", r"API server error .*Unique constraint violation")
+
 #: What Airflow 3 logs when a person clears a task that is still running on a worker: the API server has moved the
 #: try to the history table, so the worker's supervisor is told to stop and its last reports find no task instance.
 RUNNING_TASK_CLEARED = (
