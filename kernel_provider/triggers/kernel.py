@@ -135,7 +135,8 @@ class KernelInvocationTrigger(BaseTrigger):
         (see :mod:`kernel_provider.client.browser_usage` for the requests). False (default: an older trigger's).
     :param max_browser_seconds: cancel the run once its browsers have run this many browser-seconds in all, and
         fire an ``error`` event naming the budget. None (default): no budget.
-    :param end_task: for a task that started in an Airflow 3.3+ triggerer: when the invocation ``succeeded`` or
+    :param end_task: run by an Airflow 3.3+ triggerer (a task that started there, or one that deferred from a
+        worker and checked it may, see ``operators/wait_trigger.py``): when the invocation ``succeeded`` or
         ``failed``, end the task here (XComs pushed, then Airflow's task-end event) instead of resuming it on a
         worker; see :mod:`kernel_provider.triggers.task_end`. Any other outcome still resumes it on a worker.
         False (default, and an older trigger's): always resume.
